@@ -1,0 +1,54 @@
+//! The configuration file as written: serde structs that reject unknown fields.
+//!
+//! Values that need more than a type check keep their span so that validation errors can name the
+//! line they came from; [`super::Config`] is the validated form the gateway runs on.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub backend: RawBackend,
+    #[serde(default)]
+    pub deployments: Vec<Spanned<RawDeployment>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<String>>,
+    pub max_body_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    pub first_byte_timeout_ms: Option<Spanned<u64>>,
+    pub pool_idle_timeout_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    pub name: Spanned<String>,
+    pub model: Spanned<String>,
+    pub backend: Spanned<String>,
+    pub backend_key_env: Option<Spanned<String>>,
+    pub keys: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub backend_http2: bool,
+    pub first_byte_timeout_ms: Option<Spanned<u64>>,
+}

@@ -1,0 +1,117 @@
+use super::*;
+
+const KEY_A: &str = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+const KEY_B: &str = "sha256:486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7";
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn example(extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:8080"
+[admin]
+listen = "127.0.0.1:9090"
+[[deployments]]
+name = "meta-llama3-8b-qwerty"
+model = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
+backend = "http://127.0.0.1:18000"
+keys = ["{KEY_A}", "{KEY_B}"]
+{extra}"#
+    )
+}
+
+#[test]
+fn the_issue_example_parses() {
+    let config = Config::parse(&example(""), "t.toml", &no_env).unwrap();
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9090");
+    let d = &config.deployments[0];
+    assert_eq!(d.name, "meta-llama3-8b-qwerty");
+    assert_eq!(d.backend.to_string(), "http://127.0.0.1:18000");
+    assert!(d.keys.secondary.is_some());
+    assert_eq!(d.backend_key, None);
+    assert_eq!(config.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+}
+
+#[test]
+fn the_shipped_example_file_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tollgate.example.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let env = |name: &str| (name == "LLAMA_BACKEND_KEY").then(|| "secret".to_owned());
+    let config = Config::parse(&text, "tollgate.example.toml", &env).unwrap();
+    assert!(!config.deployments.is_empty());
+}
+
+#[test]
+fn unknown_fields_name_file_line_and_field() {
+    let err = Config::parse(&example("colour = \"blue\"\n"), "t.toml", &no_env).unwrap_err();
+    assert_eq!(err.file, "t.toml");
+    assert_eq!(err.line, 10);
+    assert_eq!(err.field, "colour");
+    assert!(err.to_string().starts_with("t.toml:10:"), "{err}");
+}
+
+#[test]
+fn bad_names_are_rejected_at_their_line() {
+    let text = example("").replace("meta-llama3-8b-qwerty", "9bad_name");
+    let err = Config::parse(&text, "t.toml", &no_env).unwrap_err();
+    assert_eq!(err.line, 6);
+    assert_eq!(err.field, "deployments[0].name");
+    assert!(err.message.contains("start with a letter"));
+}
+
+#[test]
+fn duplicate_names_are_rejected() {
+    let second = format!(
+        "[[deployments]]\nname = \"META-llama3-8b-qwerty\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{KEY_A}\"]\n"
+    );
+    let err = Config::parse(&example(&second), "t.toml", &no_env).unwrap_err();
+    assert_eq!(err.field, "deployments[1].name");
+    assert!(err.message.contains("unique"));
+}
+
+#[test]
+fn backend_key_env_is_resolved_or_named_when_missing() {
+    let text = example("backend_key_env = \"LLAMA_BACKEND_KEY\"\n");
+    let err = Config::parse(&text, "t.toml", &no_env).unwrap_err();
+    assert_eq!(err.field, "deployments[0].backend_key_env");
+    assert!(err.message.contains("LLAMA_BACKEND_KEY"));
+    let env = |name: &str| (name == "LLAMA_BACKEND_KEY").then(|| "k".to_owned());
+    assert_eq!(
+        Config::parse(&text, "t.toml", &env).unwrap().deployments[0]
+            .backend_key
+            .as_deref(),
+        Some("k")
+    );
+}
+
+#[test]
+fn plain_keys_and_bad_values_are_rejected() {
+    let text = example("").replace(KEY_B, "not-hashed");
+    let err = Config::parse(&text, "t.toml", &no_env).unwrap_err();
+    assert_eq!(err.field, "deployments[0].keys[1]");
+    let text = example("").replace("127.0.0.1:8080", "localhost");
+    assert_eq!(
+        Config::parse(&text, "t.toml", &no_env).unwrap_err().field,
+        "server.listen"
+    );
+    let text = example("").replace("http://127.0.0.1:18000", "127.0.0.1:18000");
+    assert_eq!(
+        Config::parse(&text, "t.toml", &no_env).unwrap_err().field,
+        "deployments[0].backend"
+    );
+    let err = Config::parse("[server\n", "t.toml", &no_env).unwrap_err();
+    assert_eq!(err.line, 1);
+}
+
+#[test]
+fn name_rule() {
+    assert!(check_deployment_name("a").is_ok());
+    assert!(check_deployment_name(&format!("a{}", "b".repeat(51))).is_ok());
+    assert!(check_deployment_name(&format!("a{}", "b".repeat(52))).is_err());
+    assert!(check_deployment_name("").is_err());
+    assert!(check_deployment_name("-a").is_err());
+    assert!(check_deployment_name("a.b").is_err());
+}

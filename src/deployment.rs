@@ -1,0 +1,83 @@
+//! The deployments a gateway serves, ready for the hot path: looked up by name, keys as digests,
+//! backend credentials as pre-built header values.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::config::{BackendUrl, DeploymentConfig};
+use crate::keys::KeyPair;
+
+/// One serverless-style endpoint: a name, its keys and the backend behind it.
+#[derive(Debug)]
+pub struct Deployment {
+    pub name: String,
+    pub model: String,
+    pub backend: BackendUrl,
+    pub backend_auth: Option<BackendAuth>,
+    pub keys: KeyPair,
+    pub backend_http2: bool,
+    pub first_byte_timeout: Duration,
+}
+
+/// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
+#[derive(Debug)]
+pub struct BackendAuth {
+    pub api_key: HeaderValue,
+    pub bearer: HeaderValue,
+}
+
+impl BackendAuth {
+    fn new(key: &str) -> Option<BackendAuth> {
+        let mut api_key = HeaderValue::from_str(key).ok()?;
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+        api_key.set_sensitive(true);
+        bearer.set_sensitive(true);
+        Some(BackendAuth { api_key, bearer })
+    }
+}
+
+impl Deployment {
+    pub fn from_config(config: &DeploymentConfig) -> Deployment {
+        Deployment {
+            name: config.name.clone(),
+            model: config.model.clone(),
+            backend: config.backend.clone(),
+            backend_auth: config.backend_key.as_deref().and_then(BackendAuth::new),
+            keys: config.keys.clone(),
+            backend_http2: config.backend_http2,
+            first_byte_timeout: config.first_byte_timeout,
+        }
+    }
+}
+
+/// All deployments by name.
+#[derive(Debug, Default)]
+pub struct DeploymentTable {
+    by_name: HashMap<String, Arc<Deployment>>,
+}
+
+impl DeploymentTable {
+    pub fn from_configs(configs: &[DeploymentConfig]) -> DeploymentTable {
+        DeploymentTable {
+            by_name: configs
+                .iter()
+                .map(|c| (c.name.clone(), Arc::new(Deployment::from_config(c))))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Deployment>> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}

@@ -1,0 +1,67 @@
+//! The embedded default: what `tollgate serve` runs without `--config`. One demo deployment in
+//! front of the built-in mock backend, with a key generated for this run.
+
+use std::net::SocketAddr;
+
+use crate::config::{
+    AdminConfig, BackendSettings, BackendUrl, Config, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_POOL_IDLE_TIMEOUT,
+    DeploymentConfig, ServerConfig,
+};
+use crate::keys::{KeyDigest, KeyPair};
+
+pub const DEMO_DEPLOYMENT: &str = "meta-llama3-8b-qwerty";
+pub const DEMO_MODEL: &str = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct";
+pub const API_VERSION: &str = "2024-05-01-preview";
+
+/// The demo configuration: `key` is the plain demo key (only its digest is kept).
+pub fn demo_config(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    backend: BackendUrl,
+    key: &str,
+) -> Config {
+    Config {
+        server: ServerConfig {
+            listen,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        },
+        admin: AdminConfig {
+            listen: admin_listen,
+        },
+        backend: BackendSettings {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        },
+        deployments: vec![DeploymentConfig {
+            name: DEMO_DEPLOYMENT.into(),
+            model: DEMO_MODEL.into(),
+            backend,
+            backend_key: None,
+            keys: KeyPair {
+                primary: KeyDigest::of(key.as_bytes()),
+                secondary: None,
+            },
+            backend_http2: false,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+        }],
+    }
+}
+
+/// What the demo prints: where to call, with which key, and a `curl` line that works when pasted.
+pub fn banner(gateway: SocketAddr, admin: SocketAddr, backend: &str, key: &str) -> String {
+    let port = gateway.port();
+    let endpoint = format!("http://{gateway}/openai/deployments/{DEMO_DEPLOYMENT}");
+    format!(
+        "tollgate {version}: embedded demo (no --config given)\n\
+         \n  deployment: {DEMO_DEPLOYMENT} (in front of the built-in mock backend at {backend})\
+         \n  endpoint:   {endpoint}\
+         \n  host-style: http://{DEMO_DEPLOYMENT}.localhost:{port}   unified: http://{gateway}/models   openai: http://{gateway}/v1\
+         \n  key:        {key}\
+         \n  admin:      http://{admin}/healthz\
+         \n\nTry it:\n  curl -sS '{endpoint}/chat/completions?api-version={API_VERSION}' -H 'api-key: {key}' \
+         -H 'content-type: application/json' -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n",
+        version = env!("CARGO_PKG_VERSION"),
+    )
+}

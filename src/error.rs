@@ -1,0 +1,209 @@
+//! Per-request errors and the one place that turns them into the API's error JSON.
+//!
+//! Every rejection the gateway makes is an [`ApiError`]. Its status, error code and metric label are
+//! exhaustive matches, so a new variant forces a decision about each. The body is always
+//! `{"error":{"code","message","status"}}` with the same code in `x-ms-error-code`.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+
+use crate::gateway::body::ProxyBody;
+
+/// Why a request was not served (or not served completely) by a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "no deployment named '{name}' exists on this gateway; check the deployment name in the URL, the host name, the 'azureml-model-deployment' header or the body's 'model' field"
+    )]
+    DeploymentNotFound { name: String },
+    #[error(
+        "the request names no deployment: call /openai/deployments/{{name}}/..., use the host {{name}}.<gateway host>, or send the deployment name in the 'azureml-model-deployment' header or the body's 'model' field"
+    )]
+    DeploymentMissing,
+    #[error(
+        "no route {path}: supported routes are GET /info and POST /chat/completions, /completions, /embeddings, /images/embeddings (optionally under /openai/deployments/{{name}}, /models or /v1)"
+    )]
+    RouteNotFound { path: String },
+    #[error("method {method} is not allowed on {route}; use {allowed}")]
+    MethodNotAllowed {
+        method: Method,
+        route: &'static str,
+        allowed: Method,
+    },
+    #[error(
+        "access denied due to a missing or invalid key for deployment '{deployment}': send one of the deployment's keys as 'api-key: <key>' or 'Authorization: Bearer <key>'"
+    )]
+    Unauthorized { deployment: String },
+    #[error(
+        "the request body is larger than this gateway's limit of {limit} bytes; send a smaller body"
+    )]
+    BodyTooLarge { limit: usize },
+    #[error("the request body could not be read: {reason}")]
+    BodyRead { reason: String },
+    #[error("the request body must be a JSON object: {reason}")]
+    InvalidJson { reason: String },
+    #[error(
+        "the backend of deployment '{deployment}' could not be reached ({reason}); try again later"
+    )]
+    BackendUnreachable { deployment: String, reason: String },
+    #[error(
+        "the backend of deployment '{deployment}' did not {what} within {timeout_ms} ms; try again later"
+    )]
+    BackendTimeout {
+        deployment: String,
+        what: &'static str,
+        timeout_ms: u64,
+    },
+    #[error("the backend of deployment '{deployment}' failed: {reason}")]
+    BackendProtocol { deployment: String, reason: String },
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::DeploymentNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::DeploymentMissing => StatusCode::BAD_REQUEST,
+            ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyRead { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BackendUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The API error code, sent in the body and in `x-ms-error-code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::DeploymentNotFound { .. } => "DeploymentNotFound",
+            ApiError::DeploymentMissing => "DeploymentMissing",
+            ApiError::RouteNotFound { .. } => "NotFound",
+            ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
+            ApiError::Unauthorized { .. } => "Unauthorized",
+            ApiError::BodyTooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::BodyRead { .. } => "InvalidRequestBody",
+            ApiError::InvalidJson { .. } => "InvalidJson",
+            ApiError::BackendUnreachable { .. } => "BadGateway",
+            ApiError::BackendTimeout { .. } => "GatewayTimeout",
+            ApiError::BackendProtocol { .. } => "BadGateway",
+        }
+    }
+
+    /// A bounded label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ApiError::DeploymentNotFound { .. } => "deployment_not_found",
+            ApiError::DeploymentMissing => "deployment_missing",
+            ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyRead { .. } => "body_read",
+            ApiError::InvalidJson { .. } => "invalid_json",
+            ApiError::BackendUnreachable { .. } => "backend_connect",
+            ApiError::BackendTimeout { .. } => "backend_timeout",
+            ApiError::BackendProtocol { .. } => "backend_protocol",
+        }
+    }
+
+    /// The error as the API's JSON response.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut response = error_response(status, self.code(), &self.to_string());
+        if let ApiError::MethodNotAllowed { allowed, .. } = &self {
+            if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+        }
+        response
+    }
+}
+
+/// Builds `{"error":{"code","message","status"}}` with `x-ms-error-code`. The only place the error JSON is made.
+pub fn error_response(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> Response<ProxyBody> {
+    let mut body = String::with_capacity(64 + code.len() + message.len());
+    body.push_str("{\"error\":{\"code\":");
+    push_json_string(&mut body, code);
+    body.push_str(",\"message\":");
+    push_json_string(&mut body, message);
+    let _ = write!(body, ",\"status\":{}}}}}", status.as_u16());
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("x-ms-error-code", HeaderValue::from_static(code));
+    response
+}
+
+fn push_json_string(out: &mut String, value: &str) {
+    // serde_json escapes correctly; writing a &str to a String cannot fail.
+    match serde_json::to_string(value) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("\"\""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_body_has_code_message_status_and_header() {
+        let response = ApiError::BodyTooLarge { limit: 10 }.into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            response.headers()["x-ms-error-code"],
+            "RequestEntityTooLarge"
+        );
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"]["code"], "RequestEntityTooLarge");
+        assert_eq!(json["error"]["status"], 413);
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("10 bytes")
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_with_quotes_stay_valid_json() {
+        let response = ApiError::DeploymentNotFound {
+            name: "a\"b\\c".into(),
+        }
+        .into_response();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("a\"b\\c")
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_sets_allow() {
+        let response = ApiError::MethodNotAllowed {
+            method: Method::GET,
+            route: "/chat/completions",
+            allowed: Method::POST,
+        }
+        .into_response();
+        assert_eq!(response.headers()[header::ALLOW], "POST");
+    }
+}

@@ -1,0 +1,235 @@
+//! Stage 1, route: which API operation a request asks for and how it names its deployment.
+//!
+//! Four addressing modes reach the same deployment:
+//! 1. host: the first DNS label of `Host` (`meta-llama3-8b-qwerty.localhost:8080/chat/completions`);
+//! 2. path: `/openai/deployments/{name}/chat/completions` (the `openai` SDK's `AzureOpenAI`);
+//! 3. unified: `/models/chat/completions` or `/v1/chat/completions`, with the name in the
+//!    `azureml-model-deployment` header or the body's `model` field.
+//!
+//! Root paths (`/chat/completions`) try the host label first and fall back to the header and body.
+
+use http::Method;
+
+use crate::error::ApiError;
+
+/// The API operations the gateway forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiRoute {
+    Info,
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    ImageEmbeddings,
+}
+
+impl ApiRoute {
+    /// The route's path on a backend (relative to its root URL).
+    pub fn path(self) -> &'static str {
+        match self {
+            ApiRoute::Info => "/info",
+            ApiRoute::ChatCompletions => "/chat/completions",
+            ApiRoute::Completions => "/completions",
+            ApiRoute::Embeddings => "/embeddings",
+            ApiRoute::ImageEmbeddings => "/images/embeddings",
+        }
+    }
+
+    pub fn method(self) -> Method {
+        match self {
+            ApiRoute::Info => Method::GET,
+            ApiRoute::ChatCompletions
+            | ApiRoute::Completions
+            | ApiRoute::Embeddings
+            | ApiRoute::ImageEmbeddings => Method::POST,
+        }
+    }
+
+    /// Whether the route carries a JSON request body.
+    pub fn has_json_body(self) -> bool {
+        self.method() == Method::POST
+    }
+
+    /// A bounded label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            ApiRoute::Info => "info",
+            ApiRoute::ChatCompletions => "chat_completions",
+            ApiRoute::Completions => "completions",
+            ApiRoute::Embeddings => "embeddings",
+            ApiRoute::ImageEmbeddings => "images_embeddings",
+        }
+    }
+
+    fn from_path(path: &str) -> Option<ApiRoute> {
+        Some(match path {
+            "/info" => ApiRoute::Info,
+            "/chat/completions" => ApiRoute::ChatCompletions,
+            "/completions" => ApiRoute::Completions,
+            "/embeddings" => ApiRoute::Embeddings,
+            "/images/embeddings" => ApiRoute::ImageEmbeddings,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the deployment's name is to be found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addressing<'a> {
+    /// Named in the path: `/openai/deployments/{name}/...`.
+    Path(&'a str),
+    /// `/models/...` or `/v1/...`: header or body.
+    Unified,
+    /// A root path: host label, then header or body.
+    Root,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routed<'a> {
+    pub route: ApiRoute,
+    pub addressing: Addressing<'a>,
+}
+
+/// Matches a method and path to an operation.
+pub fn route<'a>(method: &Method, path: &'a str) -> Result<Routed<'a>, ApiError> {
+    let (addressing, rest) = if let Some(after) = path.strip_prefix("/openai/deployments/") {
+        let (name, rest) = after.split_at(after.find('/').unwrap_or(after.len()));
+        (Addressing::Path(name), rest)
+    } else if let Some(rest) = path.strip_prefix("/models").filter(|r| r.starts_with('/')) {
+        (Addressing::Unified, rest)
+    } else if let Some(rest) = path.strip_prefix("/v1").filter(|r| r.starts_with('/')) {
+        (Addressing::Unified, rest)
+    } else {
+        (Addressing::Root, path)
+    };
+    let route = ApiRoute::from_path(rest).ok_or_else(|| ApiError::RouteNotFound {
+        path: truncate(path, 200).to_owned(),
+    })?;
+    if *method != route.method() {
+        return Err(ApiError::MethodNotAllowed {
+            method: method.clone(),
+            route: route.path(),
+            allowed: route.method(),
+        });
+    }
+    Ok(Routed { route, addressing })
+}
+
+/// The first DNS label of a host name, when the host can name a deployment: at least two labels,
+/// not an IP address.
+pub fn host_label(host: &str) -> Option<&str> {
+    let host = match host.rsplit_once(':') {
+        Some((h, port))
+            if !h.ends_with(']')
+                && !h.contains(':')
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            h
+        }
+        Some(_) if host.starts_with('[') => return None,
+        _ => host,
+    };
+    let (label, rest) = host.split_once('.')?;
+    if label.is_empty() || rest.is_empty() || host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+    {
+        return None;
+    }
+    Some(label)
+}
+
+/// Cuts untrusted text to at most `max` bytes on a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_under_every_prefix() {
+        for (path, route) in [
+            ("/info", ApiRoute::Info),
+            ("/chat/completions", ApiRoute::ChatCompletions),
+            ("/completions", ApiRoute::Completions),
+            ("/embeddings", ApiRoute::Embeddings),
+            ("/images/embeddings", ApiRoute::ImageEmbeddings),
+        ] {
+            let m = route.method();
+            assert_eq!(
+                super::route(&m, path).unwrap(),
+                Routed {
+                    route,
+                    addressing: Addressing::Root
+                }
+            );
+            assert_eq!(
+                super::route(&m, &format!("/models{path}"))
+                    .unwrap()
+                    .addressing,
+                Addressing::Unified
+            );
+            assert_eq!(
+                super::route(&m, &format!("/v1{path}")).unwrap().addressing,
+                Addressing::Unified
+            );
+            let p = format!("/openai/deployments/dep-1{path}");
+            assert_eq!(
+                super::route(&m, &p).unwrap(),
+                Routed {
+                    route,
+                    addressing: Addressing::Path("dep-1")
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_paths_and_methods() {
+        assert!(matches!(
+            route(&Method::POST, "/chat"),
+            Err(ApiError::RouteNotFound { .. })
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/modelschat/completions"),
+            Err(ApiError::RouteNotFound { .. })
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/openai/deployments/x"),
+            Err(ApiError::RouteNotFound { .. })
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/chat/completions"),
+            Err(ApiError::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/info"),
+            Err(ApiError::MethodNotAllowed { .. })
+        ));
+    }
+
+    #[test]
+    fn host_labels() {
+        assert_eq!(
+            host_label("meta-llama3-8b-qwerty.localhost:8080"),
+            Some("meta-llama3-8b-qwerty")
+        );
+        assert_eq!(host_label("dep.eastus2.models.ai.azure.com"), Some("dep"));
+        assert_eq!(host_label("localhost:8080"), None);
+        assert_eq!(host_label("127.0.0.1:8080"), None);
+        assert_eq!(host_label("[::1]:8080"), None);
+        assert_eq!(host_label(".x"), None);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,262 @@
+//! The `tollgate` command: `serve`, `check`, `keys generate`, `mock-backend`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate::config::{BackendUrl, Config};
+use tollgate::embedded;
+use tollgate::keys::{KeyDigest, generate_key};
+use tollgate::mock_backend::{MockBackend, MockOptions};
+use tollgate::runtime::RunningGateway;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Serverless-style API endpoints with keys, quotas and token metering in front of model backends"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Compact, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Compact,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (without --config: the embedded demo in front of the built-in mock backend).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the gateway listen address (e.g. 127.0.0.1:0 for any free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Override the admin listen address.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file and exit (non-zero, naming file, line and field, when invalid).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Endpoint keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Run the built-in mock backend (speaks the Model Inference API like a Llama serverless endpoint).
+    MockBackend {
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "Meta-Llama-3-8B-Instruct")]
+        model_name: String,
+        /// Delay before the first byte of every response.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Pace of streamed chunks (0: as fast as possible).
+        #[arg(long, default_value_t = 0)]
+        tokens_per_second: u32,
+        /// Length of every completion, in tokens.
+        #[arg(long, default_value_t = 16)]
+        completion_tokens: u32,
+        /// Stream without `usage` in the last chunk, as some backends do.
+        #[arg(long)]
+        no_stream_usage: bool,
+        /// Require this environment variable's value as the key (api-key or Bearer).
+        #[arg(long)]
+        require_key_env: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random 32-character key and its `sha256:` form for the config file.
+    Generate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
+    };
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+        } => runtime.block_on(serve(config, listen, admin_listen)),
+        Command::Check { config } => check(&config),
+        Command::Keys {
+            command: KeysCommand::Generate,
+        } => {
+            let key = generate_key();
+            say(&format!(
+                "key:    {key}\nstored: {}\n",
+                KeyDigest::of(key.as_bytes()).to_stored()
+            ))
+        }
+        Command::MockBackend {
+            listen,
+            model_name,
+            latency_ms,
+            tokens_per_second,
+            completion_tokens,
+            no_stream_usage,
+            require_key_env,
+        } => {
+            let require_key = match require_key_env.map(|var| std::env::var(&var).map_err(|_| var))
+            {
+                None => None,
+                Some(Ok(key)) => Some(key),
+                Some(Err(var)) => {
+                    return fail(&format!(
+                        "--require-key-env: environment variable '{var}' is not set"
+                    ));
+                }
+            };
+            let options = MockOptions {
+                model_name,
+                latency: Duration::from_millis(latency_ms),
+                tokens_per_second,
+                completion_tokens,
+                stream_usage: !no_stream_usage,
+                require_key,
+            };
+            runtime.block_on(mock_backend(listen, options))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "tollgate: {message}");
+    ExitCode::FAILURE
+}
+
+fn say(text: &str) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Compact => builder.compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn check(path: &std::path::Path) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    say(&format!(
+        "{}: valid ({} deployments)\n",
+        path.display(),
+        config.deployments.len()
+    ))
+}
+
+async fn serve(
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+) -> Result<(), String> {
+    let (running, mock) = match config {
+        Some(path) => {
+            let mut config = Config::load(&path).map_err(|e| e.to_string())?;
+            config.server.listen = listen.unwrap_or(config.server.listen);
+            config.admin.listen = admin_listen.unwrap_or(config.admin.listen);
+            let running = RunningGateway::start(&config)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                gateway = %running.gateway_addr,
+                admin = %running.admin_addr,
+                deployments = config.deployments.len(),
+                "tollgate is serving {}", path.display()
+            );
+            (running, None)
+        }
+        None => {
+            let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default())
+                .await
+                .map_err(|e| format!("cannot start the built-in mock backend: {e}"))?;
+            let backend =
+                BackendUrl::parse(&mock.url()).map_err(|e| format!("mock backend URL: {e}"))?;
+            let key = generate_key();
+            let listen = listen.unwrap_or(([127, 0, 0, 1], 8080).into());
+            let admin_listen = admin_listen.unwrap_or(([127, 0, 0, 1], 9090).into());
+            let config = embedded::demo_config(listen, admin_listen, backend, &key);
+            let running = RunningGateway::start(&config)
+                .await
+                .map_err(|e| e.to_string())?;
+            say(&embedded::banner(
+                running.gateway_addr,
+                running.admin_addr,
+                &mock.url(),
+                &key,
+            ))?;
+            (running, Some(mock))
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining open connections");
+    running.shutdown().await;
+    if let Some(mock) = mock {
+        mock.stop().await;
+    }
+    Ok(())
+}
+
+async fn mock_backend(listen: SocketAddr, options: MockOptions) -> Result<(), String> {
+    let mock = MockBackend::start(listen, options)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    say(&format!(
+        "tollgate mock backend listening on {}\n",
+        mock.url()
+    ))?;
+    wait_for_signal().await;
+    mock.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

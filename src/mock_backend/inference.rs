@@ -1,0 +1,381 @@
+//! What the mock backend answers on each route.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::{Behaviour, MockBody, MockOptions};
+
+pub type Failure = (StatusCode, &'static str, String);
+
+const WORDS: [&str; 12] = [
+    "Hello",
+    " from",
+    " the",
+    " tollgate",
+    " mock",
+    " backend",
+    ",",
+    " one",
+    " token",
+    " at",
+    " a",
+    " time.",
+];
+const MESSAGE_OVERHEAD: u64 = 4;
+const PROMPT_OVERHEAD: u64 = 3;
+const IMAGE_TOKENS: u64 = 85;
+
+/// `ceil(chars / 4)`: the mock's deterministic token count of a text.
+pub fn text_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+pub fn info(options: &MockOptions) -> Bytes {
+    Bytes::from(
+        json!({"model_name": options.model_name, "model_type": "chat-completions", "model_provider_name": "Meta"})
+            .to_string(),
+    )
+}
+
+fn parse(body: &[u8]) -> Result<Value, Failure> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            "InvalidJson",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "InvalidJson",
+            "the body must be a JSON object".into(),
+        ));
+    }
+    Ok(value)
+}
+
+fn content_tokens(content: &Value) -> u64 {
+    match content {
+        Value::String(text) => text_tokens(text),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match part.get("type").and_then(Value::as_str) {
+                Some("text") => part
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map_or(0, text_tokens),
+                Some("image_url") => IMAGE_TOKENS,
+                _ => 0,
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+fn chat_prompt_tokens(request: &Value) -> Result<u64, Failure> {
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UserError",
+                "'messages' is required and must be an array".to_owned(),
+            )
+        })?;
+    let mut tokens = PROMPT_OVERHEAD;
+    for message in messages {
+        tokens += MESSAGE_OVERHEAD;
+        tokens += message.get("content").map_or(0, content_tokens);
+        tokens += message
+            .get("name")
+            .and_then(Value::as_str)
+            .map_or(0, text_tokens);
+        if let Some(calls) = message.get("tool_calls") {
+            tokens += text_tokens(&calls.to_string());
+        }
+    }
+    if let Some(tools) = request.get("tools") {
+        tokens += text_tokens(&tools.to_string());
+    }
+    Ok(tokens)
+}
+
+/// Completion length and finish reason after `max_tokens`.
+fn completion_len(request: &Value, behaviour: &Behaviour) -> (u32, &'static str) {
+    match request.get("max_tokens").and_then(Value::as_u64) {
+        Some(max) if max < u64::from(behaviour.completion_tokens) => (max as u32, "length"),
+        _ => (behaviour.completion_tokens, "stop"),
+    }
+}
+
+fn completion_text(tokens: u32) -> String {
+    (0..tokens as usize)
+        .map(|i| WORDS[i % WORDS.len()])
+        .collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn id() -> String {
+    format!("cmpl-{:032x}", rand::random::<u128>())
+}
+
+fn usage(prompt: u64, completion: u32) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + u64::from(completion)})
+}
+
+pub fn chat(
+    options: &MockOptions,
+    behaviour: &Behaviour,
+    body: &[u8],
+) -> Result<Response<MockBody>, Failure> {
+    let request = parse(body)?;
+    let prompt = chat_prompt_tokens(&request)?;
+    let (tokens, finish) = completion_len(&request, behaviour);
+    let (id, created, model) = (id(), now(), options.model_name.as_str());
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        let head = |delta: Value, finish: Option<&str>| {
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]})
+        };
+        let mut events = Vec::with_capacity(tokens as usize + 2);
+        events.push(head(json!({"role": "assistant", "content": ""}), None));
+        for i in 0..tokens as usize {
+            events.push(head(json!({"content": WORDS[i % WORDS.len()]}), None));
+        }
+        let mut last = head(json!({}), Some(finish));
+        if behaviour.stream_usage {
+            last["usage"] = usage(prompt, tokens);
+        }
+        events.push(last);
+        return Ok(stream(events, behaviour));
+    }
+    let answer = json!({
+        "id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "finish_reason": finish,
+                     "message": {"role": "assistant", "content": completion_text(tokens), "tool_calls": null},
+                     "logprobs": null}],
+        "usage": usage(prompt, tokens),
+    });
+    Ok(json_ok(answer))
+}
+
+pub fn completions(
+    options: &MockOptions,
+    behaviour: &Behaviour,
+    body: &[u8],
+) -> Result<Response<MockBody>, Failure> {
+    let request = parse(body)?;
+    let prompt = match request.get("prompt") {
+        Some(Value::String(text)) => text_tokens(text),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(text_tokens)
+            .sum(),
+        _ => {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UserError",
+                "'prompt' is required (a string or an array of strings)".into(),
+            ));
+        }
+    };
+    let (tokens, finish) = completion_len(&request, behaviour);
+    let (id, created, model) = (id(), now(), options.model_name.as_str());
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        let head = |text: &str, finish: Option<&str>| {
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                   "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}]})
+        };
+        let mut events: Vec<Value> = (0..tokens as usize)
+            .map(|i| head(WORDS[i % WORDS.len()], None))
+            .collect();
+        let mut last = head("", Some(finish));
+        if behaviour.stream_usage {
+            last["usage"] = usage(prompt, tokens);
+        }
+        events.push(last);
+        return Ok(stream(events, behaviour));
+    }
+    Ok(json_ok(json!({
+        "id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": [{"index": 0, "text": completion_text(tokens), "finish_reason": finish, "logprobs": null}],
+        "usage": usage(prompt, tokens),
+    })))
+}
+
+pub fn embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Failure> {
+    let request = parse(body)?;
+    let inputs: Vec<&str> = match request.get("input") {
+        Some(Value::String(text)) => vec![text.as_str()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            items.iter().filter_map(Value::as_str).collect()
+        }
+        _ => {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UserError",
+                "'input' must be a string or an array of strings".into(),
+            ));
+        }
+    };
+    let dimensions = dimensions(&request);
+    let prompt: u64 = inputs.iter().map(|t| text_tokens(t)).sum();
+    Ok(embedding_list(
+        options,
+        inputs.iter().map(|t| vector(t, dimensions)).collect(),
+        prompt,
+    ))
+}
+
+pub fn image_embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Failure> {
+    let request = parse(body)?;
+    let Some(items) = request.get("input").and_then(Value::as_array) else {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "UserError",
+            "'input' must be an array of {\"image\", \"text\"?}".into(),
+        ));
+    };
+    let dimensions = dimensions(&request);
+    let mut prompt = 0;
+    let mut vectors = Vec::with_capacity(items.len());
+    for item in items {
+        let image = item.get("image").and_then(Value::as_str).ok_or_else(|| {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "UserError",
+                "each input needs an 'image' data URL".to_owned(),
+            )
+        })?;
+        let text = item.get("text").and_then(Value::as_str).unwrap_or("");
+        prompt += IMAGE_TOKENS + text_tokens(text);
+        vectors.push(vector(&format!("{image}{text}"), dimensions));
+    }
+    Ok(embedding_list(options, vectors, prompt))
+}
+
+fn dimensions(request: &Value) -> usize {
+    request
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .map_or(16, |d| d.clamp(1, 4096) as usize)
+}
+
+fn embedding_list(options: &MockOptions, vectors: Vec<Vec<f32>>, prompt: u64) -> Bytes {
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| json!({"index": index, "object": "embedding", "embedding": embedding}))
+        .collect();
+    Bytes::from(
+        json!({"id": id(), "object": "list", "data": data, "model": options.model_name,
+               "usage": {"prompt_tokens": prompt, "total_tokens": prompt}})
+        .to_string(),
+    )
+}
+
+/// A deterministic unit vector derived from the text (FNV-1a seeded xorshift).
+fn vector(text: &str, dimensions: usize) -> Vec<f32> {
+    let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut values: Vec<f32> = (0..dimensions)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 2000) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    let norm = values
+        .iter()
+        .map(|v| v * v)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    values.iter_mut().for_each(|v| *v /= norm);
+    values
+}
+
+fn json_ok(value: Value) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::Full(Some(Bytes::from(value.to_string()))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Streams events as SSE from a task, paced by `tokens_per_second`, optionally dying midway.
+fn stream(events: Vec<Value>, behaviour: &Behaviour) -> Response<MockBody> {
+    let (tx, rx) = mpsc::channel(16);
+    let pause = (behaviour.tokens_per_second > 0)
+        .then(|| Duration::from_secs(1) / behaviour.tokens_per_second);
+    let latency = behaviour.latency;
+    let die_after = behaviour.die_after;
+    tokio::spawn(async move {
+        tokio::time::sleep(latency).await;
+        for (sent, event) in events.into_iter().enumerate() {
+            if die_after.is_some_and(|n| sent as u32 > n) {
+                let _ = tx
+                    .send(Err(std::io::Error::other("mock backend died mid-stream")))
+                    .await;
+                return;
+            }
+            if let Some(pause) = pause.filter(|_| sent > 0) {
+                tokio::time::sleep(pause).await;
+            }
+            if tx
+                .send(Ok(Bytes::from(format!("data: {event}\n\n"))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+    });
+    let mut response = Response::new(MockBody::Stream(rx));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_counts_are_deterministic() {
+        assert_eq!(text_tokens(""), 0);
+        assert_eq!(text_tokens("abcd"), 1);
+        assert_eq!(text_tokens("abcde"), 2);
+        let request = json!({"messages": [{"role": "user", "content": "Hello there"}]});
+        assert_eq!(chat_prompt_tokens(&request).unwrap(), 3 + 4 + 3);
+        let parts = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "abcd"}, {"type": "image_url", "image_url": {"url": "x"}}]}]});
+        assert_eq!(chat_prompt_tokens(&parts).unwrap(), 3 + 4 + 1 + 85);
+    }
+
+    #[test]
+    fn vectors_are_unit_length_and_stable() {
+        let a = vector("x", 16);
+        assert_eq!(a, vector("x", 16));
+        assert!((a.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+}

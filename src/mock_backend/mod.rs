@@ -1,0 +1,226 @@
+//! The built-in mock backend: a real HTTP server speaking the Model Inference API like a Llama
+//! serverless endpoint. The embedded demo forwards to it, tests and benchmarks use it as upstream.
+//!
+//! Behaviour is set by [`MockOptions`] (the `mock-backend` command's flags) and, per request, by
+//! test-control headers that pass through the gateway untouched:
+//! `x-mock-latency-ms`, `x-mock-completion-tokens`, `x-mock-tokens-per-second`,
+//! `x-mock-status` (answer with that error status), `x-mock-die-after` (cut the connection after
+//! that many streamed content chunks, or midway through a non-streamed body).
+//!
+//! Token counts are deterministic: a text counts `ceil(chars / 4)` tokens; a chat message adds 4
+//! tokens of template, a chat prompt 3 more; an image counts 85.
+
+mod body;
+mod inference;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use body::MockBody;
+
+/// How the mock behaves unless a request's control headers say otherwise.
+#[derive(Clone, Debug)]
+pub struct MockOptions {
+    pub model_name: String,
+    /// Delay before the response head.
+    pub latency: Duration,
+    /// Pace of streamed chunks; 0 streams as fast as possible.
+    pub tokens_per_second: u32,
+    /// Length of every completion (before `max_tokens` cuts it).
+    pub completion_tokens: u32,
+    /// Whether the last streamed chunk carries `usage`.
+    pub stream_usage: bool,
+    /// When set, requests must present this key (`api-key` or Bearer).
+    pub require_key: Option<String>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            model_name: "Meta-Llama-3-8B-Instruct".into(),
+            latency: Duration::ZERO,
+            tokens_per_second: 0,
+            completion_tokens: 16,
+            stream_usage: true,
+            require_key: None,
+        }
+    }
+}
+
+/// A running mock backend.
+pub struct MockBackend {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl MockBackend {
+    /// Binds `addr` (port 0 for any free port) and serves until stopped or dropped.
+    pub async fn start(addr: SocketAddr, options: MockOptions) -> std::io::Result<MockBackend> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let options = Arc::new(options);
+        let handler = move |request| {
+            let options = Arc::clone(&options);
+            async move { handle(&options, request).await }
+        };
+        let task = tokio::spawn(crate::server::serve(listener, handler, stopped));
+        Ok(MockBackend { addr, stop, task })
+    }
+
+    /// The root URL to configure as a deployment's `backend`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting and waits for open connections to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Per-request behaviour: the options, overridden by control headers.
+#[derive(Clone, Debug)]
+struct Behaviour {
+    latency: Duration,
+    tokens_per_second: u32,
+    completion_tokens: u32,
+    stream_usage: bool,
+    die_after: Option<u32>,
+}
+
+impl Behaviour {
+    fn new(options: &MockOptions, headers: &HeaderMap) -> Behaviour {
+        let number = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        Behaviour {
+            latency: number("x-mock-latency-ms").map_or(options.latency, Duration::from_millis),
+            tokens_per_second: number("x-mock-tokens-per-second")
+                .map_or(options.tokens_per_second, |n| n as u32),
+            completion_tokens: number("x-mock-completion-tokens")
+                .map_or(options.completion_tokens, |n| n.min(100_000) as u32),
+            stream_usage: options.stream_usage,
+            die_after: number("x-mock-die-after").map(|n| n as u32),
+        }
+    }
+}
+
+async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<MockBody> {
+    let (parts, incoming) = request.into_parts();
+    if let Some(required) = &options.require_key {
+        let presented = parts
+            .headers
+            .get("api-key")
+            .map(HeaderValue::as_bytes)
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            });
+        if presented != Some(required.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "the mock backend wants its key",
+            );
+        }
+    }
+    let behaviour = Behaviour::new(options, &parts.headers);
+    if let Some(status) = parts
+        .headers
+        .get("x-mock-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u16>().ok())
+    {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        tokio::time::sleep(behaviour.latency).await;
+        return error(status, "MockError", "the mock backend was asked to fail");
+    }
+    let body = match incoming.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestBody",
+                "the body could not be read",
+            );
+        }
+    };
+    let response = match (&parts.method, parts.uri.path()) {
+        (&Method::GET, "/info") => Ok(json_response(inference::info(options))),
+        (&Method::POST, "/chat/completions") => inference::chat(options, &behaviour, &body),
+        (&Method::POST, "/completions") => inference::completions(options, &behaviour, &body),
+        (&Method::POST, "/embeddings") => inference::embeddings(options, &body).map(json_response),
+        (&Method::POST, "/images/embeddings") => {
+            inference::image_embeddings(options, &body).map(json_response)
+        }
+        (
+            _,
+            "/info" | "/chat/completions" | "/completions" | "/embeddings" | "/images/embeddings",
+        ) => Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "wrong method".to_owned(),
+        )),
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "no such route".to_owned(),
+        )),
+    };
+    tokio::time::sleep(behaviour.latency).await;
+    match response {
+        Ok(mut response) => {
+            if let (Some(n), MockBody::Full(Some(bytes))) =
+                (behaviour.die_after, response.body_mut())
+            {
+                // A non-streamed body cut short: announce the full length, send half, then fail.
+                let _ = n;
+                let full_len = bytes.len();
+                let half = bytes.slice(..full_len / 2);
+                *response.body_mut() = MockBody::truncated(half);
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
+            }
+            response
+        }
+        Err((status, code, message)) => error(status, code, &message),
+    }
+}
+
+fn json_response(body: Bytes) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::Full(Some(body)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response<MockBody> {
+    let body =
+        serde_json::json!({"error": {"code": code, "message": message, "status": status.as_u16()}});
+    let mut response = json_response(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("x-ms-error-code", HeaderValue::from_static(code));
+    response
+}
