@@ -12,25 +12,14 @@ pub async fn handle(request: Request<Incoming>) -> Response<ProxyBody> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
         (&Method::GET, "/readyz") => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        (_, "/healthz" | "/readyz") => error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "use GET",
-        ),
-        _ => error_response(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "admin routes: GET /healthz, GET /readyz",
-        ),
+        (_, "/healthz" | "/readyz") => error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
+        _ => error_response(StatusCode::NOT_FOUND, "NotFound", "admin routes: GET /healthz, GET /readyz"),
     }
 }
 
 fn json(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

@@ -62,10 +62,7 @@ pub struct DeploymentTable {
 impl DeploymentTable {
     pub fn from_configs(configs: &[DeploymentConfig]) -> DeploymentTable {
         DeploymentTable {
-            by_name: configs
-                .iter()
-                .map(|c| (c.name.clone(), Arc::new(Deployment::from_config(c))))
-                .collect(),
+            by_name: configs.iter().map(|c| (c.name.clone(), Arc::new(Deployment::from_config(c)))).collect(),
         }
     }
 

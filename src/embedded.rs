@@ -4,9 +4,8 @@
 use std::net::SocketAddr;
 
 use crate::config::{
-    AdminConfig, BackendSettings, BackendUrl, Config, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_POOL_IDLE_TIMEOUT,
-    DeploymentConfig, ServerConfig,
+    AdminConfig, BackendSettings, BackendUrl, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_POOL_IDLE_TIMEOUT, DeploymentConfig, ServerConfig,
 };
 use crate::keys::{KeyDigest, KeyPair};
 
@@ -15,20 +14,10 @@ pub const DEMO_MODEL: &str = "azureml://registries/azureml-meta/models/Meta-Llam
 pub const API_VERSION: &str = "2024-05-01-preview";
 
 /// The demo configuration: `key` is the plain demo key (only its digest is kept).
-pub fn demo_config(
-    listen: SocketAddr,
-    admin_listen: SocketAddr,
-    backend: BackendUrl,
-    key: &str,
-) -> Config {
+pub fn demo_config(listen: SocketAddr, admin_listen: SocketAddr, backend: BackendUrl, key: &str) -> Config {
     Config {
-        server: ServerConfig {
-            listen,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-        },
-        admin: AdminConfig {
-            listen: admin_listen,
-        },
+        server: ServerConfig { listen, max_body_bytes: DEFAULT_MAX_BODY_BYTES },
+        admin: AdminConfig { listen: admin_listen },
         backend: BackendSettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
@@ -39,10 +28,7 @@ pub fn demo_config(
             model: DEMO_MODEL.into(),
             backend,
             backend_key: None,
-            keys: KeyPair {
-                primary: KeyDigest::of(key.as_bytes()),
-                secondary: None,
-            },
+            keys: KeyPair { primary: KeyDigest::of(key.as_bytes()), secondary: None },
             backend_http2: false,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
         }],

@@ -27,35 +27,21 @@ pub enum ApiError {
     )]
     RouteNotFound { path: String },
     #[error("method {method} is not allowed on {route}; use {allowed}")]
-    MethodNotAllowed {
-        method: Method,
-        route: &'static str,
-        allowed: Method,
-    },
+    MethodNotAllowed { method: Method, route: &'static str, allowed: Method },
     #[error(
         "access denied due to a missing or invalid key for deployment '{deployment}': send one of the deployment's keys as 'api-key: <key>' or 'Authorization: Bearer <key>'"
     )]
     Unauthorized { deployment: String },
-    #[error(
-        "the request body is larger than this gateway's limit of {limit} bytes; send a smaller body"
-    )]
+    #[error("the request body is larger than this gateway's limit of {limit} bytes; send a smaller body")]
     BodyTooLarge { limit: usize },
     #[error("the request body could not be read: {reason}")]
     BodyRead { reason: String },
     #[error("the request body must be a JSON object: {reason}")]
     InvalidJson { reason: String },
-    #[error(
-        "the backend of deployment '{deployment}' could not be reached ({reason}); try again later"
-    )]
+    #[error("the backend of deployment '{deployment}' could not be reached ({reason}); try again later")]
     BackendUnreachable { deployment: String, reason: String },
-    #[error(
-        "the backend of deployment '{deployment}' did not {what} within {timeout_ms} ms; try again later"
-    )]
-    BackendTimeout {
-        deployment: String,
-        what: &'static str,
-        timeout_ms: u64,
-    },
+    #[error("the backend of deployment '{deployment}' did not {what} within {timeout_ms} ms; try again later")]
+    BackendTimeout { deployment: String, what: &'static str, timeout_ms: u64 },
     #[error("the backend of deployment '{deployment}' failed: {reason}")]
     BackendProtocol { deployment: String, reason: String },
 }
@@ -125,11 +111,7 @@ impl ApiError {
 }
 
 /// Builds `{"error":{"code","message","status"}}` with `x-ms-error-code`. The only place the error JSON is made.
-pub fn error_response(
-    status: StatusCode,
-    code: &'static str,
-    message: &str,
-) -> Response<ProxyBody> {
+pub fn error_response(status: StatusCode, code: &'static str, message: &str) -> Response<ProxyBody> {
     let mut body = String::with_capacity(64 + code.len() + message.len());
     body.push_str("{\"error\":{\"code\":");
     push_json_string(&mut body, code);
@@ -139,10 +121,7 @@ pub fn error_response(
     let mut response = Response::new(ProxyBody::full(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("x-ms-error-code", HeaderValue::from_static(code));
     response
 }
@@ -164,46 +143,27 @@ mod tests {
     async fn error_body_has_code_message_status_and_header() {
         let response = ApiError::BodyTooLarge { limit: 10 }.into_response();
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        assert_eq!(
-            response.headers()["x-ms-error-code"],
-            "RequestEntityTooLarge"
-        );
+        assert_eq!(response.headers()["x-ms-error-code"], "RequestEntityTooLarge");
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(json["error"]["code"], "RequestEntityTooLarge");
         assert_eq!(json["error"]["status"], 413);
-        assert!(
-            json["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("10 bytes")
-        );
+        assert!(json["error"]["message"].as_str().unwrap().contains("10 bytes"));
     }
 
     #[tokio::test]
     async fn messages_with_quotes_stay_valid_json() {
-        let response = ApiError::DeploymentNotFound {
-            name: "a\"b\\c".into(),
-        }
-        .into_response();
+        let response = ApiError::DeploymentNotFound { name: "a\"b\\c".into() }.into_response();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert!(
-            json["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("a\"b\\c")
-        );
+        assert!(json["error"]["message"].as_str().unwrap().contains("a\"b\\c"));
     }
 
     #[test]
     fn method_not_allowed_sets_allow() {
-        let response = ApiError::MethodNotAllowed {
-            method: Method::GET,
-            route: "/chat/completions",
-            allowed: Method::POST,
-        }
-        .into_response();
+        let response =
+            ApiError::MethodNotAllowed { method: Method::GET, route: "/chat/completions", allowed: Method::POST }
+                .into_response();
         assert_eq!(response.headers()[header::ALLOW], "POST");
     }
 }

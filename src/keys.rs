@@ -29,8 +29,7 @@ impl KeyDigest {
     /// Parses the stored form `sha256:<64 hex digits>`.
     pub fn parse_stored(text: &str) -> Result<Self, String> {
         let hex_part = text.strip_prefix("sha256:").ok_or_else(|| {
-            "a key must be stored as \"sha256:<64 hex digits>\" (see `tollgate keys generate`)"
-                .to_owned()
+            "a key must be stored as \"sha256:<64 hex digits>\" (see `tollgate keys generate`)".to_owned()
         })?;
         let mut digest = [0u8; 32];
         hex::decode_to_slice(hex_part, &mut digest)
@@ -88,9 +87,7 @@ impl KeyPair {
 /// A freshly generated plain key: 32 characters of `[A-Za-z0-9]` from the OS-seeded CSPRNG.
 pub fn generate_key() -> String {
     let mut rng = rand::rng();
-    (0..KEY_LEN)
-        .map(|_| char::from(KEY_ALPHABET[rng.random_range(0..KEY_ALPHABET.len())]))
-        .collect()
+    (0..KEY_LEN).map(|_| char::from(KEY_ALPHABET[rng.random_range(0..KEY_ALPHABET.len())])).collect()
 }
 
 #[cfg(test)]
@@ -110,42 +107,25 @@ mod tests {
     fn stored_form_round_trips() {
         let digest = KeyDigest::of(b"hello");
         let stored = digest.to_stored();
-        assert_eq!(
-            stored,
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
+        assert_eq!(stored, "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(KeyDigest::parse_stored(&stored).unwrap(), digest);
     }
 
     #[test]
     fn malformed_stored_keys_are_rejected_with_a_reason() {
-        assert!(
-            KeyDigest::parse_stored("plainkey")
-                .unwrap_err()
-                .contains("sha256:")
-        );
-        assert!(
-            KeyDigest::parse_stored("sha256:abc")
-                .unwrap_err()
-                .contains("64 hex")
-        );
+        assert!(KeyDigest::parse_stored("plainkey").unwrap_err().contains("sha256:"));
+        assert!(KeyDigest::parse_stored("sha256:abc").unwrap_err().contains("64 hex"));
         assert!(KeyDigest::parse_stored(&format!("sha256:{}", "g".repeat(64))).is_err());
     }
 
     #[test]
     fn both_slots_match_and_others_do_not() {
-        let pair = KeyPair {
-            primary: KeyDigest::of(b"one"),
-            secondary: Some(KeyDigest::of(b"two")),
-        };
+        let pair = KeyPair { primary: KeyDigest::of(b"one"), secondary: Some(KeyDigest::of(b"two")) };
         assert_eq!(pair.check(b"one"), Some(KeySlot::Primary));
         assert_eq!(pair.check(b"two"), Some(KeySlot::Secondary));
         assert_eq!(pair.check(b"three"), None);
         assert_eq!(pair.check(b""), None);
-        let single = KeyPair {
-            primary: KeyDigest::of(b"one"),
-            secondary: None,
-        };
+        let single = KeyPair { primary: KeyDigest::of(b"one"), secondary: None };
         assert_eq!(single.check(b"two"), None);
     }
 }

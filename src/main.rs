@@ -89,28 +89,16 @@ enum KeysCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
     };
     let result = match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            admin_listen,
-        } => runtime.block_on(serve(config, listen, admin_listen)),
+        Command::Serve { config, listen, admin_listen } => runtime.block_on(serve(config, listen, admin_listen)),
         Command::Check { config } => check(&config),
-        Command::Keys {
-            command: KeysCommand::Generate,
-        } => {
+        Command::Keys { command: KeysCommand::Generate } => {
             let key = generate_key();
-            say(&format!(
-                "key:    {key}\nstored: {}\n",
-                KeyDigest::of(key.as_bytes()).to_stored()
-            ))
+            say(&format!("key:    {key}\nstored: {}\n", KeyDigest::of(key.as_bytes()).to_stored()))
         }
         Command::MockBackend {
             listen,
@@ -121,14 +109,11 @@ fn main() -> ExitCode {
             no_stream_usage,
             require_key_env,
         } => {
-            let require_key = match require_key_env.map(|var| std::env::var(&var).map_err(|_| var))
-            {
+            let require_key = match require_key_env.map(|var| std::env::var(&var).map_err(|_| var)) {
                 None => None,
                 Some(Ok(key)) => Some(key),
                 Some(Err(var)) => {
-                    return fail(&format!(
-                        "--require-key-env: environment variable '{var}' is not set"
-                    ));
+                    return fail(&format!("--require-key-env: environment variable '{var}' is not set"));
                 }
             };
             let options = MockOptions {
@@ -155,17 +140,13 @@ fn fail(message: &str) -> ExitCode {
 
 fn say(text: &str) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("cannot write to stdout: {e}"))
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Compact => builder.compact().init(),
         LogFormat::Json => builder.json().init(),
@@ -174,11 +155,7 @@ fn init_logging(format: LogFormat) {
 
 fn check(path: &std::path::Path) -> Result<(), String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    say(&format!(
-        "{}: valid ({} deployments)\n",
-        path.display(),
-        config.deployments.len()
-    ))
+    say(&format!("{}: valid ({} deployments)\n", path.display(), config.deployments.len()))
 }
 
 async fn serve(
@@ -191,9 +168,7 @@ async fn serve(
             let mut config = Config::load(&path).map_err(|e| e.to_string())?;
             config.server.listen = listen.unwrap_or(config.server.listen);
             config.admin.listen = admin_listen.unwrap_or(config.admin.listen);
-            let running = RunningGateway::start(&config)
-                .await
-                .map_err(|e| e.to_string())?;
+            let running = RunningGateway::start(&config).await.map_err(|e| e.to_string())?;
             tracing::info!(
                 gateway = %running.gateway_addr,
                 admin = %running.admin_addr,
@@ -206,21 +181,13 @@ async fn serve(
             let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default())
                 .await
                 .map_err(|e| format!("cannot start the built-in mock backend: {e}"))?;
-            let backend =
-                BackendUrl::parse(&mock.url()).map_err(|e| format!("mock backend URL: {e}"))?;
+            let backend = BackendUrl::parse(&mock.url()).map_err(|e| format!("mock backend URL: {e}"))?;
             let key = generate_key();
             let listen = listen.unwrap_or(([127, 0, 0, 1], 8080).into());
             let admin_listen = admin_listen.unwrap_or(([127, 0, 0, 1], 9090).into());
             let config = embedded::demo_config(listen, admin_listen, backend, &key);
-            let running = RunningGateway::start(&config)
-                .await
-                .map_err(|e| e.to_string())?;
-            say(&embedded::banner(
-                running.gateway_addr,
-                running.admin_addr,
-                &mock.url(),
-                &key,
-            ))?;
+            let running = RunningGateway::start(&config).await.map_err(|e| e.to_string())?;
+            say(&embedded::banner(running.gateway_addr, running.admin_addr, &mock.url(), &key))?;
             (running, Some(mock))
         }
     };
@@ -234,13 +201,8 @@ async fn serve(
 }
 
 async fn mock_backend(listen: SocketAddr, options: MockOptions) -> Result<(), String> {
-    let mock = MockBackend::start(listen, options)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    say(&format!(
-        "tollgate mock backend listening on {}\n",
-        mock.url()
-    ))?;
+    let mock = MockBackend::start(listen, options).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    say(&format!("tollgate mock backend listening on {}\n", mock.url()))?;
     wait_for_signal().await;
     mock.stop().await;
     Ok(())

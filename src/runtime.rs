@@ -14,11 +14,7 @@ use crate::gateway::Gateway;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
 }
 
 /// A running gateway with its bound addresses (useful when the config asked for port 0).
@@ -50,13 +46,7 @@ impl RunningGateway {
             tokio::spawn(crate::server::serve(data, handler, stopped.clone())),
             tokio::spawn(crate::server::serve(admin, crate::admin::handle, stopped)),
         ];
-        Ok(RunningGateway {
-            gateway_addr,
-            admin_addr,
-            gateway,
-            stop,
-            tasks,
-        })
+        Ok(RunningGateway { gateway_addr, admin_addr, gateway, stop, tasks })
     }
 
     /// Stops accepting and waits for in-flight requests to finish (up to the drain deadline).
@@ -69,17 +59,9 @@ impl RunningGateway {
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, what, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
 }
 
-fn local_addr(
-    listener: &TcpListener,
-    addr: SocketAddr,
-    what: &'static str,
-) -> Result<SocketAddr, StartError> {
-    listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { addr, what, source })
+fn local_addr(listener: &TcpListener, addr: SocketAddr, what: &'static str) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind { addr, what, source })
 }

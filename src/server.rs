@@ -21,11 +21,8 @@ use tokio::sync::watch;
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Serves HTTP on `listener` with `handler` until `shutdown` turns true.
-pub async fn serve<F, Fut, B>(
-    listener: TcpListener,
-    handler: F,
-    mut shutdown: watch::Receiver<bool>,
-) where
+pub async fn serve<F, Fut, B>(listener: TcpListener, handler: F, mut shutdown: watch::Receiver<bool>)
+where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
@@ -33,10 +30,7 @@ pub async fn serve<F, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -66,10 +60,7 @@ pub async fn serve<F, Fut, B>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the drain deadline were cut");
     }
 }

@@ -15,18 +15,15 @@ pub struct BackendUrl {
 
 impl BackendUrl {
     pub fn parse(text: &str) -> Result<BackendUrl, String> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|e| format!("'{text}' is not a URL ({e}); write the backend's root URL, e.g. \"http://127.0.0.1:18000\""))?;
+        let uri: Uri = text.parse().map_err(|e| {
+            format!("'{text}' is not a URL ({e}); write the backend's root URL, e.g. \"http://127.0.0.1:18000\"")
+        })?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
             Some("https") => Scheme::HTTPS,
             _ => return Err(format!("'{text}' must start with http:// or https://")),
         };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("'{text}' has no host"))?;
+        let authority = uri.authority().cloned().ok_or_else(|| format!("'{text}' has no host"))?;
         if uri.query().is_some() {
             return Err(format!(
                 "'{text}' has a query string; give the root URL only (clients' api-version is passed through)"
@@ -38,18 +35,12 @@ impl BackendUrl {
             ));
         }
         let prefix = uri.path().trim_end_matches('/').to_owned();
-        Ok(BackendUrl {
-            scheme,
-            authority,
-            prefix,
-        })
+        Ok(BackendUrl { scheme, authority, prefix })
     }
 
     /// The backend URI for an API route (`/chat/completions`) and the client's query string.
     pub fn uri_for(&self, route: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let mut path = String::with_capacity(
-            self.prefix.len() + route.len() + query.map_or(0, |q| q.len() + 1),
-        );
+        let mut path = String::with_capacity(self.prefix.len() + route.len() + query.map_or(0, |q| q.len() + 1));
         path.push_str(&self.prefix);
         path.push_str(route);
         if let Some(q) = query {
@@ -83,36 +74,19 @@ mod tests {
     fn root_and_prefixed_urls() {
         let root = BackendUrl::parse("http://127.0.0.1:18000/").unwrap();
         assert_eq!(
-            root.uri_for("/chat/completions", Some("api-version=2024-05-01-preview"))
-                .unwrap()
-                .to_string(),
+            root.uri_for("/chat/completions", Some("api-version=2024-05-01-preview")).unwrap().to_string(),
             "http://127.0.0.1:18000/chat/completions?api-version=2024-05-01-preview"
         );
         let prefixed = BackendUrl::parse("https://x.services.ai.azure.com/models").unwrap();
         assert!(prefixed.is_https());
-        assert_eq!(
-            prefixed.uri_for("/info", None).unwrap().to_string(),
-            "https://x.services.ai.azure.com/models/info"
-        );
+        assert_eq!(prefixed.uri_for("/info", None).unwrap().to_string(), "https://x.services.ai.azure.com/models/info");
     }
 
     #[test]
     fn bad_urls_say_why() {
-        assert!(
-            BackendUrl::parse("ftp://x")
-                .unwrap_err()
-                .contains("http://")
-        );
+        assert!(BackendUrl::parse("ftp://x").unwrap_err().contains("http://"));
         assert!(BackendUrl::parse("127.0.0.1:80").is_err());
-        assert!(
-            BackendUrl::parse("http://x/?a=b")
-                .unwrap_err()
-                .contains("query")
-        );
-        assert!(
-            BackendUrl::parse("http://u:p@x/")
-                .unwrap_err()
-                .contains("backend_key_env")
-        );
+        assert!(BackendUrl::parse("http://x/?a=b").unwrap_err().contains("query"));
+        assert!(BackendUrl::parse("http://u:p@x/").unwrap_err().contains("backend_key_env"));
     }
 }

@@ -85,18 +85,12 @@ impl Config {
             field: "(file)".into(),
             message: format!("cannot read the configuration file: {e}"),
         })?;
-        Config::parse(&text, &path.display().to_string(), &|name| {
-            std::env::var(name).ok()
-        })
+        Config::parse(&text, &path.display().to_string(), &|name| std::env::var(name).ok())
     }
 
     /// Validates configuration text; `env` looks up environment variables (injected so tests need not
     /// touch the process environment).
-    pub fn parse(
-        text: &str,
-        file: &str,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn parse(text: &str, file: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let at = Locator { text, file };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| at.line_col(s.start)).unwrap_or((0, 0));
@@ -121,71 +115,34 @@ impl Locator<'_> {
     fn line_col(&self, offset: usize) -> (usize, usize) {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
-        let column = before
-            .rfind('\n')
-            .map_or(before.len(), |nl| before.len() - nl - 1)
-            + 1;
+        let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
         (line, column)
     }
 
-    fn error<T>(
-        &self,
-        spanned: &Spanned<T>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
+    fn error<T>(&self, spanned: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let (line, column) = self.line_col(spanned.span().start);
-        ConfigError {
-            file: self.file.into(),
-            line,
-            column,
-            field: field.into(),
-            message: message.into(),
-        }
+        ConfigError { file: self.file.into(), line, column, field: field.into(), message: message.into() }
     }
 }
 
 fn field_of_toml_error(message: &str) -> String {
     // toml names the offending key in backticks ("unknown field `x`", "missing field `x`").
-    message
-        .split('`')
-        .nth(1)
-        .map(str::to_owned)
-        .unwrap_or_else(|| "(syntax)".to_owned())
+    message.split('`').nth(1).map(str::to_owned).unwrap_or_else(|| "(syntax)".to_owned())
 }
 
-fn validate(
-    raw: RawConfig,
-    at: &Locator<'_>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+fn validate(raw: RawConfig, at: &Locator<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let server = ServerConfig {
-        listen: socket_addr(
-            at,
-            raw.server.listen.as_ref(),
-            "server.listen",
-            DEFAULT_LISTEN,
-        )?,
+        listen: socket_addr(at, raw.server.listen.as_ref(), "server.listen", DEFAULT_LISTEN)?,
         max_body_bytes: match &raw.server.max_body_bytes {
             None => DEFAULT_MAX_BODY_BYTES,
             Some(v) if *v.get_ref() == 0 || *v.get_ref() > 1 << 30 => {
-                return Err(at.error(
-                    v,
-                    "server.max_body_bytes",
-                    "must be between 1 and 1073741824 (1 GiB)",
-                ));
+                return Err(at.error(v, "server.max_body_bytes", "must be between 1 and 1073741824 (1 GiB)"));
             }
             Some(v) => *v.get_ref() as usize,
         },
     };
-    let admin = AdminConfig {
-        listen: socket_addr(
-            at,
-            raw.admin.listen.as_ref(),
-            "admin.listen",
-            DEFAULT_ADMIN_LISTEN,
-        )?,
-    };
+    let admin =
+        AdminConfig { listen: socket_addr(at, raw.admin.listen.as_ref(), "admin.listen", DEFAULT_ADMIN_LISTEN)? };
     let backend = BackendSettings {
         connect_timeout: millis(
             at,
@@ -209,10 +166,7 @@ fn validate(
     let mut deployments: Vec<DeploymentConfig> = Vec::with_capacity(raw.deployments.len());
     for (index, spanned) in raw.deployments.iter().enumerate() {
         let deployment = validate_deployment(spanned.get_ref(), index, at, env, &backend)?;
-        if deployments
-            .iter()
-            .any(|d| d.name.eq_ignore_ascii_case(&deployment.name))
-        {
+        if deployments.iter().any(|d| d.name.eq_ignore_ascii_case(&deployment.name)) {
             return Err(at.error(
                 &spanned.get_ref().name,
                 format!("deployments[{index}].name"),
@@ -221,12 +175,7 @@ fn validate(
         }
         deployments.push(deployment);
     }
-    Ok(Config {
-        server,
-        admin,
-        backend,
-        deployments,
-    })
+    Ok(Config { server, admin, backend, deployments })
 }
 
 fn validate_deployment(
@@ -242,10 +191,14 @@ fn validate_deployment(
         return Err(at.error(&raw.name, field("name"), why));
     }
     if raw.model.get_ref().trim().is_empty() {
-        return Err(at.error(&raw.model, field("model"), "must name the model, e.g. \"azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct\""));
+        return Err(at.error(
+            &raw.model,
+            field("model"),
+            "must name the model, e.g. \"azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct\"",
+        ));
     }
-    let backend_url = BackendUrl::parse(raw.backend.get_ref())
-        .map_err(|why| at.error(&raw.backend, field("backend"), why))?;
+    let backend_url =
+        BackendUrl::parse(raw.backend.get_ref()).map_err(|why| at.error(&raw.backend, field("backend"), why))?;
     let backend_key = match &raw.backend_key_env {
         None => None,
         Some(var) => match env(var.get_ref()) {
@@ -261,7 +214,11 @@ fn validate_deployment(
     };
     let keys = raw.keys.get_ref();
     if keys.is_empty() || keys.len() > 2 {
-        return Err(at.error(&raw.keys, field("keys"), "give one or two keys (primary, secondary) as \"sha256:<64 hex>\"; `tollgate keys generate` makes them"));
+        return Err(at.error(
+            &raw.keys,
+            field("keys"),
+            "give one or two keys (primary, secondary) as \"sha256:<64 hex>\"; `tollgate keys generate` makes them",
+        ));
     }
     let mut digests = Vec::with_capacity(2);
     for (i, key) in keys.iter().enumerate() {
@@ -273,21 +230,14 @@ fn validate_deployment(
     if digests.len() == 2 && digests[0] == digests[1] {
         return Err(at.error(&raw.keys, field("keys"), "the primary and secondary keys are the same; give two different keys so one can be rotated while the other is used"));
     }
-    let first_byte_timeout = millis(
-        at,
-        &raw.first_byte_timeout_ms,
-        &field("first_byte_timeout_ms"),
-        backend.first_byte_timeout,
-    )?;
+    let first_byte_timeout =
+        millis(at, &raw.first_byte_timeout_ms, &field("first_byte_timeout_ms"), backend.first_byte_timeout)?;
     Ok(DeploymentConfig {
         name: name.clone(),
         model: raw.model.get_ref().clone(),
         backend: backend_url,
         backend_key,
-        keys: KeyPair {
-            primary: digests[0],
-            secondary: digests.get(1).copied(),
-        },
+        keys: KeyPair { primary: digests[0], secondary: digests.get(1).copied() },
         backend_http2: raw.backend_http2,
         first_byte_timeout,
     })
@@ -299,9 +249,7 @@ pub fn check_deployment_name(name: &str) -> Result<(), String> {
     let ok = !bytes.is_empty()
         && bytes.len() <= 52
         && bytes[0].is_ascii_alphabetic()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
     if ok {
         Ok(())
     } else {
@@ -323,10 +271,7 @@ fn socket_addr(
             at.error(
                 v,
                 field,
-                format!(
-                    "'{}' is not an address; write it as \"IP:port\", e.g. \"127.0.0.1:8080\"",
-                    v.get_ref()
-                ),
+                format!("'{}' is not an address; write it as \"IP:port\", e.g. \"127.0.0.1:8080\"", v.get_ref()),
             )
         }),
     }

@@ -79,12 +79,7 @@ fn backend_key_env_is_resolved_or_named_when_missing() {
     assert_eq!(err.field, "deployments[0].backend_key_env");
     assert!(err.message.contains("LLAMA_BACKEND_KEY"));
     let env = |name: &str| (name == "LLAMA_BACKEND_KEY").then(|| "k".to_owned());
-    assert_eq!(
-        Config::parse(&text, "t.toml", &env).unwrap().deployments[0]
-            .backend_key
-            .as_deref(),
-        Some("k")
-    );
+    assert_eq!(Config::parse(&text, "t.toml", &env).unwrap().deployments[0].backend_key.as_deref(), Some("k"));
 }
 
 #[test]
@@ -93,15 +88,9 @@ fn plain_keys_and_bad_values_are_rejected() {
     let err = Config::parse(&text, "t.toml", &no_env).unwrap_err();
     assert_eq!(err.field, "deployments[0].keys[1]");
     let text = example("").replace("127.0.0.1:8080", "localhost");
-    assert_eq!(
-        Config::parse(&text, "t.toml", &no_env).unwrap_err().field,
-        "server.listen"
-    );
+    assert_eq!(Config::parse(&text, "t.toml", &no_env).unwrap_err().field, "server.listen");
     let text = example("").replace("http://127.0.0.1:18000", "127.0.0.1:18000");
-    assert_eq!(
-        Config::parse(&text, "t.toml", &no_env).unwrap_err().field,
-        "deployments[0].backend"
-    );
+    assert_eq!(Config::parse(&text, "t.toml", &no_env).unwrap_err().field, "deployments[0].backend");
     let err = Config::parse("[server\n", "t.toml", &no_env).unwrap_err();
     assert_eq!(err.line, 1);
 }

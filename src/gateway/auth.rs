@@ -16,9 +16,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     let value = headers.get(AUTHORIZATION)?.as_bytes();
     let scheme_len = value.iter().position(|b| *b == b' ')?;
     let (scheme, rest) = value.split_at(scheme_len);
-    scheme
-        .eq_ignore_ascii_case(b"bearer")
-        .then(|| rest.trim_ascii())
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| rest.trim_ascii())
 }
 
 /// Which key slot authenticated the request, or 401.
@@ -26,9 +24,7 @@ pub fn authenticate(deployment: &Deployment, headers: &HeaderMap) -> Result<KeyS
     presented_key(headers)
         .filter(|k| !k.is_empty())
         .and_then(|key| deployment.keys.check(key))
-        .ok_or_else(|| ApiError::Unauthorized {
-            deployment: deployment.name.clone(),
-        })
+        .ok_or_else(|| ApiError::Unauthorized { deployment: deployment.name.clone() })
 }
 
 #[cfg(test)]
@@ -46,30 +42,12 @@ mod tests {
 
     #[test]
     fn key_headers() {
-        assert_eq!(
-            presented_key(&headers(&[("api-key", "abc")])),
-            Some(&b"abc"[..])
-        );
-        assert_eq!(
-            presented_key(&headers(&[("authorization", "Bearer abc")])),
-            Some(&b"abc"[..])
-        );
-        assert_eq!(
-            presented_key(&headers(&[("authorization", "bearer  abc ")])),
-            Some(&b"abc"[..])
-        );
-        assert_eq!(
-            presented_key(&headers(&[("authorization", "Basic abc")])),
-            None
-        );
-        assert_eq!(
-            presented_key(&headers(&[("authorization", "Bearer")])),
-            None
-        );
-        assert_eq!(
-            presented_key(&headers(&[("api-key", "a"), ("authorization", "Bearer b")])),
-            Some(&b"a"[..])
-        );
+        assert_eq!(presented_key(&headers(&[("api-key", "abc")])), Some(&b"abc"[..]));
+        assert_eq!(presented_key(&headers(&[("authorization", "Bearer abc")])), Some(&b"abc"[..]));
+        assert_eq!(presented_key(&headers(&[("authorization", "bearer  abc ")])), Some(&b"abc"[..]));
+        assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(presented_key(&headers(&[("authorization", "Bearer")])), None);
+        assert_eq!(presented_key(&headers(&[("api-key", "a"), ("authorization", "Bearer b")])), Some(&b"a"[..]));
         assert_eq!(presented_key(&HeaderMap::new()), None);
     }
 }

@@ -34,10 +34,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Backend(incoming) => Pin::new(incoming).poll_frame(cx),
@@ -53,40 +50,28 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Backend(incoming) => incoming.size_hint(),
         }
     }
 }
 
 /// Reads a request body, refusing more than `limit` bytes (before reading, when `Content-Length` says so).
-pub async fn read_limited(
-    headers: &HeaderMap,
-    body: Incoming,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
+pub async fn read_limited(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
         let declared = length.to_str().ok().and_then(|s| s.parse::<u64>().ok());
         match declared {
             Some(n) if n > limit as u64 => return Err(ApiError::BodyTooLarge { limit }),
             Some(_) => {}
             None => {
-                return Err(ApiError::BodyRead {
-                    reason: "the Content-Length header is not a number".into(),
-                });
+                return Err(ApiError::BodyRead { reason: "the Content-Length header is not a number".into() });
             }
         }
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::BodyTooLarge { limit })
-        }
-        Err(e) => Err(ApiError::BodyRead {
-            reason: e.to_string(),
-        }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
+        Err(e) => Err(ApiError::BodyRead { reason: e.to_string() }),
     }
 }
 
@@ -103,13 +88,9 @@ pub struct BodyFields<'a> {
 impl<'a> BodyFields<'a> {
     pub fn parse(body: &'a [u8]) -> Result<BodyFields<'a>, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::InvalidJson {
-                reason: "the body is empty".into(),
-            });
+            return Err(ApiError::InvalidJson { reason: "the body is empty".into() });
         }
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson {
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson { reason: e.to_string() })
     }
 }
 
@@ -119,10 +100,8 @@ mod tests {
 
     #[test]
     fn fields_are_read_and_the_rest_validated() {
-        let f = BodyFields::parse(
-            br#"{"messages":[{"role":"user","content":"x"}],"model":"dep","stream":true}"#,
-        )
-        .unwrap();
+        let f =
+            BodyFields::parse(br#"{"messages":[{"role":"user","content":"x"}],"model":"dep","stream":true}"#).unwrap();
         assert_eq!(f.model.as_deref(), Some("dep"));
         assert_eq!(f.stream, Some(true));
         let f = BodyFields::parse(br#"{"model":"d\u0065p","stream":null}"#).unwrap();
@@ -132,19 +111,8 @@ mod tests {
 
     #[test]
     fn non_json_and_non_objects_are_rejected() {
-        for bad in [
-            &b""[..],
-            b"  ",
-            b"not json",
-            b"[1,2]",
-            b"{\"a\":1",
-            b"{\"messages\":[}",
-            b"\xff\xfe",
-        ] {
-            assert!(
-                matches!(BodyFields::parse(bad), Err(ApiError::InvalidJson { .. })),
-                "{bad:?}"
-            );
+        for bad in [&b""[..], b"  ", b"not json", b"[1,2]", b"{\"a\":1", b"{\"messages\":[}", b"\xff\xfe"] {
+            assert!(matches!(BodyFields::parse(bad), Err(ApiError::InvalidJson { .. })), "{bad:?}");
         }
     }
 }

@@ -46,10 +46,8 @@ impl BackendClient {
         mut parts: request::Parts,
         body: Bytes,
     ) -> Result<Response<Incoming>, ApiError> {
-        let uri = deployment
-            .backend
-            .uri_for(route.path(), parts.uri.query())
-            .map_err(|e| ApiError::BackendProtocol {
+        let uri =
+            deployment.backend.uri_for(route.path(), parts.uri.query()).map_err(|e| ApiError::BackendProtocol {
                 deployment: deployment.name.clone(),
                 reason: format!("cannot address the backend: {e}"),
             })?;
@@ -58,11 +56,7 @@ impl BackendClient {
         *request.method_mut() = parts.method;
         *request.uri_mut() = uri;
         *request.headers_mut() = parts.headers;
-        let client = if deployment.backend_http2 {
-            &self.http2_only
-        } else {
-            &self.negotiated
-        };
+        let client = if deployment.backend_http2 { &self.http2_only } else { &self.negotiated };
         let response = tokio::time::timeout(deployment.first_byte_timeout, client.request(request))
             .await
             .map_err(|_| ApiError::BackendTimeout {
@@ -76,11 +70,7 @@ impl BackendClient {
         Ok(Response::from_parts(head, body))
     }
 
-    fn classify(
-        &self,
-        deployment: &Deployment,
-        error: hyper_util::client::legacy::Error,
-    ) -> ApiError {
+    fn classify(&self, deployment: &Deployment, error: hyper_util::client::legacy::Error) -> ApiError {
         let reason = error_chain(&error);
         if error.is_connect() {
             if has_timed_out(&error) {
@@ -90,16 +80,10 @@ impl BackendClient {
                     timeout_ms: self.connect_timeout.as_millis() as u64,
                 }
             } else {
-                ApiError::BackendUnreachable {
-                    deployment: deployment.name.clone(),
-                    reason,
-                }
+                ApiError::BackendUnreachable { deployment: deployment.name.clone(), reason }
             }
         } else {
-            ApiError::BackendProtocol {
-                deployment: deployment.name.clone(),
-                reason,
-            }
+            ApiError::BackendProtocol { deployment: deployment.name.clone(), reason }
         }
     }
 }
@@ -187,10 +171,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 fn has_timed_out(error: &hyper_util::client::legacy::Error) -> bool {
     let mut source = error.source();
     while let Some(cause) = source {
-        if cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
+        if cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
             return true;
         }
         source = cause.source();
@@ -206,15 +187,9 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert("extra-parameters", HeaderValue::from_static("pass-through"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret-hop").is_none());

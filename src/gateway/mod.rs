@@ -96,11 +96,7 @@ impl Gateway {
         response
     }
 
-    async fn serve(
-        &self,
-        request: Request<Incoming>,
-        trace: &mut Trace,
-    ) -> Result<Response<ProxyBody>, ApiError> {
+    async fn serve(&self, request: Request<Incoming>, trace: &mut Trace) -> Result<Response<ProxyBody>, ApiError> {
         let (parts, incoming) = request.into_parts();
         let routed = route::route(&parts.method, parts.uri.path())?;
         trace.route = Some(routed.route);
@@ -151,10 +147,7 @@ impl Gateway {
         drop(incoming);
 
         // Stages 5 and 6: forward, and stream the answer back as it comes.
-        let response = self
-            .backend
-            .forward(&deployment, routed.route, parts, body)
-            .await?;
+        let response = self.backend.forward(&deployment, routed.route, parts, body).await?;
         Ok(response.map(ProxyBody::Backend))
     }
 
@@ -162,26 +155,18 @@ impl Gateway {
         self.deployments
             .get(name)
             .cloned()
-            .ok_or_else(|| ApiError::DeploymentNotFound {
-                name: route::truncate(name, 100).to_owned(),
-            })
+            .ok_or_else(|| ApiError::DeploymentNotFound { name: route::truncate(name, 100).to_owned() })
     }
 
     /// No deployment was named: a host label that matched nothing is the likeliest typo to report.
     fn missing_deployment(&self, parts: &request::Parts) -> ApiError {
         match host_of(parts).and_then(route::host_label) {
-            Some(label) => ApiError::DeploymentNotFound {
-                name: route::truncate(label, 100).to_owned(),
-            },
+            Some(label) => ApiError::DeploymentNotFound { name: route::truncate(label, 100).to_owned() },
             None => ApiError::DeploymentMissing,
         }
     }
 
-    async fn read_body(
-        &self,
-        parts: &request::Parts,
-        incoming: &mut Option<Incoming>,
-    ) -> Result<Bytes, ApiError> {
+    async fn read_body(&self, parts: &request::Parts, incoming: &mut Option<Incoming>) -> Result<Bytes, ApiError> {
         match incoming.take() {
             Some(body) => body::read_limited(&parts.headers, body, self.max_body_bytes).await,
             None => Ok(Bytes::new()),
@@ -191,10 +176,9 @@ impl Gateway {
 
 /// The host the client addressed: the URI's authority (HTTP/2, absolute-form) or the `Host` header.
 fn host_of(parts: &request::Parts) -> Option<&str> {
-    parts.uri.authority().map(|a| a.as_str()).or_else(|| {
-        parts
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h: &HeaderValue| h.to_str().ok())
-    })
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h: &HeaderValue| h.to_str().ok()))
 }

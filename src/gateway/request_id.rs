@@ -7,21 +7,11 @@ pub struct RequestId(HeaderValue);
 
 impl RequestId {
     pub fn generate() -> RequestId {
-        let bits: u128 =
-            rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62) | (0x4 << 76) | (0x2 << 62);
+        let bits: u128 = rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62) | (0x4 << 76) | (0x2 << 62);
         let hex = format!("{bits:032x}");
-        let text = format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        );
+        let text = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
         RequestId(
-            HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(
-                "00000000-0000-4000-8000-000000000000",
-            )),
+            HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000")),
         )
     }
 

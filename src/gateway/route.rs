@@ -37,10 +37,9 @@ impl ApiRoute {
     pub fn method(self) -> Method {
         match self {
             ApiRoute::Info => Method::GET,
-            ApiRoute::ChatCompletions
-            | ApiRoute::Completions
-            | ApiRoute::Embeddings
-            | ApiRoute::ImageEmbeddings => Method::POST,
+            ApiRoute::ChatCompletions | ApiRoute::Completions | ApiRoute::Embeddings | ApiRoute::ImageEmbeddings => {
+                Method::POST
+            }
         }
     }
 
@@ -101,9 +100,8 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Routed<'a>, ApiError>
     } else {
         (Addressing::Root, path)
     };
-    let route = ApiRoute::from_path(rest).ok_or_else(|| ApiError::RouteNotFound {
-        path: truncate(path, 200).to_owned(),
-    })?;
+    let route =
+        ApiRoute::from_path(rest).ok_or_else(|| ApiError::RouteNotFound { path: truncate(path, 200).to_owned() })?;
     if *method != route.method() {
         return Err(ApiError::MethodNotAllowed {
             method: method.clone(),
@@ -118,19 +116,12 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Routed<'a>, ApiError>
 /// not an IP address.
 pub fn host_label(host: &str) -> Option<&str> {
     let host = match host.rsplit_once(':') {
-        Some((h, port))
-            if !h.ends_with(']')
-                && !h.contains(':')
-                && port.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            h
-        }
+        Some((h, port)) if !h.ends_with(']') && !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
         Some(_) if host.starts_with('[') => return None,
         _ => host,
     };
     let (label, rest) = host.split_once('.')?;
-    if label.is_empty() || rest.is_empty() || host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-    {
+    if label.is_empty() || rest.is_empty() || host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return None;
     }
     Some(label)
@@ -162,64 +153,26 @@ mod tests {
             ("/images/embeddings", ApiRoute::ImageEmbeddings),
         ] {
             let m = route.method();
-            assert_eq!(
-                super::route(&m, path).unwrap(),
-                Routed {
-                    route,
-                    addressing: Addressing::Root
-                }
-            );
-            assert_eq!(
-                super::route(&m, &format!("/models{path}"))
-                    .unwrap()
-                    .addressing,
-                Addressing::Unified
-            );
-            assert_eq!(
-                super::route(&m, &format!("/v1{path}")).unwrap().addressing,
-                Addressing::Unified
-            );
+            assert_eq!(super::route(&m, path).unwrap(), Routed { route, addressing: Addressing::Root });
+            assert_eq!(super::route(&m, &format!("/models{path}")).unwrap().addressing, Addressing::Unified);
+            assert_eq!(super::route(&m, &format!("/v1{path}")).unwrap().addressing, Addressing::Unified);
             let p = format!("/openai/deployments/dep-1{path}");
-            assert_eq!(
-                super::route(&m, &p).unwrap(),
-                Routed {
-                    route,
-                    addressing: Addressing::Path("dep-1")
-                }
-            );
+            assert_eq!(super::route(&m, &p).unwrap(), Routed { route, addressing: Addressing::Path("dep-1") });
         }
     }
 
     #[test]
     fn unknown_paths_and_methods() {
-        assert!(matches!(
-            route(&Method::POST, "/chat"),
-            Err(ApiError::RouteNotFound { .. })
-        ));
-        assert!(matches!(
-            route(&Method::POST, "/modelschat/completions"),
-            Err(ApiError::RouteNotFound { .. })
-        ));
-        assert!(matches!(
-            route(&Method::POST, "/openai/deployments/x"),
-            Err(ApiError::RouteNotFound { .. })
-        ));
-        assert!(matches!(
-            route(&Method::GET, "/chat/completions"),
-            Err(ApiError::MethodNotAllowed { .. })
-        ));
-        assert!(matches!(
-            route(&Method::POST, "/info"),
-            Err(ApiError::MethodNotAllowed { .. })
-        ));
+        assert!(matches!(route(&Method::POST, "/chat"), Err(ApiError::RouteNotFound { .. })));
+        assert!(matches!(route(&Method::POST, "/modelschat/completions"), Err(ApiError::RouteNotFound { .. })));
+        assert!(matches!(route(&Method::POST, "/openai/deployments/x"), Err(ApiError::RouteNotFound { .. })));
+        assert!(matches!(route(&Method::GET, "/chat/completions"), Err(ApiError::MethodNotAllowed { .. })));
+        assert!(matches!(route(&Method::POST, "/info"), Err(ApiError::MethodNotAllowed { .. })));
     }
 
     #[test]
     fn host_labels() {
-        assert_eq!(
-            host_label("meta-llama3-8b-qwerty.localhost:8080"),
-            Some("meta-llama3-8b-qwerty")
-        );
+        assert_eq!(host_label("meta-llama3-8b-qwerty.localhost:8080"), Some("meta-llama3-8b-qwerty"));
         assert_eq!(host_label("dep.eastus2.models.ai.azure.com"), Some("dep"));
         assert_eq!(host_label("localhost:8080"), None);
         assert_eq!(host_label("127.0.0.1:8080"), None);

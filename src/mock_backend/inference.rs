@@ -11,20 +11,8 @@ use super::{Behaviour, MockBody, MockOptions};
 
 pub type Failure = (StatusCode, &'static str, String);
 
-const WORDS: [&str; 12] = [
-    "Hello",
-    " from",
-    " the",
-    " tollgate",
-    " mock",
-    " backend",
-    ",",
-    " one",
-    " token",
-    " at",
-    " a",
-    " time.",
-];
+const WORDS: [&str; 12] =
+    ["Hello", " from", " the", " tollgate", " mock", " backend", ",", " one", " token", " at", " a", " time."];
 const MESSAGE_OVERHEAD: u64 = 4;
 const PROMPT_OVERHEAD: u64 = 3;
 const IMAGE_TOKENS: u64 = 85;
@@ -42,19 +30,10 @@ pub fn info(options: &MockOptions) -> Bytes {
 }
 
 fn parse(body: &[u8]) -> Result<Value, Failure> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            "InvalidJson",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, "InvalidJson", format!("the body is not JSON: {e}")))?;
     if !value.is_object() {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "InvalidJson",
-            "the body must be a JSON object".into(),
-        ));
+        return Err((StatusCode::BAD_REQUEST, "InvalidJson", "the body must be a JSON object".into()));
     }
     Ok(value)
 }
@@ -65,10 +44,7 @@ fn content_tokens(content: &Value) -> u64 {
         Value::Array(parts) => parts
             .iter()
             .map(|part| match part.get("type").and_then(Value::as_str) {
-                Some("text") => part
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .map_or(0, text_tokens),
+                Some("text") => part.get("text").and_then(Value::as_str).map_or(0, text_tokens),
                 Some("image_url") => IMAGE_TOKENS,
                 _ => 0,
             })
@@ -78,24 +54,14 @@ fn content_tokens(content: &Value) -> u64 {
 }
 
 fn chat_prompt_tokens(request: &Value) -> Result<u64, Failure> {
-    let messages = request
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "UserError",
-                "'messages' is required and must be an array".to_owned(),
-            )
-        })?;
+    let messages = request.get("messages").and_then(Value::as_array).ok_or_else(|| {
+        (StatusCode::UNPROCESSABLE_ENTITY, "UserError", "'messages' is required and must be an array".to_owned())
+    })?;
     let mut tokens = PROMPT_OVERHEAD;
     for message in messages {
         tokens += MESSAGE_OVERHEAD;
         tokens += message.get("content").map_or(0, content_tokens);
-        tokens += message
-            .get("name")
-            .and_then(Value::as_str)
-            .map_or(0, text_tokens);
+        tokens += message.get("name").and_then(Value::as_str).map_or(0, text_tokens);
         if let Some(calls) = message.get("tool_calls") {
             tokens += text_tokens(&calls.to_string());
         }
@@ -114,16 +80,17 @@ fn completion_len(request: &Value, behaviour: &Behaviour) -> (u32, &'static str)
     }
 }
 
+/// The i-th token of every completion: the words cycle, with a space before each repeat.
+fn word(i: usize) -> &'static str {
+    if i > 0 && i % WORDS.len() == 0 { " Hello" } else { WORDS[i % WORDS.len()] }
+}
+
 fn completion_text(tokens: u32) -> String {
-    (0..tokens as usize)
-        .map(|i| WORDS[i % WORDS.len()])
-        .collect()
+    (0..tokens as usize).map(word).collect()
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn id() -> String {
@@ -134,11 +101,7 @@ fn usage(prompt: u64, completion: u32) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + u64::from(completion)})
 }
 
-pub fn chat(
-    options: &MockOptions,
-    behaviour: &Behaviour,
-    body: &[u8],
-) -> Result<Response<MockBody>, Failure> {
+pub fn chat(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result<Response<MockBody>, Failure> {
     let request = parse(body)?;
     let prompt = chat_prompt_tokens(&request)?;
     let (tokens, finish) = completion_len(&request, behaviour);
@@ -151,7 +114,7 @@ pub fn chat(
         let mut events = Vec::with_capacity(tokens as usize + 2);
         events.push(head(json!({"role": "assistant", "content": ""}), None));
         for i in 0..tokens as usize {
-            events.push(head(json!({"content": WORDS[i % WORDS.len()]}), None));
+            events.push(head(json!({"content": word(i)}), None));
         }
         let mut last = head(json!({}), Some(finish));
         if behaviour.stream_usage {
@@ -170,19 +133,11 @@ pub fn chat(
     Ok(json_ok(answer))
 }
 
-pub fn completions(
-    options: &MockOptions,
-    behaviour: &Behaviour,
-    body: &[u8],
-) -> Result<Response<MockBody>, Failure> {
+pub fn completions(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result<Response<MockBody>, Failure> {
     let request = parse(body)?;
     let prompt = match request.get("prompt") {
         Some(Value::String(text)) => text_tokens(text),
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(text_tokens)
-            .sum(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(text_tokens).sum(),
         _ => {
             return Err((
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -198,9 +153,7 @@ pub fn completions(
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
                    "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}]})
         };
-        let mut events: Vec<Value> = (0..tokens as usize)
-            .map(|i| head(WORDS[i % WORDS.len()], None))
-            .collect();
+        let mut events: Vec<Value> = (0..tokens as usize).map(|i| head(word(i), None)).collect();
         let mut last = head("", Some(finish));
         if behaviour.stream_usage {
             last["usage"] = usage(prompt, tokens);
@@ -232,11 +185,7 @@ pub fn embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Failure> 
     };
     let dimensions = dimensions(&request);
     let prompt: u64 = inputs.iter().map(|t| text_tokens(t)).sum();
-    Ok(embedding_list(
-        options,
-        inputs.iter().map(|t| vector(t, dimensions)).collect(),
-        prompt,
-    ))
+    Ok(embedding_list(options, inputs.iter().map(|t| vector(t, dimensions)).collect(), prompt))
 }
 
 pub fn image_embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Failure> {
@@ -253,11 +202,7 @@ pub fn image_embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Fai
     let mut vectors = Vec::with_capacity(items.len());
     for item in items {
         let image = item.get("image").and_then(Value::as_str).ok_or_else(|| {
-            (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "UserError",
-                "each input needs an 'image' data URL".to_owned(),
-            )
+            (StatusCode::UNPROCESSABLE_ENTITY, "UserError", "each input needs an 'image' data URL".to_owned())
         })?;
         let text = item.get("text").and_then(Value::as_str).unwrap_or("");
         prompt += IMAGE_TOKENS + text_tokens(text);
@@ -267,10 +212,7 @@ pub fn image_embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Fai
 }
 
 fn dimensions(request: &Value) -> usize {
-    request
-        .get("dimensions")
-        .and_then(Value::as_u64)
-        .map_or(16, |d| d.clamp(1, 4096) as usize)
+    request.get("dimensions").and_then(Value::as_u64).map_or(16, |d| d.clamp(1, 4096) as usize)
 }
 
 fn embedding_list(options: &MockOptions, vectors: Vec<Vec<f32>>, prompt: u64) -> Bytes {
@@ -288,9 +230,8 @@ fn embedding_list(options: &MockOptions, vectors: Vec<Vec<f32>>, prompt: u64) ->
 
 /// A deterministic unit vector derived from the text (FNV-1a seeded xorshift).
 fn vector(text: &str, dimensions: usize) -> Vec<f32> {
-    let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let mut state =
+        text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
     let mut values: Vec<f32> = (0..dimensions)
         .map(|_| {
             state ^= state << 13;
@@ -299,49 +240,35 @@ fn vector(text: &str, dimensions: usize) -> Vec<f32> {
             (state % 2000) as f32 / 1000.0 - 1.0
         })
         .collect();
-    let norm = values
-        .iter()
-        .map(|v| v * v)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::EPSILON);
+    let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::EPSILON);
     values.iter_mut().for_each(|v| *v /= norm);
     values
 }
 
 fn json_ok(value: Value) -> Response<MockBody> {
     let mut response = Response::new(MockBody::Full(Some(Bytes::from(value.to_string()))));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 /// Streams events as SSE from a task, paced by `tokens_per_second`, optionally dying midway.
 fn stream(events: Vec<Value>, behaviour: &Behaviour) -> Response<MockBody> {
     let (tx, rx) = mpsc::channel(16);
-    let pause = (behaviour.tokens_per_second > 0)
-        .then(|| Duration::from_secs(1) / behaviour.tokens_per_second);
+    let pause = (behaviour.tokens_per_second > 0).then(|| Duration::from_secs(1) / behaviour.tokens_per_second);
     let latency = behaviour.latency;
     let die_after = behaviour.die_after;
     tokio::spawn(async move {
         tokio::time::sleep(latency).await;
         for (sent, event) in events.into_iter().enumerate() {
             if die_after.is_some_and(|n| sent as u32 > n) {
-                let _ = tx
-                    .send(Err(std::io::Error::other("mock backend died mid-stream")))
-                    .await;
+                tokio::time::sleep(super::body::DEATH_DELAY).await;
+                let _ = tx.send(Err(std::io::Error::other("mock backend died mid-stream"))).await;
                 return;
             }
             if let Some(pause) = pause.filter(|_| sent > 0) {
                 tokio::time::sleep(pause).await;
             }
-            if tx
-                .send(Ok(Bytes::from(format!("data: {event}\n\n"))))
-                .await
-                .is_err()
-            {
+            if tx.send(Ok(Bytes::from(format!("data: {event}\n\n")))).await.is_err() {
                 return;
             }
         }
@@ -349,10 +276,7 @@ fn stream(events: Vec<Value>, behaviour: &Behaviour) -> Response<MockBody> {
     });
     let mut response = Response::new(MockBody::Stream(rx));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }

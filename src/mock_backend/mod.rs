@@ -5,7 +5,8 @@
 //! test-control headers that pass through the gateway untouched:
 //! `x-mock-latency-ms`, `x-mock-completion-tokens`, `x-mock-tokens-per-second`,
 //! `x-mock-status` (answer with that error status), `x-mock-die-after` (cut the connection after
-//! that many streamed content chunks, or midway through a non-streamed body).
+//! that many streamed content chunks, or midway through a non-streamed body), `x-mock-echo`
+//! (add `x-mock-echo-query` and `x-mock-echo-headers`, the sorted names of the headers received, and `x-mock-echo-version`).
 //!
 //! Token counts are deterministic: a text counts `ceil(chars / 4)` tokens; a chat message adds 4
 //! tokens of template, a chat prompt 3 more; an image counts 85.
@@ -102,16 +103,10 @@ struct Behaviour {
 
 impl Behaviour {
     fn new(options: &MockOptions, headers: &HeaderMap) -> Behaviour {
-        let number = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-        };
+        let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         Behaviour {
             latency: number("x-mock-latency-ms").map_or(options.latency, Duration::from_millis),
-            tokens_per_second: number("x-mock-tokens-per-second")
-                .map_or(options.tokens_per_second, |n| n as u32),
+            tokens_per_second: number("x-mock-tokens-per-second").map_or(options.tokens_per_second, |n| n as u32),
             completion_tokens: number("x-mock-completion-tokens")
                 .map_or(options.completion_tokens, |n| n.min(100_000) as u32),
             stream_usage: options.stream_usage,
@@ -123,30 +118,19 @@ impl Behaviour {
 async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<MockBody> {
     let (parts, incoming) = request.into_parts();
     if let Some(required) = &options.require_key {
-        let presented = parts
-            .headers
-            .get("api-key")
-            .map(HeaderValue::as_bytes)
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        let presented =
+            parts.headers.get("api-key").map(HeaderValue::as_bytes).or_else(|| {
+                parts.headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             });
         if presented != Some(required.as_bytes()) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "the mock backend wants its key",
-            );
+            return error(StatusCode::UNAUTHORIZED, "Unauthorized", "the mock backend wants its key");
         }
     }
     let behaviour = Behaviour::new(options, &parts.headers);
-    if let Some(status) = parts
-        .headers
-        .get("x-mock-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u16>().ok())
+    let echo = parts.headers.contains_key("x-mock-echo").then(|| echo_headers(&parts));
+    let parts_version = parts.version;
+    if let Some(status) =
+        parts.headers.get("x-mock-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u16>().ok())
     {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         tokio::time::sleep(behaviour.latency).await;
@@ -155,11 +139,7 @@ async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<M
     let body = match incoming.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "InvalidRequestBody",
-                "the body could not be read",
-            );
+            return error(StatusCode::BAD_REQUEST, "InvalidRequestBody", "the body could not be read");
         }
     };
     let response = match (&parts.method, parts.uri.path()) {
@@ -167,60 +147,62 @@ async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<M
         (&Method::POST, "/chat/completions") => inference::chat(options, &behaviour, &body),
         (&Method::POST, "/completions") => inference::completions(options, &behaviour, &body),
         (&Method::POST, "/embeddings") => inference::embeddings(options, &body).map(json_response),
-        (&Method::POST, "/images/embeddings") => {
-            inference::image_embeddings(options, &body).map(json_response)
+        (&Method::POST, "/images/embeddings") => inference::image_embeddings(options, &body).map(json_response),
+        (_, "/info" | "/chat/completions" | "/completions" | "/embeddings" | "/images/embeddings") => {
+            Err((StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "wrong method".to_owned()))
         }
-        (
-            _,
-            "/info" | "/chat/completions" | "/completions" | "/embeddings" | "/images/embeddings",
-        ) => Err((
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "wrong method".to_owned(),
-        )),
-        _ => Err((
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "no such route".to_owned(),
-        )),
+        _ => Err((StatusCode::NOT_FOUND, "NotFound", "no such route".to_owned())),
     };
     tokio::time::sleep(behaviour.latency).await;
-    match response {
+    let mut response = match response {
         Ok(mut response) => {
-            if let (Some(n), MockBody::Full(Some(bytes))) =
-                (behaviour.die_after, response.body_mut())
-            {
+            if let (Some(_), MockBody::Full(Some(bytes))) = (behaviour.die_after, response.body_mut()) {
                 // A non-streamed body cut short: announce the full length, send half, then fail.
-                let _ = n;
                 let full_len = bytes.len();
                 let half = bytes.slice(..full_len / 2);
                 *response.body_mut() = MockBody::truncated(half);
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
+                response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
             }
             response
         }
         Err((status, code, message)) => error(status, code, &message),
+    };
+    if let Some((query, names)) = echo {
+        response.headers_mut().insert("x-mock-echo-query", query);
+        response.headers_mut().insert("x-mock-echo-headers", names);
+        response.headers_mut().insert("x-mock-echo-version", HeaderValue::from_static(version_name(parts_version)));
     }
+    response
+}
+
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        _ => "other",
+    }
+}
+
+/// The query string and the sorted names of the headers a request arrived with.
+fn echo_headers(parts: &http::request::Parts) -> (HeaderValue, HeaderValue) {
+    let mut names: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let query = HeaderValue::from_str(parts.uri.query().unwrap_or("")).unwrap_or(HeaderValue::from_static(""));
+    let names = HeaderValue::from_str(&names.join(",")).unwrap_or(HeaderValue::from_static(""));
+    (query, names)
 }
 
 fn json_response(body: Bytes) -> Response<MockBody> {
     let mut response = Response::new(MockBody::Full(Some(body)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response<MockBody> {
-    let body =
-        serde_json::json!({"error": {"code": code, "message": message, "status": status.as_u16()}});
+    let body = serde_json::json!({"error": {"code": code, "message": message, "status": status.as_u16()}});
     let mut response = json_response(Bytes::from(body.to_string()));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert("x-ms-error-code", HeaderValue::from_static(code));
+    response.headers_mut().insert("x-ms-error-code", HeaderValue::from_static(code));
     response
 }

@@ -1,0 +1,174 @@
+//! Shared set-up for end-to-end tests: a real mock backend and a real gateway on port 0, and a
+//! small HTTP client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tollgate::config::Config;
+use tollgate::keys::KeyDigest;
+use tollgate::mock_backend::{MockBackend, MockOptions};
+use tollgate::runtime::RunningGateway;
+
+pub const DEPLOYMENT: &str = "meta-llama3-8b-qwerty";
+pub const PRIMARY_KEY: &str = "PrimaryKey0123456789abcdefghijkl";
+pub const SECONDARY_KEY: &str = "SecondaryKey0123456789abcdefghij";
+pub const OTHER_KEY: &str = "OtherDeploymentKey0123456789abcd";
+
+pub fn stored(key: &str) -> String {
+    KeyDigest::of(key.as_bytes()).to_stored()
+}
+
+/// A gateway in front of a mock backend, both on ephemeral ports.
+pub struct Harness {
+    pub gateway: RunningGateway,
+    pub mock: MockBackend,
+    pub client: Client,
+}
+
+/// What can be changed from the default test configuration.
+#[derive(Default)]
+pub struct Setup {
+    pub mock: MockOptions,
+    /// Extra lines for `[server]`.
+    pub server: String,
+    /// Extra lines for `[backend]`.
+    pub backend: String,
+    /// Extra lines for the demo deployment's table.
+    pub deployment: String,
+    /// Extra `[[deployments]]` tables; `{mock}` is replaced by the mock's URL.
+    pub more_deployments: String,
+    /// Environment variables visible to the config.
+    pub env: Vec<(&'static str, &'static str)>,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::with(Setup::default()).await
+    }
+
+    pub async fn with(setup: Setup) -> Harness {
+        let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), setup.mock.clone()).await.unwrap();
+        let text = format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+{server}
+[admin]
+listen = "127.0.0.1:0"
+[backend]
+{backend}
+[[deployments]]
+name = "{DEPLOYMENT}"
+model = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
+backend = "{mock}"
+keys = ["{primary}", "{secondary}"]
+{deployment}
+[[deployments]]
+name = "other"
+model = "azureml://registries/azureml-meta/models/Meta-Llama-3-70B-Instruct"
+backend = "{mock}"
+keys = ["{other}"]
+{more}
+"#,
+            server = setup.server,
+            backend = setup.backend,
+            deployment = setup.deployment,
+            mock = mock.url(),
+            primary = stored(PRIMARY_KEY),
+            secondary = stored(SECONDARY_KEY),
+            other = stored(OTHER_KEY),
+            more = setup.more_deployments.replace("{mock}", &mock.url()),
+        );
+        let env = setup.env.clone();
+        let lookup = move |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
+        let config = Config::parse(&text, "test.toml", &lookup).unwrap();
+        let gateway = RunningGateway::start(&config).await.unwrap();
+        Harness { gateway, mock, client: Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gateway.gateway_addr, path)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.gateway.gateway_addr
+    }
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or_else(|| panic!("no header {name}: {self:?}"))
+    }
+
+    /// Asserts the API's error shape and returns its code.
+    pub fn error_code(&self) -> String {
+        let json = self.json();
+        let code = json["error"]["code"].as_str().unwrap_or_else(|| panic!("no error code: {json}")).to_owned();
+        assert_eq!(json["error"]["status"], self.status.as_u16(), "{json}");
+        assert!(json["error"]["message"].as_str().is_some_and(|m| m.len() > 20), "{json}");
+        assert_eq!(self.header("x-ms-error-code"), code);
+        code
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient<HttpConnector, Full<Bytes>>,
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client { inner: HyperClient::builder(TokioExecutor::new()).build_http() }
+    }
+
+    pub fn http2() -> Client {
+        Client { inner: HyperClient::builder(TokioExecutor::new()).http2_only(true).build_http() }
+    }
+
+    /// Sends a request and returns the response with its body still streaming.
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> http::Response<Incoming> {
+        let mut request = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::from(body.to_owned()))).unwrap();
+        self.inner.request(request).await.unwrap()
+    }
+
+    /// Sends a request and reads the whole response.
+    pub async fn call(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        let response = self.send(method, url, headers, body).await;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply { status: parts.status, headers: parts.headers, body }
+    }
+
+    pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        self.call(Method::POST, url, headers, body).await
+    }
+}
+
+pub const CHAT: &str = r#"{"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Hello!"}]}"#;

@@ -1,0 +1,81 @@
+"""The official SDKs users point at a serverless endpoint, pointed at tollgate."""
+
+from azure.ai.inference import ChatCompletionsClient, EmbeddingsClient
+from azure.ai.inference.models import SystemMessage, UserMessage
+from azure.core.credentials import AzureKeyCredential
+from azure.core.exceptions import ClientAuthenticationError
+import openai
+import pytest
+
+API_VERSION = "2024-05-01-preview"
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello!"}]
+
+
+def test_azure_ai_inference_chat(demo):
+    client = ChatCompletionsClient(endpoint=demo["endpoint"], credential=AzureKeyCredential(demo["key"]))
+    result = client.complete(messages=[SystemMessage("You are terse."), UserMessage("Hello!")], max_tokens=5)
+    assert result.choices[0].message.content.startswith("Hello")
+    assert result.choices[0].finish_reason == "length"
+    assert result.usage.completion_tokens == 5
+    assert result.usage.total_tokens == result.usage.prompt_tokens + 5
+
+
+def test_azure_ai_inference_chat_streamed(demo):
+    client = ChatCompletionsClient(endpoint=demo["endpoint"], credential=AzureKeyCredential(demo["key"]))
+    text, usage = "", None
+    for update in client.complete(messages=[UserMessage("Hello!")], stream=True):
+        if update.choices and update.choices[0].delta.content:
+            text += update.choices[0].delta.content
+        if update.usage:
+            usage = update.usage
+    assert text.startswith("Hello from the tollgate mock backend")
+    assert usage is not None and usage.completion_tokens == 16
+
+
+def test_azure_ai_inference_unified_endpoint_with_model(demo):
+    client = ChatCompletionsClient(
+        endpoint=demo["base"] + "/models", credential=AzureKeyCredential(demo["key"]), model=demo["deployment"]
+    )
+    assert client.complete(messages=[UserMessage("Hello!")]).usage.total_tokens > 0
+    embeddings = EmbeddingsClient(
+        endpoint=demo["base"] + "/models", credential=AzureKeyCredential(demo["key"]), model=demo["deployment"]
+    )
+    result = embeddings.embed(input=["first", "second"])
+    assert len(result.data) == 2
+
+
+def test_azure_ai_inference_wrong_key(demo):
+    client = ChatCompletionsClient(endpoint=demo["endpoint"], credential=AzureKeyCredential("x" * 32))
+    with pytest.raises(ClientAuthenticationError) as raised:
+        client.complete(messages=[UserMessage("Hello!")])
+    assert "Unauthorized" in str(raised.value)
+
+
+def test_openai_azure_client(demo):
+    client = openai.AzureOpenAI(azure_endpoint=demo["base"], api_key=demo["key"], api_version=API_VERSION)
+    result = client.chat.completions.create(model=demo["deployment"], messages=MESSAGES)
+    assert result.choices[0].message.content.startswith("Hello")
+    assert result.usage.total_tokens > 0
+    chunks = list(client.chat.completions.create(model=demo["deployment"], messages=MESSAGES, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("Hello from the tollgate mock backend")
+    assert chunks[-1].usage.completion_tokens == 16
+
+
+def test_openai_client_on_v1(demo):
+    client = openai.OpenAI(base_url=demo["base"] + "/v1", api_key=demo["key"], max_retries=0)
+    result = client.chat.completions.create(model=demo["deployment"], messages=MESSAGES)
+    assert result.usage.total_tokens > 0
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(model=demo["deployment"], messages=MESSAGES, stream=True)
+        if c.choices
+    )
+    assert streamed.startswith("Hello")
+    embeddings = client.embeddings.create(model=demo["deployment"], input=["a", "b"], encoding_format="float")
+    assert len(embeddings.data) == 2 and len(embeddings.data[0].embedding) == 16
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-deployment", messages=MESSAGES)
+    bad = openai.OpenAI(base_url=demo["base"] + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model=demo["deployment"], messages=MESSAGES)
