@@ -21,7 +21,9 @@ fn chat_body(target_len: usize) -> Vec<u8> {
 
 fn benches(c: &mut Criterion) {
     c.bench_function("route /openai/deployments/{name}/chat/completions", |b| {
-        b.iter(|| route(black_box(&Method::POST), black_box("/openai/deployments/meta-llama3-8b-qwerty/chat/completions")))
+        b.iter(|| {
+            route(black_box(&Method::POST), black_box("/openai/deployments/meta-llama3-8b-qwerty/chat/completions"))
+        })
     });
     c.bench_function("host_label", |b| b.iter(|| host_label(black_box("meta-llama3-8b-qwerty.localhost:8080"))));
     let pair = KeyPair { primary: KeyDigest::of(b"primary"), secondary: Some(KeyDigest::of(b"secondary")) };

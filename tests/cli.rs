@@ -63,7 +63,8 @@ fn check_accepts_the_example_and_names_file_line_and_field_of_errors() {
     let ok = Command::new(BIN).args(["check", "--config", example]).env("LLAMA_BACKEND_KEY", "k").output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
 
-    let missing_env = Command::new(BIN).args(["check", "--config", example]).env_remove("LLAMA_BACKEND_KEY").output().unwrap();
+    let missing_env =
+        Command::new(BIN).args(["check", "--config", example]).env_remove("LLAMA_BACKEND_KEY").output().unwrap();
     assert!(!missing_env.status.success());
     assert!(String::from_utf8_lossy(&missing_env.stderr).contains("LLAMA_BACKEND_KEY"));
 

@@ -22,7 +22,9 @@ async fn unknown_deployments_get_404_however_named() {
     let host = format!("no-such-dep.localhost:{}", h.addr().port());
     let replies = [
         h.client.post(&h.url("/openai/deployments/no-such-dep/chat/completions"), &[key], CHAT).await,
-        h.client.post(&h.url("/models/chat/completions"), &[key, ("azureml-model-deployment", "no-such-dep")], CHAT).await,
+        h.client
+            .post(&h.url("/models/chat/completions"), &[key, ("azureml-model-deployment", "no-such-dep")], CHAT)
+            .await,
         h.client.post(&h.url("/v1/chat/completions"), &[key], r#"{"model":"no-such-dep","messages":[]}"#).await,
         h.client.post(&h.url("/chat/completions"), &[key, ("host", &host)], CHAT).await,
     ];
@@ -118,7 +120,8 @@ async fn unreachable_backend_is_502() {
         stored(PRIMARY_KEY)
     );
     let h = Harness::with(Setup { more_deployments: more, ..Default::default() }).await;
-    let reply = h.client.post(&h.url("/openai/deployments/gone/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+    let reply =
+        h.client.post(&h.url("/openai/deployments/gone/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code(), "BadGateway");
     assert!(reply.text().contains("could not be reached"));
@@ -141,7 +144,8 @@ async fn backend_errors_pass_through_with_their_status() {
     let h = Harness::start().await;
     let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
     for status in [429u16, 500, 503] {
-        let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY), ("x-mock-status", &status.to_string())], CHAT).await;
+        let reply =
+            h.client.post(&url, &[("api-key", PRIMARY_KEY), ("x-mock-status", &status.to_string())], CHAT).await;
         assert_eq!(reply.status.as_u16(), status);
         assert_eq!(reply.error_code(), "MockError");
         assert!(reply.headers.contains_key("x-request-id"));
@@ -155,7 +159,10 @@ async fn streamed_events_reach_the_client_before_the_backend_finishes() {
     let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
     // Five events, one every 300 ms: the backend needs well over a second to finish.
     let headers = [("api-key", PRIMARY_KEY), ("x-mock-tokens-per-second", "3"), ("x-mock-completion-tokens", "4")];
-    let response = h.client.send(Method::POST, &url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#).await;
+    let response = h
+        .client
+        .send(Method::POST, &url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#)
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.into_body();
@@ -180,7 +187,10 @@ async fn a_backend_dying_mid_stream_cuts_the_client_stream_and_nothing_else() {
     let h = Harness::start().await;
     let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
     let headers = [("api-key", PRIMARY_KEY), ("x-mock-die-after", "2"), ("x-mock-completion-tokens", "10")];
-    let response = h.client.send(Method::POST, &url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#).await;
+    let response = h
+        .client
+        .send(Method::POST, &url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#)
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let mut received = String::new();

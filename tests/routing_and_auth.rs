@@ -49,7 +49,8 @@ async fn every_route_under_every_addressing_mode() {
 
         // 1. host label
         let host = format!("{DEPLOYMENT}.localhost:{}", h.addr().port());
-        let reply = h.client.call(method.clone(), &h.url(&format!("{path}{q}")), &[key[0], ("host", &host)], body).await;
+        let reply =
+            h.client.call(method.clone(), &h.url(&format!("{path}{q}")), &[key[0], ("host", &host)], body).await;
         check_shape(path, &reply);
 
         // 2. /openai/deployments/{name}
@@ -59,7 +60,8 @@ async fn every_route_under_every_addressing_mode() {
         // 3a. /models and /v1 with the header
         for prefix in ["/models", "/v1"] {
             let url = h.url(&format!("{prefix}{path}{q}"));
-            let reply = h.client.call(method.clone(), &url, &[key[0], ("azureml-model-deployment", DEPLOYMENT)], body).await;
+            let reply =
+                h.client.call(method.clone(), &url, &[key[0], ("azureml-model-deployment", DEPLOYMENT)], body).await;
             check_shape(path, &reply);
         }
 
@@ -83,7 +85,11 @@ async fn both_key_headers_and_both_key_slots() {
     let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
     for key in [PRIMARY_KEY, SECONDARY_KEY] {
         let bearer = format!("Bearer {key}");
-        for headers in [vec![("api-key", key)], vec![("authorization", bearer.as_str())], vec![("api-key", key), ("authorization", bearer.as_str())]] {
+        for headers in [
+            vec![("api-key", key)],
+            vec![("authorization", bearer.as_str())],
+            vec![("api-key", key), ("authorization", bearer.as_str())],
+        ] {
             let reply = h.client.post(&url, &headers, CHAT).await;
             assert_eq!(reply.status, StatusCode::OK, "{headers:?}: {}", reply.text());
         }

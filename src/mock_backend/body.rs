@@ -36,7 +36,9 @@ impl Body for MockBody {
             MockBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             MockBody::Truncated(bytes, death) => match bytes.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => death.as_mut().poll(cx).map(|()| Some(Err(std::io::Error::other("mock backend died mid-body")))),
+                None => {
+                    death.as_mut().poll(cx).map(|()| Some(Err(std::io::Error::other("mock backend died mid-body"))))
+                }
             },
             MockBody::Stream(rx) => rx.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data))),
         }

@@ -149,7 +149,13 @@ impl Client {
     }
 
     /// Sends a request and returns the response with its body still streaming.
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> http::Response<Incoming> {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> http::Response<Incoming> {
         let mut request = Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -171,4 +177,5 @@ impl Client {
     }
 }
 
-pub const CHAT: &str = r#"{"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Hello!"}]}"#;
+pub const CHAT: &str =
+    r#"{"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Hello!"}]}"#;
