@@ -1,0 +1,113 @@
+use super::*;
+
+fn chat(body: &str) -> Estimate {
+    estimate(ApiRoute::ChatCompletions, body.as_bytes(), Tokenizer::Bpe).unwrap()
+}
+
+#[test]
+fn hi_is_one_token_of_content_and_about_ten_billed() {
+    // "Hi" (1) + role "user" (1) + 4 around the message + 5 for the prompt.
+    let e = chat(r#"{"messages":[{"role":"user","content":"Hi"}]}"#);
+    assert_eq!(e.prompt_tokens, 1 + 1 + MESSAGE_OVERHEAD + PROMPT_OVERHEAD);
+    assert_eq!(e.max_tokens, None);
+    assert_eq!(e.choices, 1);
+    assert!(!e.stream);
+}
+
+#[test]
+fn parts_names_tool_calls_and_tools_are_counted() {
+    let plain = chat(r#"{"messages":[{"role":"user","content":"Describe this."}]}"#).prompt_tokens;
+    let parts = chat(
+        r#"{"messages":[{"role":"user","content":[{"type":"text","text":"Describe this."},{"type":"image_url","image_url":{"url":"data:x","detail":"low"}}]}]}"#,
+    );
+    assert_eq!(parts.prompt_tokens, plain + IMAGE_TOKENS_LOW);
+    let high = chat(r#"{"messages":[{"role":"user","content":[{"image_url":{"url":"u"},"type":"image_url"}]}]}"#);
+    assert_eq!(high.prompt_tokens, 1 + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + IMAGE_TOKENS_DEFAULT);
+    let named = chat(r#"{"messages":[{"role":"user","name":"alice","content":"Describe this."}]}"#);
+    assert_eq!(named.prompt_tokens, plain + Tokenizer::Bpe.count("alice") + 1);
+    let calls = r#"[{"id":"1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]"#;
+    let with_calls = chat(&format!(r#"{{"messages":[{{"role":"assistant","content":null,"tool_calls":{calls}}}]}}"#));
+    assert_eq!(with_calls.prompt_tokens, Tokenizer::Bpe.count("assistant") + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + Tokenizer::Bpe.count(calls));
+    let tools = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]"#;
+    let with_tools = chat(&format!(r#"{{"tools":{tools},"messages":[{{"role":"user","content":"Describe this."}}]}}"#));
+    assert_eq!(with_tools.prompt_tokens, plain + Tokenizer::Bpe.count(tools) + Tokenizer::Bpe.count(TOOLS_PREAMBLE));
+}
+
+#[test]
+fn escaped_strings_count_their_decoded_text() {
+    let a = chat(r#"{"messages":[{"role":"user","content":"line one\nline two \u00e9"}]}"#);
+    let b = Tokenizer::Bpe.count("line one\nline two é") + 1 + MESSAGE_OVERHEAD + PROMPT_OVERHEAD;
+    assert_eq!(a.prompt_tokens, b);
+}
+
+#[test]
+fn reservation_fields() {
+    let e = chat(r#"{"messages":[],"max_tokens":100,"n":3,"stream":true}"#);
+    assert_eq!((e.max_tokens, e.choices, e.stream), (Some(100), 3, true));
+    assert_eq!(e.completion_reservation(ApiRoute::ChatCompletions, 512), 300);
+    let e = chat(r#"{"messages":[],"max_completion_tokens":7,"max_tokens":null}"#);
+    assert_eq!(e.completion_reservation(ApiRoute::ChatCompletions, 512), 7);
+    let e = chat(r#"{"messages":[]}"#);
+    assert_eq!(e.completion_reservation(ApiRoute::ChatCompletions, 512), 512);
+    assert_eq!(e.completion_reservation(ApiRoute::Embeddings, 512), 0);
+}
+
+#[test]
+fn other_routes() {
+    let e = estimate(ApiRoute::Embeddings, br#"{"input":["Hello world!","Hello world!"]}"#, Tokenizer::Bpe).unwrap();
+    assert_eq!(e.prompt_tokens, 6);
+    let e = estimate(ApiRoute::Embeddings, br#"{"input":[[1,2,3],[4]]}"#, Tokenizer::Bpe).unwrap();
+    assert_eq!(e.prompt_tokens, 4);
+    let e = estimate(ApiRoute::Completions, br#"{"prompt":"Hello world!","max_tokens":5}"#, Tokenizer::Bpe).unwrap();
+    assert_eq!((e.prompt_tokens, e.max_tokens), (4, Some(5)));
+    let e = estimate(ApiRoute::ImageEmbeddings, br#"{"input":[{"image":"data:","text":"Hello world!"}]}"#, Tokenizer::Bpe).unwrap();
+    assert_eq!(e.prompt_tokens, IMAGE_TOKENS_DEFAULT + 3);
+}
+
+#[test]
+fn bad_bodies_are_rejected_with_a_reason() {
+    for (route, body) in [
+        (ApiRoute::ChatCompletions, &b""[..]),
+        (ApiRoute::ChatCompletions, b"[]"),
+        (ApiRoute::ChatCompletions, b"{\"messages\":[1]}"),
+        (ApiRoute::ChatCompletions, b"{\"messages\":[]} trailing"),
+        (ApiRoute::ChatCompletions, b"{\"max_tokens\":-1}"),
+        (ApiRoute::ChatCompletions, b"{\"messages\":[{\"content\":5}]}"),
+        (ApiRoute::Embeddings, b"{\"input\":[-1]}"),
+        (ApiRoute::ImageEmbeddings, b"{\"input\":[{\"text\":\"x\"}]}"),
+    ] {
+        let err = estimate(route, body, Tokenizer::Bpe).unwrap_err();
+        assert_eq!(err.code(), "InvalidJson", "{body:?}");
+    }
+    let deep = format!("{{\"messages\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    assert!(estimate(ApiRoute::ChatCompletions, deep.as_bytes(), Tokenizer::Bpe).is_err());
+}
+
+#[test]
+fn the_chars_heuristic_is_selectable() {
+    let e = estimate(ApiRoute::Embeddings, br#"{"input":"abcdefgh"}"#, Tokenizer::Chars).unwrap();
+    assert_eq!(e.prompt_tokens, 2);
+}
+
+proptest::proptest! {
+    /// Any bytes: the scan answers (Ok or a 400), never panics.
+    #[test]
+    fn never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+        for route in [ApiRoute::ChatCompletions, ApiRoute::Completions, ApiRoute::Embeddings, ApiRoute::ImageEmbeddings] {
+            let _ = estimate(route, &body, Tokenizer::Bpe);
+        }
+    }
+
+    /// Adding a message never lowers the estimate.
+    #[test]
+    fn monotonic_in_messages(texts in proptest::collection::vec(".{0,40}", 1..6)) {
+        let messages: Vec<serde_json::Value> = texts.iter().map(|t| serde_json::json!({"role":"user","content":t})).collect();
+        let mut last = 0;
+        for n in 1..=messages.len() {
+            let body = serde_json::json!({"messages": &messages[..n]}).to_string();
+            let e = estimate(ApiRoute::ChatCompletions, body.as_bytes(), Tokenizer::Bpe).unwrap();
+            proptest::prop_assert!(e.prompt_tokens > last);
+            last = e.prompt_tokens;
+        }
+    }
+}
