@@ -1,25 +1,64 @@
-//! The admin listener: liveness and readiness (the control plane API and metrics hang here later).
+//! The admin listener: liveness, readiness, usage totals and quota levels (the control plane API
+//! and Prometheus metrics hang here later).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
+use serde_json::json;
 
 use crate::error::error_response;
+use crate::gateway::Gateway;
 use crate::gateway::body::ProxyBody;
+use crate::meter::totals::UsageTotals;
 
-/// Answers one admin request.
-pub async fn handle(request: Request<Incoming>) -> Response<ProxyBody> {
-    match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        (&Method::GET, "/readyz") => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        (_, "/healthz" | "/readyz") => error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
-        _ => error_response(StatusCode::NOT_FOUND, "NotFound", "admin routes: GET /healthz, GET /readyz"),
+/// What the admin routes read.
+pub struct Admin {
+    pub gateway: Arc<Gateway>,
+    pub usage: Arc<UsageTotals>,
+}
+
+const ROUTES: &str = "admin routes: GET /healthz, GET /readyz, GET /usage, GET /quotas";
+
+impl Admin {
+    /// Answers one admin request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let path = request.uri().path();
+        let known = matches!(path, "/healthz" | "/readyz" | "/usage" | "/quotas");
+        if !known {
+            return error_response(StatusCode::NOT_FOUND, "NotFound", ROUTES);
+        }
+        if request.method() != Method::GET {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "admin routes take GET");
+        }
+        match path {
+            "/healthz" => json(r#"{"status":"ok"}"#.into()),
+            "/readyz" => json(r#"{"status":"ready"}"#.into()),
+            "/usage" => json(serde_json::to_string(&self.usage.snapshot()).unwrap_or_default()),
+            _ => json(self.quotas()),
+        }
+    }
+
+    /// Each deployment's buckets now: limits and what remains.
+    fn quotas(&self) -> String {
+        let mut out = serde_json::Map::new();
+        for deployment in self.gateway.deployments().iter() {
+            let s = deployment.quota.state();
+            out.insert(
+                deployment.name.clone(),
+                json!({
+                    "requestsPerMinute": s.limit_requests, "remainingRequests": s.remaining_requests,
+                    "tokensPerMinute": s.limit_tokens, "remainingTokens": s.remaining_tokens,
+                }),
+            );
+        }
+        serde_json::Value::Object(out).to_string()
     }
 }
 
-fn json(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
+fn json(body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(Bytes::from(body)));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

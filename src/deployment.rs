@@ -8,7 +8,10 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::config::{BackendUrl, DeploymentConfig};
+use crate::estimate::Tokenizer;
 use crate::keys::KeyPair;
+use crate::quota::DeploymentQuota;
+use crate::quota::clock::Clock;
 
 /// One serverless-style endpoint: a name, its keys and the backend behind it.
 #[derive(Debug)]
@@ -20,6 +23,9 @@ pub struct Deployment {
     pub keys: KeyPair,
     pub backend_http2: bool,
     pub first_byte_timeout: Duration,
+    pub quota: Arc<DeploymentQuota>,
+    pub default_max_tokens: u64,
+    pub tokenizer: Tokenizer,
 }
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
@@ -40,7 +46,7 @@ impl BackendAuth {
 }
 
 impl Deployment {
-    pub fn from_config(config: &DeploymentConfig) -> Deployment {
+    pub fn from_config(config: &DeploymentConfig, clock: &Arc<dyn Clock>) -> Deployment {
         Deployment {
             name: config.name.clone(),
             model: config.model.clone(),
@@ -49,6 +55,9 @@ impl Deployment {
             keys: config.keys.clone(),
             backend_http2: config.backend_http2,
             first_byte_timeout: config.first_byte_timeout,
+            quota: Arc::new(DeploymentQuota::new(config.limits, Arc::clone(clock))),
+            default_max_tokens: config.default_max_tokens,
+            tokenizer: config.tokenizer,
         }
     }
 }
@@ -60,10 +69,14 @@ pub struct DeploymentTable {
 }
 
 impl DeploymentTable {
-    pub fn from_configs(configs: &[DeploymentConfig]) -> DeploymentTable {
+    pub fn from_configs(configs: &[DeploymentConfig], clock: &Arc<dyn Clock>) -> DeploymentTable {
         DeploymentTable {
-            by_name: configs.iter().map(|c| (c.name.clone(), Arc::new(Deployment::from_config(c)))).collect(),
+            by_name: configs.iter().map(|c| (c.name.clone(), Arc::new(Deployment::from_config(c, clock)))).collect(),
         }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.by_name.values()
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Deployment>> {

@@ -5,8 +5,10 @@ use std::net::SocketAddr;
 
 use crate::config::{
     AdminConfig, BackendSettings, BackendUrl, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_POOL_IDLE_TIMEOUT, DeploymentConfig, ServerConfig,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_POOL_IDLE_TIMEOUT, DeploymentConfig, ServerConfig,
 };
+use crate::estimate::Tokenizer;
+use crate::quota::Limits;
 use crate::keys::{KeyDigest, KeyPair};
 
 pub const DEMO_DEPLOYMENT: &str = "meta-llama3-8b-qwerty";
@@ -31,6 +33,9 @@ pub fn demo_config(listen: SocketAddr, admin_listen: SocketAddr, backend: Backen
             keys: KeyPair { primary: KeyDigest::of(key.as_bytes()), secondary: None },
             backend_http2: false,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            limits: Limits::default(),
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            tokenizer: Tokenizer::default(),
         }],
     }
 }

@@ -10,6 +10,20 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use crate::gateway::body::ProxyBody;
+use crate::quota::headers::{ceil_millis, set_retry_after};
+use crate::quota::{LimitKind, QuotaState};
+
+fn rate_limited_message(deployment: &str, limit: LimitKind, reserved: u64, retry_after_ns: u64, state: &QuotaState) -> String {
+    let (per_minute, remaining) = match limit {
+        LimitKind::Requests => (state.limit_requests, state.remaining_requests),
+        LimitKind::Tokens => (state.limit_tokens, state.remaining_tokens),
+    };
+    format!(
+        "You have hit your assigned rate limit and your request need to be paced: deployment '{deployment}' allows {per_minute} {kind} per minute and has {remaining} left; this request needs 1 request and {reserved} tokens. Retry after {ms} ms.",
+        kind = limit.as_str(),
+        ms = ceil_millis(retry_after_ns),
+    )
+}
 
 /// Why a request was not served (or not served completely) by a backend.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +52,10 @@ pub enum ApiError {
     BodyRead { reason: String },
     #[error("the request body must be a JSON object: {reason}")]
     InvalidJson { reason: String },
+    #[error("{}", rate_limited_message(deployment, *limit, *reserved_tokens, *retry_after_ns, state))]
+    RateLimited { deployment: String, limit: LimitKind, reserved_tokens: u64, retry_after_ns: u64, state: QuotaState },
+    #[error("this request reserves {reserved} tokens ({prompt} estimated for the prompt + {completion} for the completion) but deployment '{deployment}' allows {capacity} tokens per minute, so it can never be admitted: lower max_tokens or shorten the prompt")]
+    TokenLimitExceeded { deployment: String, reserved: u64, prompt: u64, completion: u64, capacity: u64 },
     #[error("the backend of deployment '{deployment}' could not be reached ({reason}); try again later")]
     BackendUnreachable { deployment: String, reason: String },
     #[error("the backend of deployment '{deployment}' did not {what} within {timeout_ms} ms; try again later")]
@@ -57,6 +75,8 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyRead { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::BackendUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -74,6 +94,8 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::BodyRead { .. } => "InvalidRequestBody",
             ApiError::InvalidJson { .. } => "InvalidJson",
+            ApiError::RateLimited { .. } => "TooManyRequests",
+            ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
             ApiError::BackendUnreachable { .. } => "BadGateway",
             ApiError::BackendTimeout { .. } => "GatewayTimeout",
             ApiError::BackendProtocol { .. } => "BadGateway",
@@ -91,6 +113,8 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyRead { .. } => "body_read",
             ApiError::InvalidJson { .. } => "invalid_json",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
             ApiError::BackendUnreachable { .. } => "backend_connect",
             ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::BackendProtocol { .. } => "backend_protocol",
@@ -101,10 +125,14 @@ impl ApiError {
     pub fn into_response(self) -> Response<ProxyBody> {
         let status = self.status();
         let mut response = error_response(status, self.code(), &self.to_string());
-        if let ApiError::MethodNotAllowed { allowed, .. } = &self {
-            if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
-                response.headers_mut().insert(header::ALLOW, value);
+        match &self {
+            ApiError::MethodNotAllowed { allowed, .. } => {
+                if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
             }
+            ApiError::RateLimited { retry_after_ns, .. } => set_retry_after(response.headers_mut(), *retry_after_ns),
+            _ => {}
         }
         response
     }

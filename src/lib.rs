@@ -23,6 +23,7 @@ pub mod error;
 pub mod estimate;
 pub mod gateway;
 pub mod keys;
+pub mod meter;
 pub mod mock_backend;
 pub mod quota;
 pub mod runtime;

@@ -9,6 +9,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::meter::totals::UsageTotals;
+use crate::quota::clock::{Clock, MonotonicClock};
 
 /// A start-up failure, saying what could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -22,18 +24,26 @@ pub struct RunningGateway {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
+    pub usage: Arc<UsageTotals>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningGateway {
-    /// Binds both listeners and starts serving.
+    /// Binds both listeners and starts serving, on the real clock.
     pub async fn start(config: &Config) -> Result<RunningGateway, StartError> {
+        RunningGateway::start_with_clock(config, Arc::new(MonotonicClock::new())).await
+    }
+
+    /// As [`start`](Self::start), with the quota buckets on `clock` (tests move a manual clock).
+    pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningGateway, StartError> {
         let data = bind(config.server.listen, "gateway").await?;
         let admin = bind(config.admin.listen, "admin").await?;
         let gateway_addr = local_addr(&data, config.server.listen, "gateway")?;
         let admin_addr = local_addr(&admin, config.admin.listen, "admin")?;
-        let gateway = Arc::new(Gateway::new(config));
+        let usage = Arc::new(UsageTotals::new());
+        let gateway = Arc::new(Gateway::new(config, clock, usage.clone()));
+        let admin_state = Arc::new(crate::admin::Admin { gateway: Arc::clone(&gateway), usage: Arc::clone(&usage) });
         let (stop, stopped) = watch::channel(false);
         let handler = {
             let gateway = Arc::clone(&gateway);
@@ -44,9 +54,16 @@ impl RunningGateway {
         };
         let tasks = vec![
             tokio::spawn(crate::server::serve(data, handler, stopped.clone())),
-            tokio::spawn(crate::server::serve(admin, crate::admin::handle, stopped)),
+            tokio::spawn(crate::server::serve(
+                admin,
+                move |request| {
+                    let admin = Arc::clone(&admin_state);
+                    async move { admin.handle(request).await }
+                },
+                stopped,
+            )),
         ];
-        Ok(RunningGateway { gateway_addr, admin_addr, gateway, stop, tasks })
+        Ok(RunningGateway { gateway_addr, admin_addr, gateway, usage, stop, tasks })
     }
 
     /// Stops accepting and waits for in-flight requests to finish (up to the drain deadline).

@@ -14,7 +14,9 @@ pub use backend_url::BackendUrl;
 use raw::{RawConfig, RawDeployment};
 use toml::Spanned;
 
+use crate::estimate::Tokenizer;
 use crate::keys::{KeyDigest, KeyPair};
+use crate::quota::{DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE, Limits};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -23,6 +25,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Non-streamed completions only send headers when the whole answer is ready, so this is generous.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Completion reservation for requests without `max_tokens`: a typical long answer. Clients that
+/// set `max_tokens` reserve exactly that; reconciliation returns what is not used.
+pub const DEFAULT_MAX_TOKENS: u64 = 1024;
+/// Upper bound for per-minute limits (a typo guard: 1e9 tokens a minute is far past any backend).
+pub const MAX_PER_MINUTE: u64 = 1_000_000_000;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -62,6 +69,10 @@ pub struct DeploymentConfig {
     pub keys: KeyPair,
     pub backend_http2: bool,
     pub first_byte_timeout: Duration,
+    pub limits: Limits,
+    /// Completion tokens reserved for a request that sets no `max_tokens`.
+    pub default_max_tokens: u64,
+    pub tokenizer: Tokenizer,
 }
 
 /// A configuration error, pointing at where in which file it is.
@@ -98,7 +109,7 @@ impl Config {
                 file: file.into(),
                 line,
                 column,
-                field: field_of_toml_error(e.message()),
+                field: field_of_toml_error(e.message(), text.lines().nth(line.saturating_sub(1))),
                 message: e.message().trim().to_owned(),
             }
         })?;
@@ -125,9 +136,17 @@ impl Locator<'_> {
     }
 }
 
-fn field_of_toml_error(message: &str) -> String {
-    // toml names the offending key in backticks ("unknown field `x`", "missing field `x`").
-    message.split('`').nth(1).map(str::to_owned).unwrap_or_else(|| "(syntax)".to_owned())
+fn field_of_toml_error(message: &str, line: Option<&str>) -> String {
+    // toml names unknown and missing keys in backticks ("unknown field `x`"); for a bad value,
+    // the key is what stands before '=' on the offending line.
+    let named = message.split('`').nth(1).filter(|_| message.contains(" field `"));
+    if let Some(name) = named {
+        return name.to_owned();
+    }
+    match line.and_then(|l| l.split_once('=')) {
+        Some((key, _)) if !key.trim().is_empty() && !key.contains('[') => key.trim().to_owned(),
+        _ => message.split('`').nth(1).unwrap_or("(syntax)").to_owned(),
+    }
 }
 
 fn validate(raw: RawConfig, at: &Locator<'_>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
@@ -232,6 +251,21 @@ fn validate_deployment(
     }
     let first_byte_timeout =
         millis(at, &raw.first_byte_timeout_ms, &field("first_byte_timeout_ms"), backend.first_byte_timeout)?;
+    let limits = Limits {
+        requests_per_minute: per_minute(at, &raw.requests_per_minute, &field("requests_per_minute"), DEFAULT_REQUESTS_PER_MINUTE)?,
+        tokens_per_minute: per_minute(at, &raw.tokens_per_minute, &field("tokens_per_minute"), DEFAULT_TOKENS_PER_MINUTE)?,
+    };
+    let default_max_tokens = match &raw.default_max_tokens {
+        None => DEFAULT_MAX_TOKENS.min(limits.tokens_per_minute),
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > limits.tokens_per_minute => {
+            return Err(at.error(
+                v,
+                field("default_max_tokens"),
+                format!("must be between 1 and the deployment's tokens_per_minute ({}), or no request without max_tokens could ever be admitted", limits.tokens_per_minute),
+            ));
+        }
+        Some(v) => *v.get_ref(),
+    };
     Ok(DeploymentConfig {
         name: name.clone(),
         model: raw.model.get_ref().clone(),
@@ -240,6 +274,9 @@ fn validate_deployment(
         keys: KeyPair { primary: digests[0], secondary: digests.get(1).copied() },
         backend_http2: raw.backend_http2,
         first_byte_timeout,
+        limits,
+        default_max_tokens,
+        tokenizer: raw.tokenizer.unwrap_or_default(),
     })
 }
 
@@ -284,6 +321,18 @@ fn at_default_error(field: &str) -> ConfigError {
         column: 0,
         field: field.into(),
         message: "bad built-in default".into(),
+    }
+}
+
+fn per_minute(at: &Locator<'_>, value: &Option<Spanned<u64>>, field: &str, default: u64) -> Result<u64, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > MAX_PER_MINUTE => Err(at.error(
+            v,
+            field,
+            format!("must be between 1 and {MAX_PER_MINUTE} per minute (a deployment with no quota would reject everything)"),
+        )),
+        Some(v) => Ok(*v.get_ref()),
     }
 }
 

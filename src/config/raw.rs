@@ -6,6 +6,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::estimate::Tokenizer;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -51,4 +53,8 @@ pub struct RawDeployment {
     #[serde(default)]
     pub backend_http2: bool,
     pub first_byte_timeout_ms: Option<Spanned<u64>>,
+    pub requests_per_minute: Option<Spanned<u64>>,
+    pub tokens_per_minute: Option<Spanned<u64>>,
+    pub default_max_tokens: Option<Spanned<u64>>,
+    pub tokenizer: Option<Tokenizer>,
 }

@@ -104,3 +104,25 @@ fn name_rule() {
     assert!(check_deployment_name("-a").is_err());
     assert!(check_deployment_name("a.b").is_err());
 }
+
+#[test]
+fn quota_fields_default_to_the_seed_and_are_checked() {
+    let d = &Config::parse(&example(""), "t.toml", &no_env).unwrap().deployments[0];
+    assert_eq!(d.limits, Limits { requests_per_minute: 1000, tokens_per_minute: 200_000 });
+    assert_eq!(d.default_max_tokens, DEFAULT_MAX_TOKENS);
+    assert_eq!(d.tokenizer, Tokenizer::Bpe);
+    let text = example("requests_per_minute = 10\ntokens_per_minute = 500\ndefault_max_tokens = 100\ntokenizer = \"chars\"\n");
+    let d = &Config::parse(&text, "t.toml", &no_env).unwrap().deployments[0];
+    assert_eq!((d.limits.requests_per_minute, d.limits.tokens_per_minute, d.default_max_tokens), (10, 500, 100));
+    assert_eq!(d.tokenizer, Tokenizer::Chars);
+    for (extra, field) in [
+        ("requests_per_minute = 0", "requests_per_minute"),
+        ("tokens_per_minute = 2000000000", "tokens_per_minute"),
+        ("tokens_per_minute = 50\ndefault_max_tokens = 51", "default_max_tokens"),
+        ("tokenizer = \"gpt\"", "tokenizer"),
+    ] {
+        let err = Config::parse(&example(extra), "t.toml", &no_env).unwrap_err();
+        assert!(err.field.ends_with(field), "{extra}: {err}");
+        assert_eq!(err.line, 10 + extra.matches('\n').count(), "{err}");
+    }
+}

@@ -12,12 +12,13 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::error::ApiError;
+use crate::meter::MeteredBody;
 
-/// A response body: either made by the gateway, or the backend's body passed through as it arrives.
-#[derive(Debug)]
+/// A response body: either made by the gateway, or the backend's body passed through as it
+/// arrives (and metered on the way).
 pub enum ProxyBody {
     Full(Option<Bytes>),
-    Backend(Incoming),
+    Backend(MeteredBody),
 }
 
 impl ProxyBody {
@@ -37,21 +38,21 @@ impl Body for ProxyBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Backend(incoming) => Pin::new(incoming).poll_frame(cx),
+            ProxyBody::Backend(metered) => Pin::new(metered).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Backend(incoming) => incoming.is_end_stream(),
+            ProxyBody::Backend(metered) => metered.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Backend(incoming) => incoming.size_hint(),
+            ProxyBody::Backend(metered) => metered.size_hint(),
         }
     }
 }

@@ -8,11 +8,20 @@
 //!    key digests, constant-time. Adds the key slot. 401.
 //! 4. **read the body** ([`body`]): bounded by `server.max_body_bytes` (413), validated as a JSON
 //!    object in one pass that also reads `model` and `stream` (400).
-//! 5. **forward** ([`forward`]): pooled hyper client, client key and hop-by-hop headers removed,
-//!    backend key set; waits for the response head up to the first-byte timeout (502/504).
-//! 6. **stream back** ([`body::ProxyBody`]): the backend body passes through frame by frame; the
-//!    response gets `x-request-id` / `apim-request-id`, and `x-ms-client-request-id` echoed.
-//! 7. **record**: one access log line per request.
+//!    The same pass **estimates** the prompt tokens ([`crate::estimate`]).
+//! 5. **admit** ([`crate::quota`]): one request and prompt + completion reservation taken from the
+//!    deployment's two buckets together, or 429 with an exact `retry-after-ms` (400 when the
+//!    reservation exceeds the whole capacity). Adds the quota state for the response headers and
+//!    a [`Reservation`] that must be settled.
+//! 6. **forward** ([`forward`]): pooled hyper client, client key and hop-by-hop headers removed,
+//!    backend key set; waits for the response head up to the first-byte timeout (502/504, the
+//!    reservation refunded).
+//! 7. **stream back and reconcile** ([`crate::meter::MeteredBody`]): the backend body passes
+//!    through frame by frame while a scanner reads `usage` (or the streamed text); at the end, on a
+//!    break or when the client goes away the reservation is settled to the real count.
+//! 8. **record**: the [`UsageSink`] gets one record per authenticated request; one access log
+//!    line per request. Responses get `x-request-id` / `apim-request-id`, the client's
+//!    `x-ms-client-request-id` echoed, and the `x-ratelimit-*` / `RateLimit` headers.
 
 pub mod auth;
 pub mod body;
@@ -30,7 +39,12 @@ use hyper::body::Incoming;
 use crate::config::Config;
 use crate::deployment::{Deployment, DeploymentTable};
 use crate::error::ApiError;
+use crate::estimate::{self, Estimate};
 use crate::keys::KeySlot;
+use crate::meter::{Counts, MeteredBody, Outcome, RequestFacts, Reservation, UsageSink};
+use crate::quota::clock::Clock;
+use crate::quota::headers::set_quota_headers;
+use crate::quota::{Denial, QuotaState};
 use body::{BodyFields, ProxyBody};
 use forward::BackendClient;
 use request_id::RequestId;
@@ -41,22 +55,32 @@ pub struct Gateway {
     deployments: DeploymentTable,
     backend: BackendClient,
     max_body_bytes: usize,
+    sink: Arc<dyn UsageSink>,
 }
 
-/// What the access log says about a request, filled in as it goes through the stages.
+/// What is known about a request so far, filled in as it goes through the stages.
 #[derive(Default)]
 struct Trace {
     route: Option<ApiRoute>,
     deployment: Option<Arc<Deployment>>,
     key_slot: Option<KeySlot>,
+    estimated_prompt_tokens: u64,
+    /// The buckets after admission (or at the denial), for the response headers.
+    quota: Option<QuotaState>,
+    /// A reservation was made: it records the request when settled.
+    reserved: bool,
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Gateway {
+    pub fn new(config: &Config, clock: Arc<dyn Clock>, sink: Arc<dyn UsageSink>) -> Gateway {
+        for deployment in &config.deployments {
+            deployment.tokenizer.warm_up();
+        }
         Gateway {
-            deployments: DeploymentTable::from_configs(&config.deployments),
+            deployments: DeploymentTable::from_configs(&config.deployments, &clock),
             backend: BackendClient::new(&config.backend),
             max_body_bytes: config.server.max_body_bytes,
+            sink,
         }
     }
 
@@ -70,7 +94,7 @@ impl Gateway {
         let request_id = RequestId::generate();
         let client_request_id = request.headers().get("x-ms-client-request-id").cloned();
         let mut trace = Trace::default();
-        let (mut response, error_label) = match self.serve(request, &mut trace).await {
+        let (mut response, error_label) = match self.serve(request, &request_id, started, &mut trace).await {
             Ok(response) => (response, None),
             Err(error) => {
                 let label = error.metric_label();
@@ -83,6 +107,23 @@ impl Gateway {
         if let Some(id) = client_request_id {
             headers.entry("x-ms-client-request-id").or_insert(id);
         }
+        if let Some(state) = &trace.quota {
+            set_quota_headers(headers, state);
+        }
+        // An authenticated request that never got a reservation (bad body, 429, ...) is recorded here.
+        if let (false, Some(deployment), Some(key_slot), Some(route)) =
+            (trace.reserved, &trace.deployment, trace.key_slot, trace.route)
+        {
+            let facts = RequestFacts {
+                deployment: Arc::clone(deployment),
+                key_slot,
+                route,
+                request_id: request_id.clone(),
+                started,
+                estimated_prompt_tokens: trace.estimated_prompt_tokens,
+            };
+            self.sink.record(facts.unbilled(response.status().as_u16(), Outcome::Rejected));
+        }
         tracing::info!(
             target: "tollgate::access",
             request_id = request_id.as_str(),
@@ -91,15 +132,23 @@ impl Gateway {
             key_slot = trace.key_slot.map_or("-", KeySlot::as_str),
             status = response.status().as_u16(),
             error = error_label.unwrap_or("-"),
+            estimated_prompt_tokens = trace.estimated_prompt_tokens,
             duration_us = started.elapsed().as_micros() as u64,
         );
         response
     }
 
-    async fn serve(&self, request: Request<Incoming>, trace: &mut Trace) -> Result<Response<ProxyBody>, ApiError> {
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        request_id: &RequestId,
+        started: Instant,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ApiError> {
         let (parts, incoming) = request.into_parts();
         let routed = route::route(&parts.method, parts.uri.path())?;
-        trace.route = Some(routed.route);
+        let route = routed.route;
+        trace.route = Some(route);
 
         // Stage 2: the deployment, from the URL or headers when they name it, else from the body.
         let mut body: Option<Bytes> = None;
@@ -116,7 +165,7 @@ impl Gateway {
             Some(d) => d,
             None => match parts.headers.get("azureml-model-deployment") {
                 Some(value) => self.lookup(value.to_str().unwrap_or(""))?,
-                None if routed.route.has_json_body() => {
+                None if route.has_json_body() => {
                     let bytes = self.read_body(&parts, &mut incoming).await?;
                     let fields = BodyFields::parse(&bytes)?;
                     let found = match fields.model.as_deref() {
@@ -132,23 +181,75 @@ impl Gateway {
         trace.deployment = Some(Arc::clone(&deployment));
 
         // Stage 3: authenticate before reading a body we have not read yet.
-        trace.key_slot = Some(auth::authenticate(&deployment, &parts.headers)?);
+        let key_slot = auth::authenticate(&deployment, &parts.headers)?;
+        trace.key_slot = Some(key_slot);
 
-        // Stage 4: the body, bounded and validated.
+        // Stage 4: the body, bounded, validated and estimated in one pass.
         let body = match body {
             Some(bytes) => bytes,
-            None if routed.route.has_json_body() => {
-                let bytes = self.read_body(&parts, &mut incoming).await?;
-                BodyFields::parse(&bytes)?;
-                bytes
-            }
+            None if route.has_json_body() => self.read_body(&parts, &mut incoming).await?,
             None => Bytes::new(),
         };
         drop(incoming);
+        let estimate = if route.has_json_body() {
+            estimate::estimate(route, &body, deployment.tokenizer)?
+        } else {
+            Estimate::default()
+        };
+        trace.estimated_prompt_tokens = estimate.prompt_tokens;
 
-        // Stages 5 and 6: forward, and stream the answer back as it comes.
-        let response = self.backend.forward(&deployment, routed.route, parts, body).await?;
-        Ok(response.map(ProxyBody::Backend))
+        // Stage 5: admission.
+        let completion = estimate.completion_reservation(route, deployment.default_max_tokens);
+        let reserved = estimate.prompt_tokens.saturating_add(completion);
+        match deployment.quota.admit(reserved) {
+            Ok(state) => trace.quota = Some(state),
+            Err(Denial::Exhausted { limit, retry_after_ns, state }) => {
+                trace.quota = Some(state);
+                return Err(ApiError::RateLimited {
+                    deployment: deployment.name.clone(),
+                    limit,
+                    reserved_tokens: reserved,
+                    retry_after_ns,
+                    state,
+                });
+            }
+            Err(Denial::ExceedsCapacity { reserved, capacity }) => {
+                trace.quota = Some(deployment.quota.state());
+                return Err(ApiError::TokenLimitExceeded {
+                    deployment: deployment.name.clone(),
+                    reserved,
+                    prompt: estimate.prompt_tokens,
+                    completion,
+                    capacity,
+                });
+            }
+        }
+        let facts = RequestFacts {
+            deployment: Arc::clone(&deployment),
+            key_slot,
+            route,
+            request_id: request_id.clone(),
+            started,
+            estimated_prompt_tokens: estimate.prompt_tokens,
+        };
+        let reservation = Reservation::new(facts, reserved, Arc::clone(&self.sink));
+        trace.reserved = true;
+
+        // Stages 6 and 7: forward, and stream the answer back as it comes, metering it.
+        match self.backend.forward(&deployment, route, parts, body).await {
+            Ok(response) => {
+                let status = response.status();
+                let event_stream = response
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                Ok(response.map(|b| ProxyBody::Backend(MeteredBody::new(b, status, event_stream, reservation))))
+            }
+            Err(error) => {
+                reservation.settle(error.status().as_u16(), Outcome::BackendFailed, Counts::NONE);
+                Err(error)
+            }
+        }
     }
 
     fn lookup(&self, name: &str) -> Result<Arc<Deployment>, ApiError> {

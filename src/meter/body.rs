@@ -1,0 +1,147 @@
+//! The backend's response body on its way to the client: every frame passes through as it
+//! arrives, and is read (not copied) by a scanner; the reservation is settled when the body ends,
+//! breaks, or is dropped because the client went away.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::sse::SseScanner;
+use super::usage::Answer;
+use super::{Counts, Outcome, Reservation};
+
+/// Non-streamed bodies larger than this are passed through without being read for `usage`.
+const MAX_JSON_SCAN: usize = 8 << 20;
+
+enum Scan {
+    Sse(SseScanner),
+    /// Non-streamed: the chunks (reference-counted, not copied) until the end, then one parse.
+    Json { chunks: Vec<Bytes>, len: usize },
+    /// Too large to scan: counted from the estimate.
+    Skipped,
+}
+
+pub struct MeteredBody {
+    inner: Incoming,
+    scan: Scan,
+    reservation: Option<Reservation>,
+    status: StatusCode,
+}
+
+impl MeteredBody {
+    pub fn new(inner: Incoming, status: StatusCode, event_stream: bool, reservation: Reservation) -> MeteredBody {
+        let scan = if event_stream { Scan::Sse(SseScanner::new()) } else { Scan::Json { chunks: Vec::new(), len: 0 } };
+        let mut body = MeteredBody { inner, scan, reservation: Some(reservation), status };
+        if body.inner.is_end_stream() {
+            body.settle(Outcome::Completed);
+        }
+        body
+    }
+
+    fn read(&mut self, data: &Bytes) {
+        match &mut self.scan {
+            Scan::Sse(scanner) => scanner.feed(data),
+            Scan::Json { chunks, len } => {
+                *len += data.len();
+                if *len > MAX_JSON_SCAN {
+                    self.scan = Scan::Skipped;
+                } else {
+                    chunks.push(data.clone());
+                }
+            }
+            Scan::Skipped => {}
+        }
+    }
+
+    fn settle(&mut self, outcome: Outcome) {
+        let Some(reservation) = self.reservation.take() else { return };
+        let counts = self.counts(&reservation, outcome);
+        reservation.settle(self.status.as_u16(), outcome, counts);
+    }
+
+    fn counts(&self, reservation: &Reservation, outcome: Outcome) -> Counts {
+        let tokenizer = reservation.tokenizer();
+        let prompt = reservation.facts().estimated_prompt_tokens;
+        let success = self.status.is_success();
+        match &self.scan {
+            Scan::Sse(scanner) => match scanner.usage() {
+                Some(usage) => Counts::reported(usage),
+                None if success => Counts::estimated(prompt, tokenizer.count(scanner.completion())),
+                None => Counts::NONE,
+            },
+            Scan::Json { chunks, .. } => {
+                let whole = join(chunks);
+                let answer = if outcome == Outcome::Completed { Answer::parse(&whole) } else { None };
+                match answer.as_ref().and_then(Answer::usage) {
+                    Some(usage) => Counts::reported(usage),
+                    None if success => {
+                        let mut text = String::new();
+                        if let Some(answer) = &answer {
+                            answer.append_completion(&mut text);
+                        }
+                        Counts::estimated(prompt, tokenizer.count(&text))
+                    }
+                    None => Counts::NONE,
+                }
+            }
+            Scan::Skipped if success => Counts::estimated(prompt, 0),
+            Scan::Skipped => Counts::NONE,
+        }
+    }
+}
+
+fn join(chunks: &[Bytes]) -> Bytes {
+    match chunks {
+        [] => Bytes::new(),
+        [one] => one.clone(),
+        many => {
+            let mut all = BytesMut::with_capacity(many.iter().map(Bytes::len).sum());
+            for chunk in many {
+                all.extend_from_slice(chunk);
+            }
+            all.freeze()
+        }
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.read(data);
+                }
+                if this.inner.is_end_stream() {
+                    this.settle(Outcome::Completed);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.settle(Outcome::BackendBroke),
+            Poll::Ready(None) => this.settle(Outcome::Completed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.settle(Outcome::ClientGone);
+    }
+}
