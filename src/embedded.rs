@@ -8,8 +8,8 @@ use crate::config::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_POOL_IDLE_TIMEOUT, DeploymentConfig, ServerConfig,
 };
 use crate::estimate::Tokenizer;
-use crate::quota::Limits;
 use crate::keys::{KeyDigest, KeyPair};
+use crate::quota::Limits;
 
 pub const DEMO_DEPLOYMENT: &str = "meta-llama3-8b-qwerty";
 pub const DEMO_MODEL: &str = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct";

@@ -13,7 +13,13 @@ use crate::gateway::body::ProxyBody;
 use crate::quota::headers::{ceil_millis, set_retry_after};
 use crate::quota::{LimitKind, QuotaState};
 
-fn rate_limited_message(deployment: &str, limit: LimitKind, reserved: u64, retry_after_ns: u64, state: &QuotaState) -> String {
+fn rate_limited_message(
+    deployment: &str,
+    limit: LimitKind,
+    reserved: u64,
+    retry_after_ns: u64,
+    state: &QuotaState,
+) -> String {
     let (per_minute, remaining) = match limit {
         LimitKind::Requests => (state.limit_requests, state.remaining_requests),
         LimitKind::Tokens => (state.limit_tokens, state.remaining_tokens),
@@ -54,7 +60,9 @@ pub enum ApiError {
     InvalidJson { reason: String },
     #[error("{}", rate_limited_message(deployment, *limit, *reserved_tokens, *retry_after_ns, state))]
     RateLimited { deployment: String, limit: LimitKind, reserved_tokens: u64, retry_after_ns: u64, state: QuotaState },
-    #[error("this request reserves {reserved} tokens ({prompt} estimated for the prompt + {completion} for the completion) but deployment '{deployment}' allows {capacity} tokens per minute, so it can never be admitted: lower max_tokens or shorten the prompt")]
+    #[error(
+        "this request reserves {reserved} tokens ({prompt} estimated for the prompt + {completion} for the completion) but deployment '{deployment}' allows {capacity} tokens per minute, so it can never be admitted: lower max_tokens or shorten the prompt"
+    )]
     TokenLimitExceeded { deployment: String, reserved: u64, prompt: u64, completion: u64, capacity: u64 },
     #[error("the backend of deployment '{deployment}' could not be reached ({reason}); try again later")]
     BackendUnreachable { deployment: String, reason: String },

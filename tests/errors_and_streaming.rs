@@ -100,7 +100,15 @@ async fn bodies_over_the_limit_get_413_declared_or_streamed() {
 async fn bodies_that_are_not_json_objects_get_400() {
     let h = Harness::start().await;
     let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
-    for body in ["", "hello", "[1,2,3]", r#"{"messages": ["#, "{\"a\":\u{0}}", r#"{"messages":"hello"}"#, r#"{"messages":[],"max_tokens":"many"}"#] {
+    for body in [
+        "",
+        "hello",
+        "[1,2,3]",
+        r#"{"messages": ["#,
+        "{\"a\":\u{0}}",
+        r#"{"messages":"hello"}"#,
+        r#"{"messages":[],"max_tokens":"many"}"#,
+    ] {
         let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], body).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body:?}");
         assert_eq!(reply.error_code(), "InvalidJson");

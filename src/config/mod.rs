@@ -252,8 +252,18 @@ fn validate_deployment(
     let first_byte_timeout =
         millis(at, &raw.first_byte_timeout_ms, &field("first_byte_timeout_ms"), backend.first_byte_timeout)?;
     let limits = Limits {
-        requests_per_minute: per_minute(at, &raw.requests_per_minute, &field("requests_per_minute"), DEFAULT_REQUESTS_PER_MINUTE)?,
-        tokens_per_minute: per_minute(at, &raw.tokens_per_minute, &field("tokens_per_minute"), DEFAULT_TOKENS_PER_MINUTE)?,
+        requests_per_minute: per_minute(
+            at,
+            &raw.requests_per_minute,
+            &field("requests_per_minute"),
+            DEFAULT_REQUESTS_PER_MINUTE,
+        )?,
+        tokens_per_minute: per_minute(
+            at,
+            &raw.tokens_per_minute,
+            &field("tokens_per_minute"),
+            DEFAULT_TOKENS_PER_MINUTE,
+        )?,
     };
     let default_max_tokens = match &raw.default_max_tokens {
         None => DEFAULT_MAX_TOKENS.min(limits.tokens_per_minute),
@@ -330,7 +340,9 @@ fn per_minute(at: &Locator<'_>, value: &Option<Spanned<u64>>, field: &str, defau
         Some(v) if *v.get_ref() == 0 || *v.get_ref() > MAX_PER_MINUTE => Err(at.error(
             v,
             field,
-            format!("must be between 1 and {MAX_PER_MINUTE} per minute (a deployment with no quota would reject everything)"),
+            format!(
+                "must be between 1 and {MAX_PER_MINUTE} per minute (a deployment with no quota would reject everything)"
+            ),
         )),
         Some(v) => Ok(*v.get_ref()),
     }

@@ -111,7 +111,8 @@ fn quota_fields_default_to_the_seed_and_are_checked() {
     assert_eq!(d.limits, Limits { requests_per_minute: 1000, tokens_per_minute: 200_000 });
     assert_eq!(d.default_max_tokens, DEFAULT_MAX_TOKENS);
     assert_eq!(d.tokenizer, Tokenizer::Bpe);
-    let text = example("requests_per_minute = 10\ntokens_per_minute = 500\ndefault_max_tokens = 100\ntokenizer = \"chars\"\n");
+    let text =
+        example("requests_per_minute = 10\ntokens_per_minute = 500\ndefault_max_tokens = 100\ntokenizer = \"chars\"\n");
     let d = &Config::parse(&text, "t.toml", &no_env).unwrap().deployments[0];
     assert_eq!((d.limits.requests_per_minute, d.limits.tokens_per_minute, d.default_max_tokens), (10, 500, 100));
     assert_eq!(d.tokenizer, Tokenizer::Chars);

@@ -83,7 +83,9 @@ impl<'de> Visitor<'de> for BodySeed {
                         estimate.max_tokens = Some(max);
                     }
                 }
-                (ChatCompletions | Completions, "n") => estimate.choices = map.next_value::<Option<u64>>()?.unwrap_or(1),
+                (ChatCompletions | Completions, "n") => {
+                    estimate.choices = map.next_value::<Option<u64>>()?.unwrap_or(1)
+                }
                 (_, "stream") => estimate.stream = map.next_value::<Option<bool>>()?.unwrap_or(false),
                 (Completions, "prompt") => prompt += map.next_value_seed(TextsSeed(tok))? + 1,
                 (Embeddings, "input") => prompt += map.next_value_seed(TextsSeed(tok))?,

@@ -25,9 +25,13 @@ fn parts_names_tool_calls_and_tools_are_counted() {
     assert_eq!(high.prompt_tokens, 1 + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + IMAGE_TOKENS_DEFAULT);
     let named = chat(r#"{"messages":[{"role":"user","name":"alice","content":"Describe this."}]}"#);
     assert_eq!(named.prompt_tokens, plain + Tokenizer::Bpe.count("alice") + 1);
-    let calls = r#"[{"id":"1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]"#;
+    let calls =
+        r#"[{"id":"1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]"#;
     let with_calls = chat(&format!(r#"{{"messages":[{{"role":"assistant","content":null,"tool_calls":{calls}}}]}}"#));
-    assert_eq!(with_calls.prompt_tokens, Tokenizer::Bpe.count("assistant") + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + Tokenizer::Bpe.count(calls));
+    assert_eq!(
+        with_calls.prompt_tokens,
+        Tokenizer::Bpe.count("assistant") + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + Tokenizer::Bpe.count(calls)
+    );
     let tools = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]"#;
     let with_tools = chat(&format!(r#"{{"tools":{tools},"messages":[{{"role":"user","content":"Describe this."}}]}}"#));
     assert_eq!(with_tools.prompt_tokens, plain + Tokenizer::Bpe.count(tools) + Tokenizer::Bpe.count(TOOLS_PREAMBLE));
@@ -60,7 +64,9 @@ fn other_routes() {
     assert_eq!(e.prompt_tokens, 4);
     let e = estimate(ApiRoute::Completions, br#"{"prompt":"Hello world!","max_tokens":5}"#, Tokenizer::Bpe).unwrap();
     assert_eq!((e.prompt_tokens, e.max_tokens), (4, Some(5)));
-    let e = estimate(ApiRoute::ImageEmbeddings, br#"{"input":[{"image":"data:","text":"Hello world!"}]}"#, Tokenizer::Bpe).unwrap();
+    let e =
+        estimate(ApiRoute::ImageEmbeddings, br#"{"input":[{"image":"data:","text":"Hello world!"}]}"#, Tokenizer::Bpe)
+            .unwrap();
     assert_eq!(e.prompt_tokens, IMAGE_TOKENS_DEFAULT + 3);
 }
 

@@ -16,6 +16,10 @@ use crate::meter::MeteredBody;
 
 /// A response body: either made by the gateway, or the backend's body passed through as it
 /// arrives (and metered on the way).
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the metered variant is the common case; boxing it would allocate per request"
+)]
 pub enum ProxyBody {
     Full(Option<Bytes>),
     Backend(MeteredBody),

@@ -20,7 +20,10 @@ const MAX_JSON_SCAN: usize = 8 << 20;
 enum Scan {
     Sse(SseScanner),
     /// Non-streamed: the chunks (reference-counted, not copied) until the end, then one parse.
-    Json { chunks: Vec<Bytes>, len: usize },
+    Json {
+        chunks: Vec<Bytes>,
+        len: usize,
+    },
     /// Too large to scan: counted from the estimate.
     Skipped,
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
@@ -14,6 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use tollgate::config::Config;
 use tollgate::keys::KeyDigest;
 use tollgate::mock_backend::{MockBackend, MockOptions};
+use tollgate::quota::clock::ManualClock;
 use tollgate::runtime::RunningGateway;
 
 pub const DEPLOYMENT: &str = "meta-llama3-8b-qwerty";
@@ -46,6 +48,8 @@ pub struct Setup {
     pub more_deployments: String,
     /// Environment variables visible to the config.
     pub env: Vec<(&'static str, &'static str)>,
+    /// A manual clock for the quota buckets (the real clock when `None`).
+    pub clock: Option<Arc<ManualClock>>,
 }
 
 impl Harness {
@@ -88,7 +92,10 @@ keys = ["{other}"]
         let env = setup.env.clone();
         let lookup = move |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
         let config = Config::parse(&text, "test.toml", &lookup).unwrap();
-        let gateway = RunningGateway::start(&config).await.unwrap();
+        let gateway = match setup.clock {
+            Some(clock) => RunningGateway::start_with_clock(&config, clock).await.unwrap(),
+            None => RunningGateway::start(&config).await.unwrap(),
+        };
         Harness { gateway, mock, client: Client::new() }
     }
 
@@ -98,6 +105,34 @@ keys = ["{other}"]
 
     pub fn addr(&self) -> SocketAddr {
         self.gateway.gateway_addr
+    }
+
+    pub fn deployment_url(&self, path: &str) -> String {
+        self.url(&format!("/openai/deployments/{DEPLOYMENT}{path}"))
+    }
+
+    /// `GET` on the admin listener, as JSON.
+    pub async fn admin(&self, path: &str) -> serde_json::Value {
+        let reply = self.client.call(Method::GET, &format!("http://{}{path}", self.gateway.admin_addr), &[], "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        reply.json()
+    }
+
+    /// The demo deployment's usage totals, once `requests` requests have been recorded (records of
+    /// streamed responses land when their body ends, a moment after the client read it).
+    pub async fn usage_after(&self, requests: u64) -> serde_json::Value {
+        for _ in 0..1000 {
+            let usage = self.admin("/usage").await;
+            if usage[DEPLOYMENT]["requests"].as_u64().unwrap_or(0) >= requests {
+                return usage[DEPLOYMENT].clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {requests} requests were recorded: {}", self.admin("/usage").await);
+    }
+
+    pub async fn remaining_tokens(&self) -> u64 {
+        self.admin("/quotas").await[DEPLOYMENT]["remainingTokens"].as_u64().unwrap()
     }
 }
 
@@ -117,6 +152,10 @@ impl Reply {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn number(&self, name: &str) -> u64 {
+        self.header(name).parse().unwrap_or_else(|_| panic!("{name} is not a number: {self:?}"))
     }
 
     pub fn header(&self, name: &str) -> &str {

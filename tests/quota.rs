@@ -1,0 +1,293 @@
+//! Quotas end to end: bursts, token limits, exact retry times, reconciliation from `usage`,
+//! streamed usage with and without a usage chunk, client disconnects, and concurrency.
+//! Most tests freeze the buckets' clock (a manual clock) so numbers are exact, never timed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::*;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use tollgate::estimate::{Tokenizer, estimate};
+use tollgate::gateway::route::ApiRoute;
+use tollgate::mock_backend::MockOptions;
+use tollgate::quota::clock::ManualClock;
+
+const KEY: (&str, &str) = ("api-key", PRIMARY_KEY);
+
+fn frozen(deployment: &str) -> (Setup, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(0));
+    (Setup { deployment: deployment.into(), clock: Some(clock.clone()), ..Default::default() }, clock)
+}
+
+fn chat_with(max_tokens: u64) -> String {
+    format!(r#"{{"messages":[{{"role":"user","content":"Tell me about token buckets."}}],"max_tokens":{max_tokens}}}"#)
+}
+
+fn estimated_prompt(body: &str) -> u64 {
+    estimate(ApiRoute::ChatCompletions, body.as_bytes(), Tokenizer::Bpe).unwrap().prompt_tokens
+}
+
+fn assert_429(reply: &Reply, limit: &str) {
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.text());
+    assert_eq!(reply.error_code(), "TooManyRequests");
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("per minute") && message.contains(limit) && message.contains(DEPLOYMENT), "{message}");
+    let ms = reply.number("retry-after-ms");
+    assert!(ms > 0);
+    assert_eq!(reply.number("retry-after"), ms.div_ceil(1000));
+    assert!(message.contains(&format!("Retry after {ms} ms")), "{message}");
+    for header in [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+    ] {
+        reply.number(header);
+    }
+    assert!(reply.header("ratelimit-policy").contains("\"requests\";q="));
+    assert!(reply.header("ratelimit").contains("\"tokens\";r="));
+}
+
+#[tokio::test]
+async fn a_burst_of_1100_admits_1000_plus_at_most_the_refill() {
+    let h = Harness::with(Setup { deployment: "tokens_per_minute = 100000000".into(), ..Default::default() }).await;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for task in 0..32 {
+        let (client, url) = (h.client.clone(), h.deployment_url("/chat/completions"));
+        // 1,100 requests over 32 clients: 12 send 35, 20 send 34.
+        let count = if task < 12 { 35 } else { 34 };
+        tasks.push(tokio::spawn(async move {
+            let mut replies = Vec::new();
+            for _ in 0..count {
+                replies.push(client.post(&url, &[KEY], CHAT).await);
+            }
+            replies
+        }));
+    }
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.extend(task.await.unwrap());
+    }
+    assert_eq!(replies.len(), 1100);
+    let elapsed = started.elapsed();
+    let ok = replies.iter().filter(|r| r.status == StatusCode::OK).count() as u64;
+    // 1,000 a minute refill at one per 60 ms.
+    let refill = elapsed.as_millis() as u64 / 60 + 1;
+    assert!(ok >= 1000, "a fresh deployment bursts its whole minute: {ok}");
+    assert!(ok <= 1000 + refill, "{ok} admitted in {elapsed:?}");
+    for reply in replies.iter().filter(|r| r.status != StatusCode::OK) {
+        assert_429(reply, "requests");
+    }
+}
+
+#[tokio::test]
+async fn exactly_the_minute_is_admitted_on_a_frozen_clock_with_exact_headers() {
+    let (setup, _clock) = frozen("requests_per_minute = 10\ntokens_per_minute = 100000");
+    let h = Harness::with(setup).await;
+    let url = h.deployment_url("/chat/completions");
+    for i in 0..10u64 {
+        let reply = h.client.post(&url, &[KEY], &chat_with(10)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.number("x-ratelimit-limit-requests"), 10);
+        assert_eq!(reply.number("x-ratelimit-remaining-requests"), 9 - i);
+        assert_eq!(reply.number("x-ratelimit-limit-tokens"), 100_000);
+    }
+    let reply = h.client.post(&url, &[KEY], &chat_with(10)).await;
+    assert_429(&reply, "requests");
+    // 10 a minute: the next one in exactly 6 s.
+    assert_eq!(reply.number("retry-after-ms"), 6000);
+    assert_eq!(reply.number("retry-after"), 6);
+    assert_eq!(reply.number("x-ratelimit-remaining-requests"), 0);
+    assert_eq!(reply.header("ratelimit-policy"), "\"requests\";q=10;w=60, \"tokens\";q=100000;w=60;qu=\"tokens\"");
+}
+
+#[tokio::test]
+async fn waiting_exactly_retry_after_ms_is_enough_and_one_ms_less_is_not() {
+    let (setup, clock) = frozen("tokens_per_minute = 10000");
+    let h = Harness::with(setup).await;
+    let url = h.deployment_url("/chat/completions");
+    // The first request really uses 5,000 completion tokens.
+    let first = h.client.post(&url, &[KEY, ("x-mock-completion-tokens", "5000")], &chat_with(5000)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert!(first.json()["usage"]["total_tokens"].as_u64().unwrap() > 5000);
+    let big = chat_with(9000);
+    let reply = h.client.post(&url, &[KEY], &big).await;
+    assert_429(&reply, "tokens");
+    let wait = reply.number("retry-after-ms");
+    clock.advance_ms(wait - 1);
+    let early = h.client.post(&url, &[KEY], &big).await;
+    assert_eq!(early.status, StatusCode::TOO_MANY_REQUESTS, "admitted before retry-after-ms");
+    assert_eq!(early.number("retry-after-ms"), 1);
+    clock.advance_ms(1);
+    let retried = h.client.post(&url, &[KEY], &big).await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.text());
+}
+
+#[tokio::test]
+async fn a_reservation_over_the_whole_capacity_is_400_not_429() {
+    let (setup, _clock) = frozen("tokens_per_minute = 10000");
+    let h = Harness::with(setup).await;
+    let body = chat_with(20000);
+    let reply = h.client.post(&h.deployment_url("/chat/completions"), &[KEY], &body).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.error_code(), "TokenLimitExceeded");
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+    let reserved = estimated_prompt(&body) + 20000;
+    assert!(
+        message.contains(&format!("reserves {reserved} tokens")) && message.contains("10000 tokens per minute"),
+        "{message}"
+    );
+    assert!(reply.headers.get("retry-after").is_none());
+    assert_eq!(reply.number("x-ratelimit-remaining-tokens"), 10000, "nothing was taken");
+}
+
+#[tokio::test]
+async fn reconciliation_returns_the_unused_reservation() {
+    let (setup, _clock) = frozen("tokens_per_minute = 100000");
+    let h = Harness::with(setup).await;
+    let url = h.deployment_url("/chat/completions");
+    let body = chat_with(1000);
+    let reserved = estimated_prompt(&body) + 1000;
+    let first = h.client.post(&url, &[KEY], &body).await;
+    assert_eq!(first.number("x-ratelimit-remaining-tokens"), 100_000 - reserved);
+    let used1 = first.json()["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used1 < reserved);
+    let second = h.client.post(&url, &[KEY], &body).await;
+    // The first request's unused tokens came back before the second was admitted.
+    assert_eq!(second.number("x-ratelimit-remaining-tokens"), 100_000 - used1 - reserved);
+    let used2 = second.json()["usage"]["total_tokens"].as_u64().unwrap();
+    h.usage_after(2).await;
+    assert_eq!(h.remaining_tokens().await, 100_000 - used1 - used2);
+    let usage = h.usage_after(2).await;
+    assert_eq!(usage["total_tokens"], used1 + used2);
+    assert_eq!(usage["reported_requests"], 2);
+}
+
+#[tokio::test]
+async fn streamed_usage_is_charged_from_the_last_chunk() {
+    let (setup, _clock) = frozen("tokens_per_minute = 100000");
+    let h = Harness::with(setup).await;
+    let body = r#"{"messages":[{"role":"user","content":"Stream please."}],"stream":true,"max_tokens":500}"#;
+    let reply = h.client.post(&h.deployment_url("/chat/completions"), &[KEY], body).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = reply.text();
+    let last = text.lines().rfind(|l| l.contains("\"usage\"")).unwrap();
+    let usage: serde_json::Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    let total = usage["usage"]["total_tokens"].as_u64().unwrap();
+    let recorded = h.usage_after(1).await;
+    assert_eq!(recorded["total_tokens"], total);
+    assert_eq!(recorded["reported_requests"], 1);
+    assert_eq!(h.remaining_tokens().await, 100_000 - total);
+}
+
+#[tokio::test]
+async fn streams_without_usage_are_counted_from_the_deltas() {
+    let clock = Arc::new(ManualClock::new(0));
+    let h = Harness::with(Setup {
+        mock: MockOptions { stream_usage: false, completion_tokens: 40, ..Default::default() },
+        deployment: "tokens_per_minute = 100000".into(),
+        clock: Some(clock),
+        ..Default::default()
+    })
+    .await;
+    let body = r#"{"messages":[{"role":"user","content":"Stream please."}],"stream":true}"#;
+    let reply = h.client.post(&h.deployment_url("/chat/completions"), &[KEY], body).await;
+    assert!(!reply.text().contains("\"usage\""));
+    let streamed: String = reply
+        .text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|l| *l != "[DONE]")
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    let completion = Tokenizer::Bpe.count(&streamed);
+    let prompt = estimated_prompt(body);
+    let recorded = h.usage_after(1).await;
+    assert_eq!(recorded["completion_tokens"], completion);
+    assert_eq!(recorded["prompt_tokens"], prompt);
+    assert_eq!(recorded["estimated_requests"], 1);
+    assert_eq!(h.remaining_tokens().await, 100_000 - prompt - completion);
+}
+
+#[tokio::test]
+async fn a_client_leaving_mid_stream_is_charged_the_prompt_and_what_was_streamed() {
+    let (setup, _clock) = frozen("tokens_per_minute = 100000");
+    let h = Harness::with(setup).await;
+    let body = r#"{"messages":[{"role":"user","content":"A long story."}],"stream":true}"#;
+    let headers = [KEY, ("x-mock-tokens-per-second", "50"), ("x-mock-completion-tokens", "500")];
+    let response = h.client.send(Method::POST, &h.deployment_url("/chat/completions"), &headers, body).await;
+    let mut stream = response.into_body();
+    let mut received = String::new();
+    while received.matches("data: ").count() < 4 {
+        let frame = stream.frame().await.unwrap().unwrap();
+        received.push_str(&String::from_utf8_lossy(frame.data_ref().unwrap()));
+    }
+    drop(stream);
+    let recorded = h.usage_after(1).await;
+    let completion = recorded["completion_tokens"].as_u64().unwrap();
+    assert!(completion >= 3, "at least what the client received: {recorded}");
+    assert!(completion < 100, "not the whole completion: {recorded}");
+    assert_eq!(recorded["prompt_tokens"], estimated_prompt(body));
+    assert_eq!(h.remaining_tokens().await, 100_000 - estimated_prompt(body) - completion);
+}
+
+#[tokio::test]
+async fn backend_failures_refund_the_tokens_but_count_the_request() {
+    let (setup, _clock) = frozen("tokens_per_minute = 100000");
+    let h = Harness::with(setup).await;
+    let reply =
+        h.client.post(&h.deployment_url("/chat/completions"), &[KEY, ("x-mock-status", "503")], &chat_with(1000)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    h.usage_after(1).await;
+    let quotas = h.admin("/quotas").await;
+    assert_eq!(quotas[DEPLOYMENT]["remainingTokens"], 100_000);
+    assert_eq!(quotas[DEPLOYMENT]["remainingRequests"], 999);
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_clients_never_over_admit() {
+    let (setup, _clock) = frozen("tokens_per_minute = 10000");
+    let h = Harness::with(setup).await;
+    let body = Arc::new(chat_with(100));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (client, url, body) = (h.client.clone(), h.deployment_url("/chat/completions"), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..12 {
+                let reply = client.post(&url, &[KEY], &body).await;
+                if reply.status == StatusCode::TOO_MANY_REQUESTS {
+                    assert_429(&reply, "tokens");
+                }
+                statuses.push(reply.status);
+            }
+            statuses
+        }));
+    }
+    let mut ok = 0u64;
+    let mut limited = 0u64;
+    for task in tasks {
+        for status in task.await.unwrap() {
+            match status {
+                StatusCode::OK => ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => limited += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    assert_eq!(ok + limited, 768);
+    assert!(limited > 0, "the token limit must bind in this test");
+    let usage = h.usage_after(768).await;
+    let charged = usage["total_tokens"].as_u64().unwrap();
+    // No refill on a frozen clock: everything charged fits in one minute's capacity.
+    assert!(charged <= 10_000, "{charged} tokens charged");
+    assert_eq!(h.remaining_tokens().await, 10_000 - charged);
+    assert_eq!(usage["requests"], 768);
+    assert_eq!(usage["reported_requests"], ok);
+}
