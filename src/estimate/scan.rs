@@ -39,9 +39,60 @@ impl<'de> serde::Deserialize<'de> for Text<'de> {
     }
 }
 
-/// Counts JSON text of a raw value (tools, tool calls) unless it is `null`.
-fn raw_tokens(raw: &RawValue, tokenizer: Tokenizer) -> u64 {
-    if raw.get() == "null" { 0 } else { tokenizer.count(raw.get()) }
+/// The template writes a `tool` message's role as `ipython`.
+fn role_tokens(role: &str, tokenizer: Tokenizer) -> u64 {
+    tokenizer.count(if role == "tool" { "ipython" } else { role })
+}
+
+/// Tool definitions as the template renders them: the preamble, then each tool as JSON indented
+/// by four spaces, separated by blank lines. Rare, so rendering (and allocating) is acceptable.
+fn tools_tokens(raw: &RawValue, tokenizer: Tokenizer) -> u64 {
+    let Ok(serde_json::Value::Array(tools)) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+        return if raw.get() == "null" { 0 } else { tokenizer.count(raw.get()) };
+    };
+    if tools.is_empty() {
+        return 0;
+    }
+    let mut rendered = String::from(TOOLS_PREAMBLE);
+    for (i, tool) in tools.iter().enumerate() {
+        if i > 0 {
+            rendered.push_str("\n\n");
+        }
+        let mut out = Vec::new();
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"    "));
+        if serde::Serialize::serialize(tool, &mut ser).is_ok() {
+            rendered.push_str(&String::from_utf8_lossy(&out));
+        }
+    }
+    rendered.push_str("\n\n");
+    tokenizer.count(&rendered)
+}
+
+/// An assistant's tool calls as the template renders them: `{"name": ..., "parameters": ...}`.
+fn tool_calls_tokens(raw: &RawValue, tokenizer: Tokenizer) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Function<'a> {
+        #[serde(borrow, default)]
+        name: Cow<'a, str>,
+        #[serde(borrow, default)]
+        arguments: Cow<'a, str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Call<'a> {
+        #[serde(borrow)]
+        function: Function<'a>,
+    }
+    match serde_json::from_str::<Option<Vec<Call<'_>>>>(raw.get()) {
+        Ok(calls) => calls
+            .iter()
+            .flatten()
+            .map(|c| {
+                let arguments = if c.function.arguments.trim().is_empty() { "{}" } else { c.function.arguments.trim() };
+                tokenizer.count(&format!("{{\"name\":\"{}\",\"parameters\":{arguments}}}", c.function.name))
+            })
+            .sum(),
+        Err(_) => tokenizer.count(raw.get()),
+    }
 }
 
 struct BodySeed {
@@ -71,13 +122,7 @@ impl<'de> Visitor<'de> for BodySeed {
         while let Some(key) = map.next_key::<Text<'de>>()? {
             match (self.route, key.0.as_ref()) {
                 (ChatCompletions, "messages") => prompt += map.next_value_seed(MessagesSeed(tok))?,
-                (ChatCompletions, "tools") => {
-                    let raw: &'de RawValue = map.next_value()?;
-                    let tools = raw_tokens(raw, tok);
-                    if tools > 0 {
-                        prompt += tools + tok.count(TOOLS_PREAMBLE);
-                    }
-                }
+                (ChatCompletions, "tools") => prompt += tools_tokens(map.next_value::<&'de RawValue>()?, tok),
                 (ChatCompletions | Completions, "max_tokens" | "max_completion_tokens") => {
                     if let Some(max) = map.next_value::<Option<u64>>()? {
                         estimate.max_tokens = Some(max);
@@ -147,10 +192,10 @@ impl<'de> Visitor<'de> for MessageSeed {
         let mut total = MESSAGE_OVERHEAD;
         while let Some(key) = map.next_key::<Text<'de>>()? {
             match key.0.as_ref() {
-                "role" => total += tok.count(&map.next_value::<Text<'de>>()?.0),
+                "role" => total += role_tokens(&map.next_value::<Text<'de>>()?.0, tok),
                 "content" => total += map.next_value_seed(ContentSeed(tok))?,
                 "name" => total += tok.count(&map.next_value::<Text<'de>>()?.0) + 1,
-                "tool_calls" => total += raw_tokens(map.next_value::<&'de RawValue>()?, tok),
+                "tool_calls" => total += tool_calls_tokens(map.next_value::<&'de RawValue>()?, tok),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -25,16 +25,19 @@ fn parts_names_tool_calls_and_tools_are_counted() {
     assert_eq!(high.prompt_tokens, 1 + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + IMAGE_TOKENS_DEFAULT);
     let named = chat(r#"{"messages":[{"role":"user","name":"alice","content":"Describe this."}]}"#);
     assert_eq!(named.prompt_tokens, plain + Tokenizer::Bpe.count("alice") + 1);
-    let calls =
-        r#"[{"id":"1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]"#;
+    let calls = r#"[{"id":"1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]"#;
     let with_calls = chat(&format!(r#"{{"messages":[{{"role":"assistant","content":null,"tool_calls":{calls}}}]}}"#));
+    let rendered = r#"{"name":"get_weather","parameters":{"city":"Paris"}}"#;
     assert_eq!(
         with_calls.prompt_tokens,
-        Tokenizer::Bpe.count("assistant") + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + Tokenizer::Bpe.count(calls)
+        Tokenizer::Bpe.count("assistant") + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + Tokenizer::Bpe.count(rendered)
     );
     let tools = r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object"}}}]"#;
     let with_tools = chat(&format!(r#"{{"tools":{tools},"messages":[{{"role":"user","content":"Describe this."}}]}}"#));
-    assert_eq!(with_tools.prompt_tokens, plain + Tokenizer::Bpe.count(tools) + Tokenizer::Bpe.count(TOOLS_PREAMBLE));
+    let pretty = "{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"get_weather\",\n        \"parameters\": {\n            \"type\": \"object\"\n        }\n    }\n}";
+    assert_eq!(with_tools.prompt_tokens, plain + Tokenizer::Bpe.count(&format!("{TOOLS_PREAMBLE}{pretty}\n\n")));
+    let tool_role = chat(r#"{"messages":[{"role":"tool","tool_call_id":"1","content":"Describe this."}]}"#);
+    assert_eq!(tool_role.prompt_tokens, plain - 1 + Tokenizer::Bpe.count("ipython"));
 }
 
 #[test]
