@@ -16,7 +16,6 @@ use crate::meter::totals::UsageTotals;
 /// What the admin routes read.
 pub struct Admin {
     pub gateway: Arc<Gateway>,
-    pub usage: Arc<UsageTotals>,
 }
 
 const ROUTES: &str = "admin routes: GET /healthz, GET /readyz, GET /usage, GET /quotas";
@@ -35,9 +34,16 @@ impl Admin {
         match path {
             "/healthz" => json(r#"{"status":"ok"}"#.into()),
             "/readyz" => json(r#"{"status":"ready"}"#.into()),
-            "/usage" => json(serde_json::to_string(&self.usage.snapshot()).unwrap_or_default()),
+            "/usage" => json(self.usage()),
             _ => json(self.quotas()),
         }
+    }
+
+    /// Each deployment's usage totals since start.
+    fn usage(&self) -> String {
+        let totals: std::collections::BTreeMap<&str, _> =
+            self.gateway.deployments().iter().map(|d| (d.name.as_str(), UsageTotals::of(d))).collect();
+        serde_json::to_string(&totals).unwrap_or_default()
     }
 
     /// Each deployment's buckets now: limits and what remains.

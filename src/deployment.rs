@@ -10,6 +10,7 @@ use http::HeaderValue;
 use crate::config::{BackendUrl, DeploymentConfig};
 use crate::estimate::Tokenizer;
 use crate::keys::KeyPair;
+use crate::meter::totals::UsageCounters;
 use crate::quota::DeploymentQuota;
 use crate::quota::clock::Clock;
 
@@ -26,6 +27,8 @@ pub struct Deployment {
     pub quota: Arc<DeploymentQuota>,
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
+    /// Running usage totals (see [`crate::meter::totals`]).
+    pub usage: UsageCounters,
 }
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
@@ -58,6 +61,7 @@ impl Deployment {
             quota: Arc::new(DeploymentQuota::new(config.limits, Arc::clone(clock))),
             default_max_tokens: config.default_max_tokens,
             tokenizer: config.tokenizer,
+            usage: UsageCounters::default(),
         }
     }
 }

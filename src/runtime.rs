@@ -24,7 +24,6 @@ pub struct RunningGateway {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
-    pub usage: Arc<UsageTotals>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -41,9 +40,8 @@ impl RunningGateway {
         let admin = bind(config.admin.listen, "admin").await?;
         let gateway_addr = local_addr(&data, config.server.listen, "gateway")?;
         let admin_addr = local_addr(&admin, config.admin.listen, "admin")?;
-        let usage = Arc::new(UsageTotals::new());
-        let gateway = Arc::new(Gateway::new(config, clock, usage.clone()));
-        let admin_state = Arc::new(crate::admin::Admin { gateway: Arc::clone(&gateway), usage: Arc::clone(&usage) });
+        let gateway = Arc::new(Gateway::new(config, clock, Arc::new(UsageTotals)));
+        let admin_state = Arc::new(crate::admin::Admin { gateway: Arc::clone(&gateway) });
         let (stop, stopped) = watch::channel(false);
         let handler = {
             let gateway = Arc::clone(&gateway);
@@ -63,7 +61,7 @@ impl RunningGateway {
                 stopped,
             )),
         ];
-        Ok(RunningGateway { gateway_addr, admin_addr, gateway, usage, stop, tasks })
+        Ok(RunningGateway { gateway_addr, admin_addr, gateway, stop, tasks })
     }
 
     /// Stops accepting and waits for in-flight requests to finish (up to the drain deadline).

@@ -13,7 +13,8 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/estimator/");
-    let bodies: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!("{dir}bodies.json")).unwrap()).unwrap();
+    let bodies: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}bodies.json")).unwrap()).unwrap();
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(format!("{dir}reference.json")).unwrap()).unwrap();
     let bodies = bodies.as_array().unwrap();
@@ -39,7 +40,14 @@ fn ratios(tokenizer: Tokenizer) -> Vec<(String, u64, u64, f64)> {
     for case in cases() {
         let estimated = estimate(ApiRoute::ChatCompletions, case.body.as_bytes(), tokenizer).unwrap().prompt_tokens;
         let ratio = estimated as f64 / case.reference as f64;
-        println!("{:>6} {:<20} reference {:>6} estimate {:>6} ratio {:.3}", tokenizer.as_str(), case.name, case.reference, estimated, ratio);
+        println!(
+            "{:>6} {:<20} reference {:>6} estimate {:>6} ratio {:.3}",
+            tokenizer.as_str(),
+            case.name,
+            case.reference,
+            estimated,
+            ratio
+        );
         out.push((case.name, case.reference, estimated, ratio));
     }
     out
@@ -54,7 +62,13 @@ fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 fn bpe_estimates_stay_in_band() {
     let rows = ratios(Tokenizer::Bpe);
     let all: Vec<f64> = rows.iter().map(|r| r.3).collect();
-    println!("bpe: min {:.3} p50 {:.3} p90 {:.3} max {:.3}", percentile(all.clone(), 0.0), percentile(all.clone(), 0.5), percentile(all.clone(), 0.9), percentile(all.clone(), 1.0));
+    println!(
+        "bpe: min {:.3} p50 {:.3} p90 {:.3} max {:.3}",
+        percentile(all.clone(), 0.0),
+        percentile(all.clone(), 0.5),
+        percentile(all.clone(), 0.9),
+        percentile(all.clone(), 1.0)
+    );
     for (name, reference, estimated, ratio) in &rows {
         assert!((0.97..=1.75).contains(ratio), "{name}: estimate {estimated} vs Llama 3 {reference}");
     }
@@ -70,14 +84,18 @@ fn bpe_estimates_stay_in_band() {
 fn chars_heuristic_is_rougher_but_bounded() {
     let rows = ratios(Tokenizer::Chars);
     let all: Vec<f64> = rows.iter().map(|r| r.3).collect();
-    println!("chars: min {:.3} p50 {:.3} p90 {:.3} max {:.3}", percentile(all.clone(), 0.0), percentile(all.clone(), 0.5), percentile(all.clone(), 0.9), percentile(all.clone(), 1.0));
+    println!(
+        "chars: min {:.3} p50 {:.3} p90 {:.3} max {:.3}",
+        percentile(all.clone(), 0.0),
+        percentile(all.clone(), 0.5),
+        percentile(all.clone(), 0.9),
+        percentile(all.clone(), 1.0)
+    );
     for (name, reference, estimated, ratio) in &rows {
         assert!((0.5..=2.0).contains(ratio), "{name}: estimate {estimated} vs Llama 3 {reference}");
     }
 }
 
 fn is_other_script(name: &str) -> bool {
-    ["russian", "chinese", "japanese", "korean", "arabic", "hindi"]
-        .iter()
-        .any(|l| name.starts_with(l))
+    ["russian", "chinese", "japanese", "korean", "arabic", "hindi"].iter().any(|l| name.starts_with(l))
 }

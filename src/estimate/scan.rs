@@ -59,7 +59,8 @@ fn tools_tokens(raw: &RawValue, tokenizer: Tokenizer) -> u64 {
             rendered.push_str("\n\n");
         }
         let mut out = Vec::new();
-        let mut ser = serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"    "));
+        let mut ser =
+            serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::with_indent(b"    "));
         if serde::Serialize::serialize(tool, &mut ser).is_ok() {
             rendered.push_str(&String::from_utf8_lossy(&out));
         }

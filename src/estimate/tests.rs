@@ -25,7 +25,8 @@ fn parts_names_tool_calls_and_tools_are_counted() {
     assert_eq!(high.prompt_tokens, 1 + MESSAGE_OVERHEAD + PROMPT_OVERHEAD + IMAGE_TOKENS_DEFAULT);
     let named = chat(r#"{"messages":[{"role":"user","name":"alice","content":"Describe this."}]}"#);
     assert_eq!(named.prompt_tokens, plain + Tokenizer::Bpe.count("alice") + 1);
-    let calls = r#"[{"id":"1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]"#;
+    let calls =
+        r#"[{"id":"1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]"#;
     let with_calls = chat(&format!(r#"{{"messages":[{{"role":"assistant","content":null,"tool_calls":{calls}}}]}}"#));
     let rendered = r#"{"name":"get_weather","parameters":{"city":"Paris"}}"#;
     assert_eq!(

@@ -1,13 +1,27 @@
-//! A [`UsageSink`] that keeps running totals per deployment (served on the admin listener at
-//! `GET /usage`) and logs nothing. Metrics and the durable ledger are further sinks.
+//! A [`UsageSink`] that keeps running totals per deployment, served on the admin listener at
+//! `GET /usage`. The counters live in each [`Deployment`] (atomics, no lock and no map lookup on
+//! the request path); metrics and the durable ledger are further sinks.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
 use super::{CountSource, UsageRecord, UsageSink};
+use crate::deployment::Deployment;
 
+/// Running totals of one deployment.
+#[derive(Debug, Default)]
+pub struct UsageCounters {
+    requests: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    total_tokens: AtomicU64,
+    reported_requests: AtomicU64,
+    estimated_requests: AtomicU64,
+    rate_limited_requests: AtomicU64,
+}
+
+/// A reading of [`UsageCounters`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DeploymentTotals {
     pub requests: u64,
@@ -16,42 +30,52 @@ pub struct DeploymentTotals {
     pub total_tokens: u64,
     pub reported_requests: u64,
     pub estimated_requests: u64,
-    pub rejected_requests: u64,
+    pub rate_limited_requests: u64,
 }
 
-#[derive(Debug, Default)]
-pub struct UsageTotals {
-    by_deployment: Mutex<BTreeMap<String, DeploymentTotals>>,
+impl UsageCounters {
+    pub fn read(&self) -> DeploymentTotals {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DeploymentTotals {
+            requests: get(&self.requests),
+            prompt_tokens: get(&self.prompt_tokens),
+            completion_tokens: get(&self.completion_tokens),
+            total_tokens: get(&self.total_tokens),
+            reported_requests: get(&self.reported_requests),
+            estimated_requests: get(&self.estimated_requests),
+            rate_limited_requests: get(&self.rate_limited_requests),
+        }
+    }
 }
+
+/// Adds every record to its deployment's [`UsageCounters`].
+#[derive(Debug, Default)]
+pub struct UsageTotals;
 
 impl UsageTotals {
-    pub fn new() -> UsageTotals {
-        UsageTotals::default()
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<String, DeploymentTotals> {
-        self.by_deployment.lock().map(|m| m.clone()).unwrap_or_default()
+    pub fn of(deployment: &Deployment) -> DeploymentTotals {
+        deployment.usage.read()
     }
 }
 
 impl UsageSink for UsageTotals {
     fn record(&self, record: UsageRecord) {
-        let Ok(mut map) = self.by_deployment.lock() else { return };
-        let totals = match map.get_mut(record.deployment.name.as_str()) {
-            Some(totals) => totals,
-            None => map.entry(record.deployment.name.clone()).or_default(),
+        let c = &record.deployment.usage;
+        let add = |counter: &AtomicU64, n: u64| {
+            counter.fetch_add(n, Ordering::Relaxed);
         };
-        totals.requests += 1;
-        totals.prompt_tokens += record.prompt_tokens;
-        totals.completion_tokens += record.completion_tokens;
-        totals.total_tokens += record.total_tokens;
+        add(&c.prompt_tokens, record.prompt_tokens);
+        add(&c.completion_tokens, record.completion_tokens);
+        add(&c.total_tokens, record.total_tokens);
         match record.source {
-            CountSource::Reported => totals.reported_requests += 1,
-            CountSource::Estimated => totals.estimated_requests += 1,
+            CountSource::Reported => add(&c.reported_requests, 1),
+            CountSource::Estimated => add(&c.estimated_requests, 1),
             CountSource::None => {}
         }
         if record.status == 429 {
-            totals.rejected_requests += 1;
+            add(&c.rate_limited_requests, 1);
         }
+        // Last, so a reader that sees the request also sees its tokens.
+        c.requests.fetch_add(1, Ordering::Release);
     }
 }
