@@ -5,11 +5,11 @@
 //!
 //! What is counted (Llama 3 chat template: `<|begin_of_text|>`, then per message
 //! `<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>`, then the assistant header):
-//! - chat: [`PROMPT_OVERHEAD`] per request; per message [`MESSAGE_OVERHEAD`] + the role (`tool`
-//!   is written `ipython`) + the content (a string, or the `text` of each part) + the `name` (+1)
-//!   + each tool call rendered `{"name":…,"parameters":…}`; `tools` rendered as the template does
-//!   (the tool-use preamble, then each definition as JSON indented by four spaces); images by
-//!   [`image_tokens`];
+//! - chat: [`PROMPT_OVERHEAD`] per request; per message [`MESSAGE_OVERHEAD`], the role (`tool`
+//!   is written `ipython`), the content (a string, or the `text` of each part), the `name` (+1),
+//!   and each tool call rendered `{"name":…,"parameters":…}`; `tools` rendered as the template
+//!   does (the tool-use preamble, then each definition as JSON indented by four spaces); images
+//!   by [`image_tokens`];
 //! - completions: the `prompt` (string or strings) + 1;
 //! - embeddings: every `input` string (token-id arrays count their length);
 //! - image embeddings: [`image_tokens`] per image + its `text`.
