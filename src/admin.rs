@@ -1,5 +1,5 @@
-//! The admin listener: liveness, readiness, usage totals and quota levels (the control plane API
-//! and Prometheus metrics hang here later).
+//! The admin listener: liveness, readiness, Prometheus metrics, usage totals and quota levels
+//! (the control plane API hangs here later).
 
 use std::sync::Arc;
 
@@ -11,20 +11,19 @@ use serde_json::json;
 use crate::error::error_response;
 use crate::gateway::Gateway;
 use crate::gateway::body::ProxyBody;
-use crate::meter::totals::UsageTotals;
 
 /// What the admin routes read.
 pub struct Admin {
     pub gateway: Arc<Gateway>,
 }
 
-const ROUTES: &str = "admin routes: GET /healthz, GET /readyz, GET /usage, GET /quotas";
+const ROUTES: &str = "admin routes: GET /healthz, GET /readyz, GET /metrics, GET /usage, GET /quotas";
 
 impl Admin {
     /// Answers one admin request.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let path = request.uri().path();
-        let known = matches!(path, "/healthz" | "/readyz" | "/usage" | "/quotas");
+        let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/usage" | "/quotas");
         if !known {
             return error_response(StatusCode::NOT_FOUND, "NotFound", ROUTES);
         }
@@ -35,6 +34,14 @@ impl Admin {
             "/healthz" => json(r#"{"status":"ok"}"#.into()),
             "/readyz" => json(r#"{"status":"ready"}"#.into()),
             "/usage" => json(self.usage()),
+            "/metrics" => {
+                let text = self.gateway.metrics().render(self.gateway.deployments());
+                let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                response
+            }
             _ => json(self.quotas()),
         }
     }
@@ -42,7 +49,7 @@ impl Admin {
     /// Each deployment's usage totals since start.
     fn usage(&self) -> String {
         let totals: std::collections::BTreeMap<&str, _> =
-            self.gateway.deployments().iter().map(|d| (d.name.as_str(), UsageTotals::of(d))).collect();
+            self.gateway.deployments().iter().map(|d| (d.name.as_str(), d.usage.read())).collect();
         serde_json::to_string(&totals).unwrap_or_default()
     }
 

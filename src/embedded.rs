@@ -9,11 +9,14 @@ use crate::config::{
 };
 use crate::estimate::Tokenizer;
 use crate::keys::{KeyDigest, KeyPair};
+use crate::ledger::LedgerConfig;
 use crate::quota::Limits;
 
 pub const DEMO_DEPLOYMENT: &str = "meta-llama3-8b-qwerty";
 pub const DEMO_MODEL: &str = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct";
 pub const API_VERSION: &str = "2024-05-01-preview";
+/// The demo's usage ledger, in the working directory.
+pub const DEMO_LEDGER: &str = "tollgate-usage.jsonl";
 
 /// The demo configuration: `key` is the plain demo key (only its digest is kept).
 pub fn demo_config(listen: SocketAddr, admin_listen: SocketAddr, backend: BackendUrl, key: &str) -> Config {
@@ -37,6 +40,7 @@ pub fn demo_config(listen: SocketAddr, admin_listen: SocketAddr, backend: Backen
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Tokenizer::default(),
         }],
+        ledger: Some(LedgerConfig::at(DEMO_LEDGER.into())),
     }
 }
 
@@ -50,7 +54,8 @@ pub fn banner(gateway: SocketAddr, admin: SocketAddr, backend: &str, key: &str) 
          \n  endpoint:   {endpoint}\
          \n  host-style: http://{DEMO_DEPLOYMENT}.localhost:{port}   unified: http://{gateway}/models   openai: http://{gateway}/v1\
          \n  key:        {key}\
-         \n  admin:      http://{admin}/healthz\
+         \n  admin:      http://{admin}/healthz   metrics: http://{admin}/metrics\
+         \n  ledger:     {DEMO_LEDGER} (usage records, in the working directory; `tollgate usage --ledger {DEMO_LEDGER}`)\
          \n\nTry it:\n  curl -sS '{endpoint}/chat/completions?api-version={API_VERSION}' -H 'api-key: {key}' \
          -H 'content-type: application/json' -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n",
         version = env!("CARGO_PKG_VERSION"),

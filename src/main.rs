@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tollgate::config::{BackendUrl, Config};
 use tollgate::embedded;
 use tollgate::keys::{KeyDigest, generate_key};
+use tollgate::ledger::report::{self, GroupBy};
 use tollgate::mock_backend::{MockBackend, MockOptions};
 use tollgate::runtime::RunningGateway;
 
@@ -50,6 +51,22 @@ enum Command {
     Check {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Sum a usage ledger (and its rotated files) per deployment, day or key, and meter.
+    Usage {
+        #[arg(long)]
+        ledger: PathBuf,
+        /// Only records from this time on (RFC 3339, or a UTC day YYYY-MM-DD).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records before this time (RFC 3339, or a UTC day YYYY-MM-DD).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value_t = GroupBy::Deployment)]
+        by: GroupBy,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Endpoint keys.
     Keys {
@@ -96,6 +113,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen, admin_listen } => runtime.block_on(serve(config, listen, admin_listen)),
         Command::Check { config } => check(&config),
+        Command::Usage { ledger, since, until, by, json } => usage(&ledger, since.as_deref(), until.as_deref(), by, json),
         Command::Keys { command: KeysCommand::Generate } => {
             let key = generate_key();
             say(&format!("key:    {key}\nstored: {}\n", KeyDigest::of(key.as_bytes()).to_stored()))
@@ -151,6 +169,16 @@ fn init_logging(format: LogFormat) {
         LogFormat::Compact => builder.compact().init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn usage(ledger: &std::path::Path, since: Option<&str>, until: Option<&str>, by: GroupBy, json: bool) -> Result<(), String> {
+    let since = since.map(report::parse_time).transpose().map_err(|e| format!("--since: {e}"))?;
+    let until = until.map(report::parse_time).transpose().map_err(|e| format!("--until: {e}"))?;
+    let report = report::summarize(ledger, since, until, by).map_err(|e| format!("cannot read the ledger: {e}"))?;
+    if report.malformed_lines > 0 {
+        let _ = writeln!(std::io::stderr(), "tollgate: skipped {} malformed ledger lines", report.malformed_lines);
+    }
+    if json { say(&format!("{}\n", report.json(by))) } else { say(&report.table(by)) }
 }
 
 fn check(path: &std::path::Path) -> Result<(), String> {

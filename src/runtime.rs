@@ -1,15 +1,19 @@
-//! Starting and stopping a gateway: the data-plane and admin listeners on their own tasks.
+//! Starting and stopping a gateway: metrics, the usage ledger, and the data-plane and admin
+//! listeners on their own tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::meter::totals::UsageTotals;
+use crate::ledger::Ledger;
+use crate::meter::recorder::Recorder;
+use crate::metrics::{Metrics, MetricsError};
 use crate::quota::clock::{Clock, MonotonicClock};
 
 /// A start-up failure, saying what could not be done.
@@ -17,6 +21,10 @@ use crate::quota::clock::{Clock, MonotonicClock};
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    #[error("cannot open the usage ledger {path}: {source}")]
+    Ledger { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// A running gateway with its bound addresses (useful when the config asked for port 0).
@@ -24,6 +32,7 @@ pub struct RunningGateway {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
+    pub ledger: Option<Arc<Ledger>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -40,7 +49,18 @@ impl RunningGateway {
         let admin = bind(config.admin.listen, "admin").await?;
         let gateway_addr = local_addr(&data, config.server.listen, "gateway")?;
         let admin_addr = local_addr(&admin, config.admin.listen, "admin")?;
-        let gateway = Arc::new(Gateway::new(config, clock, Arc::new(UsageTotals)));
+        let metrics = Arc::new(Metrics::new(Registry::new())?);
+        let ledger = match &config.ledger {
+            None => {
+                tracing::warn!("no [ledger] configured: usage records are counted but not written to disk");
+                None
+            }
+            Some(ledger) => Some(Arc::new(Ledger::open(ledger.clone(), Arc::clone(&metrics)).map_err(|source| {
+                StartError::Ledger { path: ledger.path.display().to_string(), source }
+            })?)),
+        };
+        let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
+        let gateway = Arc::new(Gateway::new(config, clock, recorder, Arc::clone(&metrics)));
         let admin_state = Arc::new(crate::admin::Admin { gateway: Arc::clone(&gateway) });
         let (stop, stopped) = watch::channel(false);
         let handler = {
@@ -50,25 +70,27 @@ impl RunningGateway {
                 async move { gateway.handle(request).await }
             }
         };
+        let admin_handler = move |request| {
+            let admin = Arc::clone(&admin_state);
+            async move { admin.handle(request).await }
+        };
+        let connections = Some(metrics.open_connections.clone());
         let tasks = vec![
-            tokio::spawn(crate::server::serve(data, handler, stopped.clone())),
-            tokio::spawn(crate::server::serve(
-                admin,
-                move |request| {
-                    let admin = Arc::clone(&admin_state);
-                    async move { admin.handle(request).await }
-                },
-                stopped,
-            )),
+            tokio::spawn(crate::server::serve(data, handler, connections, stopped.clone())),
+            tokio::spawn(crate::server::serve(admin, admin_handler, None, stopped)),
         ];
-        Ok(RunningGateway { gateway_addr, admin_addr, gateway, stop, tasks })
+        Ok(RunningGateway { gateway_addr, admin_addr, gateway, ledger, stop, tasks })
     }
 
-    /// Stops accepting and waits for in-flight requests to finish (up to the drain deadline).
+    /// Stops accepting, waits for in-flight requests to finish (up to the drain deadline), then
+    /// writes out the usage ledger.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        if let Some(ledger) = self.ledger {
+            let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
         }
     }
 }

@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -21,7 +22,12 @@ use tokio::sync::watch;
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Serves HTTP on `listener` with `handler` until `shutdown` turns true.
-pub async fn serve<F, Fut, B>(listener: TcpListener, handler: F, mut shutdown: watch::Receiver<bool>)
+pub async fn serve<F, Fut, B>(
+    listener: TcpListener,
+    handler: F,
+    connections: Option<IntGauge>,
+    mut shutdown: watch::Receiver<bool>,
+)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -44,9 +50,16 @@ where
                         async move { Ok::<_, Infallible>(response.await) }
                     });
                     let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                    let open = connections.clone();
+                    if let Some(gauge) = &open {
+                        gauge.inc();
+                    }
                     tokio::spawn(async move {
                         if let Err(error) = connection.await {
                             tracing::debug!(%error, "connection ended with an error");
+                        }
+                        if let Some(gauge) = open {
+                            gauge.dec();
                         }
                     });
                 }

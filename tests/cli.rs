@@ -8,8 +8,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
 #[test]
 fn the_embedded_demo_prints_a_key_and_a_curl_line_that_works() {
+    let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -38,10 +40,15 @@ fn the_embedded_demo_prints_a_key_and_a_curl_line_that_works() {
         println!("curl is not installed: the pasted-curl check was skipped");
     }
 
-    // SIGTERM: a clean exit.
+    // SIGTERM: a clean exit, with the demo's ledger written in the working directory.
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     assert!(child.wait().unwrap().success());
+    assert!(banner.iter().any(|l| l.contains("ledger:") && l.contains("tollgate-usage.jsonl")));
+    if Command::new("curl").arg("--version").output().is_ok() {
+        let ledger = std::fs::read_to_string(dir.path().join("tollgate-usage.jsonl")).unwrap();
+        assert_eq!(ledger.lines().count(), 1, "{ledger}");
+    }
 }
 
 #[test]

@@ -16,6 +16,7 @@ use toml::Spanned;
 
 use crate::estimate::Tokenizer;
 use crate::keys::{KeyDigest, KeyPair};
+use crate::ledger::LedgerConfig;
 use crate::quota::{DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE, Limits};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -38,6 +39,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub backend: BackendSettings,
     pub deployments: Vec<DeploymentConfig>,
+    /// The usage ledger; `None` when the file has no `[ledger]` (usage is then not kept durably).
+    pub ledger: Option<LedgerConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -194,7 +197,37 @@ fn validate(raw: RawConfig, at: &Locator<'_>, env: &dyn Fn(&str) -> Option<Strin
         }
         deployments.push(deployment);
     }
-    Ok(Config { server, admin, backend, deployments })
+    let ledger = match &raw.ledger {
+        None => None,
+        Some(raw) => Some(validate_ledger(raw, at)?),
+    };
+    Ok(Config { server, admin, backend, deployments, ledger })
+}
+
+fn validate_ledger(raw: &raw::RawLedger, at: &Locator<'_>) -> Result<LedgerConfig, ConfigError> {
+    if raw.path.get_ref().trim().is_empty() {
+        return Err(at.error(&raw.path, "ledger.path", "give the ledger file's path, e.g. \"/var/lib/tollgate/usage.jsonl\""));
+    }
+    let mut config = LedgerConfig::at(raw.path.get_ref().into());
+    config.flush_interval = millis(at, &raw.flush_interval_ms, "ledger.flush_interval_ms", config.flush_interval)?;
+    let count = |value: &Option<Spanned<u64>>, field: &str, default: u64, max: u64| match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > max => {
+            Err(at.error(v, field, format!("must be between 1 and {max}")))
+        }
+        Some(v) => Ok(*v.get_ref()),
+    };
+    config.flush_records = count(&raw.flush_records, "ledger.flush_records", config.flush_records as u64, 1_000_000)? as usize;
+    config.buffer_records = count(&raw.buffer_records, "ledger.buffer_records", config.buffer_records as u64, 10_000_000)? as usize;
+    config.rotate_bytes = match &raw.rotate_bytes {
+        None => config.rotate_bytes,
+        Some(v) if *v.get_ref() != 0 && *v.get_ref() < 4096 => {
+            return Err(at.error(v, "ledger.rotate_bytes", "must be 0 (never rotate by size) or at least 4096"));
+        }
+        Some(v) => *v.get_ref(),
+    };
+    config.rotate_daily = raw.rotate_daily.unwrap_or(config.rotate_daily);
+    Ok(config)
 }
 
 fn validate_deployment(

@@ -19,6 +19,18 @@ pub struct RawConfig {
     pub backend: RawBackend,
     #[serde(default)]
     pub deployments: Vec<Spanned<RawDeployment>>,
+    pub ledger: Option<RawLedger>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedger {
+    pub path: Spanned<String>,
+    pub flush_interval_ms: Option<Spanned<u64>>,
+    pub flush_records: Option<Spanned<u64>>,
+    pub rotate_bytes: Option<Spanned<u64>>,
+    pub rotate_daily: Option<bool>,
+    pub buffer_records: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

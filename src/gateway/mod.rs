@@ -30,7 +30,7 @@ pub mod request_id;
 pub mod route;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, request};
@@ -44,7 +44,8 @@ use crate::keys::KeySlot;
 use crate::meter::{Counts, MeteredBody, Outcome, RequestFacts, Reservation, UsageSink};
 use crate::quota::clock::Clock;
 use crate::quota::headers::set_quota_headers;
-use crate::quota::{Denial, QuotaState};
+use crate::metrics::{Metrics, metric_status};
+use crate::quota::{Denial, LimitKind, QuotaState};
 use body::{BodyFields, ProxyBody};
 use forward::BackendClient;
 use request_id::RequestId;
@@ -56,6 +57,7 @@ pub struct Gateway {
     backend: BackendClient,
     max_body_bytes: usize,
     sink: Arc<dyn UsageSink>,
+    metrics: Arc<Metrics>,
 }
 
 /// What is known about a request so far, filled in as it goes through the stages.
@@ -69,10 +71,12 @@ struct Trace {
     quota: Option<QuotaState>,
     /// A reservation was made: it records the request when settled.
     reserved: bool,
+    /// The limit a 429 was for.
+    limited_by: Option<LimitKind>,
 }
 
 impl Gateway {
-    pub fn new(config: &Config, clock: Arc<dyn Clock>, sink: Arc<dyn UsageSink>) -> Gateway {
+    pub fn new(config: &Config, clock: Arc<dyn Clock>, sink: Arc<dyn UsageSink>, metrics: Arc<Metrics>) -> Gateway {
         for deployment in &config.deployments {
             deployment.tokenizer.warm_up();
         }
@@ -81,6 +85,7 @@ impl Gateway {
             backend: BackendClient::new(&config.backend),
             max_body_bytes: config.server.max_body_bytes,
             sink,
+            metrics,
         }
     }
 
@@ -88,13 +93,18 @@ impl Gateway {
         &self.deployments
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Serves one request. Never fails: every error becomes the API's error response.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
+        let started_at = SystemTime::now();
         let request_id = RequestId::generate();
         let client_request_id = request.headers().get("x-ms-client-request-id").cloned();
         let mut trace = Trace::default();
-        let (mut response, error_label) = match self.serve(request, &request_id, started, &mut trace).await {
+        let (mut response, error_label) = match self.serve(request, &request_id, (started, started_at), &mut trace).await {
             Ok(response) => (response, None),
             Err(error) => {
                 let label = error.metric_label();
@@ -110,31 +120,44 @@ impl Gateway {
         if let Some(state) = &trace.quota {
             set_quota_headers(headers, state);
         }
-        // An authenticated request that never got a reservation (bad body, 429, ...) is recorded here.
-        if let (false, Some(deployment), Some(key_slot), Some(route)) =
-            (trace.reserved, &trace.deployment, trace.key_slot, trace.route)
-        {
-            let facts = RequestFacts {
-                deployment: Arc::clone(deployment),
-                key_slot,
-                route,
-                request_id: request_id.clone(),
-                started,
-                estimated_prompt_tokens: trace.estimated_prompt_tokens,
-            };
-            self.sink.record(facts.unbilled(response.status().as_u16(), Outcome::Rejected));
+        let status = response.status().as_u16();
+        match (trace.reserved, &trace.deployment, trace.key_slot, trace.route) {
+            // Admitted: the reservation records the request when it settles.
+            (true, ..) => {}
+            // Authenticated but never admitted (bad body, 429, ...): recorded here.
+            (false, Some(deployment), Some(key_slot), Some(route)) => {
+                let facts = RequestFacts {
+                    deployment: Arc::clone(deployment),
+                    key_slot,
+                    route,
+                    request_id: request_id.clone(),
+                    started,
+                    started_at,
+                    estimated_prompt_tokens: trace.estimated_prompt_tokens,
+                    limited_by: trace.limited_by,
+                };
+                self.sink.record(facts.unbilled(status, Outcome::Rejected));
+            }
+            // Not authenticated: no usage record, only metrics and the access log.
+            _ => {
+                if let (Some(deployment), Some(route)) = (&trace.deployment, trace.route) {
+                    let name = deployment.name.as_str();
+                    self.metrics.requests.with_label_values(&[name, route.label(), metric_status(status)]).inc();
+                    if status == 401 {
+                        self.metrics.auth_failures.with_label_values(&[name]).inc();
+                    }
+                }
+                tracing::info!(
+                    target: "tollgate::access",
+                    request_id = request_id.as_str(),
+                    deployment = trace.deployment.as_deref().map_or("-", |d| d.name.as_str()),
+                    route = trace.route.map_or("-", ApiRoute::label),
+                    status,
+                    error = error_label.unwrap_or("-"),
+                    duration_us = started.elapsed().as_micros() as u64,
+                );
+            }
         }
-        tracing::info!(
-            target: "tollgate::access",
-            request_id = request_id.as_str(),
-            deployment = trace.deployment.as_deref().map_or("-", |d| d.name.as_str()),
-            route = trace.route.map_or("-", ApiRoute::label),
-            key_slot = trace.key_slot.map_or("-", KeySlot::as_str),
-            status = response.status().as_u16(),
-            error = error_label.unwrap_or("-"),
-            estimated_prompt_tokens = trace.estimated_prompt_tokens,
-            duration_us = started.elapsed().as_micros() as u64,
-        );
         response
     }
 
@@ -142,7 +165,7 @@ impl Gateway {
         &self,
         request: Request<Incoming>,
         request_id: &RequestId,
-        started: Instant,
+        (started, started_at): (Instant, SystemTime),
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ApiError> {
         let (parts, incoming) = request.into_parts();
@@ -205,6 +228,7 @@ impl Gateway {
             Ok(state) => trace.quota = Some(state),
             Err(Denial::Exhausted { limit, retry_after_ns, state }) => {
                 trace.quota = Some(state);
+                trace.limited_by = Some(limit);
                 return Err(ApiError::RateLimited {
                     deployment: deployment.name.clone(),
                     limit,
@@ -230,14 +254,22 @@ impl Gateway {
             route,
             request_id: request_id.clone(),
             started,
+            started_at,
             estimated_prompt_tokens: estimate.prompt_tokens,
+            limited_by: None,
         };
         let reservation = Reservation::new(facts, reserved, Arc::clone(&self.sink));
         trace.reserved = true;
 
         // Stages 6 and 7: forward, and stream the answer back as it comes, metering it.
+        let forwarded = Instant::now();
         match self.backend.forward(&deployment, route, parts, body).await {
             Ok(response) => {
+                let first_byte = forwarded.elapsed();
+                let overhead = started.elapsed().saturating_sub(first_byte);
+                let name = deployment.name.as_str();
+                self.metrics.backend_first_byte.with_label_values(&[name]).observe(first_byte.as_secs_f64());
+                self.metrics.overhead.with_label_values(&[name]).observe(overhead.as_secs_f64());
                 let status = response.status();
                 let event_stream = response
                     .headers()
@@ -246,6 +278,12 @@ impl Gateway {
                 Ok(response.map(|b| ProxyBody::Backend(MeteredBody::new(b, status, event_stream, reservation))))
             }
             Err(error) => {
+                let kind = match &error {
+                    ApiError::BackendUnreachable { .. } => "connect",
+                    ApiError::BackendTimeout { .. } => "timeout",
+                    _ => "protocol",
+                };
+                self.metrics.backend_errors.with_label_values(&[deployment.name.as_str(), kind]).inc();
                 reservation.settle(error.status().as_u16(), Outcome::BackendFailed, Counts::NONE);
                 Err(error)
             }

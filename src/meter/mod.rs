@@ -7,17 +7,20 @@
 //! or debt) and hands a [`UsageRecord`] to the [`UsageSink`].
 
 pub mod sse;
+pub mod recorder;
 pub mod totals;
 pub mod usage;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::deployment::Deployment;
 use crate::estimate::Tokenizer;
 use crate::gateway::request_id::RequestId;
 use crate::gateway::route::ApiRoute;
 use crate::keys::KeySlot;
+use crate::quota::LimitKind;
 pub use body::MeteredBody;
 use usage::Usage;
 
@@ -88,7 +91,11 @@ pub struct UsageRecord {
     /// tollgate's own prompt estimate, kept beside reported counts to measure the estimator.
     pub estimated_prompt_tokens: u64,
     pub request_id: RequestId,
+    /// Wall-clock time the request arrived.
+    pub started_at: SystemTime,
     pub duration: Duration,
+    /// For a 429: the limit that was hit.
+    pub limited_by: Option<LimitKind>,
 }
 
 /// Whatever records usage (totals, metrics, the ledger). Called once per finished request, on the
@@ -105,7 +112,9 @@ pub struct RequestFacts {
     pub route: ApiRoute,
     pub request_id: RequestId,
     pub started: Instant,
+    pub started_at: SystemTime,
     pub estimated_prompt_tokens: u64,
+    pub limited_by: Option<LimitKind>,
 }
 
 impl RequestFacts {
@@ -128,7 +137,9 @@ impl RequestFacts {
             reserved_tokens,
             estimated_prompt_tokens: self.estimated_prompt_tokens,
             request_id: self.request_id.clone(),
+            started_at: self.started_at,
             duration: self.started.elapsed(),
+            limited_by: self.limited_by,
         }
     }
 }
@@ -171,6 +182,7 @@ pub struct Reservation {
 
 impl Reservation {
     pub fn new(facts: RequestFacts, reserved_tokens: u64, sink: Arc<dyn UsageSink>) -> Reservation {
+        facts.deployment.usage.inflight.fetch_add(1, Ordering::Relaxed);
         Reservation { facts, reserved_tokens, sink, settled: false }
     }
 
@@ -192,6 +204,7 @@ impl Reservation {
             return;
         }
         self.facts.deployment.quota.reconcile(self.reserved_tokens, counts.total);
+        self.facts.deployment.usage.inflight.fetch_sub(1, Ordering::Relaxed);
         self.sink.record(self.facts.record(status, outcome, counts, self.reserved_tokens));
     }
 }

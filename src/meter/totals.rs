@@ -1,13 +1,12 @@
-//! A [`UsageSink`] that keeps running totals per deployment, served on the admin listener at
+//! Running usage totals per deployment, served on the admin listener at
 //! `GET /usage`. The counters live in each [`Deployment`] (atomics, no lock and no map lookup on
 //! the request path); metrics and the durable ledger are further sinks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::{CountSource, UsageRecord, UsageSink};
-use crate::deployment::Deployment;
+use super::{CountSource, UsageRecord};
 
 /// Running totals of one deployment.
 #[derive(Debug, Default)]
@@ -19,6 +18,8 @@ pub struct UsageCounters {
     reported_requests: AtomicU64,
     estimated_requests: AtomicU64,
     rate_limited_requests: AtomicU64,
+    /// Admitted requests not yet settled.
+    pub inflight: AtomicI64,
 }
 
 /// A reading of [`UsageCounters`].
@@ -31,6 +32,7 @@ pub struct DeploymentTotals {
     pub reported_requests: u64,
     pub estimated_requests: u64,
     pub rate_limited_requests: u64,
+    pub inflight_requests: i64,
 }
 
 impl UsageCounters {
@@ -44,38 +46,28 @@ impl UsageCounters {
             reported_requests: get(&self.reported_requests),
             estimated_requests: get(&self.estimated_requests),
             rate_limited_requests: get(&self.rate_limited_requests),
+            inflight_requests: self.inflight.load(Ordering::Relaxed),
         }
     }
 }
 
-/// Adds every record to its deployment's [`UsageCounters`].
-#[derive(Debug, Default)]
-pub struct UsageTotals;
-
-impl UsageTotals {
-    pub fn of(deployment: &Deployment) -> DeploymentTotals {
-        deployment.usage.read()
+/// Adds a record to its deployment's [`UsageCounters`].
+pub fn add(record: &UsageRecord) {
+    let c = &record.deployment.usage;
+    let add = |counter: &AtomicU64, n: u64| {
+        counter.fetch_add(n, Ordering::Relaxed);
+    };
+    add(&c.prompt_tokens, record.prompt_tokens);
+    add(&c.completion_tokens, record.completion_tokens);
+    add(&c.total_tokens, record.total_tokens);
+    match record.source {
+        CountSource::Reported => add(&c.reported_requests, 1),
+        CountSource::Estimated => add(&c.estimated_requests, 1),
+        CountSource::None => {}
     }
-}
-
-impl UsageSink for UsageTotals {
-    fn record(&self, record: UsageRecord) {
-        let c = &record.deployment.usage;
-        let add = |counter: &AtomicU64, n: u64| {
-            counter.fetch_add(n, Ordering::Relaxed);
-        };
-        add(&c.prompt_tokens, record.prompt_tokens);
-        add(&c.completion_tokens, record.completion_tokens);
-        add(&c.total_tokens, record.total_tokens);
-        match record.source {
-            CountSource::Reported => add(&c.reported_requests, 1),
-            CountSource::Estimated => add(&c.estimated_requests, 1),
-            CountSource::None => {}
-        }
-        if record.status == 429 {
-            add(&c.rate_limited_requests, 1);
-        }
-        // Last, so a reader that sees the request also sees its tokens.
-        c.requests.fetch_add(1, Ordering::Release);
+    if record.status == 429 {
+        add(&c.rate_limited_requests, 1);
     }
+    // Last, so a reader that sees the request also sees its tokens.
+    c.requests.fetch_add(1, Ordering::Release);
 }

@@ -75,7 +75,7 @@ impl MockBackend {
             let options = Arc::clone(&options);
             async move { handle(&options, request).await }
         };
-        let task = tokio::spawn(crate::server::serve(listener, handler, stopped));
+        let task = tokio::spawn(crate::server::serve(listener, handler, None, stopped));
         Ok(MockBackend { addr, stop, task })
     }
 

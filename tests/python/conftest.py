@@ -15,12 +15,13 @@ def _binary() -> str:
 
 
 @pytest.fixture(scope="session")
-def demo():
+def demo(tmp_path_factory):
     proc = subprocess.Popen(
         [_binary(), "serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        cwd=tmp_path_factory.mktemp("demo"),
     )
     fields = {}
     for line in proc.stdout:

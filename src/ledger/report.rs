@@ -1,0 +1,151 @@
+//! `tollgate usage`: sums a ledger (and its rotated files) per deployment, day or key and meter,
+//! the way a cost view does.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
+
+use super::line::LedgerLine;
+
+/// How to group the sums.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    Deployment,
+    Day,
+    Key,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Sums {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// (group, meter) → sums.
+    pub rows: BTreeMap<(String, String), Sums>,
+    pub files: Vec<PathBuf>,
+    pub malformed_lines: u64,
+}
+
+/// Parses `--since` / `--until`: RFC 3339, or a day `YYYY-MM-DD` (its midnight, UTC).
+pub fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t);
+    }
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(text, &format)
+        .map(|d| PrimitiveDateTime::new(d, Time::MIDNIGHT).assume_utc())
+        .map_err(|_| format!("'{text}' is not a time: write RFC 3339 (2026-11-29T12:00:00Z) or a day (2026-11-29)"))
+}
+
+/// The ledger file and its rotated siblings (`PATH.*`), oldest first.
+pub fn ledger_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut rotated: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(&format!("{name}."))))
+        .collect();
+    rotated.sort();
+    if path.exists() {
+        rotated.push(path.to_owned());
+    }
+    Ok(rotated)
+}
+
+/// Sums the ledger between `since` (inclusive) and `until` (exclusive).
+pub fn summarize(
+    path: &Path,
+    since: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+    by: GroupBy,
+) -> std::io::Result<Report> {
+    let mut report = Report { files: ledger_files(path)?, ..Report::default() };
+    if report.files.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no ledger at {}", path.display())));
+    }
+    for file in report.files.clone() {
+        for line in BufReader::new(std::fs::File::open(&file)?).lines() {
+            let line = line?;
+            let Ok(record) = LedgerLine::parse(&line) else {
+                report.malformed_lines += 1;
+                continue;
+            };
+            let Ok(at) = OffsetDateTime::parse(&record.time, &Rfc3339) else {
+                report.malformed_lines += 1;
+                continue;
+            };
+            if since.is_some_and(|s| at < s) || until.is_some_and(|u| at >= u) {
+                continue;
+            }
+            let group = match by {
+                GroupBy::Deployment => record.deployment.to_string(),
+                GroupBy::Day => record.day().to_owned(),
+                GroupBy::Key => format!("{}/{}", record.deployment, record.key_slot),
+            };
+            let sums = report.rows.entry((group, record.meter.to_string())).or_default();
+            sums.requests += 1;
+            sums.prompt_tokens += record.prompt_tokens;
+            sums.completion_tokens += record.completion_tokens;
+            sums.total_tokens += record.total_tokens;
+        }
+    }
+    Ok(report)
+}
+
+impl Report {
+    pub fn table(&self, by: GroupBy) -> String {
+        let heading = match by {
+            GroupBy::Deployment => "deployment",
+            GroupBy::Day => "day",
+            GroupBy::Key => "deployment/key",
+        };
+        let width = self.rows.keys().map(|(g, _)| g.len()).max().unwrap_or(0).max(heading.len());
+        let mut out = format!(
+            "{heading:<width$}  {:<10} {:>10} {:>14} {:>17} {:>14}\n",
+            "meter", "requests", "prompt_tokens", "completion_tokens", "total_tokens"
+        );
+        let mut all = Sums::default();
+        for ((group, meter), s) in &self.rows {
+            out.push_str(&format!(
+                "{group:<width$}  {meter:<10} {:>10} {:>14} {:>17} {:>14}\n",
+                s.requests, s.prompt_tokens, s.completion_tokens, s.total_tokens
+            ));
+            all.requests += s.requests;
+            all.prompt_tokens += s.prompt_tokens;
+            all.completion_tokens += s.completion_tokens;
+            all.total_tokens += s.total_tokens;
+        }
+        out.push_str(&format!(
+            "{:<width$}  {:<10} {:>10} {:>14} {:>17} {:>14}\n",
+            "total", "", all.requests, all.prompt_tokens, all.completion_tokens, all.total_tokens
+        ));
+        out
+    }
+
+    pub fn json(&self, by: GroupBy) -> serde_json::Value {
+        let key = match by {
+            GroupBy::Deployment => "deployment",
+            GroupBy::Day => "day",
+            GroupBy::Key => "key",
+        };
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|((group, meter), s)| {
+                serde_json::json!({key: group, "meter": meter, "requests": s.requests, "prompt_tokens": s.prompt_tokens,
+                    "completion_tokens": s.completion_tokens, "total_tokens": s.total_tokens})
+            })
+            .collect();
+        serde_json::json!({"rows": rows, "files": self.files, "malformed_lines": self.malformed_lines})
+    }
+}

@@ -1,0 +1,228 @@
+//! Prometheus metrics, registered once on a registry that is passed in (no globals).
+//!
+//! Names follow Prometheus conventions (base units, `_total` counters, `_seconds` histograms) and
+//! label sets stay bounded: deployments (from the configuration), routes, status codes, limit
+//! kinds. Never keys, never request ids.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::deployment::DeploymentTable;
+use crate::meter::{CountSource, Outcome, UsageRecord};
+use crate::quota::LimitKind;
+
+/// Latency buckets from 10 µs to 5 minutes, fine enough to see the gateway's own tens of
+/// microseconds and wide enough for long completions.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Estimated / reported prompt tokens around 1.
+const RATIO_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub ratelimit_rejections: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub ratelimit_limit: IntGaugeVec,
+    pub ratelimit_remaining: IntGaugeVec,
+    pub request_duration: HistogramVec,
+    pub backend_first_byte: HistogramVec,
+    pub overhead: HistogramVec,
+    pub inflight: IntGaugeVec,
+    pub open_connections: IntGauge,
+    pub backend_errors: IntCounterVec,
+    pub prompt_estimate_ratio: HistogramVec,
+    pub ledger_records: IntCounter,
+    pub ledger_dropped: IntCounter,
+    pub ledger_write_errors: IntCounter,
+}
+
+/// A metric could not be registered (a name clash: a programming error caught at start-up).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    pub fn new(registry: Registry) -> Result<Metrics, MetricsError> {
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let single = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let open_connections = IntGauge::new("tollgate_open_connections", "Client connections open on the gateway listener.")?;
+        registry.register(Box::new(open_connections.clone()))?;
+        Ok(Metrics {
+            requests: counter(
+                "tollgate_requests_total",
+                "Requests that reached a deployment, by route and final status code.",
+                &["deployment", "route", "code"],
+            )?,
+            ratelimit_rejections: counter(
+                "tollgate_ratelimit_rejections_total",
+                "Requests answered 429 because a quota bucket lacked room, by the limit that was hit.",
+                &["deployment", "limit"],
+            )?,
+            auth_failures: counter(
+                "tollgate_auth_failures_total",
+                "Requests to a deployment with a missing or wrong key.",
+                &["deployment"],
+            )?,
+            tokens: counter(
+                "tollgate_tokens_total",
+                "Tokens billed, by kind (prompt, completion) and source (reported by the backend, estimated by tollgate).",
+                &["deployment", "kind", "source"],
+            )?,
+            ratelimit_limit: gauge(
+                "tollgate_ratelimit_limit",
+                "Quota per minute of each bucket (requests, tokens).",
+                &["deployment", "limit"],
+            )?,
+            ratelimit_remaining: gauge(
+                "tollgate_ratelimit_remaining",
+                "What each bucket holds now (never negative), read at scrape time.",
+                &["deployment", "limit"],
+            )?,
+            request_duration: histogram(
+                "tollgate_request_duration_seconds",
+                "Time from a request's arrival to the end of its response body.",
+                &["deployment", "route"],
+                LATENCY_BUCKETS,
+            )?,
+            backend_first_byte: histogram(
+                "tollgate_backend_first_byte_seconds",
+                "Time from forwarding a request to the backend's response head.",
+                &["deployment"],
+                LATENCY_BUCKETS,
+            )?,
+            overhead: histogram(
+                "tollgate_overhead_seconds",
+                "Time tollgate itself adds before the response head: routing, body read, estimation, admission, proxying (request time to head minus the backend's time to first byte).",
+                &["deployment"],
+                LATENCY_BUCKETS,
+            )?,
+            inflight: gauge(
+                "tollgate_inflight_requests",
+                "Admitted requests whose response has not finished.",
+                &["deployment"],
+            )?,
+            open_connections,
+            backend_errors: counter(
+                "tollgate_backend_errors_total",
+                "Backend failures by kind: connect, timeout, protocol (including streams broken midway).",
+                &["deployment", "kind"],
+            )?,
+            prompt_estimate_ratio: histogram(
+                "tollgate_prompt_estimate_ratio",
+                "Estimated / reported prompt tokens, per response that reported usage.",
+                &["deployment"],
+                RATIO_BUCKETS,
+            )?,
+            ledger_records: single("tollgate_ledger_records_total", "Usage records written to the ledger.")?,
+            ledger_dropped: single(
+                "tollgate_ledger_records_dropped_total",
+                "Usage records that could not be queued because the ledger buffer was full (each is also logged).",
+            )?,
+            ledger_write_errors: single("tollgate_ledger_write_errors_total", "Failed writes or syncs of the ledger file.")?,
+            registry,
+        })
+    }
+
+    /// Counts one finished, authenticated request.
+    pub fn observe(&self, record: &UsageRecord) {
+        let deployment = record.deployment.name.as_str();
+        let route = record.route.label();
+        self.requests.with_label_values(&[deployment, route, metric_status(record.status)]).inc();
+        self.request_duration.with_label_values(&[deployment, route]).observe(record.duration.as_secs_f64());
+        if record.outcome == Outcome::BackendBroke {
+            self.backend_errors.with_label_values(&[deployment, "protocol"]).inc();
+        }
+        if let Some(limit) = record.limited_by {
+            self.ratelimit_rejections.with_label_values(&[deployment, limit.as_str()]).inc();
+        }
+        let source = match record.source {
+            CountSource::Reported => "reported",
+            CountSource::Estimated => "estimated",
+            CountSource::None => return,
+        };
+        if record.prompt_tokens > 0 {
+            self.tokens.with_label_values(&[deployment, "prompt", source]).inc_by(record.prompt_tokens);
+        }
+        if record.completion_tokens > 0 {
+            self.tokens.with_label_values(&[deployment, "completion", source]).inc_by(record.completion_tokens);
+        }
+        if record.source == CountSource::Reported && record.prompt_tokens > 0 && record.estimated_prompt_tokens > 0 {
+            let ratio = record.estimated_prompt_tokens as f64 / record.prompt_tokens as f64;
+            self.prompt_estimate_ratio.with_label_values(&[deployment]).observe(ratio);
+        }
+    }
+
+    /// The text exposition, with the quota gauges read from the buckets now.
+    pub fn render(&self, deployments: &DeploymentTable) -> String {
+        for deployment in deployments.iter() {
+            let state = deployment.quota.state();
+            let name = deployment.name.as_str();
+            for (limit, per_minute, remaining) in [
+                (LimitKind::Requests, state.limit_requests, state.remaining_requests),
+                (LimitKind::Tokens, state.limit_tokens, state.remaining_tokens),
+            ] {
+                self.ratelimit_limit.with_label_values(&[name, limit.as_str()]).set(clamp(per_minute));
+                self.ratelimit_remaining.with_label_values(&[name, limit.as_str()]).set(clamp(remaining));
+            }
+            self.inflight.with_label_values(&[name]).set(deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        let mut out = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Status codes as static label values (no allocation per request).
+pub fn metric_status(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        408 => "408",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        499 => "499",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
