@@ -50,6 +50,8 @@ pub struct Setup {
     pub env: Vec<(&'static str, &'static str)>,
     /// A manual clock for the quota buckets (the real clock when `None`).
     pub clock: Option<Arc<ManualClock>>,
+    /// Where the usage ledger goes (no ledger when `None`).
+    pub ledger: Option<std::path::PathBuf>,
 }
 
 impl Harness {
@@ -89,6 +91,10 @@ keys = ["{other}"]
             other = stored(OTHER_KEY),
             more = setup.more_deployments.replace("{mock}", &mock.url()),
         );
+        let text = match &setup.ledger {
+            Some(path) => format!("{text}\n[ledger]\npath = {:?}\n", path.display().to_string()),
+            None => text,
+        };
         let env = setup.env.clone();
         let lookup = move |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
         let config = Config::parse(&text, "test.toml", &lookup).unwrap();
@@ -211,6 +217,15 @@ impl Client {
         Reply { status: parts.status, headers: parts.headers, body }
     }
 
+    /// As [`call`](Self::call), but `None` when the server cannot be reached.
+    pub async fn try_get(&self, url: &str) -> Option<Reply> {
+        let request = Request::builder().uri(url).body(Full::new(Bytes::new())).unwrap();
+        let response = self.inner.request(request).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Reply { status: parts.status, headers: parts.headers, body })
+    }
+
     pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         self.call(Method::POST, url, headers, body).await
     }
@@ -218,3 +233,39 @@ impl Client {
 
 pub const CHAT: &str =
     r#"{"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Hello!"}]}"#;
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parses the sample lines of a text exposition (comments skipped).
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => (name, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let mut map = std::collections::BTreeMap::new();
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap();
+            map.insert(k.trim_start_matches(',').to_owned(), v.trim_matches('"').to_owned());
+        }
+        out.push(Sample { name: name.to_owned(), labels: map, value: value.parse().unwrap() });
+    }
+    out
+}
+
+/// The sum of the samples named `name` whose labels include all of `labels`.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .map(|s| s.value)
+        .sum()
+}
