@@ -113,7 +113,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen, admin_listen } => runtime.block_on(serve(config, listen, admin_listen)),
         Command::Check { config } => check(&config),
-        Command::Usage { ledger, since, until, by, json } => usage(&ledger, since.as_deref(), until.as_deref(), by, json),
+        Command::Usage { ledger, since, until, by, json } => {
+            usage(&ledger, since.as_deref(), until.as_deref(), by, json)
+        }
         Command::Keys { command: KeysCommand::Generate } => {
             let key = generate_key();
             say(&format!("key:    {key}\nstored: {}\n", KeyDigest::of(key.as_bytes()).to_stored()))
@@ -164,14 +166,22 @@ fn say(text: &str) -> Result<(), String> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Compact => builder.compact().init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
-fn usage(ledger: &std::path::Path, since: Option<&str>, until: Option<&str>, by: GroupBy, json: bool) -> Result<(), String> {
+fn usage(
+    ledger: &std::path::Path,
+    since: Option<&str>,
+    until: Option<&str>,
+    by: GroupBy,
+    json: bool,
+) -> Result<(), String> {
     let since = since.map(report::parse_time).transpose().map_err(|e| format!("--since: {e}"))?;
     let until = until.map(report::parse_time).transpose().map_err(|e| format!("--until: {e}"))?;
     let report = report::summarize(ledger, since, until, by).map_err(|e| format!("cannot read the ledger: {e}"))?;

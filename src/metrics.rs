@@ -15,8 +15,8 @@ use crate::quota::LimitKind;
 /// Latency buckets from 10 µs to 5 minutes, fine enough to see the gateway's own tens of
 /// microseconds and wide enough for long completions.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 /// Estimated / reported prompt tokens around 1.
 const RATIO_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0];
@@ -58,17 +58,19 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
-            registry.register(Box::new(h.clone()))?;
-            Ok(h)
-        };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
+                let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
         let single = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
             let c = IntCounter::new(name, help)?;
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        let open_connections = IntGauge::new("tollgate_open_connections", "Client connections open on the gateway listener.")?;
+        let open_connections =
+            IntGauge::new("tollgate_open_connections", "Client connections open on the gateway listener.")?;
         registry.register(Box::new(open_connections.clone()))?;
         Ok(Metrics {
             requests: counter(
@@ -141,7 +143,10 @@ impl Metrics {
                 "tollgate_ledger_records_dropped_total",
                 "Usage records that could not be queued because the ledger buffer was full (each is also logged).",
             )?,
-            ledger_write_errors: single("tollgate_ledger_write_errors_total", "Failed writes or syncs of the ledger file.")?,
+            ledger_write_errors: single(
+                "tollgate_ledger_write_errors_total",
+                "Failed writes or syncs of the ledger file.",
+            )?,
             registry,
         })
     }
@@ -187,7 +192,9 @@ impl Metrics {
                 self.ratelimit_limit.with_label_values(&[name, limit.as_str()]).set(clamp(per_minute));
                 self.ratelimit_remaining.with_label_values(&[name, limit.as_str()]).set(clamp(remaining));
             }
-            self.inflight.with_label_values(&[name]).set(deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed));
+            self.inflight
+                .with_label_values(&[name])
+                .set(deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed));
         }
         let mut out = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
@@ -203,26 +210,32 @@ fn clamp(value: u64) -> i64 {
 
 /// Status codes as static label values (no allocation per request).
 pub fn metric_status(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        201 => "201",
-        204 => "204",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        408 => "408",
-        413 => "413",
-        422 => "422",
-        429 => "429",
-        499 => "499",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
+    const EXACT: [(u16, &str); 16] = [
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (408, "408"),
+        (413, "413"),
+        (422, "422"),
+        (429, "429"),
+        (499, "499"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    if let Some((_, label)) = EXACT.iter().find(|(code, _)| *code == status) {
+        return label;
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
         _ => "5xx",
     }
 }

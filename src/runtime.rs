@@ -55,9 +55,10 @@ impl RunningGateway {
                 tracing::warn!("no [ledger] configured: usage records are counted but not written to disk");
                 None
             }
-            Some(ledger) => Some(Arc::new(Ledger::open(ledger.clone(), Arc::clone(&metrics)).map_err(|source| {
-                StartError::Ledger { path: ledger.path.display().to_string(), source }
-            })?)),
+            Some(ledger) => Some(Arc::new(
+                Ledger::open(ledger.clone(), Arc::clone(&metrics))
+                    .map_err(|source| StartError::Ledger { path: ledger.path.display().to_string(), source })?,
+            )),
         };
         let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
         let gateway = Arc::new(Gateway::new(config, clock, recorder, Arc::clone(&metrics)));

@@ -27,8 +27,7 @@ pub async fn serve<F, Fut, B>(
     handler: F,
     connections: Option<IntGauge>,
     mut shutdown: watch::Receiver<bool>,
-)
-where
+) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,

@@ -1,5 +1,5 @@
 //! The real binary: the embedded demo (the README's first command), `keys generate`, `check`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
 //! Metrics after known traffic, the ledger against the traffic, and the shipped Prometheus and
 //! Grafana files against a real Prometheus (Debian's `prometheus` package; `.ci/run` installs it).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
 mod common;
 
@@ -68,12 +68,18 @@ async fn metrics_count_known_traffic_exactly() {
     assert_eq!(metric(&m, "tollgate_ratelimit_rejections_total", &[d, ("limit", "tokens")]), 0.0);
     assert_eq!(metric(&m, "tollgate_auth_failures_total", &[d]), 3.0);
     assert_eq!(metric(&m, "tollgate_tokens_total", &[d, ("kind", "prompt"), ("source", "reported")]), prompt as f64);
-    assert_eq!(metric(&m, "tollgate_tokens_total", &[d, ("kind", "completion"), ("source", "reported")]), completion as f64);
+    assert_eq!(
+        metric(&m, "tollgate_tokens_total", &[d, ("kind", "completion"), ("source", "reported")]),
+        completion as f64
+    );
     assert_eq!(metric(&m, "tollgate_tokens_total", &[d, ("source", "estimated")]), 0.0);
     assert_eq!(metric(&m, "tollgate_ratelimit_limit", &[d, ("limit", "requests")]), 8.0);
     assert_eq!(metric(&m, "tollgate_ratelimit_remaining", &[d, ("limit", "requests")]), 0.0);
     assert_eq!(metric(&m, "tollgate_ratelimit_limit", &[d, ("limit", "tokens")]), 200_000.0);
-    assert_eq!(metric(&m, "tollgate_ratelimit_remaining", &[d, ("limit", "tokens")]), (200_000 - prompt - completion) as f64);
+    assert_eq!(
+        metric(&m, "tollgate_ratelimit_remaining", &[d, ("limit", "tokens")]),
+        (200_000 - prompt - completion) as f64
+    );
     assert_eq!(metric(&m, "tollgate_inflight_requests", &[d]), 0.0);
     assert_eq!(metric(&m, "tollgate_backend_errors_total", &[("deployment", "gone"), ("kind", "connect")]), 1.0);
     assert_eq!(metric(&m, "tollgate_request_duration_seconds_count", &[d, chat]), 10.0);
@@ -140,7 +146,10 @@ async fn the_ledger_holds_one_line_per_authenticated_request_and_usage_sums_it()
         .output()
         .unwrap();
     let table = String::from_utf8(by_key.stdout).unwrap();
-    assert!(table.contains(&format!("{DEPLOYMENT}/primary")) && table.contains(&format!("{DEPLOYMENT}/secondary")), "{table}");
+    assert!(
+        table.contains(&format!("{DEPLOYMENT}/primary")) && table.contains(&format!("{DEPLOYMENT}/secondary")),
+        "{table}"
+    );
 }
 
 #[tokio::test]
@@ -155,7 +164,11 @@ async fn promtool_finds_nothing_wrong_with_a_scrape_under_load() {
             let (client, url) = (h.client.clone(), url.clone());
             tokio::spawn(async move {
                 for i in 0..40 {
-                    let body = if i % 3 == 0 { r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"# } else { CHAT };
+                    let body = if i % 3 == 0 {
+                        r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#
+                    } else {
+                        CHAT
+                    };
                     client.post(&url, &[KEY], body).await;
                 }
             })
@@ -163,7 +176,8 @@ async fn promtool_finds_nothing_wrong_with_a_scrape_under_load() {
         .collect();
     let mut scrapes = Vec::new();
     for _ in 0..3 {
-        let reply = h.client.call(http::Method::GET, &format!("http://{}/metrics", h.gateway.admin_addr), &[], "").await;
+        let reply =
+            h.client.call(http::Method::GET, &format!("http://{}/metrics", h.gateway.admin_addr), &[], "").await;
         scrapes.push(reply.text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -176,7 +190,12 @@ async fn promtool_finds_nothing_wrong_with_a_scrape_under_load() {
         std::fs::write(&path, &scrape).unwrap();
         let output =
             Command::new("sh").arg("-c").arg(format!("promtool check metrics < {}", path.display())).output().unwrap();
-        assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         assert!(said.trim().is_empty(), "promtool reported: {said}");
     }
@@ -186,22 +205,33 @@ async fn promtool_finds_nothing_wrong_with_a_scrape_under_load() {
 fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
     let root = env!("CARGO_MANIFEST_DIR");
     let dashboard: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(format!("{root}/config/grafana/tollgate-quotas.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(format!("{root}/config/grafana/tollgate-quotas.json")).unwrap())
+            .unwrap();
     assert!(dashboard["schemaVersion"].as_u64().unwrap() >= 30);
     let variables = dashboard["templating"]["list"].as_array().unwrap();
     assert!(variables.iter().any(|v| v["type"] == "datasource" && v["name"] == "datasource"));
     let known = [
-        "tollgate_requests_total", "tollgate_ratelimit_rejections_total", "tollgate_tokens_total",
-        "tollgate_ratelimit_limit", "tollgate_ratelimit_remaining", "tollgate_request_duration_seconds_bucket",
-        "tollgate_overhead_seconds_bucket", "tollgate_backend_first_byte_seconds_bucket",
-        "tollgate_prompt_estimate_ratio_bucket", "tollgate_inflight_requests", "tollgate_open_connections",
+        "tollgate_requests_total",
+        "tollgate_ratelimit_rejections_total",
+        "tollgate_tokens_total",
+        "tollgate_ratelimit_limit",
+        "tollgate_ratelimit_remaining",
+        "tollgate_request_duration_seconds_bucket",
+        "tollgate_overhead_seconds_bucket",
+        "tollgate_backend_first_byte_seconds_bucket",
+        "tollgate_prompt_estimate_ratio_bucket",
+        "tollgate_inflight_requests",
+        "tollgate_open_connections",
         "tollgate_backend_errors_total",
     ];
     for panel in dashboard["panels"].as_array().unwrap() {
         assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
         for target in panel["targets"].as_array().unwrap() {
             let expr = target["expr"].as_str().unwrap();
-            let names: Vec<&str> = expr.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| w.starts_with("tollgate_")).collect();
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("tollgate_"))
+                .collect();
             assert!(!names.is_empty(), "{expr}");
             for name in names {
                 assert!(known.contains(&name), "dashboard uses unknown metric {name}");
@@ -211,10 +241,21 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
     if !have("promtool") {
         return;
     }
-    let output = Command::new("promtool").args(["check", "rules", &format!("{root}/config/prometheus/tollgate-rules.yml")]).output().unwrap();
+    let output = Command::new("promtool")
+        .args(["check", "rules", &format!("{root}/config/prometheus/tollgate-rules.yml")])
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let output = Command::new("promtool").args(["check", "config", &format!("{root}/config/prometheus/prometheus.yml")]).output().unwrap();
-    assert!(output.status.success(), "{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("promtool")
+        .args(["check", "config", &format!("{root}/config/prometheus/prometheus.yml")])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test]
@@ -232,7 +273,8 @@ async fn a_real_prometheus_scrapes_the_gateway() {
         .replace("scrape_interval: 15s", "scrape_interval: 1s")
         .replace("evaluation_interval: 15s", "evaluation_interval: 1s");
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    std::fs::copy(format!("{root}/config/prometheus/tollgate-rules.yml"), dir.path().join("tollgate-rules.yml")).unwrap();
+    std::fs::copy(format!("{root}/config/prometheus/tollgate-rules.yml"), dir.path().join("tollgate-rules.yml"))
+        .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut prometheus = Command::new("prometheus")
         .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))

@@ -206,7 +206,11 @@ fn validate(raw: RawConfig, at: &Locator<'_>, env: &dyn Fn(&str) -> Option<Strin
 
 fn validate_ledger(raw: &raw::RawLedger, at: &Locator<'_>) -> Result<LedgerConfig, ConfigError> {
     if raw.path.get_ref().trim().is_empty() {
-        return Err(at.error(&raw.path, "ledger.path", "give the ledger file's path, e.g. \"/var/lib/tollgate/usage.jsonl\""));
+        return Err(at.error(
+            &raw.path,
+            "ledger.path",
+            "give the ledger file's path, e.g. \"/var/lib/tollgate/usage.jsonl\"",
+        ));
     }
     let mut config = LedgerConfig::at(raw.path.get_ref().into());
     config.flush_interval = millis(at, &raw.flush_interval_ms, "ledger.flush_interval_ms", config.flush_interval)?;
@@ -217,8 +221,10 @@ fn validate_ledger(raw: &raw::RawLedger, at: &Locator<'_>) -> Result<LedgerConfi
         }
         Some(v) => Ok(*v.get_ref()),
     };
-    config.flush_records = count(&raw.flush_records, "ledger.flush_records", config.flush_records as u64, 1_000_000)? as usize;
-    config.buffer_records = count(&raw.buffer_records, "ledger.buffer_records", config.buffer_records as u64, 10_000_000)? as usize;
+    config.flush_records =
+        count(&raw.flush_records, "ledger.flush_records", config.flush_records as u64, 1_000_000)? as usize;
+    config.buffer_records =
+        count(&raw.buffer_records, "ledger.buffer_records", config.buffer_records as u64, 10_000_000)? as usize;
     config.rotate_bytes = match &raw.rotate_bytes {
         None => config.rotate_bytes,
         Some(v) if *v.get_ref() != 0 && *v.get_ref() < 4096 => {

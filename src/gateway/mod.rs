@@ -42,9 +42,9 @@ use crate::error::ApiError;
 use crate::estimate::{self, Estimate};
 use crate::keys::KeySlot;
 use crate::meter::{Counts, MeteredBody, Outcome, RequestFacts, Reservation, UsageSink};
+use crate::metrics::{Metrics, metric_status};
 use crate::quota::clock::Clock;
 use crate::quota::headers::set_quota_headers;
-use crate::metrics::{Metrics, metric_status};
 use crate::quota::{Denial, LimitKind, QuotaState};
 use body::{BodyFields, ProxyBody};
 use forward::BackendClient;
@@ -104,13 +104,14 @@ impl Gateway {
         let request_id = RequestId::generate();
         let client_request_id = request.headers().get("x-ms-client-request-id").cloned();
         let mut trace = Trace::default();
-        let (mut response, error_label) = match self.serve(request, &request_id, (started, started_at), &mut trace).await {
-            Ok(response) => (response, None),
-            Err(error) => {
-                let label = error.metric_label();
-                (error.into_response(), Some(label))
-            }
-        };
+        let (mut response, error_label) =
+            match self.serve(request, &request_id, (started, started_at), &mut trace).await {
+                Ok(response) => (response, None),
+                Err(error) => {
+                    let label = error.metric_label();
+                    (error.into_response(), Some(label))
+                }
+            };
         let headers = response.headers_mut();
         headers.insert("x-request-id", request_id.header().clone());
         headers.insert("apim-request-id", request_id.header().clone());

@@ -67,7 +67,10 @@ fn records_are_written_as_complete_json_lines_and_flushed_on_close() {
     assert_eq!(lines.len(), 2500);
     let first = line::LedgerLine::parse(&lines[0]).unwrap();
     assert_eq!((first.deployment.as_ref(), first.model.as_ref(), first.key_slot.as_ref()), ("dep", "m", "secondary"));
-    assert_eq!((first.meter.as_ref(), first.route.as_ref(), first.source.as_ref()), ("inference", "chat_completions", "reported"));
+    assert_eq!(
+        (first.meter.as_ref(), first.route.as_ref(), first.source.as_ref()),
+        ("inference", "chat_completions", "reported")
+    );
     assert_eq!(first.duration_ms, 1.5);
     assert!(first.time.ends_with('Z'));
     assert_eq!(metrics.ledger_records.get(), 2500);
@@ -81,7 +84,7 @@ fn group_commit_syncs_within_the_interval_without_close() {
     ledger.append(record(&deployment(), 1, SystemTime::now()));
     // Not an assertion on time: wait (bounded) for the writer's interval sync to happen at all.
     let started = Instant::now();
-    while lines(&path).len() < 1 && started.elapsed() < Duration::from_secs(30) {
+    while lines(&path).is_empty() && started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(lines(&path).len(), 1);

@@ -6,8 +6,8 @@
 //! fails before reaching the backend. Settling charges the real usage to the tokens bucket (refund
 //! or debt) and hands a [`UsageRecord`] to the [`UsageSink`].
 
-pub mod sse;
 pub mod recorder;
+pub mod sse;
 pub mod totals;
 pub mod usage;
 

@@ -226,6 +226,18 @@ impl Client {
         Some(Reply { status: parts.status, headers: parts.headers, body })
     }
 
+    /// A POST that gives `None` when the server is gone (for tests that kill it).
+    pub async fn try_post(&self, url: &str, headers: &[(&str, &str)], body: &str) -> Option<Reply> {
+        let mut request = Request::builder().method(Method::POST).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self.inner.request(request.body(Full::new(Bytes::from(body.to_owned()))).unwrap()).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Reply { status: parts.status, headers: parts.headers, body })
+    }
+
     pub async fn post(&self, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
         self.call(Method::POST, url, headers, body).await
     }

@@ -1,0 +1,219 @@
+//! The real binary with a configuration file: the ledger after SIGTERM (in-flight streams
+//! drained first), after `kill -9` and a restart, and no key in logs, metrics or ledger.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use tollgate::mock_backend::{MockBackend, MockOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+fn write_config(dir: &Path, mock: &MockBackend, extra: &str) -> PathBuf {
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[[deployments]]
+name = "{DEPLOYMENT}"
+model = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
+backend = "{}"
+keys = ["{}", "{}"]
+{extra}
+[ledger]
+path = "{}"
+flush_interval_ms = 50
+"#,
+        mock.url(),
+        stored(PRIMARY_KEY),
+        stored(SECONDARY_KEY),
+        dir.join("usage.jsonl").display()
+    );
+    let path = dir.join("tollgate.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Starts `tollgate serve --config` and reads the bound addresses from its log.
+async fn start(dir: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+    let log = dir.join(format!("tollgate-{}.log", rand_suffix()));
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    for _ in 0..3000 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let find = |name: &str| {
+            text.split(&format!("{name}="))
+                .nth(1)
+                .or_else(|| text.split(&format!("\"{name}\":\"")).nth(1))
+                .and_then(|rest| rest.split([' ', '"']).next().and_then(|a| a.parse::<SocketAddr>().ok()))
+        };
+        if let (Some(addr), Some(admin)) = (find("gateway"), find("admin")) {
+            return Gateway { child, addr, admin, log };
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("tollgate did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn signal(child: &Child, name: &str) {
+    assert!(Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap().success());
+}
+
+fn ledger_lines(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("usage.jsonl")).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_streams_and_the_ledger_counts_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let config = write_config(dir.path(), &mock, "requests_per_minute = 20");
+    let gw = start(dir.path(), &config, &[], &[]).await;
+    let client = Client::new();
+    let url = format!("http://{}/openai/deployments/{DEPLOYMENT}/chat/completions", gw.addr);
+    let mut authenticated = 0;
+    for _ in 0..19 {
+        assert_eq!(client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await.status, StatusCode::OK);
+        authenticated += 1;
+    }
+    // One slow stream in flight when SIGTERM arrives: it must finish, and be billed.
+    let streaming = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let headers =
+                [("api-key", PRIMARY_KEY), ("x-mock-tokens-per-second", "20"), ("x-mock-completion-tokens", "10")];
+            client.post(&url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The minute's 20 requests are used up: two rejections, recorded too.
+    for _ in 0..2 {
+        assert_eq!(client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await.status, StatusCode::TOO_MANY_REQUESTS);
+        authenticated += 1;
+    }
+    signal(&gw.child, "TERM");
+    let reply = streaming.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.text().ends_with("data: [DONE]\n\n"), "the stream was cut: {}", reply.text());
+    authenticated += 1;
+    let mut child = gw.child;
+    assert!(child.wait().unwrap().success());
+    let lines = ledger_lines(dir.path());
+    assert_eq!(lines.len(), authenticated, "{lines:#?}");
+    let records: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.iter().filter(|r| r["status"] == 429).count(), 2);
+    let stream = records.iter().find(|r| r["completion_tokens"] == 10).expect("the drained stream is billed");
+    assert_eq!(stream["outcome"], "completed");
+    assert_eq!(stream["source"], "reported");
+}
+
+#[tokio::test]
+async fn after_kill_9_every_ledger_line_is_whole_and_was_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let config = write_config(dir.path(), &mock, "requests_per_minute = 1000000\ntokens_per_minute = 100000000");
+    let gw = start(dir.path(), &config, &[], &[]).await;
+    let url = format!("http://{}/openai/deployments/{DEPLOYMENT}/chat/completions", gw.addr);
+    let (served_tx, mut served_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, served) = (url.clone(), served_tx.clone());
+            tokio::spawn(async move {
+                let client = Client::new();
+                for _ in 0..100_000 {
+                    let Some(reply) = client.try_post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await else { return };
+                    if reply.status == StatusCode::OK {
+                        let _ = served.send(reply.header("x-request-id").to_owned());
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(served_tx);
+    // Let some batches reach the disk, then kill without warning.
+    while ledger_lines(dir.path()).len() < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&gw.child, "KILL");
+    let mut child = gw.child;
+    let _ = child.wait();
+    for task in load {
+        task.await.unwrap();
+    }
+    let mut served = std::collections::HashSet::new();
+    while let Ok(id) = served_rx.try_recv() {
+        served.insert(id);
+    }
+
+    // The next start cuts a torn last line, if the kill left one.
+    let gw = start(dir.path(), &config, &[], &[]).await;
+    signal(&gw.child, "TERM");
+    let mut child = gw.child;
+    assert!(child.wait().unwrap().success());
+    let lines = ledger_lines(dir.path());
+    assert!(lines.len() >= 200);
+    for line in &lines {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let id = record["request_id"].as_str().unwrap();
+        assert!(served.contains(id), "the ledger holds a request that was never answered: {id}");
+    }
+    let raw = std::fs::read(dir.path().join("usage.jsonl")).unwrap();
+    assert_eq!(raw.last(), Some(&b'\n'));
+}
+
+#[tokio::test]
+async fn no_key_appears_in_logs_metrics_or_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let config = write_config(dir.path(), &mock, "");
+    let gw = start(dir.path(), &config, &["--log-format", "json"], &[("TOLLGATE_LOG", "debug")]).await;
+    let client = Client::new();
+    let url = format!("http://{}/openai/deployments/{DEPLOYMENT}/chat/completions", gw.addr);
+    let wrong = "WrongKey0123456789abcdefghijklmn";
+    let bearer = format!("Bearer {SECONDARY_KEY}");
+    for headers in [[("api-key", PRIMARY_KEY)], [("authorization", bearer.as_str())], [("api-key", wrong)]] {
+        client.post(&url, &headers, CHAT).await;
+        client.post(&url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#).await;
+    }
+    let metrics = client.call(http::Method::GET, &format!("http://{}/metrics", gw.admin), &[], "").await.text();
+    signal(&gw.child, "TERM");
+    let mut child = gw.child;
+    assert!(child.wait().unwrap().success());
+    let mut log = String::new();
+    std::fs::File::open(&gw.log).unwrap().read_to_string(&mut log).unwrap();
+    let ledger = ledger_lines(dir.path()).join("\n");
+    assert_eq!(ledger_lines(dir.path()).len(), 4);
+    assert!(log.contains("tollgate::access"), "the access log is there: {log}");
+    for key in [PRIMARY_KEY, SECONDARY_KEY, wrong] {
+        for (what, text) in [("log", &log), ("metrics", &metrics), ("ledger", &ledger)] {
+            assert!(!text.contains(key), "the {what} holds a key");
+        }
+    }
+}
