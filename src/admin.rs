@@ -8,16 +8,20 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::control::{ControlPlane, api};
 use crate::error::error_response;
 use crate::gateway::Gateway;
 use crate::gateway::body::ProxyBody;
+use crate::ledger::Ledger;
 
 /// What the admin routes read.
 pub struct Admin {
     pub gateway: Arc<Gateway>,
+    pub control: Arc<ControlPlane>,
+    pub ledger: Option<Arc<Ledger>>,
 }
 
-const ROUTES: &str = "admin routes: GET /healthz, GET /readyz, GET /metrics, GET /usage, GET /quotas";
+const ROUTES: &str = "admin routes: GET /healthz, /readyz, /metrics, /usage, /quotas (no token); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
 
 impl Admin {
     /// Answers one admin request.
@@ -25,6 +29,9 @@ impl Admin {
         let path = request.uri().path();
         let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/usage" | "/quotas");
         if !known {
+            if api::is_api_path(path) {
+                return api::handle(&self.control, self.ledger.as_ref(), request).await;
+            }
             return error_response(StatusCode::NOT_FOUND, "NotFound", ROUTES);
         }
         if request.method() != Method::GET {
@@ -35,7 +42,7 @@ impl Admin {
             "/readyz" => json(r#"{"status":"ready"}"#.into()),
             "/usage" => json(self.usage()),
             "/metrics" => {
-                let text = self.gateway.metrics().render(self.gateway.deployments());
+                let text = self.gateway.metrics().render(&self.gateway.deployments());
                 let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
                 response
                     .headers_mut()
@@ -48,15 +55,17 @@ impl Admin {
 
     /// Each deployment's usage totals since start.
     fn usage(&self) -> String {
+        let table = self.gateway.deployments();
         let totals: std::collections::BTreeMap<&str, _> =
-            self.gateway.deployments().iter().map(|d| (d.name.as_str(), d.usage.read())).collect();
+            table.iter().map(|d| (d.name.as_str(), d.usage.read())).collect();
         serde_json::to_string(&totals).unwrap_or_default()
     }
 
     /// Each deployment's buckets now: limits and what remains.
     fn quotas(&self) -> String {
         let mut out = serde_json::Map::new();
-        for deployment in self.gateway.deployments().iter() {
+        let table = self.gateway.deployments();
+        for deployment in table.iter() {
             let s = deployment.quota.state();
             out.insert(
                 deployment.name.clone(),

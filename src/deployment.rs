@@ -14,11 +14,33 @@ use crate::meter::totals::UsageCounters;
 use crate::quota::DeploymentQuota;
 use crate::quota::clock::Clock;
 
+/// Where a deployment was declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `[[deployments]]` in the configuration file: changed there.
+    File,
+    /// Created through the admin API.
+    Api,
+}
+
+/// Whether a deployment can serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Online,
+    /// Calls get 503 with this reason.
+    Unhealthy(String),
+}
+
 /// One serverless-style endpoint: a name, its keys and the backend behind it.
 #[derive(Debug)]
 pub struct Deployment {
     pub name: String,
     pub model: String,
+    pub project: String,
+    pub origin: Origin,
+    pub health: Health,
+    /// `/projects/{p}/subscriptions/{name}` the deployment depends on, if any.
+    pub subscription: Option<String>,
     pub backend: BackendUrl,
     pub backend_auth: Option<BackendAuth>,
     pub keys: KeyPair,
@@ -27,8 +49,8 @@ pub struct Deployment {
     pub quota: Arc<DeploymentQuota>,
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
-    /// Running usage totals (see [`crate::meter::totals`]).
-    pub usage: UsageCounters,
+    /// Running usage totals (see [`crate::meter::totals`]); kept across reloads.
+    pub usage: Arc<UsageCounters>,
 }
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
@@ -50,18 +72,42 @@ impl BackendAuth {
 
 impl Deployment {
     pub fn from_config(config: &DeploymentConfig, clock: &Arc<dyn Clock>) -> Deployment {
+        Deployment::build(config, Origin::File, Health::Online, None, None, clock)
+    }
+
+    /// A deployment from its configuration. With `previous` (the same name before a reload or an
+    /// admin change) the quota buckets and usage totals carry on: levels are kept, limits updated.
+    pub fn build(
+        config: &DeploymentConfig,
+        origin: Origin,
+        health: Health,
+        subscription: Option<String>,
+        previous: Option<&Deployment>,
+        clock: &Arc<dyn Clock>,
+    ) -> Deployment {
+        let quota = match previous {
+            Some(previous) => {
+                previous.quota.set_limits(config.limits);
+                Arc::clone(&previous.quota)
+            }
+            None => Arc::new(DeploymentQuota::new(config.limits, Arc::clone(clock))),
+        };
         Deployment {
             name: config.name.clone(),
             model: config.model.clone(),
+            project: config.project.clone(),
+            origin,
+            health,
+            subscription,
             backend: config.backend.clone(),
             backend_auth: config.backend_key.as_deref().and_then(BackendAuth::new),
             keys: config.keys.clone(),
             backend_http2: config.backend_http2,
             first_byte_timeout: config.first_byte_timeout,
-            quota: Arc::new(DeploymentQuota::new(config.limits, Arc::clone(clock))),
+            quota,
             default_max_tokens: config.default_max_tokens,
             tokenizer: config.tokenizer,
-            usage: UsageCounters::default(),
+            usage: previous.map_or_else(|| Arc::new(UsageCounters::default()), |p| Arc::clone(&p.usage)),
         }
     }
 }
@@ -77,6 +123,10 @@ impl DeploymentTable {
         DeploymentTable {
             by_name: configs.iter().map(|c| (c.name.clone(), Arc::new(Deployment::from_config(c, clock)))).collect(),
         }
+    }
+
+    pub fn from_deployments(deployments: Vec<Arc<Deployment>>) -> DeploymentTable {
+        DeploymentTable { by_name: deployments.into_iter().map(|d| (d.name.clone(), d)).collect() }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Deployment>> {

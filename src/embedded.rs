@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 
 use crate::config::{
-    AdminConfig, BackendSettings, BackendUrl, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_POOL_IDLE_TIMEOUT, DeploymentConfig, ServerConfig,
+    AdminConfig, BackendSettings, BackendUrl, CatalogModel, Config, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_PROJECT,
+    DeploymentConfig, ServerConfig,
 };
+use crate::control::roles::{AdminToken, Role};
 use crate::estimate::Tokenizer;
 use crate::keys::{KeyDigest, KeyPair};
 use crate::ledger::LedgerConfig;
@@ -18,11 +20,41 @@ pub const API_VERSION: &str = "2024-05-01-preview";
 /// The demo's usage ledger, in the working directory.
 pub const DEMO_LEDGER: &str = "tollgate-usage.jsonl";
 
-/// The demo configuration: `key` is the plain demo key (only its digest is kept).
-pub fn demo_config(listen: SocketAddr, admin_listen: SocketAddr, backend: BackendUrl, key: &str) -> Config {
+/// The demo's admin API state (subscriptions and deployments made through it), in the working directory.
+pub const DEMO_STATE: &str = "tollgate-state.json";
+/// The demo catalog's marketplace offer.
+pub const DEMO_OFFER: &str = "meta-llama-3";
+
+/// The demo configuration: `key` is the plain demo key and `admin_token` the plain owner token
+/// (only their digests are kept).
+pub fn demo_config(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    backend: BackendUrl,
+    key: &str,
+    admin_token: &str,
+) -> Config {
     Config {
-        server: ServerConfig { listen, max_body_bytes: DEFAULT_MAX_BODY_BYTES },
-        admin: AdminConfig { listen: admin_listen },
+        server: ServerConfig { listen, max_body_bytes: DEFAULT_MAX_BODY_BYTES, public_url: None },
+        admin: AdminConfig {
+            listen: admin_listen,
+            tokens: vec![AdminToken {
+                name: "demo-owner".into(),
+                role: Role::Owner,
+                digest: KeyDigest::of(admin_token.as_bytes()),
+                projects: None,
+                from_file: true,
+            }],
+            state_file: Some(DEMO_STATE.into()),
+        },
+        models: vec![CatalogModel {
+            id: DEMO_MODEL.into(),
+            version: "3".into(),
+            offer: Some(DEMO_OFFER.into()),
+            backend: backend.clone(),
+            backend_key: None,
+            backend_http2: false,
+        }],
         backend: BackendSettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
@@ -31,6 +63,7 @@ pub fn demo_config(listen: SocketAddr, admin_listen: SocketAddr, backend: Backen
         deployments: vec![DeploymentConfig {
             name: DEMO_DEPLOYMENT.into(),
             model: DEMO_MODEL.into(),
+            project: DEFAULT_PROJECT.into(),
             backend,
             backend_key: None,
             keys: KeyPair { primary: KeyDigest::of(key.as_bytes()), secondary: None },
@@ -45,7 +78,7 @@ pub fn demo_config(listen: SocketAddr, admin_listen: SocketAddr, backend: Backen
 }
 
 /// What the demo prints: where to call, with which key, and a `curl` line that works when pasted.
-pub fn banner(gateway: SocketAddr, admin: SocketAddr, backend: &str, key: &str) -> String {
+pub fn banner(gateway: SocketAddr, admin: SocketAddr, backend: &str, key: &str, admin_token: &str) -> String {
     let port = gateway.port();
     let endpoint = format!("http://{gateway}/openai/deployments/{DEMO_DEPLOYMENT}");
     format!(
@@ -55,6 +88,7 @@ pub fn banner(gateway: SocketAddr, admin: SocketAddr, backend: &str, key: &str) 
          \n  host-style: http://{DEMO_DEPLOYMENT}.localhost:{port}   unified: http://{gateway}/models   openai: http://{gateway}/v1\
          \n  key:        {key}\
          \n  admin:      http://{admin}/healthz   metrics: http://{admin}/metrics\
+         \n  admin API:  Authorization: Bearer {admin_token}   (owner; e.g. GET http://{admin}/models)\
          \n  ledger:     {DEMO_LEDGER} (usage records, in the working directory; `tollgate usage --ledger {DEMO_LEDGER}`)\
          \n\nTry it:\n  curl -sS '{endpoint}/chat/completions?api-version={API_VERSION}' -H 'api-key: {key}' \
          -H 'content-type: application/json' -d '{{\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'\n",

@@ -64,6 +64,8 @@ pub enum ApiError {
         "this request reserves {reserved} tokens ({prompt} estimated for the prompt + {completion} for the completion) but deployment '{deployment}' allows {capacity} tokens per minute, so it can never be admitted: lower max_tokens or shorten the prompt"
     )]
     TokenLimitExceeded { deployment: String, reserved: u64, prompt: u64, completion: u64, capacity: u64 },
+    #[error("{reason}")]
+    DeploymentUnhealthy { reason: String },
     #[error("the backend of deployment '{deployment}' could not be reached ({reason}); try again later")]
     BackendUnreachable { deployment: String, reason: String },
     #[error("the backend of deployment '{deployment}' did not {what} within {timeout_ms} ms; try again later")]
@@ -85,6 +87,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
+            ApiError::DeploymentUnhealthy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BackendUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -104,6 +107,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } => "InvalidJson",
             ApiError::RateLimited { .. } => "TooManyRequests",
             ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
+            ApiError::DeploymentUnhealthy { .. } => "ServiceUnavailable",
             ApiError::BackendUnreachable { .. } => "BadGateway",
             ApiError::BackendTimeout { .. } => "GatewayTimeout",
             ApiError::BackendProtocol { .. } => "BadGateway",
@@ -123,6 +127,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } => "invalid_json",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
+            ApiError::DeploymentUnhealthy { .. } => "deployment_unhealthy",
             ApiError::BackendUnreachable { .. } => "backend_connect",
             ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::BackendProtocol { .. } => "backend_protocol",

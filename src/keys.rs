@@ -41,7 +41,8 @@ impl KeyDigest {
         format!("sha256:{}", hex::encode(self.0))
     }
 
-    fn ct_eq(&self, other: &KeyDigest) -> bool {
+    /// Constant-time comparison.
+    pub fn ct_eq(&self, other: &KeyDigest) -> bool {
         self.0.ct_eq(&other.0).into()
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod deployment;
 pub mod embedded;
 pub mod error;

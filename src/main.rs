@@ -12,7 +12,7 @@ use tollgate::embedded;
 use tollgate::keys::{KeyDigest, generate_key};
 use tollgate::ledger::report::{self, GroupBy};
 use tollgate::mock_backend::{MockBackend, MockOptions};
-use tollgate::runtime::RunningGateway;
+use tollgate::runtime::{RunningGateway, StartOptions};
 
 #[derive(Parser)]
 #[command(
@@ -206,7 +206,8 @@ async fn serve(
             let mut config = Config::load(&path).map_err(|e| e.to_string())?;
             config.server.listen = listen.unwrap_or(config.server.listen);
             config.admin.listen = admin_listen.unwrap_or(config.admin.listen);
-            let running = RunningGateway::start(&config).await.map_err(|e| e.to_string())?;
+            let options = StartOptions { config_path: Some(path.clone()), ..StartOptions::default() };
+            let running = RunningGateway::start_with(&config, options).await.map_err(|e| e.to_string())?;
             tracing::info!(
                 gateway = %running.gateway_addr,
                 admin = %running.admin_addr,
@@ -221,11 +222,12 @@ async fn serve(
                 .map_err(|e| format!("cannot start the built-in mock backend: {e}"))?;
             let backend = BackendUrl::parse(&mock.url()).map_err(|e| format!("mock backend URL: {e}"))?;
             let key = generate_key();
+            let admin_token = format!("tga_{}", generate_key());
             let listen = listen.unwrap_or(([127, 0, 0, 1], 8080).into());
             let admin_listen = admin_listen.unwrap_or(([127, 0, 0, 1], 9090).into());
-            let config = embedded::demo_config(listen, admin_listen, backend, &key);
+            let config = embedded::demo_config(listen, admin_listen, backend, &key, &admin_token);
             let running = RunningGateway::start(&config).await.map_err(|e| e.to_string())?;
-            say(&embedded::banner(running.gateway_addr, running.admin_addr, &mock.url(), &key))?;
+            say(&embedded::banner(running.gateway_addr, running.admin_addr, &mock.url(), &key, &admin_token))?;
             (running, Some(mock))
         }
     };

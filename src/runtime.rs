@@ -2,6 +2,7 @@
 //! listeners on their own tasks.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use prometheus::Registry;
@@ -10,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::control::ControlPlane;
 use crate::gateway::Gateway;
 use crate::ledger::Ledger;
 use crate::meter::recorder::Recorder;
@@ -25,6 +27,22 @@ pub enum StartError {
     Ledger { path: String, source: std::io::Error },
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error("cannot set up the control plane: {0}")]
+    Control(String),
+}
+
+/// How to start beyond the configuration itself.
+pub struct StartOptions {
+    /// The quota buckets' clock (tests move a manual one).
+    pub clock: Arc<dyn Clock>,
+    /// The configuration file, to reload on SIGHUP or when it changes.
+    pub config_path: Option<PathBuf>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions { clock: Arc::new(MonotonicClock::new()), config_path: None }
+    }
 }
 
 /// A running gateway with its bound addresses (useful when the config asked for port 0).
@@ -33,6 +51,7 @@ pub struct RunningGateway {
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub ledger: Option<Arc<Ledger>>,
+    pub control: Arc<ControlPlane>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -40,11 +59,15 @@ pub struct RunningGateway {
 impl RunningGateway {
     /// Binds both listeners and starts serving, on the real clock.
     pub async fn start(config: &Config) -> Result<RunningGateway, StartError> {
-        RunningGateway::start_with_clock(config, Arc::new(MonotonicClock::new())).await
+        RunningGateway::start_with(config, StartOptions::default()).await
     }
 
     /// As [`start`](Self::start), with the quota buckets on `clock` (tests move a manual clock).
     pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningGateway, StartError> {
+        RunningGateway::start_with(config, StartOptions { clock, config_path: None }).await
+    }
+
+    pub async fn start_with(config: &Config, options: StartOptions) -> Result<RunningGateway, StartError> {
         let data = bind(config.server.listen, "gateway").await?;
         let admin = bind(config.admin.listen, "admin").await?;
         let gateway_addr = local_addr(&data, config.server.listen, "gateway")?;
@@ -60,9 +83,18 @@ impl RunningGateway {
                     .map_err(|source| StartError::Ledger { path: ledger.path.display().to_string(), source })?,
             )),
         };
+        let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{gateway_addr}"));
+        let control = Arc::new(
+            ControlPlane::open(config.clone(), options.config_path.clone(), options.clock, public_url)
+                .map_err(StartError::Control)?,
+        );
         let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
-        let gateway = Arc::new(Gateway::new(config, clock, recorder, Arc::clone(&metrics)));
-        let admin_state = Arc::new(crate::admin::Admin { gateway: Arc::clone(&gateway) });
+        let gateway = Arc::new(Gateway::new(config, control.live(), recorder, Arc::clone(&metrics)));
+        let admin_state = Arc::new(crate::admin::Admin {
+            gateway: Arc::clone(&gateway),
+            control: Arc::clone(&control),
+            ledger: ledger.clone(),
+        });
         let (stop, stopped) = watch::channel(false);
         let handler = {
             let gateway = Arc::clone(&gateway);
@@ -78,9 +110,10 @@ impl RunningGateway {
         let connections = Some(metrics.open_connections.clone());
         let tasks = vec![
             tokio::spawn(crate::server::serve(data, handler, connections, stopped.clone())),
-            tokio::spawn(crate::server::serve(admin, admin_handler, None, stopped)),
+            tokio::spawn(crate::server::serve(admin, admin_handler, None, stopped.clone())),
+            crate::control::watch_config(Arc::clone(&control), stopped),
         ];
-        Ok(RunningGateway { gateway_addr, admin_addr, gateway, ledger, stop, tasks })
+        Ok(RunningGateway { gateway_addr, admin_addr, gateway, ledger, control, stop, tasks })
     }
 
     /// Stops accepting, waits for in-flight requests to finish (up to the drain deadline), then

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::control::roles::Role;
 use crate::estimate::Tokenizer;
 
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +21,29 @@ pub struct RawConfig {
     #[serde(default)]
     pub deployments: Vec<Spanned<RawDeployment>>,
     pub ledger: Option<RawLedger>,
+    #[serde(default)]
+    pub models: Vec<Spanned<RawModel>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub id: Spanned<String>,
+    pub version: Spanned<String>,
+    pub offer: Option<Spanned<String>>,
+    pub backend: Spanned<String>,
+    pub backend_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub backend_http2: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminToken {
+    pub name: Spanned<String>,
+    pub role: Spanned<Role>,
+    pub token: Spanned<String>,
+    pub projects: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,12 +62,18 @@ pub struct RawLedger {
 pub struct RawServer {
     pub listen: Option<Spanned<String>>,
     pub max_body_bytes: Option<Spanned<u64>>,
+    /// The gateway's URL as clients reach it (for `inferenceEndpoint.uri`).
+    pub public_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tokens: Vec<Spanned<RawAdminToken>>,
+    /// Where changes made through the admin API are kept (default: beside the config file).
+    pub state_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -59,7 +89,9 @@ pub struct RawBackend {
 pub struct RawDeployment {
     pub name: Spanned<String>,
     pub model: Spanned<String>,
-    pub backend: Spanned<String>,
+    pub project: Option<Spanned<String>>,
+    /// Absent when `model` names a catalog entry, whose backend is then used.
+    pub backend: Option<Spanned<String>>,
     pub backend_key_env: Option<Spanned<String>>,
     pub keys: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]

@@ -37,13 +37,14 @@ use http::{HeaderValue, Request, Response, request};
 use hyper::body::Incoming;
 
 use crate::config::Config;
-use crate::deployment::{Deployment, DeploymentTable};
+use arc_swap::ArcSwap;
+
+use crate::deployment::{Deployment, DeploymentTable, Health};
 use crate::error::ApiError;
 use crate::estimate::{self, Estimate};
 use crate::keys::KeySlot;
 use crate::meter::{Counts, MeteredBody, Outcome, RequestFacts, Reservation, UsageSink};
 use crate::metrics::{Metrics, metric_status};
-use crate::quota::clock::Clock;
 use crate::quota::headers::set_quota_headers;
 use crate::quota::{Denial, LimitKind, QuotaState};
 use body::{BodyFields, ProxyBody};
@@ -53,7 +54,8 @@ use route::{Addressing, ApiRoute};
 
 /// The data plane: everything a request needs, shared by all connections.
 pub struct Gateway {
-    deployments: DeploymentTable,
+    /// Published by the control plane; swapped whole on every change, read without a lock.
+    deployments: Arc<ArcSwap<DeploymentTable>>,
     backend: BackendClient,
     max_body_bytes: usize,
     sink: Arc<dyn UsageSink>,
@@ -76,12 +78,15 @@ struct Trace {
 }
 
 impl Gateway {
-    pub fn new(config: &Config, clock: Arc<dyn Clock>, sink: Arc<dyn UsageSink>, metrics: Arc<Metrics>) -> Gateway {
-        for deployment in &config.deployments {
-            deployment.tokenizer.warm_up();
-        }
+    pub fn new(
+        config: &Config,
+        deployments: Arc<ArcSwap<DeploymentTable>>,
+        sink: Arc<dyn UsageSink>,
+        metrics: Arc<Metrics>,
+    ) -> Gateway {
+        crate::estimate::Tokenizer::Bpe.warm_up();
         Gateway {
-            deployments: DeploymentTable::from_configs(&config.deployments, &clock),
+            deployments,
             backend: BackendClient::new(&config.backend),
             max_body_bytes: config.server.max_body_bytes,
             sink,
@@ -89,8 +94,9 @@ impl Gateway {
         }
     }
 
-    pub fn deployments(&self) -> &DeploymentTable {
-        &self.deployments
+    /// The current deployment table.
+    pub fn deployments(&self) -> arc_swap::Guard<Arc<DeploymentTable>> {
+        self.deployments.load()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -175,12 +181,13 @@ impl Gateway {
         trace.route = Some(route);
 
         // Stage 2: the deployment, from the URL or headers when they name it, else from the body.
+        let table = self.deployments.load();
         let mut body: Option<Bytes> = None;
         let mut incoming = Some(incoming);
         let named = match routed.addressing {
-            Addressing::Path(name) => Some(self.lookup(name)?),
+            Addressing::Path(name) => Some(lookup(&table, name)?),
             Addressing::Root => match host_of(&parts).and_then(route::host_label) {
-                Some(label) => self.deployments.get(label).cloned(),
+                Some(label) => table.get(label).cloned(),
                 None => None,
             },
             Addressing::Unified => None,
@@ -188,12 +195,12 @@ impl Gateway {
         let deployment = match named {
             Some(d) => d,
             None => match parts.headers.get("azureml-model-deployment") {
-                Some(value) => self.lookup(value.to_str().unwrap_or(""))?,
+                Some(value) => lookup(&table, value.to_str().unwrap_or(""))?,
                 None if route.has_json_body() => {
                     let bytes = self.read_body(&parts, &mut incoming).await?;
                     let fields = BodyFields::parse(&bytes)?;
                     let found = match fields.model.as_deref() {
-                        Some(model) => self.lookup(model)?,
+                        Some(model) => lookup(&table, model)?,
                         None => return Err(self.missing_deployment(&parts)),
                     };
                     body = Some(bytes);
@@ -202,11 +209,15 @@ impl Gateway {
                 None => return Err(self.missing_deployment(&parts)),
             },
         };
+        drop(table);
         trace.deployment = Some(Arc::clone(&deployment));
 
         // Stage 3: authenticate before reading a body we have not read yet.
         let key_slot = auth::authenticate(&deployment, &parts.headers)?;
         trace.key_slot = Some(key_slot);
+        if let Health::Unhealthy(reason) = &deployment.health {
+            return Err(ApiError::DeploymentUnhealthy { reason: reason.clone() });
+        }
 
         // Stage 4: the body, bounded, validated and estimated in one pass.
         let body = match body {
@@ -291,13 +302,6 @@ impl Gateway {
         }
     }
 
-    fn lookup(&self, name: &str) -> Result<Arc<Deployment>, ApiError> {
-        self.deployments
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ApiError::DeploymentNotFound { name: route::truncate(name, 100).to_owned() })
-    }
-
     /// No deployment was named: a host label that matched nothing is the likeliest typo to report.
     fn missing_deployment(&self, parts: &request::Parts) -> ApiError {
         match host_of(parts).and_then(route::host_label) {
@@ -312,6 +316,10 @@ impl Gateway {
             None => Ok(Bytes::new()),
         }
     }
+}
+
+fn lookup(table: &DeploymentTable, name: &str) -> Result<Arc<Deployment>, ApiError> {
+    table.get(name).cloned().ok_or_else(|| ApiError::DeploymentNotFound { name: route::truncate(name, 100).to_owned() })
 }
 
 /// The host the client addressed: the URI's authority (HTTP/2, absolute-form) or the `Host` header.
