@@ -217,3 +217,36 @@ async fn no_key_appears_in_logs_metrics_or_the_ledger() {
         }
     }
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_configuration_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let config = write_config(dir.path(), &mock, "");
+    let gw = start(dir.path(), &config, &[], &[]).await;
+    let client = Client::new();
+    let url = format!("http://{}/openai/deployments/added-later/chat/completions", gw.addr);
+    assert_eq!(client.post(&url, &[("api-key", OTHER_KEY)], CHAT).await.status, StatusCode::NOT_FOUND);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[ledger]",
+        &format!(
+            "[[deployments]]\nname = \"added-later\"\nmodel = \"m\"\nbackend = \"{}\"\nkeys = [\"{}\"]\n\n[ledger]",
+            mock.url(),
+            stored(OTHER_KEY)
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    signal(&gw.child, "HUP");
+    let mut status = StatusCode::NOT_FOUND;
+    for _ in 0..500 {
+        status = client.post(&url, &[("api-key", OTHER_KEY)], CHAT).await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, StatusCode::OK, "the new deployment is served after SIGHUP");
+    signal(&gw.child, "TERM");
+    let mut child = gw.child;
+    assert!(child.wait().unwrap().success());
+}

@@ -32,6 +32,9 @@ pub struct Harness {
     pub gateway: RunningGateway,
     pub mock: MockBackend,
     pub client: Client,
+    /// The configuration file the gateway was started from (it reloads it).
+    pub config_path: std::path::PathBuf,
+    pub dir: Arc<tempfile::TempDir>,
 }
 
 /// What can be changed from the default test configuration.
@@ -52,6 +55,10 @@ pub struct Setup {
     pub clock: Option<Arc<ManualClock>>,
     /// Where the usage ledger goes (no ledger when `None`).
     pub ledger: Option<std::path::PathBuf>,
+    /// Extra lines for `[admin]`.
+    pub admin: String,
+    /// Extra top-level tables (`[[models]]`, `[[admin.tokens]]`).
+    pub tables: String,
 }
 
 impl Harness {
@@ -67,6 +74,7 @@ listen = "127.0.0.1:0"
 {server}
 [admin]
 listen = "127.0.0.1:0"
+{admin}
 [backend]
 {backend}
 [[deployments]]
@@ -81,8 +89,10 @@ model = "azureml://registries/azureml-meta/models/Meta-Llama-3-70B-Instruct"
 backend = "{mock}"
 keys = ["{other}"]
 {more}
+{tables}
 "#,
             server = setup.server,
+            admin = setup.admin,
             backend = setup.backend,
             deployment = setup.deployment,
             mock = mock.url(),
@@ -90,6 +100,7 @@ keys = ["{other}"]
             secondary = stored(SECONDARY_KEY),
             other = stored(OTHER_KEY),
             more = setup.more_deployments.replace("{mock}", &mock.url()),
+            tables = setup.tables.replace("{mock}", &mock.url()),
         );
         let text = match &setup.ledger {
             Some(path) => format!("{text}\n[ledger]\npath = {:?}\n", path.display().to_string()),
@@ -97,12 +108,20 @@ keys = ["{other}"]
         };
         let env = setup.env.clone();
         let lookup = move |name: &str| env.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
-        let config = Config::parse(&text, "test.toml", &lookup).unwrap();
-        let gateway = match setup.clock {
-            Some(clock) => RunningGateway::start_with_clock(&config, clock).await.unwrap(),
-            None => RunningGateway::start(&config).await.unwrap(),
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let config_path = dir.path().join("tollgate.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let mut config = Config::parse(&text, "tollgate.toml", &lookup).unwrap();
+        if config.admin.state_file.is_none() {
+            config.admin.state_file = Some(dir.path().join("tollgate.state.json"));
+        }
+        let clock: Arc<dyn tollgate::quota::clock::Clock> = match setup.clock {
+            Some(clock) => clock,
+            None => Arc::new(tollgate::quota::clock::MonotonicClock::new()),
         };
-        Harness { gateway, mock, client: Client::new() }
+        let options = tollgate::runtime::StartOptions { clock, config_path: Some(config_path.clone()) };
+        let gateway = RunningGateway::start_with(&config, options).await.unwrap();
+        Harness { gateway, mock, client: Client::new(), config_path, dir }
     }
 
     pub fn url(&self, path: &str) -> String {

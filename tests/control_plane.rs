@@ -1,0 +1,573 @@
+//! The admin API end to end: roles, subscriptions and health, deployments and keys, bad input,
+//! persistence across restarts, reloads, and zero failed requests while the state changes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const LLAMA_8B: &str = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct";
+const LLAMA_70B: &str = "azureml://registries/azureml-meta/models/Meta-Llama-3-70B-Instruct";
+const PHI: &str = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct";
+const TOKENS: [(&str, &str, &str); 5] = [
+    ("ops", "owner", "OwnerToken-0123456789abcdefghij"),
+    ("builder", "contributor", "ContributorToken-0123456789abcd"),
+    ("dev", "ai-developer", "DeveloperToken-0123456789abcdef"),
+    ("viewer", "reader", "ReaderToken-0123456789abcdefghi"),
+    ("dev-b", "ai-developer", "DeveloperBToken-0123456789abcde"),
+];
+
+fn tables() -> String {
+    let mut out = format!(
+        r#"[[models]]
+id = "{LLAMA_8B}"
+version = "3"
+offer = "meta-llama-3"
+backend = "{{mock}}"
+[[models]]
+id = "{LLAMA_70B}"
+version = "2"
+offer = "meta-llama-3"
+backend = "{{mock}}"
+[[models]]
+id = "{PHI}"
+version = "7"
+backend = "{{mock}}"
+"#
+    );
+    for (name, role, token) in TOKENS {
+        let projects = match name {
+            "dev" => "\nprojects = [\"team-a\"]",
+            "dev-b" => "\nprojects = [\"team-b\"]",
+            _ => "",
+        };
+        out.push_str(&format!(
+            "[[admin.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken = \"{}\"{projects}\n",
+            stored(token)
+        ));
+    }
+    out
+}
+
+async fn start() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    std::mem::forget(dir);
+    Harness::with(Setup { tables: tables(), ledger: Some(ledger), ..Default::default() }).await
+}
+
+fn token(role: &str) -> &'static str {
+    TOKENS.iter().find(|(name, r, _)| *r == role && *name != "dev-b").unwrap().2
+}
+
+impl Harness {
+    async fn api(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        self.client.call(method, &format!("http://{}{path}", self.gateway.admin_addr), &headers, &body).await
+    }
+
+    async fn owner(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        let reply = self.api(method, path, Some(token("owner")), body).await;
+        assert!(reply.status.is_success(), "{path}: {} {}", reply.status, reply.text());
+        reply
+    }
+
+    async fn chat(&self, deployment: &str, key: &str) -> StatusCode {
+        let url = self.url(&format!("/openai/deployments/{deployment}/chat/completions"));
+        self.client.post(&url, &[("api-key", key)], CHAT).await.status
+    }
+}
+
+/// An admin call: method, path, body.
+type Call = (Method, String, Option<Value>);
+
+#[tokio::test]
+async fn every_role_against_every_action() {
+    use Method as M;
+    // (role, expected success for each step below)
+    let table: [(&str, [bool; 15]); 4] = [
+        ("owner", [true; 15]),
+        ("contributor", [true, true, true, true, true, true, true, true, true, true, true, false, false, true, true]),
+        (
+            "ai-developer",
+            [true, true, true, true, true, false, true, false, true, false, false, false, false, false, false],
+        ),
+        (
+            "reader",
+            [true, false, true, false, true, false, false, false, true, true, false, false, false, false, false],
+        ),
+    ];
+    for (role, expected) in table {
+        let h = start().await;
+        let t = Some(token(role));
+        let p = "/projects/team-a";
+        let steps: Vec<(M, String, Option<Value>, Option<Call>)> = vec![
+            (M::GET, "/models".into(), None, None),
+            (M::PUT, format!("{p}/subscriptions/llama"), Some(json!({"modelId": LLAMA_8B})), None),
+            (M::GET, format!("{p}/subscriptions"), None, None),
+            (M::PUT, format!("{p}/deployments/dep-1"), Some(json!({"modelId": LLAMA_8B})), None),
+            (M::GET, format!("{p}/deployments/dep-1"), None, None),
+            (M::PATCH, format!("{p}/deployments/dep-1"), Some(json!({"limits": {"requestsPerMinute": 50}})), None),
+            (M::POST, format!("{p}/deployments/dep-1/listKeys"), None, None),
+            (M::POST, format!("{p}/deployments/dep-1/regenerateKeys"), Some(json!({"keyType": "Secondary"})), None),
+            (M::GET, format!("{p}/deployments/dep-1/usage"), None, None),
+            (M::GET, "/tokens".into(), None, None),
+            (M::POST, "/reload".into(), None, None),
+            (M::PUT, "/tokens/extra".into(), Some(json!({"role": "reader"})), None),
+            (
+                M::DELETE,
+                "/tokens/extra".into(),
+                None,
+                Some((M::PUT, "/tokens/extra".into(), Some(json!({"role": "reader"})))),
+            ),
+            (M::DELETE, format!("{p}/deployments/dep-1"), None, None),
+            (M::DELETE, format!("{p}/subscriptions/llama"), None, None),
+        ];
+        for (i, (method, path, body, setup)) in steps.into_iter().enumerate() {
+            if let Some((m, p, b)) = setup {
+                if !expected[i] {
+                    h.owner(m, &p, b).await;
+                }
+            }
+            let none = h.api(method.clone(), &path, None, body.clone()).await;
+            assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{method} {path} without a token");
+            let wrong = h.api(method.clone(), &path, Some("not-a-token"), body.clone()).await;
+            assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+            let reply = h.api(method.clone(), &path, t, body.clone()).await;
+            if expected[i] {
+                assert!(reply.status.is_success(), "{role}: {method} {path}: {} {}", reply.status, reply.text());
+            } else {
+                assert_eq!(reply.status, StatusCode::FORBIDDEN, "{role}: {method} {path}: {}", reply.text());
+                assert_eq!(reply.error_code(), "Forbidden");
+                // The owner does it instead, so the next step has what it needs.
+                if method != M::GET {
+                    h.owner(method, &path, body).await;
+                }
+            }
+            if role == "reader" && path.ends_with("listKeys") {
+                assert!(!reply.text().contains("primaryKey"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn ai_developers_are_confined_to_their_projects() {
+    let h = start().await;
+    let other = TOKENS.iter().find(|t| t.0 == "dev-b").unwrap().2;
+    let reply =
+        h.api(Method::PUT, "/projects/team-a/subscriptions/s", Some(other), Some(json!({"modelId": LLAMA_8B}))).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.text().contains("team-a"));
+    let reply =
+        h.api(Method::PUT, "/projects/team-b/subscriptions/s", Some(other), Some(json!({"modelId": LLAMA_8B}))).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn subscriptions_gate_deployments_and_their_health() {
+    let h = start().await;
+    let p = "/projects/team-a";
+    // Without a subscription to the offer: 409 naming what is missing.
+    let reply = h
+        .api(Method::PUT, &format!("{p}/deployments/llama8"), Some(token("owner")), Some(json!({"modelId": LLAMA_8B})))
+        .await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(reply.text().contains("meta-llama-3") && reply.text().contains("subscriptions"), "{}", reply.text());
+    // A model without an offer needs none.
+    let phi = h.owner(Method::PUT, &format!("{p}/deployments/phi"), Some(json!({"modelId": PHI}))).await;
+    assert_eq!(phi.status, StatusCode::CREATED);
+
+    let sub = h.owner(Method::PUT, &format!("{p}/subscriptions/meta"), Some(json!({"modelId": LLAMA_8B}))).await;
+    assert_eq!(sub.status, StatusCode::CREATED);
+    assert_eq!(sub.json()["properties"]["offer"], "meta-llama-3");
+    let created = h.owner(Method::PUT, &format!("{p}/deployments/llama8"), Some(json!({"modelId": LLAMA_8B}))).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let d = created.json();
+    assert_eq!(d["properties"]["endpointState"], "Online");
+    assert_eq!(d["properties"]["marketplaceSubscriptionId"], "/projects/team-a/subscriptions/meta");
+    assert_eq!(d["properties"]["modelSettings"]["modelId"], LLAMA_8B);
+    assert_eq!(d["properties"]["limits"]["tokensPerMinute"], 200_000);
+    assert!(d["properties"]["inferenceEndpoint"]["uri"].as_str().unwrap().ends_with("/openai/deployments/llama8"));
+    let key = d["keys"]["primaryKey"].as_str().unwrap().to_owned();
+    assert_eq!(h.chat("llama8", &key).await, StatusCode::OK);
+    // One subscription serves later deployments of the same offer in the project.
+    assert_eq!(
+        h.owner(Method::PUT, &format!("{p}/deployments/llama70"), Some(json!({"modelId": LLAMA_70B}))).await.status,
+        StatusCode::CREATED
+    );
+    // One deployment per model per project; another project needs its own subscription.
+    let again = h
+        .api(
+            Method::PUT,
+            &format!("{p}/deployments/llama8-bis"),
+            Some(token("owner")),
+            Some(json!({"modelId": LLAMA_8B})),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.text().contains("one deployment per model per project"));
+    let elsewhere = h
+        .api(
+            Method::PUT,
+            "/projects/team-b/deployments/llama8-b",
+            Some(token("owner")),
+            Some(json!({"modelId": LLAMA_8B})),
+        )
+        .await;
+    assert_eq!(elsewhere.status, StatusCode::CONFLICT);
+
+    // Deleting the subscription makes its endpoints unhealthy: 503 saying why.
+    h.owner(Method::DELETE, &format!("{p}/subscriptions/meta"), None).await;
+    let d = h.owner(Method::GET, &format!("{p}/deployments/llama8"), None).await.json();
+    assert_eq!(d["properties"]["endpointState"], "Unhealthy");
+    let url = h.url("/openai/deployments/llama8/chat/completions");
+    let reply = h.client.post(&url, &[("api-key", &key)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.error_code(), "ServiceUnavailable");
+    assert!(reply.text().contains("subscription") && reply.text().contains("meta-llama-3"), "{}", reply.text());
+    assert_eq!(
+        h.chat("phi", phi.json()["keys"]["primaryKey"].as_str().unwrap()).await,
+        StatusCode::OK,
+        "other offers are unaffected"
+    );
+    // Subscribing again brings it back.
+    h.owner(Method::PUT, &format!("{p}/subscriptions/meta-again"), Some(json!({"modelId": LLAMA_70B}))).await;
+    assert_eq!(
+        h.owner(Method::GET, &format!("{p}/deployments/llama8"), None).await.json()["properties"]["endpointState"],
+        "Online"
+    );
+    assert_eq!(h.chat("llama8", &key).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn keys_list_regenerate_and_rotate_without_downtime() {
+    let h = start().await;
+    let p = "/projects/team-a";
+    let created = h.owner(Method::PUT, &format!("{p}/deployments/phi"), Some(json!({"modelId": PHI}))).await.json();
+    let listed = h.owner(Method::POST, &format!("{p}/deployments/phi/listKeys"), None).await.json();
+    assert_eq!(created["keys"], listed);
+    let (primary, secondary) =
+        (listed["primaryKey"].as_str().unwrap().to_owned(), listed["secondaryKey"].as_str().unwrap().to_owned());
+    assert_eq!(primary.len(), 32);
+    assert_eq!(h.chat("phi", &primary).await, StatusCode::OK);
+    assert_eq!(h.chat("phi", &secondary).await, StatusCode::OK);
+    let regenerated = h
+        .owner(Method::POST, &format!("{p}/deployments/phi/regenerateKeys"), Some(json!({"keyType": "Secondary"})))
+        .await
+        .json();
+    let new_secondary = regenerated["secondaryKey"].as_str().unwrap();
+    assert_ne!(new_secondary, secondary);
+    assert_eq!(regenerated["primaryKey"], primary.as_str());
+    assert_eq!(h.chat("phi", &secondary).await, StatusCode::UNAUTHORIZED, "the old key stops at once");
+    assert_eq!(h.chat("phi", new_secondary).await, StatusCode::OK);
+    assert_eq!(h.chat("phi", &primary).await, StatusCode::OK, "the other slot keeps working");
+    // Keys never appear in the deployment resource.
+    let d = h.owner(Method::GET, &format!("{p}/deployments/phi"), None).await.text();
+    assert!(!d.contains(&primary) && !d.contains(new_secondary));
+    // File deployments keep digests only: their keys cannot be listed.
+    let file = h
+        .api(Method::POST, &format!("/projects/default/deployments/{DEPLOYMENT}/listKeys"), Some(token("owner")), None)
+        .await;
+    assert_eq!(file.status, StatusCode::CONFLICT);
+    assert!(file.text().contains("configuration file"));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_what_to_fix_and_nothing_half_applied() {
+    let h = start().await;
+    let p = "/projects/team-a";
+    let owner = token("owner");
+    h.owner(Method::PUT, &format!("{p}/deployments/phi"), Some(json!({"modelId": PHI}))).await;
+    let before = h.owner(Method::GET, &format!("{p}/deployments"), None).await.json();
+    let cases: Vec<(Method, String, String, StatusCode, &str)> = vec![
+        (
+            Method::PUT,
+            format!("{p}/deployments/x1"),
+            "{not json".into(),
+            StatusCode::BAD_REQUEST,
+            "not what this endpoint takes",
+        ),
+        (
+            Method::PUT,
+            format!("{p}/deployments/x1"),
+            json!({"modelId": PHI, "colour": 1}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "unknown field `colour`",
+        ),
+        (
+            Method::PUT,
+            format!("{p}/deployments/9bad"),
+            json!({"modelId": PHI}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "must start with a letter",
+        ),
+        (
+            Method::PUT,
+            format!("{p}/deployments/x1"),
+            json!({"modelId": format!("{PHI}/versions/7")}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "without a version",
+        ),
+        (
+            Method::PUT,
+            format!("{p}/deployments/x1"),
+            json!({"modelId": "azureml://nope"}).to_string(),
+            StatusCode::NOT_FOUND,
+            "not in the catalog",
+        ),
+        (
+            Method::PUT,
+            format!("/projects/team-b/deployments/{DEPLOYMENT}"),
+            json!({"modelId": LLAMA_70B}).to_string(),
+            StatusCode::CONFLICT,
+            "taken",
+        ),
+        (
+            Method::PUT,
+            "/projects/team-b/deployments/PHI".into(),
+            json!({"modelId": PHI}).to_string(),
+            StatusCode::CONFLICT,
+            "taken",
+        ),
+        (
+            Method::PATCH,
+            format!("{p}/deployments/phi"),
+            json!({"limits": {"requestsPerMinute": 0}}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "between 1 and",
+        ),
+        (
+            Method::PATCH,
+            format!("{p}/deployments/phi"),
+            json!({"limits": {"tokensPerMinute": 1u64 << 40}}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "between 1 and",
+        ),
+        (
+            Method::PUT,
+            format!("{p}/deployments/x2"),
+            format!("{{\"modelId\":\"{}\"}}", "x".repeat(2 << 20)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limited",
+        ),
+        (
+            Method::POST,
+            format!("{p}/deployments/phi/regenerateKeys"),
+            json!({"keyType": "Tertiary"}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "unknown variant",
+        ),
+        (Method::GET, format!("{p}/deployments/nope"), String::new(), StatusCode::NOT_FOUND, "no deployment"),
+        (
+            Method::DELETE,
+            "/projects/default/deployments/meta-llama3-8b-qwerty".into(),
+            String::new(),
+            StatusCode::CONFLICT,
+            "configuration file",
+        ),
+        (Method::POST, format!("{p}/deployments"), String::new(), StatusCode::METHOD_NOT_ALLOWED, "takes GET"),
+    ];
+    for (method, path, body, status, says) in cases {
+        let bearer = format!("Bearer {owner}");
+        let reply = h
+            .client
+            .call(
+                method.clone(),
+                &format!("http://{}{path}", h.gateway.admin_addr),
+                &[("authorization", &bearer)],
+                &body,
+            )
+            .await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.text());
+        reply.error_code();
+        assert!(reply.text().contains(says), "{method} {path}: {}", reply.text());
+    }
+    assert_eq!(
+        h.owner(Method::GET, &format!("{p}/deployments"), None).await.json(),
+        before,
+        "nothing was half-applied"
+    );
+    assert_eq!(h.owner(Method::GET, "/projects/team-b/deployments", None).await.json()["value"], json!([]));
+}
+
+#[tokio::test]
+async fn patched_limits_apply_at_once_and_keep_the_level() {
+    let clock = Arc::new(tollgate::quota::clock::ManualClock::new(0));
+    let h = Harness::with(Setup { tables: tables(), clock: Some(clock), ..Default::default() }).await;
+    let p = "/projects/team-a";
+    let keys = h
+        .owner(
+            Method::PUT,
+            &format!("{p}/deployments/phi"),
+            Some(json!({"modelId": PHI, "limits": {"requestsPerMinute": 10}})),
+        )
+        .await
+        .json()["keys"]
+        .clone();
+    let key = keys["primaryKey"].as_str().unwrap();
+    for _ in 0..4 {
+        assert_eq!(h.chat("phi", key).await, StatusCode::OK);
+    }
+    let d = h
+        .owner(Method::PATCH, &format!("{p}/deployments/phi"), Some(json!({"limits": {"requestsPerMinute": 100}})))
+        .await
+        .json();
+    assert_eq!(d["properties"]["limits"]["requestsPerMinute"], 100);
+    let url = h.url("/openai/deployments/phi/chat/completions");
+    let reply = h.client.post(&url, &[("api-key", key)], CHAT).await;
+    assert_eq!(reply.number("x-ratelimit-limit-requests"), 100);
+    assert_eq!(reply.number("x-ratelimit-remaining-requests"), 5, "6 of the old 10 were left: no free refill");
+}
+
+#[tokio::test]
+async fn deleting_a_deployment_lets_in_flight_streams_finish_and_then_404s() {
+    let h = start().await;
+    let p = "/projects/team-a";
+    let key = h.owner(Method::PUT, &format!("{p}/deployments/phi"), Some(json!({"modelId": PHI}))).await.json()["keys"]
+        ["primaryKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let url = h.url("/openai/deployments/phi/chat/completions");
+    let stream = {
+        let (client, url, key) = (h.client.clone(), url.clone(), key.clone());
+        tokio::spawn(async move {
+            let headers =
+                [("api-key", key.as_str()), ("x-mock-tokens-per-second", "20"), ("x-mock-completion-tokens", "8")];
+            client.post(&url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#).await
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    h.owner(Method::DELETE, &format!("{p}/deployments/phi"), None).await;
+    assert_eq!(h.chat("phi", &key).await, StatusCode::NOT_FOUND);
+    let reply = stream.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.text().ends_with("data: [DONE]\n\n"));
+}
+
+#[tokio::test]
+async fn acknowledged_changes_survive_a_restart() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("state.json");
+    let setup = || Setup {
+        tables: tables(),
+        admin: format!("state_file = {:?}", state.display().to_string()),
+        ..Default::default()
+    };
+    let h = Harness::with(setup()).await;
+    h.owner(Method::PUT, "/projects/team-a/subscriptions/meta", Some(json!({"modelId": LLAMA_8B}))).await;
+    let keys = h
+        .owner(Method::PUT, "/projects/team-a/deployments/llama8", Some(json!({"modelId": LLAMA_8B})))
+        .await
+        .json()["keys"]
+        .clone();
+    let token = h.owner(Method::PUT, "/tokens/ci", Some(json!({"role": "reader"}))).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let Harness { gateway, .. } = h;
+    gateway.shutdown().await;
+    let text = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        !text.contains(keys["primaryKey"].as_str().unwrap()) && !text.contains(&token),
+        "no plain keys or tokens on disk"
+    );
+
+    let h = Harness::with(setup()).await;
+    let listed = h.owner(Method::POST, "/projects/team-a/deployments/llama8/listKeys", None).await.json();
+    assert_eq!(listed, keys);
+    assert_eq!(h.chat("llama8", keys["primaryKey"].as_str().unwrap()).await, StatusCode::OK);
+    assert_eq!(h.api(Method::GET, "/models", Some(&token), None).await.status, StatusCode::OK);
+    assert_eq!(
+        h.owner(Method::GET, "/projects/team-a/subscriptions", None).await.json()["value"].as_array().unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn reloading_the_file_applies_valid_changes_and_refuses_invalid_ones() {
+    let h = start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let added = format!(
+        "{text}\n[[deployments]]\nname = \"late\"\nmodel = \"{PHI}\"\nkeys = [\"{}\"]\nrequests_per_minute = 7\n",
+        stored(OTHER_KEY)
+    );
+    std::fs::write(&h.config_path, &added).unwrap();
+    let reply = h.owner(Method::POST, "/reload", None).await;
+    assert_eq!(reply.json()["deployments"], 3);
+    let url = h.url("/openai/deployments/late/chat/completions");
+    let reply = h.client.post(&url, &[("api-key", OTHER_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.number("x-ratelimit-limit-requests"), 7);
+
+    std::fs::write(&h.config_path, format!("{added}\nunknown_setting = 1\n")).unwrap();
+    let reply = h.api(Method::POST, "/reload", Some(token("owner")), None).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(reply.text().contains("unknown_setting"), "{}", reply.text());
+    let reply = h.client.post(&url, &[("api-key", OTHER_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::OK, "the running configuration stays");
+    assert_eq!(reply.number("x-ratelimit-remaining-requests"), 5, "bucket levels are kept across reloads");
+}
+
+#[tokio::test]
+async fn a_load_sees_no_failure_across_20_reloads_and_5_key_regenerations() {
+    let h = start().await;
+    let p = "/projects/team-a";
+    let keys = h
+        .owner(
+            Method::PUT,
+            &format!("{p}/deployments/phi"),
+            Some(json!({"modelId": PHI, "limits": {"requestsPerMinute": 1000000, "tokensPerMinute": 100000000}})),
+        )
+        .await
+        .json()["keys"]
+        .clone();
+    let primary = keys["primaryKey"].as_str().unwrap().to_owned();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, stop, primary) = (h.client.clone(), stop.clone(), primary.clone());
+            let urls = [
+                h.url("/openai/deployments/phi/chat/completions"),
+                h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions")),
+            ];
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    statuses.push(client.post(&urls[0], &[("api-key", &primary)], CHAT).await.status);
+                    statuses.push(client.post(&urls[1], &[("api-key", PRIMARY_KEY)], CHAT).await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        h.owner(Method::POST, "/reload", None).await;
+        if i % 4 == 0 {
+            h.owner(
+                Method::POST,
+                &format!("{p}/deployments/phi/regenerateKeys"),
+                Some(json!({"keyType": "Secondary"})),
+            )
+            .await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for task in load {
+        for status in task.await.unwrap() {
+            assert_eq!(status, StatusCode::OK);
+            total += 1;
+        }
+    }
+    assert!(total > 40, "the load ran: {total} requests");
+}
