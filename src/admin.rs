@@ -19,6 +19,8 @@ pub struct Admin {
     pub gateway: Arc<Gateway>,
     pub control: Arc<ControlPlane>,
     pub ledger: Option<Arc<Ledger>>,
+    /// False once shutdown has started.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const ROUTES: &str = "admin routes: GET /healthz, /readyz, /metrics, /usage, /quotas (no token); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
@@ -39,7 +41,8 @@ impl Admin {
         }
         match path {
             "/healthz" => json(r#"{"status":"ok"}"#.into()),
-            "/readyz" => json(r#"{"status":"ready"}"#.into()),
+            "/readyz" if self.ready.load(std::sync::atomic::Ordering::SeqCst) => json(r#"{"status":"ready"}"#.into()),
+            "/readyz" => error_response(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", "this gateway is shutting down: route new traffic elsewhere"),
             "/usage" => json(self.usage()),
             "/metrics" => {
                 let text = self.gateway.metrics().render(&self.gateway.deployments());

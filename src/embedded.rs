@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 
 use crate::config::{
-    AdminConfig, BackendSettings, BackendUrl, CatalogModel, Config, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_PROJECT,
+    ClientLimits,
+    AdminConfig, BackendSettings, BackendUrl, CatalogModel, Config,
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_PROJECT,
     DeploymentConfig, ServerConfig,
 };
 use crate::control::roles::{AdminToken, Role};
@@ -35,7 +36,12 @@ pub fn demo_config(
     admin_token: &str,
 ) -> Config {
     Config {
-        server: ServerConfig { listen, max_body_bytes: DEFAULT_MAX_BODY_BYTES, public_url: None },
+        server: ServerConfig {
+            listen,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            limits: ClientLimits::default(),
+            public_url: None,
+        },
         admin: AdminConfig {
             listen: admin_listen,
             tokens: vec![AdminToken {
@@ -55,11 +61,7 @@ pub fn demo_config(
             backend_key: None,
             backend_http2: false,
         }],
-        backend: BackendSettings {
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
-            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
-        },
+        backend: BackendSettings::default(),
         deployments: vec![DeploymentConfig {
             name: DEMO_DEPLOYMENT.into(),
             model: DEMO_MODEL.into(),

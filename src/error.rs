@@ -54,6 +54,8 @@ pub enum ApiError {
     Unauthorized { deployment: String },
     #[error("the request body is larger than this gateway's limit of {limit} bytes; send a smaller body")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {timeout_ms} ms; send the whole body promptly")]
+    BodyTimeout { timeout_ms: u64 },
     #[error("the request body could not be read: {reason}")]
     BodyRead { reason: String },
     #[error("the request body must be a JSON object: {reason}")]
@@ -83,6 +85,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyRead { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
             ApiError::Unauthorized { .. } => "Unauthorized",
             ApiError::BodyTooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::BodyTimeout { .. } => "RequestTimeout",
             ApiError::BodyRead { .. } => "InvalidRequestBody",
             ApiError::InvalidJson { .. } => "InvalidJson",
             ApiError::RateLimited { .. } => "TooManyRequests",
@@ -123,6 +127,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::BodyRead { .. } => "body_read",
             ApiError::InvalidJson { .. } => "invalid_json",
             ApiError::RateLimited { .. } => "rate_limited",

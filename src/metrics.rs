@@ -157,8 +157,10 @@ impl Metrics {
         let route = record.route.label();
         self.requests.with_label_values(&[deployment, route, metric_status(record.status)]).inc();
         self.request_duration.with_label_values(&[deployment, route]).observe(record.duration.as_secs_f64());
-        if record.outcome == Outcome::BackendBroke {
-            self.backend_errors.with_label_values(&[deployment, "protocol"]).inc();
+        match record.outcome {
+            Outcome::BackendBroke => self.backend_errors.with_label_values(&[deployment, "protocol"]).inc(),
+            Outcome::BackendStalled => self.backend_errors.with_label_values(&[deployment, "timeout"]).inc(),
+            _ => {}
         }
         if let Some(limit) = record.limited_by {
             self.ratelimit_rejections.with_label_values(&[deployment, limit.as_str()]).inc();

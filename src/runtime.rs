@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -17,6 +18,7 @@ use crate::ledger::Ledger;
 use crate::meter::recorder::Recorder;
 use crate::metrics::{Metrics, MetricsError};
 use crate::quota::clock::{Clock, MonotonicClock};
+use crate::server::ServeOptions;
 
 /// A start-up failure, saying what could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +54,12 @@ pub struct RunningGateway {
     pub gateway: Arc<Gateway>,
     pub ledger: Option<Arc<Ledger>>,
     pub control: Arc<ControlPlane>,
+    /// What `/readyz` answers: false from the start of shutdown, so load balancers drain us.
+    ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    stop_admin: watch::Sender<bool>,
+    data_task: JoinHandle<()>,
+    admin_tasks: Vec<JoinHandle<()>>,
 }
 
 impl RunningGateway {
@@ -90,12 +96,15 @@ impl RunningGateway {
         );
         let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
         let gateway = Arc::new(Gateway::new(config, control.live(), recorder, Arc::clone(&metrics)));
+        let ready = Arc::new(AtomicBool::new(true));
         let admin_state = Arc::new(crate::admin::Admin {
             gateway: Arc::clone(&gateway),
             control: Arc::clone(&control),
             ledger: ledger.clone(),
+            ready: Arc::clone(&ready),
         });
         let (stop, stopped) = watch::channel(false);
+        let (stop_admin, admin_stopped) = watch::channel(false);
         let handler = {
             let gateway = Arc::clone(&gateway);
             move |request| {
@@ -107,24 +116,30 @@ impl RunningGateway {
             let admin = Arc::clone(&admin_state);
             async move { admin.handle(request).await }
         };
-        let connections = Some(metrics.open_connections.clone());
-        let tasks = vec![
-            tokio::spawn(crate::server::serve(data, handler, connections, stopped.clone())),
-            tokio::spawn(crate::server::serve(admin, admin_handler, None, stopped.clone())),
-            crate::control::watch_config(Arc::clone(&control), stopped),
+        let data_options =
+            ServeOptions { limits: config.server.limits.clone(), connections: Some(metrics.open_connections.clone()) };
+        let admin_options = ServeOptions { limits: config.server.limits.clone(), connections: None };
+        let data_task = tokio::spawn(crate::server::serve(data, handler, data_options, stopped));
+        let admin_tasks = vec![
+            tokio::spawn(crate::server::serve(admin, admin_handler, admin_options, admin_stopped.clone())),
+            crate::control::watch_config(Arc::clone(&control), admin_stopped),
         ];
-        Ok(RunningGateway { gateway_addr, admin_addr, gateway, ledger, control, stop, tasks })
+        Ok(RunningGateway { gateway_addr, admin_addr, gateway, ledger, control, ready, stop, stop_admin, data_task, admin_tasks })
     }
 
-    /// Stops accepting, waits for in-flight requests to finish (up to the drain deadline), then
-    /// writes out the usage ledger.
+    /// Turns unready, stops accepting, lets in-flight requests and streams finish (up to the
+    /// shutdown grace period, then cuts and accounts for them), writes out the usage ledger, and
+    /// finally closes the admin listener (which answered `/readyz` 503 meanwhile).
     pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        let _ = self.data_task.await;
         if let Some(ledger) = self.ledger {
             let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
+        }
+        let _ = self.stop_admin.send(true);
+        for task in self.admin_tasks {
+            let _ = task.await;
         }
     }
 }

@@ -1,10 +1,14 @@
 //! Stage 0, listen: the accept loop shared by the gateway, admin and mock-backend listeners.
 //!
-//! Plain TCP, HTTP/1.1 and HTTP/2 (prior knowledge) on the same port via hyper-util's auto builder.
-//! On shutdown it stops accepting, then lets open connections finish up to a deadline.
+//! Plain TCP, HTTP/1.1 and HTTP/2 (prior knowledge) on the same port via hyper-util's auto builder,
+//! with the client limits applied: header read timeout (slowloris, and idle keep-alive for
+//! HTTP/1.1), largest head and most headers (431 past them), and a cap on open connections (past
+//! it the loop stops accepting, so new connections wait in the listen backlog). On shutdown it
+//! stops accepting, then lets open connections finish up to the grace period and cuts the rest.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -16,64 +20,89 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
-/// How long open connections get to finish after shutdown starts.
-pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+use crate::config::ClientLimits;
+
+/// How a listener serves.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    pub limits: ClientLimits,
+    /// Counts open connections, when given.
+    pub connections: Option<IntGauge>,
+}
 
 /// Serves HTTP on `listener` with `handler` until `shutdown` turns true.
-pub async fn serve<F, Fut, B>(
-    listener: TcpListener,
-    handler: F,
-    connections: Option<IntGauge>,
-    mut shutdown: watch::Receiver<bool>,
-) where
+pub async fn serve<F, Fut, B>(listener: TcpListener, handler: F, options: ServeOptions, mut shutdown: watch::Receiver<bool>)
+where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let limits = &options.limits;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let handler = handler.clone();
-                    let service = service_fn(move |request| {
-                        let response = handler(request);
-                        async move { Ok::<_, Infallible>(response.await) }
-                    });
-                    let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-                    let open = connections.clone();
-                    if let Some(gauge) = &open {
-                        gauge.inc();
-                    }
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(%error, "connection ended with an error");
-                        }
-                        if let Some(gauge) = open {
-                            gauge.dec();
-                        }
-                    });
-                }
-                Err(error) => {
-                    // Out of file descriptors and similar: wait a little instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+        // A free connection slot first: when all are taken, stop accepting until one frees.
+        let permit = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
             },
             () = stop_requested(&mut shutdown) => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop_requested(&mut shutdown) => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                let open = options.connections.clone();
+                if let Some(gauge) = &open {
+                    gauge.inc();
+                }
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    if let Some(gauge) = open {
+                        gauge.dec();
+                    }
+                    drop(permit);
+                });
+            }
+            Err(error) => {
+                // Out of file descriptors and similar: wait a little instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after the drain deadline were cut");
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the shutdown grace period were cut");
     }
 }
 

@@ -56,6 +56,7 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    pub limits: ClientLimits,
     /// The gateway's URL as clients reach it; `http://<listen address>` when unset.
     pub public_url: Option<String>,
 }
@@ -69,12 +70,60 @@ pub struct AdminConfig {
     pub state_file: Option<PathBuf>,
 }
 
+/// What a client connection may take, and how long shutdown waits for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Time to receive a request's headers (slowloris); for HTTP/1.1 also how long an idle
+    /// keep-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
+    /// Time to receive a whole request body (408 past it).
+    pub body_read_timeout: Duration,
+    /// Largest request head (HTTP/1.1 read buffer, HTTP/2 header list); 431 past it.
+    pub max_header_bytes: usize,
+    /// Most request headers (HTTP/1.1); 431 past it.
+    pub max_headers: usize,
+    /// Most client connections at once; further ones wait to be accepted.
+    pub max_connections: usize,
+    /// After SIGTERM/SIGINT, how long in-flight requests and streams may run before they are cut
+    /// (and accounted as such).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            max_connections: 25_000,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Settings of the pooled client that talks to backends.
 #[derive(Clone, Debug)]
 pub struct BackendSettings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// Longest silence between two chunks of a streamed response before it is ended.
+    pub stream_idle_timeout: Duration,
+    /// Longest time for a whole non-streamed response body.
+    pub response_timeout: Duration,
+}
+
+impl Default for BackendSettings {
+    fn default() -> Self {
+        BackendSettings {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            stream_idle_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -64,6 +64,12 @@ pub struct RawServer {
     pub max_body_bytes: Option<Spanned<u64>>,
     /// The gateway's URL as clients reach it (for `inferenceEndpoint.uri`).
     pub public_url: Option<Spanned<String>>,
+    pub header_read_timeout_ms: Option<Spanned<u64>>,
+    pub body_read_timeout_ms: Option<Spanned<u64>>,
+    pub max_header_bytes: Option<Spanned<u64>>,
+    pub max_headers: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<u64>>,
+    pub shutdown_grace_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +88,8 @@ pub struct RawBackend {
     pub connect_timeout_ms: Option<Spanned<u64>>,
     pub first_byte_timeout_ms: Option<Spanned<u64>>,
     pub pool_idle_timeout_ms: Option<Spanned<u64>>,
+    pub stream_idle_timeout_ms: Option<Spanned<u64>>,
+    pub response_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -25,6 +25,7 @@ pub(super) fn validate(
             }
             Some(v) => *v.get_ref() as usize,
         },
+        limits: validate_limits(&raw.server, at)?,
         public_url: match &raw.server.public_url {
             None => None,
             Some(v) => {
@@ -64,6 +65,18 @@ pub(super) fn validate(
             "backend.pool_idle_timeout_ms",
             DEFAULT_POOL_IDLE_TIMEOUT,
         )?,
+        stream_idle_timeout: millis(
+            at,
+            &raw.backend.stream_idle_timeout_ms,
+            "backend.stream_idle_timeout_ms",
+            BackendSettings::default().stream_idle_timeout,
+        )?,
+        response_timeout: millis(
+            at,
+            &raw.backend.response_timeout_ms,
+            "backend.response_timeout_ms",
+            BackendSettings::default().response_timeout,
+        )?,
     };
     let models = validate_models(&raw.models, at, env)?;
     let mut deployments: Vec<DeploymentConfig> = Vec::with_capacity(raw.deployments.len());
@@ -83,6 +96,25 @@ pub(super) fn validate(
         Some(raw) => Some(validate_ledger(raw, at)?),
     };
     Ok(Config { server, admin, backend, deployments, models, ledger })
+}
+
+fn validate_limits(raw: &raw::RawServer, at: &Locator<'_>) -> Result<ClientLimits, ConfigError> {
+    let d = ClientLimits::default();
+    let count = |value: &Option<Spanned<u64>>, field: &str, default: usize, min: u64, max: u64| match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() < min || *v.get_ref() > max => {
+            Err(at.error(v, field, format!("must be between {min} and {max}")))
+        }
+        Some(v) => Ok(*v.get_ref() as usize),
+    };
+    Ok(ClientLimits {
+        header_read_timeout: millis(at, &raw.header_read_timeout_ms, "server.header_read_timeout_ms", d.header_read_timeout)?,
+        body_read_timeout: millis(at, &raw.body_read_timeout_ms, "server.body_read_timeout_ms", d.body_read_timeout)?,
+        max_header_bytes: count(&raw.max_header_bytes, "server.max_header_bytes", d.max_header_bytes, 8192, 16 << 20)?,
+        max_headers: count(&raw.max_headers, "server.max_headers", d.max_headers, 8, 10_000)?,
+        max_connections: count(&raw.max_connections, "server.max_connections", d.max_connections, 1, 10_000_000)?,
+        shutdown_grace: millis(at, &raw.shutdown_grace_ms, "server.shutdown_grace_ms", d.shutdown_grace)?,
+    })
 }
 
 fn env_key(

@@ -43,7 +43,7 @@ use crate::deployment::{Deployment, DeploymentTable, Health};
 use crate::error::ApiError;
 use crate::estimate::{self, Estimate};
 use crate::keys::KeySlot;
-use crate::meter::{Counts, MeteredBody, Outcome, RequestFacts, Reservation, UsageSink};
+use crate::meter::{Counts, MeteredBody, Outcome, RequestFacts, Reservation, StreamLimits, UsageSink};
 use crate::metrics::{Metrics, metric_status};
 use crate::quota::headers::set_quota_headers;
 use crate::quota::{Denial, LimitKind, QuotaState};
@@ -58,6 +58,8 @@ pub struct Gateway {
     deployments: Arc<ArcSwap<DeploymentTable>>,
     backend: BackendClient,
     max_body_bytes: usize,
+    body_read_timeout: std::time::Duration,
+    stream_limits: StreamLimits,
     sink: Arc<dyn UsageSink>,
     metrics: Arc<Metrics>,
 }
@@ -89,6 +91,11 @@ impl Gateway {
             deployments,
             backend: BackendClient::new(&config.backend),
             max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: config.server.limits.body_read_timeout,
+            stream_limits: StreamLimits {
+                idle: config.backend.stream_idle_timeout,
+                total: config.backend.response_timeout,
+            },
             sink,
             metrics,
         }
@@ -287,7 +294,8 @@ impl Gateway {
                     .headers()
                     .get(http::header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-                Ok(response.map(|b| ProxyBody::Backend(MeteredBody::new(b, status, event_stream, reservation))))
+                let limits = self.stream_limits;
+                Ok(response.map(|b| ProxyBody::Backend(MeteredBody::new(b, status, event_stream, reservation, limits))))
             }
             Err(error) => {
                 let kind = match &error {
@@ -312,7 +320,13 @@ impl Gateway {
 
     async fn read_body(&self, parts: &request::Parts, incoming: &mut Option<Incoming>) -> Result<Bytes, ApiError> {
         match incoming.take() {
-            Some(body) => body::read_limited(&parts.headers, body, self.max_body_bytes).await,
+            Some(body) => {
+                let read = body::read_limited(&parts.headers, body, self.max_body_bytes);
+                match tokio::time::timeout(self.body_read_timeout, read).await {
+                    Ok(result) => result,
+                    Err(_) => Err(ApiError::BodyTimeout { timeout_ms: self.body_read_timeout.as_millis() as u64 }),
+                }
+            }
             None => Ok(Bytes::new()),
         }
     }

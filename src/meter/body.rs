@@ -2,13 +2,16 @@
 //! arrives, and is read (not copied) by a scanner; the reservation is settled when the body ends,
 //! breaks, or is dropped because the client went away.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::Sleep;
 
 use super::sse::SseScanner;
 use super::usage::Answer;
@@ -28,17 +31,39 @@ enum Scan {
     Skipped,
 }
 
+/// How long a backend body may take: `idle` between chunks of a stream, `total` for a whole
+/// non-streamed body.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    pub idle: Duration,
+    pub total: Duration,
+}
+
 pub struct MeteredBody {
     inner: Incoming,
     scan: Scan,
     reservation: Option<Reservation>,
     status: StatusCode,
+    limits: StreamLimits,
+    /// When the backend has been silent (streams) or slow (whole bodies) for too long.
+    deadline: Pin<Box<Sleep>>,
+    /// Set once the gateway has ended the response itself.
+    finished: bool,
 }
 
 impl MeteredBody {
-    pub fn new(inner: Incoming, status: StatusCode, event_stream: bool, reservation: Reservation) -> MeteredBody {
+    pub fn new(
+        inner: Incoming,
+        status: StatusCode,
+        event_stream: bool,
+        reservation: Reservation,
+        limits: StreamLimits,
+    ) -> MeteredBody {
         let scan = if event_stream { Scan::Sse(SseScanner::new()) } else { Scan::Json { chunks: Vec::new(), len: 0 } };
-        let mut body = MeteredBody { inner, scan, reservation: Some(reservation), status };
+        let wait = if event_stream { limits.idle } else { limits.total };
+        let deadline = Box::pin(tokio::time::sleep(wait));
+        let mut body =
+            MeteredBody { inner, scan, reservation: Some(reservation), status, limits, deadline, finished: false };
         if body.inner.is_end_stream() {
             body.settle(Outcome::Completed);
         }
@@ -111,17 +136,57 @@ fn join(chunks: &[Bytes]) -> Bytes {
     }
 }
 
+/// Why a backend body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the backend body failed: {0}")]
+    Backend(hyper::Error),
+    #[error("the backend sent no more of a non-streamed response within {0:?}")]
+    Stalled(Duration),
+}
+
+impl MeteredBody {
+    /// The backend went silent. A stream ends cleanly with an SSE `error` event the client can
+    /// read (and `[DONE]` is never sent); a whole body cannot be completed, so the connection is
+    /// cut. Either way the tokens already streamed are charged.
+    fn stalled(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
+        self.settle(Outcome::BackendStalled);
+        self.finished = true;
+        match self.scan {
+            Scan::Sse(_) => {
+                let message = format!(
+                    "event: error\ndata: {{\"error\":{{\"code\":\"GatewayTimeout\",\"message\":\"the backend sent nothing for {} ms; tollgate ended the stream (the tokens streamed so far are billed)\",\"status\":504}}}}\n\n",
+                    self.limits.idle.as_millis()
+                );
+                Some(Ok(Frame::data(Bytes::from(message))))
+            }
+            _ => Some(Err(BodyError::Stalled(self.limits.total))),
+        }
+    }
+}
+
 impl Body for MeteredBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if polled.is_pending() && this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(this.stalled());
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.read(data);
+                }
+                if matches!(this.scan, Scan::Sse(_)) {
+                    // A stream only has to keep moving; the idle clock restarts with every chunk.
+                    let next = tokio::time::Instant::now() + this.limits.idle;
+                    this.deadline.as_mut().reset(next);
                 }
                 if this.inner.is_end_stream() {
                     this.settle(Outcome::Completed);
@@ -131,11 +196,11 @@ impl Body for MeteredBody {
             Poll::Ready(None) => this.settle(Outcome::Completed),
             Poll::Pending => {}
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(BodyError::Backend)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.finished || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -21,10 +21,10 @@ use crate::gateway::request_id::RequestId;
 use crate::gateway::route::ApiRoute;
 use crate::keys::KeySlot;
 use crate::quota::LimitKind;
-pub use body::MeteredBody;
+pub use body::{MeteredBody, StreamLimits};
 use usage::Usage;
 
-mod body;
+pub mod body;
 
 /// Where a record's token counts came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +58,9 @@ pub enum Outcome {
     BackendFailed,
     /// The backend broke off in the middle of the body.
     BackendBroke,
+    /// The backend went silent (stream idle timeout) or took too long (response timeout); the
+    /// gateway ended the response.
+    BackendStalled,
     /// The client went away before the response was complete.
     ClientGone,
 }
@@ -69,6 +72,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::BackendFailed => "backend_failed",
             Outcome::BackendBroke => "backend_broke",
+            Outcome::BackendStalled => "backend_stalled",
             Outcome::ClientGone => "client_gone",
         }
     }

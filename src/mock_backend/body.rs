@@ -17,6 +17,8 @@ pub enum MockBody {
     /// Sends the bytes, then fails a moment later (after they were flushed): the server aborts
     /// the connection mid-body.
     Truncated(Option<Bytes>, Pin<Box<tokio::time::Sleep>>),
+    /// Sends the bytes, then nothing more, ever (a stalled backend).
+    Stalled(Option<Bytes>),
     /// Server-sent events produced by a task; an `Err` aborts the connection.
     Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
 }
@@ -39,6 +41,10 @@ impl Body for MockBody {
                 None => {
                     death.as_mut().poll(cx).map(|()| Some(Err(std::io::Error::other("mock backend died mid-body"))))
                 }
+            },
+            MockBody::Stalled(bytes) => match bytes.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
             },
             MockBody::Stream(rx) => rx.poll_recv(cx).map(|item| item.map(|r| r.map(Frame::data))),
         }

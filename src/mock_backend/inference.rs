@@ -257,9 +257,15 @@ fn stream(events: Vec<Value>, behaviour: &Behaviour) -> Response<MockBody> {
     let pause = (behaviour.tokens_per_second > 0).then(|| Duration::from_secs(1) / behaviour.tokens_per_second);
     let latency = behaviour.latency;
     let die_after = behaviour.die_after;
+    let stall_after = behaviour.stall_after;
     tokio::spawn(async move {
         tokio::time::sleep(latency).await;
         for (sent, event) in events.into_iter().enumerate() {
+            if stall_after.is_some_and(|n| sent as u32 >= n) {
+                // Keep the stream open and silent until the reader goes away.
+                tx.closed().await;
+                return;
+            }
             if die_after.is_some_and(|n| sent as u32 > n) {
                 tokio::time::sleep(super::body::DEATH_DELAY).await;
                 let _ = tx.send(Err(std::io::Error::other("mock backend died mid-stream"))).await;

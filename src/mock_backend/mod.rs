@@ -6,6 +6,8 @@
 //! `x-mock-latency-ms`, `x-mock-completion-tokens`, `x-mock-tokens-per-second`,
 //! `x-mock-status` (answer with that error status), `x-mock-die-after` (cut the connection after
 //! that many streamed content chunks, or midway through a non-streamed body), `x-mock-echo`
+//! `x-mock-stall-after` (stop sending, without closing, after that many streamed events, or
+//! midway through a non-streamed body), `x-mock-echo`
 //! (add `x-mock-echo-query` and `x-mock-echo-headers`, the sorted names of the headers received, and `x-mock-echo-version`).
 //!
 //! Token counts are deterministic: a text counts `ceil(chars / 4)` tokens; a chat message adds 4
@@ -75,7 +77,7 @@ impl MockBackend {
             let options = Arc::clone(&options);
             async move { handle(&options, request).await }
         };
-        let task = tokio::spawn(crate::server::serve(listener, handler, None, stopped));
+        let task = tokio::spawn(crate::server::serve(listener, handler, crate::server::ServeOptions::default(), stopped));
         Ok(MockBackend { addr, stop, task })
     }
 
@@ -99,6 +101,7 @@ struct Behaviour {
     completion_tokens: u32,
     stream_usage: bool,
     die_after: Option<u32>,
+    stall_after: Option<u32>,
 }
 
 impl Behaviour {
@@ -111,6 +114,7 @@ impl Behaviour {
                 .map_or(options.completion_tokens, |n| n.min(100_000) as u32),
             stream_usage: options.stream_usage,
             die_after: number("x-mock-die-after").map(|n| n as u32),
+            stall_after: number("x-mock-stall-after").map(|n| n as u32),
         }
     }
 }
@@ -156,7 +160,13 @@ async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<M
     tokio::time::sleep(behaviour.latency).await;
     let mut response = match response {
         Ok(mut response) => {
-            if let (Some(_), MockBody::Full(Some(bytes))) = (behaviour.die_after, response.body_mut()) {
+            if let (Some(_), MockBody::Full(Some(bytes))) = (behaviour.stall_after, response.body_mut()) {
+                // A non-streamed body that stops halfway and never ends.
+                let full_len = bytes.len();
+                let half = bytes.slice(..full_len / 2);
+                *response.body_mut() = MockBody::Stalled(Some(half));
+                response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
+            } else if let (Some(_), MockBody::Full(Some(bytes))) = (behaviour.die_after, response.body_mut()) {
                 // A non-streamed body cut short: announce the full length, send half, then fail.
                 let full_len = bytes.len();
                 let half = bytes.slice(..full_len / 2);
