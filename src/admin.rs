@@ -42,7 +42,11 @@ impl Admin {
         match path {
             "/healthz" => json(r#"{"status":"ok"}"#.into()),
             "/readyz" if self.ready.load(std::sync::atomic::Ordering::SeqCst) => json(r#"{"status":"ready"}"#.into()),
-            "/readyz" => error_response(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", "this gateway is shutting down: route new traffic elsewhere"),
+            "/readyz" => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ShuttingDown",
+                "this gateway is shutting down: route new traffic elsewhere",
+            ),
             "/usage" => json(self.usage()),
             "/metrics" => {
                 let text = self.gateway.metrics().render(&self.gateway.deployments());

@@ -4,10 +4,8 @@
 use std::net::SocketAddr;
 
 use crate::config::{
-    ClientLimits,
-    AdminConfig, BackendSettings, BackendUrl, CatalogModel, Config,
-    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_PROJECT,
-    DeploymentConfig, ServerConfig,
+    AdminConfig, BackendSettings, BackendUrl, CatalogModel, ClientLimits, Config, DEFAULT_FIRST_BYTE_TIMEOUT,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_PROJECT, DeploymentConfig, ServerConfig,
 };
 use crate::control::roles::{AdminToken, Role};
 use crate::estimate::Tokenizer;

@@ -124,7 +124,18 @@ impl RunningGateway {
             tokio::spawn(crate::server::serve(admin, admin_handler, admin_options, admin_stopped.clone())),
             crate::control::watch_config(Arc::clone(&control), admin_stopped),
         ];
-        Ok(RunningGateway { gateway_addr, admin_addr, gateway, ledger, control, ready, stop, stop_admin, data_task, admin_tasks })
+        Ok(RunningGateway {
+            gateway_addr,
+            admin_addr,
+            gateway,
+            ledger,
+            control,
+            ready,
+            stop,
+            stop_admin,
+            data_task,
+            admin_tasks,
+        })
     }
 
     /// Turns unready, stops accepting, lets in-flight requests and streams finish (up to the

@@ -33,8 +33,12 @@ pub struct ServeOptions {
 }
 
 /// Serves HTTP on `listener` with `handler` until `shutdown` turns true.
-pub async fn serve<F, Fut, B>(listener: TcpListener, handler: F, options: ServeOptions, mut shutdown: watch::Receiver<bool>)
-where
+pub async fn serve<F, Fut, B>(
+    listener: TcpListener,
+    handler: F,
+    options: ServeOptions,
+    mut shutdown: watch::Receiver<bool>,
+) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
@@ -57,6 +61,9 @@ where
         .keep_alive_timeout(Duration::from_secs(20));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
+    // Turned true when the grace period is over: connections still open are dropped (their
+    // response bodies with them, which settles and records each request).
+    let (cut, cut_off) = watch::channel(false);
     loop {
         // A free connection slot first: when all are taken, stop accepting until one frees.
         let permit = tokio::select! {
@@ -83,9 +90,15 @@ where
                 if let Some(gauge) = &open {
                     gauge.inc();
                 }
+                let mut cut_off = cut_off.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, "connection ended with an error");
+                    tokio::select! {
+                        result = connection => {
+                            if let Err(error) = result {
+                                tracing::debug!(%error, "connection ended with an error");
+                            }
+                        }
+                        () = stop_requested(&mut cut_off) => tracing::debug!("connection cut at the end of the shutdown grace period"),
                     }
                     if let Some(gauge) = open {
                         gauge.dec();
@@ -103,6 +116,9 @@ where
     drop(listener);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(grace = ?limits.shutdown_grace, "connections still open after the shutdown grace period were cut");
+        let _ = cut.send(true);
+        // Every cut connection gives its slot back once its task has dropped it.
+        let _ = slots.acquire_many(u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX)).await;
     }
 }
 

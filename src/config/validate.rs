@@ -108,7 +108,12 @@ fn validate_limits(raw: &raw::RawServer, at: &Locator<'_>) -> Result<ClientLimit
         Some(v) => Ok(*v.get_ref() as usize),
     };
     Ok(ClientLimits {
-        header_read_timeout: millis(at, &raw.header_read_timeout_ms, "server.header_read_timeout_ms", d.header_read_timeout)?,
+        header_read_timeout: millis(
+            at,
+            &raw.header_read_timeout_ms,
+            "server.header_read_timeout_ms",
+            d.header_read_timeout,
+        )?,
         body_read_timeout: millis(at, &raw.body_read_timeout_ms, "server.body_read_timeout_ms", d.body_read_timeout)?,
         max_header_bytes: count(&raw.max_header_bytes, "server.max_header_bytes", d.max_header_bytes, 8192, 16 << 20)?,
         max_headers: count(&raw.max_headers, "server.max_headers", d.max_headers, 8, 10_000)?,

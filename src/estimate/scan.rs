@@ -96,6 +96,20 @@ fn tool_calls_tokens(raw: &RawValue, tokenizer: Tokenizer) -> u64 {
     }
 }
 
+/// Top-level fields the estimate reads.
+const COUNTED: [&str; 10] = [
+    "messages",
+    "tools",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "stream",
+    "prompt",
+    "input",
+    "model",
+    "stream_options",
+];
+
 struct BodySeed {
     route: ApiRoute,
     tokenizer: Tokenizer,
@@ -120,7 +134,18 @@ impl<'de> Visitor<'de> for BodySeed {
         let tok = self.tokenizer;
         let mut estimate = Estimate { choices: 1, ..Estimate::default() };
         let mut prompt = 0u64;
+        let mut seen: Vec<&'static str> = Vec::new();
         while let Some(key) = map.next_key::<Text<'de>>()? {
+            // A field the bill depends on must appear once: with two `max_tokens` the gateway
+            // and the backend could each read a different one.
+            if let Some(counted) = COUNTED.iter().find(|k| **k == key.0) {
+                if seen.contains(counted) {
+                    return Err(A::Error::custom(format!(
+                        "duplicate field `{counted}`: fields the gateway bills by must appear once"
+                    )));
+                }
+                seen.push(counted);
+            }
             match (self.route, key.0.as_ref()) {
                 (ChatCompletions, "messages") => prompt += map.next_value_seed(MessagesSeed(tok))?,
                 (ChatCompletions, "tools") => prompt += tools_tokens(map.next_value::<&'de RawValue>()?, tok),

@@ -85,6 +85,9 @@ fn bad_bodies_are_rejected_with_a_reason() {
         (ApiRoute::ChatCompletions, b"{\"messages\":[{\"content\":5}]}"),
         (ApiRoute::Embeddings, b"{\"input\":[-1]}"),
         (ApiRoute::ImageEmbeddings, b"{\"input\":[{\"text\":\"x\"}]}"),
+        (ApiRoute::ChatCompletions, b"{\"messages\":[],\"max_tokens\":1,\"max_tokens\":900000}"),
+        (ApiRoute::ChatCompletions, b"{\"max_tokens\":18446744073709551616}"),
+        (ApiRoute::ChatCompletions, b"{\"max_tokens\":1e400}"),
     ] {
         let err = estimate(route, body, Tokenizer::Bpe).unwrap_err();
         assert_eq!(err.code(), "InvalidJson", "{body:?}");

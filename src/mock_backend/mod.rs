@@ -77,7 +77,8 @@ impl MockBackend {
             let options = Arc::clone(&options);
             async move { handle(&options, request).await }
         };
-        let task = tokio::spawn(crate::server::serve(listener, handler, crate::server::ServeOptions::default(), stopped));
+        let task =
+            tokio::spawn(crate::server::serve(listener, handler, crate::server::ServeOptions::default(), stopped));
         Ok(MockBackend { addr, stop, task })
     }
 
