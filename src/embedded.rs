@@ -39,6 +39,7 @@ pub fn demo_config(
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             limits: ClientLimits::default(),
             public_url: None,
+            tls: None,
         },
         admin: AdminConfig {
             listen: admin_listen,

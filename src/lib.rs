@@ -31,3 +31,4 @@ pub mod mock_backend;
 pub mod quota;
 pub mod runtime;
 pub mod server;
+pub mod tls;

@@ -19,6 +19,8 @@ use crate::meter::recorder::Recorder;
 use crate::metrics::{Metrics, MetricsError};
 use crate::quota::clock::{Clock, MonotonicClock};
 use crate::server::ServeOptions;
+use crate::tls::CertStore;
+use tokio_rustls::TlsAcceptor;
 
 /// A start-up failure, saying what could not be done.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,8 @@ pub enum StartError {
     Metrics(#[from] MetricsError),
     #[error("cannot set up the control plane: {0}")]
     Control(String),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// How to start beyond the configuration itself.
@@ -51,6 +55,8 @@ impl Default for StartOptions {
 pub struct RunningGateway {
     pub gateway_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The TLS listener's address, when `[server.tls]` is configured.
+    pub tls_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub ledger: Option<Arc<Ledger>>,
     pub control: Arc<ControlPlane>,
@@ -58,7 +64,7 @@ pub struct RunningGateway {
     ready: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
-    data_task: JoinHandle<()>,
+    data_tasks: Vec<JoinHandle<()>>,
     admin_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -78,6 +84,17 @@ impl RunningGateway {
         let admin = bind(config.admin.listen, "admin").await?;
         let gateway_addr = local_addr(&data, config.server.listen, "gateway")?;
         let admin_addr = local_addr(&admin, config.admin.listen, "admin")?;
+        let tls = match &config.server.tls {
+            None => None,
+            Some(settings) => {
+                let store = Arc::new(CertStore::open(&settings.cert, &settings.key).map_err(StartError::Tls)?);
+                let acceptor =
+                    TlsAcceptor::from(crate::tls::server_config(Arc::clone(&store)).map_err(StartError::Tls)?);
+                let listener = bind(settings.listen, "gateway TLS").await?;
+                let addr = local_addr(&listener, settings.listen, "gateway TLS")?;
+                Some((store, acceptor, listener, addr))
+            }
+        };
         let metrics = Arc::new(Metrics::new(Registry::new())?);
         let ledger = match &config.ledger {
             None => {
@@ -91,8 +108,14 @@ impl RunningGateway {
         };
         let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{gateway_addr}"));
         let control = Arc::new(
-            ControlPlane::open(config.clone(), options.config_path.clone(), options.clock, public_url)
-                .map_err(StartError::Control)?,
+            ControlPlane::open(
+                config.clone(),
+                options.config_path.clone(),
+                options.clock,
+                public_url,
+                tls.as_ref().map(|t| Arc::clone(&t.0)),
+            )
+            .map_err(StartError::Control)?,
         );
         let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
         let gateway = Arc::new(Gateway::new(config, control.live(), recorder, Arc::clone(&metrics)));
@@ -116,10 +139,27 @@ impl RunningGateway {
             let admin = Arc::clone(&admin_state);
             async move { admin.handle(request).await }
         };
-        let data_options =
-            ServeOptions { limits: config.server.limits.clone(), connections: Some(metrics.open_connections.clone()) };
-        let admin_options = ServeOptions { limits: config.server.limits.clone(), connections: None };
-        let data_task = tokio::spawn(crate::server::serve(data, handler, data_options, stopped));
+        let data_options = ServeOptions {
+            limits: config.server.limits.clone(),
+            connections: Some(metrics.open_connections.clone()),
+            tls: None,
+        };
+        let admin_options = ServeOptions { limits: config.server.limits.clone(), connections: None, tls: None };
+        let mut data_tasks = Vec::new();
+        let tls_addr = match tls {
+            None => None,
+            Some((_store, acceptor, listener, addr)) => {
+                let options = ServeOptions { tls: Some(acceptor), ..data_options.clone() };
+                data_tasks.push(tokio::spawn(crate::server::serve(
+                    listener,
+                    handler.clone(),
+                    options,
+                    stopped.clone(),
+                )));
+                Some(addr)
+            }
+        };
+        data_tasks.push(tokio::spawn(crate::server::serve(data, handler, data_options, stopped)));
         let admin_tasks = vec![
             tokio::spawn(crate::server::serve(admin, admin_handler, admin_options, admin_stopped.clone())),
             crate::control::watch_config(Arc::clone(&control), admin_stopped),
@@ -127,13 +167,14 @@ impl RunningGateway {
         Ok(RunningGateway {
             gateway_addr,
             admin_addr,
+            tls_addr,
             gateway,
             ledger,
             control,
             ready,
             stop,
             stop_admin,
-            data_task,
+            data_tasks,
             admin_tasks,
         })
     }
@@ -144,7 +185,9 @@ impl RunningGateway {
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
-        let _ = self.data_task.await;
+        for task in self.data_tasks {
+            let _ = task.await;
+        }
         if let Some(ledger) = self.ledger {
             let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
         }

@@ -21,6 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientLimits;
 
@@ -30,6 +31,8 @@ pub struct ServeOptions {
     pub limits: ClientLimits,
     /// Counts open connections, when given.
     pub connections: Option<IntGauge>,
+    /// Terminate TLS on this listener.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Serves HTTP on `listener` with `handler` until `shutdown` turns true.
@@ -85,15 +88,34 @@ pub async fn serve<F, Fut, B>(
                     let response = handler(request);
                     async move { Ok::<_, Infallible>(response.await) }
                 });
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
                 let open = options.connections.clone();
                 if let Some(gauge) = &open {
                     gauge.inc();
                 }
+                let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), options.tls.clone());
                 let mut cut_off = cut_off.clone();
+                let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
+                    let served = async {
+                        match tls {
+                            None => {
+                                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                                watcher.watch(connection.into_owned()).await
+                            }
+                            Some(acceptor) => {
+                                let stream =
+                                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                        Ok(Ok(stream)) => stream,
+                                        Ok(Err(error)) => return Err(format!("TLS handshake failed: {error}").into()),
+                                        Err(_) => return Err("TLS handshake timed out".into()),
+                                    };
+                                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                                watcher.watch(connection.into_owned()).await
+                            }
+                        }
+                    };
                     tokio::select! {
-                        result = connection => {
+                        result = served => {
                             if let Err(error) = result {
                                 tracing::debug!(%error, "connection ended with an error");
                             }

@@ -59,6 +59,16 @@ pub struct ServerConfig {
     pub limits: ClientLimits,
     /// The gateway's URL as clients reach it; `http://<listen address>` when unset.
     pub public_url: Option<String>,
+    /// A TLS listener beside the plain one (`[server.tls]`).
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[server.tls]`: where to listen with TLS and the PEM files to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +176,11 @@ impl Config {
             message: format!("cannot read the configuration file: {e}"),
         })?;
         let mut config = Config::parse(&text, &path.display().to_string(), &|name| std::env::var(name).ok())?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Some(tls) = config.server.tls.as_mut() {
+            tls.cert = dir.join(&tls.cert);
+            tls.key = dir.join(&tls.key);
+        }
         if config.admin.state_file.is_none() {
             config.admin.state_file = Some(path.with_extension("state.json"));
         } else if let Some(state) = config.admin.state_file.as_mut().filter(|p| p.is_relative()) {

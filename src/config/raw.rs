@@ -70,6 +70,15 @@ pub struct RawServer {
     pub max_headers: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<u64>>,
     pub shutdown_grace_ms: Option<Spanned<u64>>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Option<Spanned<String>>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

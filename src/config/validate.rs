@@ -26,6 +26,14 @@ pub(super) fn validate(
             Some(v) => *v.get_ref() as usize,
         },
         limits: validate_limits(&raw.server, at)?,
+        tls: match &raw.server.tls {
+            None => None,
+            Some(tls) => Some(TlsSettings {
+                listen: socket_addr(at, tls.listen.as_ref(), "server.tls.listen", "127.0.0.1:8443")?,
+                cert: PathBuf::from(tls.cert.get_ref()),
+                key: PathBuf::from(tls.key.get_ref()),
+            }),
+        },
         public_url: match &raw.server.public_url {
             None => None,
             Some(v) => {

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::deployment::DeploymentTable;
 use crate::keys::KeyDigest;
 use crate::quota::clock::Clock;
+use crate::tls::CertStore;
 use roles::AdminToken;
 use state::{ControlState, KeySecret};
 
@@ -70,6 +71,8 @@ pub struct ControlPlane {
     state_path: Option<PathBuf>,
     /// The gateway's URL as clients reach it.
     pub public_url: String,
+    /// The TLS certificate, re-read on every reload.
+    tls: Option<Arc<CertStore>>,
 }
 
 impl ControlPlane {
@@ -79,6 +82,7 @@ impl ControlPlane {
         config_path: Option<PathBuf>,
         clock: Arc<dyn Clock>,
         public_url: String,
+        tls: Option<Arc<CertStore>>,
     ) -> Result<ControlPlane, String> {
         let state_path = config.admin.state_file.clone();
         let (state, secret) = match &state_path {
@@ -98,6 +102,7 @@ impl ControlPlane {
             config_path,
             state_path,
             public_url,
+            tls,
         })
     }
 
@@ -155,6 +160,9 @@ impl ControlPlane {
         let count = table.len();
         inner.config = config;
         self.live.store(Arc::new(table));
+        if let Some(tls) = &self.tls {
+            tls.reload().map_err(|e| format!("the configuration was reloaded, but not the TLS certificate: {e}"))?;
+        }
         Ok(count)
     }
 

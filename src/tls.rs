@@ -1,0 +1,71 @@
+//! TLS termination with rustls: TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`, the certificate
+//! chain and key read from PEM files and re-read on reload (SIGHUP, a changed configuration file,
+//! `POST /reload`) without dropping connections: new handshakes get the new certificate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The certificate in use, swappable while connections are open.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertStore {
+    /// Reads and checks the certificate chain and key; the error says which file and what is wrong.
+    pub fn open(cert: &Path, key: &Path) -> Result<CertStore, String> {
+        let loaded = load(cert, key)?;
+        Ok(CertStore { cert: cert.to_owned(), key: key.to_owned(), current: ArcSwap::from_pointee(loaded) })
+    }
+
+    /// Re-reads the files; on error the current certificate stays.
+    pub fn reload(&self) -> Result<(), String> {
+        self.current.store(Arc::new(load(&self.cert, &self.key)?));
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("cannot read the TLS certificate {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("the TLS certificate {} is not valid PEM: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("the TLS certificate file {} holds no certificate", cert.display()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&private)
+        .map_err(|e| format!("the private key in {} is not usable: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified.keys_match().map_err(|e| {
+        format!("the private key {} does not belong to the certificate {} ({e})", key.display(), cert.display())
+    })?;
+    Ok(certified)
+}
+
+/// The rustls server configuration over a [`CertStore`].
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS set-up failed: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,171 @@
+//! TLS termination with a certificate made at test time (rcgen): HTTP/1.1 and HTTP/2 by ALPN,
+//! a real TLS client and curl, reload without dropping connections, and clear start-up errors.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::TokioExecutor;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tollgate::config::Config;
+use tollgate::runtime::RunningGateway;
+
+struct Pki {
+    ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn pki(name: &str) -> Pki {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, format!("tollgate test CA {name}"));
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
+    Pki { ca_pem: ca_cert.pem(), cert_pem: leaf_cert.pem(), key_pem: leaf_key.serialize_pem() }
+}
+
+fn write(dir: &Path, pki: &Pki) {
+    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.join("cert.pem"), &pki.cert_pem).unwrap();
+    std::fs::write(dir.join("key.pem"), &pki.key_pem).unwrap();
+}
+
+fn tls_lines(dir: &Path) -> String {
+    format!(
+        "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert = {:?}\nkey = {:?}\n",
+        dir.join("cert.pem").display().to_string(),
+        dir.join("key.pem").display().to_string()
+    )
+}
+
+type TlsClient =
+    HyperClient<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+
+fn client(ca_pem: &str, http2: bool) -> TlsClient {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_only();
+    let connector = if http2 { builder.enable_http2().build() } else { builder.enable_http1().build() };
+    HyperClient::builder(TokioExecutor::new()).build(connector)
+}
+
+async fn chat(client: &TlsClient, port: u16) -> Result<(StatusCode, Version), String> {
+    let request = Request::post(format!("https://localhost:{port}/openai/deployments/{DEPLOYMENT}/chat/completions"))
+        .header("api-key", PRIMARY_KEY)
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap();
+    let response = client.request(request).await.map_err(|e| format!("{e:?}"))?;
+    let (status, version) = (response.status(), response.version());
+    response.into_body().collect().await.map_err(|e| e.to_string())?;
+    Ok((status, version))
+}
+
+#[tokio::test]
+async fn https_with_alpn_h2_and_http11_and_plain_http_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = pki("one");
+    write(dir.path(), &first);
+    let h = Harness::with(Setup { server: tls_lines(dir.path()), ..Default::default() }).await;
+    let port = h.gateway.tls_addr.unwrap().port();
+    assert_eq!(chat(&client(&first.ca_pem, true), port).await.unwrap(), (StatusCode::OK, Version::HTTP_2));
+    assert_eq!(chat(&client(&first.ca_pem, false), port).await.unwrap(), (StatusCode::OK, Version::HTTP_11));
+    // Plain HTTP stays available on the other listener.
+    assert_eq!(
+        h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await.status,
+        StatusCode::OK
+    );
+    // An untrusting client is refused at the handshake.
+    assert!(chat(&client(&pki("stranger").ca_pem, true), port).await.is_err());
+
+    if std::process::Command::new("curl").arg("--version").output().is_ok() {
+        // curl blocks: off the runtime thread that serves the gateway.
+        let ca = dir.path().join("ca.pem");
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "60", "--http2", "-w", "\n%{http_version}", "--cacert"])
+                .arg(ca)
+                .arg(format!("https://localhost:{port}/openai/deployments/{DEPLOYMENT}/chat/completions"))
+                .args(["-H", &format!("api-key: {PRIMARY_KEY}"), "-H", "content-type: application/json", "-d", CHAT])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(text.contains("chat.completion") && text.trim_end().ends_with('2'), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_swaps_the_certificate_without_dropping_open_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (pki("one"), pki("two"));
+    write(dir.path(), &first);
+    let h = Harness::with(Setup { server: tls_lines(dir.path()), ..Default::default() }).await;
+    let port = h.gateway.tls_addr.unwrap().port();
+    let old = client(&first.ca_pem, true);
+    assert_eq!(chat(&old, port).await.unwrap().0, StatusCode::OK);
+
+    write(dir.path(), &second);
+    let control = Arc::clone(&h.gateway.control);
+    tokio::task::spawn_blocking(move || control.reload()).await.unwrap().unwrap();
+
+    assert_eq!(
+        chat(&client(&second.ca_pem, true), port).await.unwrap().0,
+        StatusCode::OK,
+        "new handshakes get the new certificate"
+    );
+    assert!(chat(&client(&first.ca_pem, true), port).await.is_err(), "the old certificate is gone for new connections");
+    assert_eq!(chat(&old, port).await.unwrap().0, StatusCode::OK, "the open connection was kept");
+
+    // A broken replacement is refused and the current certificate stays.
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    let control = Arc::clone(&h.gateway.control);
+    let error = tokio::task::spawn_blocking(move || control.reload()).await.unwrap().unwrap_err();
+    assert!(error.contains("TLS certificate"), "{error}");
+    assert_eq!(chat(&client(&second.ca_pem, true), port).await.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn missing_unreadable_or_mismatched_certificates_fail_start_up_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (pki("one"), pki("two"));
+    let start = |server: String| async move {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[deployments]]\nname = \"d\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{}\"]\n",
+            stored(PRIMARY_KEY)
+        );
+        let config = Config::parse(&text, "t.toml", &|_| None).unwrap();
+        RunningGateway::start(&config).await.err().expect("start-up must fail").to_string()
+    };
+    let error = start(tls_lines(dir.path())).await;
+    assert!(error.contains("cannot read the TLS certificate") && error.contains("cert.pem"), "{error}");
+
+    std::fs::write(dir.path().join("cert.pem"), &first.cert_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), "garbage").unwrap();
+    let error = start(tls_lines(dir.path())).await;
+    assert!(error.contains("private key") && error.contains("key.pem"), "{error}");
+
+    std::fs::write(dir.path().join("key.pem"), &second.key_pem).unwrap();
+    let error = start(tls_lines(dir.path())).await;
+    assert!(error.contains("does not belong to the certificate"), "{error}");
+}
