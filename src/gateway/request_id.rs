@@ -5,14 +5,24 @@ use http::HeaderValue;
 #[derive(Clone, Debug)]
 pub struct RequestId(HeaderValue);
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 impl RequestId {
+    /// Formats 128 random bits as `xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx` on the stack; the header
+    /// value is the only allocation.
     pub fn generate() -> RequestId {
         let bits: u128 = rand::random::<u128>() & !(0xf << 76) & !(0x3 << 62) | (0x4 << 76) | (0x2 << 62);
-        let hex = format!("{bits:032x}");
-        let text = format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]);
-        RequestId(
-            HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000")),
-        )
+        let mut text = [0u8; 36];
+        let mut nibble = 0;
+        for (i, byte) in text.iter_mut().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                *byte = b'-';
+                continue;
+            }
+            *byte = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+            nibble += 1;
+        }
+        RequestId(HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000")))
     }
 
     pub fn header(&self) -> &HeaderValue {
@@ -35,7 +45,9 @@ mod tests {
         assert_ne!(a.as_str(), b.as_str());
         let s = a.as_str();
         assert_eq!(s.len(), 36);
+        assert_eq!(s.matches('-').count(), 4);
         assert_eq!(&s[14..15], "4");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"));
+        assert!(s.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
     }
 }
