@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::config::{BackendUrl, DeploymentConfig};
+use crate::config::{BackendCa, BackendSettings, BackendUrl, DeploymentConfig};
 use crate::estimate::Tokenizer;
+use crate::gateway::forward::BackendClient;
 use crate::keys::KeyPair;
 use crate::meter::totals::UsageCounters;
 use crate::quota::DeploymentQuota;
@@ -45,6 +46,9 @@ pub struct Deployment {
     pub backend_auth: Option<BackendAuth>,
     pub keys: KeyPair,
     pub backend_http2: bool,
+    pub backend_ca: Option<BackendCa>,
+    /// Pools for a backend behind a private CA; `None` uses the gateway's shared pools.
+    pub backend_client: Option<Arc<BackendClient>>,
     pub first_byte_timeout: Duration,
     pub quota: Arc<DeploymentQuota>,
     pub default_max_tokens: u64,
@@ -72,7 +76,7 @@ impl BackendAuth {
 
 impl Deployment {
     pub fn from_config(config: &DeploymentConfig, clock: &Arc<dyn Clock>) -> Deployment {
-        Deployment::build(config, Origin::File, Health::Online, None, None, clock)
+        Deployment::build(config, Origin::File, Health::Online, None, None, clock, &BackendSettings::default())
     }
 
     /// A deployment from its configuration. With `previous` (the same name before a reload or an
@@ -84,7 +88,16 @@ impl Deployment {
         subscription: Option<String>,
         previous: Option<&Deployment>,
         clock: &Arc<dyn Clock>,
+        settings: &BackendSettings,
     ) -> Deployment {
+        // A private CA gets its own pools; the same CA as before keeps them (and their connections).
+        let backend_client = config.backend_ca.as_ref().map(|ca| match previous {
+            Some(p) if p.backend_ca.as_ref() == Some(ca) && p.backend_client.is_some() => p
+                .backend_client
+                .clone()
+                .unwrap_or_else(|| Arc::new(BackendClient::with_roots(settings, Some(ca.roots())))),
+            _ => Arc::new(BackendClient::with_roots(settings, Some(ca.roots()))),
+        });
         let quota = match previous {
             Some(previous) => {
                 previous.quota.set_limits(config.limits);
@@ -103,6 +116,8 @@ impl Deployment {
             backend_auth: config.backend_key.as_deref().and_then(BackendAuth::new),
             keys: config.keys.clone(),
             backend_http2: config.backend_http2,
+            backend_ca: config.backend_ca.clone(),
+            backend_client,
             first_byte_timeout: config.first_byte_timeout,
             quota,
             default_max_tokens: config.default_max_tokens,

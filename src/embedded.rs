@@ -59,6 +59,7 @@ pub fn demo_config(
             backend: backend.clone(),
             backend_key: None,
             backend_http2: false,
+            backend_ca: None,
         }],
         backend: BackendSettings::default(),
         deployments: vec![DeploymentConfig {
@@ -69,6 +70,7 @@ pub fn demo_config(
             backend_key: None,
             keys: KeyPair { primary: KeyDigest::of(key.as_bytes()), secondary: None },
             backend_http2: false,
+            backend_ca: None,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             limits: Limits::default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,

@@ -94,6 +94,12 @@ enum Command {
         /// Require this environment variable's value as the key (api-key or Bearer).
         #[arg(long)]
         require_key_env: Option<String>,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -128,6 +134,8 @@ fn main() -> ExitCode {
             completion_tokens,
             no_stream_usage,
             require_key_env,
+            tls_cert,
+            tls_key,
         } => {
             let require_key = match require_key_env.map(|var| std::env::var(&var).map_err(|_| var)) {
                 None => None,
@@ -143,6 +151,7 @@ fn main() -> ExitCode {
                 completion_tokens,
                 stream_usage: !no_stream_usage,
                 require_key,
+                tls: tls_cert.zip(tls_key),
             };
             runtime.block_on(mock_backend(listen, options))
         }

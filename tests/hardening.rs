@@ -236,3 +236,48 @@ async fn shutdown_turns_unready_drains_then_cuts_at_the_grace_period_and_account
     assert!(record["completion_tokens"].as_u64().unwrap() >= 1, "{record}");
     drop(mock);
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
+    let h = Harness::with(limits("header_read_timeout_ms = 300")).await;
+    let mut stream = TcpStream::connect(h.addr()).await.unwrap();
+    let body = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!("{}content-length: {}\r\n\r\n{body}", head(""), body.len());
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // The response comes, then the idle connection is closed by the gateway.
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    assert!(closed.is_ok(), "the idle keep-alive connection was never closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_backend_that_never_accepts_is_504_after_the_connect_timeout() {
+    // A listener whose accept queue is full and never drained: new connections hang in SYN.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            fillers.push(stream);
+        }
+    }
+    let more = format!(
+        "[[deployments]]\nname = \"stuck\"\nmodel = \"m\"\nbackend = \"http://{addr}\"\nkeys = [\"{}\"]\n",
+        stored(PRIMARY_KEY)
+    );
+    let h = Harness::with(Setup {
+        backend: "connect_timeout_ms = 300".into(),
+        more_deployments: more,
+        ..Default::default()
+    })
+    .await;
+    let reply = h.client.post(&h.url("/openai/deployments/stuck/chat/completions"), &[KEY], CHAT).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.text());
+    assert_eq!(reply.error_code(), "GatewayTimeout");
+    assert!(reply.text().contains("accept a connection within 300 ms"), "{}", reply.text());
+    still_serves(&h).await;
+    drop((listener, fillers));
+}

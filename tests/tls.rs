@@ -169,3 +169,65 @@ async fn missing_unreadable_or_mismatched_certificates_fail_start_up_clearly() {
     let error = start(tls_lines(dir.path())).await;
     assert!(error.contains("does not belong to the certificate"), "{error}");
 }
+
+#[tokio::test]
+async fn https_backends_are_verified_against_a_private_ca_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend_pki = pki("backend");
+    write(dir.path(), &backend_pki);
+    let mock = tollgate::mock_backend::MockOptions {
+        tls: Some((dir.path().join("cert.pem"), dir.path().join("key.pem"))),
+        ..Default::default()
+    };
+    let port = {
+        let probe = tollgate::mock_backend::MockBackend::start(([127, 0, 0, 1], 0).into(), mock.clone()).await.unwrap();
+        assert!(probe.url().starts_with("https://"));
+        let port = probe.addr.port();
+        probe.stop().await;
+        port
+    };
+    let backend = tollgate::mock_backend::MockBackend::start(([127, 0, 0, 1], port).into(), mock).await.unwrap();
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let url = format!("https://localhost:{port}");
+    let more = format!(
+        "[[deployments]]\nname = \"private\"\nmodel = \"m\"\nbackend = \"{url}\"\nbackend_ca_file = {ca:?}\nkeys = [\"{k}\"]\n\
+         [[deployments]]\nname = \"private-h2\"\nmodel = \"m2\"\nbackend = \"{url}\"\nbackend_ca_file = {ca:?}\nbackend_http2 = true\nkeys = [\"{k}\"]\n\
+         [[deployments]]\nname = \"public-roots\"\nmodel = \"m3\"\nbackend = \"{url}\"\nkeys = [\"{k}\"]\n",
+        k = stored(OTHER_KEY)
+    );
+    let h = Harness::with(Setup { more_deployments: more, ..Default::default() }).await;
+    for (name, version) in [("private", "HTTP/1.1"), ("private-h2", "HTTP/2")] {
+        let reply = h
+            .client
+            .post(
+                &h.url(&format!("/openai/deployments/{name}/chat/completions")),
+                &[("api-key", OTHER_KEY), ("x-mock-echo", "1")],
+                CHAT,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{name}: {}", reply.text());
+        assert_eq!(reply.header("x-mock-echo-version"), version);
+    }
+    // Without the private CA the backend's certificate is not trusted: 502, saying why.
+    let reply = h
+        .client
+        .post(&h.url("/openai/deployments/public-roots/chat/completions"), &[("api-key", OTHER_KEY)], CHAT)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(reply.text().to_lowercase().contains("certificate"), "{}", reply.text());
+    drop(backend);
+}
+
+#[test]
+fn a_bad_backend_ca_file_is_a_config_error_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not pem").unwrap();
+    let text = format!(
+        "[[deployments]]\nname = \"d\"\nmodel = \"m\"\nbackend = \"https://x\"\nbackend_ca_file = {:?}\nkeys = [\"{}\"]\n",
+        dir.path().join("missing.pem").display().to_string(),
+        stored(PRIMARY_KEY)
+    );
+    let error = Config::parse(&text, "t.toml", &|_| None).unwrap_err();
+    assert_eq!(error.field, "deployments[0].backend_ca_file");
+    assert!(error.message.contains("cannot read the CA file"), "{error}");
+}

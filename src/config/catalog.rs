@@ -12,6 +12,40 @@ pub struct CatalogModel {
     pub backend: BackendUrl,
     pub backend_key: Option<String>,
     pub backend_http2: bool,
+    /// A private CA the backend's certificate is verified against (instead of the webpki roots).
+    pub backend_ca: Option<BackendCa>,
+}
+
+/// A backend CA file, read and checked when the configuration is loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendCa {
+    pub path: std::path::PathBuf,
+    pub pem: std::sync::Arc<[u8]>,
+}
+
+impl BackendCa {
+    pub fn read(path: &str) -> Result<BackendCa, String> {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file '{path}': {e}"))?;
+        let roots = roots_of(&pem).map_err(|e| format!("the CA file '{path}' {e}"))?;
+        if roots.is_empty() {
+            return Err(format!("the CA file '{path}' holds no certificate"));
+        }
+        Ok(BackendCa { path: path.into(), pem: pem.into() })
+    }
+
+    pub fn roots(&self) -> rustls::RootCertStore {
+        roots_of(&self.pem).unwrap_or_else(|_| rustls::RootCertStore::empty())
+    }
+}
+
+fn roots_of(pem: &[u8]) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("is not valid PEM: {e}"))?;
+        roots.add(cert).map_err(|e| format!("holds a certificate that cannot be a trust anchor: {e}"))?;
+    }
+    Ok(roots)
 }
 
 /// Why a model id cannot be used as written.

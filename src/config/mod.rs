@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use backend_url::BackendUrl;
-pub use catalog::{CatalogModel, check_model_id};
+pub use catalog::{BackendCa, CatalogModel, check_model_id};
 use raw::RawConfig;
 use toml::Spanned;
 pub use validate::{check_deployment_name, check_project_name};
@@ -147,6 +147,7 @@ pub struct DeploymentConfig {
     pub backend_key: Option<String>,
     pub keys: KeyPair,
     pub backend_http2: bool,
+    pub backend_ca: Option<BackendCa>,
     pub first_byte_timeout: Duration,
     pub limits: Limits,
     /// Completion tokens reserved for a request that sets no `max_tokens`.

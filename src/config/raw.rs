@@ -35,6 +35,7 @@ pub struct RawModel {
     pub backend_key_env: Option<Spanned<String>>,
     #[serde(default)]
     pub backend_http2: bool,
+    pub backend_ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +111,7 @@ pub struct RawDeployment {
     /// Absent when `model` names a catalog entry, whose backend is then used.
     pub backend: Option<Spanned<String>>,
     pub backend_key_env: Option<Spanned<String>>,
+    pub backend_ca_file: Option<Spanned<String>>,
     pub keys: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     pub backend_http2: bool,

@@ -130,6 +130,13 @@ fn validate_limits(raw: &raw::RawServer, at: &Locator<'_>) -> Result<ClientLimit
     })
 }
 
+fn ca_file(at: &Locator<'_>, value: Option<&Spanned<String>>, field: String) -> Result<Option<BackendCa>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(path) => BackendCa::read(path.get_ref()).map(Some).map_err(|why| at.error(path, field, why)),
+    }
+}
+
 fn env_key(
     at: &Locator<'_>,
     var: Option<&Spanned<String>>,
@@ -180,6 +187,7 @@ fn validate_models(
                 .map_err(|why| at.error(&m.backend, field("backend"), why))?,
             backend_key: env_key(at, m.backend_key_env.as_ref(), field("backend_key_env"), env)?,
             backend_http2: m.backend_http2,
+            backend_ca: ca_file(at, m.backend_ca_file.as_ref(), field("backend_ca_file"))?,
         });
     }
     Ok(models)
@@ -253,13 +261,16 @@ fn validate_deployment(
     }
     check_model_id(raw.model.get_ref()).map_err(|why| at.error(&raw.model, field("model"), why))?;
     let catalog = models.iter().find(|m| m.id == *raw.model.get_ref());
-    let (backend_url, backend_key, catalog_http2) = match (&raw.backend, catalog) {
+    let (backend_url, backend_key, catalog_http2, catalog_ca) = match (&raw.backend, catalog) {
         (Some(url), _) => (
             BackendUrl::parse(url.get_ref()).map_err(|why| at.error(url, field("backend"), why))?,
             env_key(at, raw.backend_key_env.as_ref(), field("backend_key_env"), env)?,
             false,
+            None,
         ),
-        (None, Some(model)) => (model.backend.clone(), model.backend_key.clone(), model.backend_http2),
+        (None, Some(model)) => {
+            (model.backend.clone(), model.backend_key.clone(), model.backend_http2, model.backend_ca.clone())
+        }
         (None, None) => {
             return Err(at.error(
                 &raw.model,
@@ -331,6 +342,10 @@ fn validate_deployment(
         backend_key,
         keys: KeyPair { primary: digests[0], secondary: digests.get(1).copied() },
         backend_http2: raw.backend_http2 || catalog_http2,
+        backend_ca: match ca_file(at, raw.backend_ca_file.as_ref(), field("backend_ca_file"))? {
+            Some(ca) => Some(ca),
+            None => catalog_ca,
+        },
         first_byte_timeout,
         limits,
         default_max_tokens,

@@ -28,6 +28,7 @@ pub fn build_table(
             None,
             previous.get(&file.name).map(|d| &**d),
             clock,
+            &config.backend,
         )));
     }
     for api in &state.deployments {
@@ -64,13 +65,22 @@ pub fn build_table(
             backend_key: model.backend_key.clone(),
             keys: key_pair(secret, api),
             backend_http2: model.backend_http2,
+            backend_ca: model.backend_ca.clone(),
             first_byte_timeout: config.backend.first_byte_timeout,
             limits: api.limits.map(Limits::from).unwrap_or_default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Default::default(),
         };
         let before = previous.get(&api.name).map(|d| &**d);
-        out.push(Arc::new(Deployment::build(&deployment_config, Origin::Api, health, subscription, before, clock)));
+        out.push(Arc::new(Deployment::build(
+            &deployment_config,
+            Origin::Api,
+            health,
+            subscription,
+            before,
+            clock,
+            &config.backend,
+        )));
     }
     Ok(DeploymentTable::from_deployments(out))
 }

@@ -282,7 +282,8 @@ impl Gateway {
 
         // Stages 6 and 7: forward, and stream the answer back as it comes, metering it.
         let forwarded = Instant::now();
-        match self.backend.forward(&deployment, route, parts, body).await {
+        let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
+        match backend.forward(&deployment, route, parts, body).await {
             Ok(response) => {
                 let first_byte = forwarded.elapsed();
                 let overhead = started.elapsed().saturating_sub(first_byte);

@@ -22,7 +22,9 @@ impl RequestId {
             *byte = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
             nibble += 1;
         }
-        RequestId(HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000")))
+        RequestId(
+            HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000")),
+        )
     }
 
     pub fn header(&self) -> &HeaderValue {

@@ -44,6 +44,8 @@ pub struct MockOptions {
     pub stream_usage: bool,
     /// When set, requests must present this key (`api-key` or Bearer).
     pub require_key: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain and key.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for MockOptions {
@@ -55,6 +57,7 @@ impl Default for MockOptions {
             completion_tokens: 16,
             stream_usage: true,
             require_key: None,
+            tls: None,
         }
     }
 }
@@ -62,6 +65,7 @@ impl Default for MockOptions {
 /// A running mock backend.
 pub struct MockBackend {
     pub addr: SocketAddr,
+    scheme: &'static str,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -69,6 +73,14 @@ pub struct MockBackend {
 impl MockBackend {
     /// Binds `addr` (port 0 for any free port) and serves until stopped or dropped.
     pub async fn start(addr: SocketAddr, options: MockOptions) -> std::io::Result<MockBackend> {
+        let tls = match &options.tls {
+            None => None,
+            Some((cert, key)) => {
+                let store = Arc::new(crate::tls::CertStore::open(cert, key).map_err(std::io::Error::other)?);
+                Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(store).map_err(std::io::Error::other)?))
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
@@ -77,14 +89,14 @@ impl MockBackend {
             let options = Arc::clone(&options);
             async move { handle(&options, request).await }
         };
-        let task =
-            tokio::spawn(crate::server::serve(listener, handler, crate::server::ServeOptions::default(), stopped));
-        Ok(MockBackend { addr, stop, task })
+        let serve_options = crate::server::ServeOptions { tls, ..crate::server::ServeOptions::default() };
+        let task = tokio::spawn(crate::server::serve(listener, handler, serve_options, stopped));
+        Ok(MockBackend { addr, scheme, stop, task })
     }
 
     /// The root URL to configure as a deployment's `backend`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops accepting and waits for open connections to finish.
