@@ -442,7 +442,7 @@ async fn deleting_a_deployment_lets_in_flight_streams_finish_and_then_404s() {
         tokio::spawn(async move {
             let headers =
                 [("api-key", key.as_str()), ("x-mock-tokens-per-second", "20"), ("x-mock-completion-tokens", "8")];
-            client.post(&url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#).await
+            client.post(&url, &headers, STREAM_CHAT).await
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -164,13 +164,9 @@ async fn backend_errors_pass_through_with_their_status() {
 #[tokio::test]
 async fn streamed_events_reach_the_client_before_the_backend_finishes() {
     let h = Harness::start().await;
-    let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
     // Five events, one every 300 ms: the backend needs well over a second to finish.
     let headers = [("api-key", PRIMARY_KEY), ("x-mock-tokens-per-second", "3"), ("x-mock-completion-tokens", "4")];
-    let response = h
-        .client
-        .send(Method::POST, &url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#)
-        .await;
+    let response = h.stream(&headers).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.into_body();
@@ -195,10 +191,7 @@ async fn a_backend_dying_mid_stream_cuts_the_client_stream_and_nothing_else() {
     let h = Harness::start().await;
     let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
     let headers = [("api-key", PRIMARY_KEY), ("x-mock-die-after", "2"), ("x-mock-completion-tokens", "10")];
-    let response = h
-        .client
-        .send(Method::POST, &url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#)
-        .await;
+    let response = h.stream(&headers).await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let mut received = String::new();

@@ -144,15 +144,7 @@ async fn invalid_utf8_bodies_are_refused() {
 async fn a_stalled_stream_ends_cleanly_with_an_error_event_and_is_billed_for_what_was_sent() {
     let h = Harness::with(Setup { backend: "stream_idle_timeout_ms = 300".into(), ..Default::default() }).await;
     let headers = [KEY, ("x-mock-stall-after", "4"), ("x-mock-completion-tokens", "20")];
-    let response = h
-        .client
-        .send(
-            Method::POST,
-            &h.deployment_url("/chat/completions"),
-            &headers,
-            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#,
-        )
-        .await;
+    let response = h.stream(&headers).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.into_body().collect().await.expect("the stream ends cleanly, not with a broken connection");
     let text = String::from_utf8(body.to_bytes().to_vec()).unwrap();
@@ -194,15 +186,7 @@ async fn shutdown_turns_unready_drains_then_cuts_at_the_grace_period_and_account
     .await;
     let admin = h.gateway.admin_addr;
     let headers = [KEY, ("x-mock-tokens-per-second", "10"), ("x-mock-completion-tokens", "1000")];
-    let response = h
-        .client
-        .send(
-            Method::POST,
-            &h.deployment_url("/chat/completions"),
-            &headers,
-            r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#,
-        )
-        .await;
+    let response = h.stream(&headers).await;
     let mut body = response.into_body();
     body.frame().await.unwrap().unwrap();
     let reader = tokio::spawn(async move {

@@ -164,11 +164,7 @@ async fn promtool_finds_nothing_wrong_with_a_scrape_under_load() {
             let (client, url) = (h.client.clone(), url.clone());
             tokio::spawn(async move {
                 for i in 0..40 {
-                    let body = if i % 3 == 0 {
-                        r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#
-                    } else {
-                        CHAT
-                    };
+                    let body = if i % 3 == 0 { STREAM_CHAT } else { CHAT };
                     client.post(&url, &[KEY], body).await;
                 }
             })

@@ -109,7 +109,7 @@ async fn sigterm_drains_in_flight_streams_and_the_ledger_counts_every_request() 
         tokio::spawn(async move {
             let headers =
                 [("api-key", PRIMARY_KEY), ("x-mock-tokens-per-second", "20"), ("x-mock-completion-tokens", "10")];
-            client.post(&url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#).await
+            client.post(&url, &headers, STREAM_CHAT).await
         })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -200,7 +200,7 @@ async fn no_key_appears_in_logs_metrics_or_the_ledger() {
     let bearer = format!("Bearer {SECONDARY_KEY}");
     for headers in [[("api-key", PRIMARY_KEY)], [("authorization", bearer.as_str())], [("api-key", wrong)]] {
         client.post(&url, &headers, CHAT).await;
-        client.post(&url, &headers, r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#).await;
+        client.post(&url, &headers, STREAM_CHAT).await;
     }
     let metrics = client.call(http::Method::GET, &format!("http://{}/metrics", gw.admin), &[], "").await.text();
     signal(&gw.child, "TERM");

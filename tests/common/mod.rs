@@ -136,6 +136,11 @@ keys = ["{other}"]
         self.url(&format!("/openai/deployments/{DEPLOYMENT}{path}"))
     }
 
+    /// Sends [`STREAM_CHAT`] to the demo deployment; the body is still streaming.
+    pub async fn stream(&self, headers: &[(&str, &str)]) -> http::Response<Incoming> {
+        self.client.send(Method::POST, &self.deployment_url("/chat/completions"), headers, STREAM_CHAT).await
+    }
+
     /// `GET` on the admin listener, as JSON.
     pub async fn admin(&self, path: &str) -> serde_json::Value {
         let reply = self.client.call(Method::GET, &format!("http://{}{path}", self.gateway.admin_addr), &[], "").await;
@@ -261,6 +266,9 @@ impl Client {
         self.call(Method::POST, url, headers, body).await
     }
 }
+
+/// A short streamed chat request.
+pub const STREAM_CHAT: &str = r#"{"messages":[{"role":"user","content":"hi"}],"stream":true}"#;
 
 pub const CHAT: &str =
     r#"{"messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Hello!"}]}"#;
