@@ -269,6 +269,14 @@ async fn keys_list_regenerate_and_rotate_without_downtime() {
     assert_eq!(h.chat("phi", &secondary).await, StatusCode::UNAUTHORIZED, "the old key stops at once");
     assert_eq!(h.chat("phi", new_secondary).await, StatusCode::OK);
     assert_eq!(h.chat("phi", &primary).await, StatusCode::OK, "the other slot keeps working");
+    // Usage per meter, from the ledger: the 4 authenticated calls (the old key's 401 is not billed).
+    let usage = h.owner(Method::GET, &format!("{p}/deployments/phi/usage?since=2020-01-01"), None).await.json();
+    assert_eq!(usage["deployment"], "phi");
+    assert_eq!(usage["value"][0]["meter"], "inference");
+    assert_eq!(usage["value"][0]["requests"], 4);
+    assert!(usage["value"][0]["totalTokens"].as_u64().unwrap() > 0);
+    let later = h.owner(Method::GET, &format!("{p}/deployments/phi/usage?since=2999-01-01"), None).await.json();
+    assert_eq!(later["value"], json!([]));
     // Keys never appear in the deployment resource.
     let d = h.owner(Method::GET, &format!("{p}/deployments/phi"), None).await.text();
     assert!(!d.contains(&primary) && !d.contains(new_secondary));

@@ -250,3 +250,30 @@ async fn sighup_reloads_the_configuration_file() {
     let mut child = gw.child;
     assert!(child.wait().unwrap().success());
 }
+
+#[tokio::test]
+async fn a_changed_configuration_file_is_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let config = write_config(dir.path(), &mock, "requests_per_minute = 1000");
+    let gw = start(dir.path(), &config, &[], &[]).await;
+    let client = Client::new();
+    let url = format!("http://{}/openai/deployments/{DEPLOYMENT}/chat/completions", gw.addr);
+    let limit = |reply: &Reply| reply.header("x-ratelimit-limit-requests").to_owned();
+    assert_eq!(limit(&client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await), "1000");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("requests_per_minute = 1000", "requests_per_minute = 500");
+    std::fs::write(&config, text).unwrap();
+    let mut seen = String::new();
+    for _ in 0..500 {
+        seen = limit(&client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await);
+        if seen == "500" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, "500", "the file change was picked up");
+    signal(&gw.child, "TERM");
+    let mut child = gw.child;
+    assert!(child.wait().unwrap().success());
+}
