@@ -16,6 +16,7 @@
 //! is the built-in backend used by the embedded demo, tests and benchmarks.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod control;
 pub mod deployment;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tollgate::bench::{self, BenchOptions, Load, Mix};
 use tollgate::config::{BackendUrl, Config};
 use tollgate::embedded;
 use tollgate::keys::{KeyDigest, generate_key};
@@ -68,6 +69,42 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load-test an endpoint speaking the Model Inference API (tollgate or not).
+    Bench {
+        /// Root URL of the endpoint, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// Sent as `api-key` and `Authorization: Bearer`.
+        #[arg(long)]
+        key: Option<String>,
+        /// Call /openai/deployments/{deployment}/... instead of the root routes.
+        #[arg(long)]
+        deployment: Option<String>,
+        /// Built-in request mix.
+        #[arg(long, value_enum, default_value_t = Mix::ShortChat)]
+        mix: Mix,
+        /// Send this JSON body (file) instead of the mix's.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// Closed loop: this many requests in flight.
+        #[arg(long, conflicts_with = "rate")]
+        concurrency: Option<usize>,
+        /// Open loop: requests per second on a fixed schedule (latency from the scheduled time).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// How long to run: 30s, 500ms, 2m.
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        /// Stop after this many requests.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// On 429, wait retry-after-ms and try again (measures goodput under a quota).
+        #[arg(long)]
+        retry_429: bool,
+        /// The report as JSON on stdout (and nothing else there).
+        #[arg(long)]
+        json: bool,
+    },
     /// Endpoint keys.
     Keys {
         #[command(subcommand)]
@@ -119,6 +156,28 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen, admin_listen } => runtime.block_on(serve(config, listen, admin_listen)),
         Command::Check { config } => check(&config),
+        Command::Bench { url, key, deployment, mix, body, concurrency, rate, duration, requests, retry_429, json } => {
+            let duration = match parse_duration(&duration) {
+                Ok(d) => d,
+                Err(e) => return fail(&e),
+            };
+            let body = match body.map(std::fs::read) {
+                None => None,
+                Some(Ok(bytes)) => Some(bytes::Bytes::from(bytes)),
+                Some(Err(e)) => return fail(&format!("--body: {e}")),
+            };
+            let load = match (concurrency, rate) {
+                (_, Some(rate)) => Load::Open { rate },
+                (concurrency, None) => Load::Closed { concurrency: concurrency.unwrap_or(16) },
+            };
+            let options = BenchOptions { url, key, deployment, mix, body, load, duration, requests, retry_429 };
+            let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            match runtime.block_on(bench::run(options, progress)) {
+                Ok(report) if json => say(&format!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default())),
+                Ok(report) => say(&report.table()),
+                Err(e) => Err(e),
+            }
+        }
         Command::Usage { ledger, since, until, by, json } => {
             usage(&ledger, since.as_deref(), until.as_deref(), by, json)
         }
@@ -160,6 +219,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }
+}
+
+/// `30s`, `500ms`, `2m`, or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("--duration '{text}': write it like 30s, 500ms or 2m");
+    let (number, unit) = text.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((text, "s"), |i| text.split_at(i));
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        _ => return Err(bad()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
 fn fail(message: &str) -> ExitCode {
