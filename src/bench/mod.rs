@@ -23,7 +23,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::Mutex;
 
 pub use report::Report;
 pub use workload::Mix;
@@ -55,7 +54,24 @@ pub enum Load {
     Open { rate: f64 },
 }
 
-/// What one worker observed.
+/// What one request observed.
+struct Sample {
+    latency: Duration,
+    first_token: Option<Duration>,
+    tokens_per_second: Option<u64>,
+    outcome: Outcome,
+    retries: u64,
+}
+
+enum Outcome {
+    Ok,
+    TooMany,
+    ClientError,
+    ServerError,
+    Transport,
+}
+
+/// What one worker (or the open-loop collector) observed.
 struct Tally {
     latency: Histogram<u64>,
     first_token: Histogram<u64>,
@@ -84,6 +100,27 @@ impl Tally {
             server_errors: 0,
             transport_errors: 0,
             retries: 0,
+        }
+    }
+
+    fn add(&mut self, sample: Sample) {
+        self.retries += sample.retries;
+        if let Outcome::Transport = sample.outcome {
+            self.transport_errors += 1;
+            return;
+        }
+        let _ = self.latency.record(micros(sample.latency));
+        if let Some(ttft) = sample.first_token {
+            let _ = self.first_token.record(micros(ttft));
+        }
+        if let Some(tps) = sample.tokens_per_second {
+            let _ = self.tokens_per_second.record(tps.max(1));
+        }
+        match sample.outcome {
+            Outcome::Ok => self.ok += 1,
+            Outcome::TooMany => self.too_many += 1,
+            Outcome::ClientError => self.client_errors += 1,
+            Outcome::ServerError | Outcome::Transport => self.server_errors += 1,
         }
     }
 
@@ -180,8 +217,7 @@ async fn closed_loop(shared: &Arc<Shared>, concurrency: usize) -> Tally {
             tokio::spawn(async move {
                 let mut tally = Tally::new();
                 while let Some(n) = next_request(&shared, begun) {
-                    let scheduled = Instant::now();
-                    one(&shared, n, scheduled, &mut tally).await;
+                    tally.add(one(&shared, n, Instant::now()).await);
                 }
                 tally
             })
@@ -202,100 +238,86 @@ async fn open_loop(shared: &Arc<Shared>, rate: f64) -> Result<Tally, String> {
     }
     let begun = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let total = Arc::new(Mutex::new(Tally::new()));
-    let mut in_flight = Vec::new();
+    // Requests report to one collector: no per-request histograms, no lock.
+    let (samples, mut collected) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    let collector = tokio::spawn(async move {
+        let mut tally = Tally::new();
+        while let Some(sample) = collected.recv().await {
+            tally.add(sample);
+        }
+        tally
+    });
     let mut i: u32 = 0;
     while let Some(n) = next_request(shared, begun) {
         // The schedule is fixed in advance; a late start still counts from its scheduled time.
         let scheduled = begun + interval * i;
         i = i.saturating_add(1);
         tokio::time::sleep_until(scheduled.into()).await;
-        let (shared, total) = (Arc::clone(shared), Arc::clone(&total));
-        in_flight.push(tokio::spawn(async move {
-            let mut tally = Tally::new();
-            one(&shared, n, scheduled, &mut tally).await;
-            total.lock().await.merge(&tally);
-        }));
-        in_flight.retain(|task| !task.is_finished());
+        let (shared, samples) = (Arc::clone(shared), samples.clone());
+        tokio::spawn(async move {
+            let _ = samples.send(one(&shared, n, scheduled).await);
+        });
     }
-    for task in in_flight {
-        let _ = task.await;
-    }
-    let tally = std::mem::replace(&mut *total.lock().await, Tally::new());
-    Ok(tally)
+    drop(samples);
+    collector.await.map_err(|e| format!("the collector failed: {e}"))
 }
 
-/// Sends request `n` (retrying 429s when asked) and records it against `scheduled`.
-async fn one(shared: &Shared, n: u64, scheduled: Instant, tally: &mut Tally) {
+/// Sends request `n` (retrying 429s when asked) and measures it from `scheduled`.
+async fn one(shared: &Shared, n: u64, scheduled: Instant) -> Sample {
     let options = &shared.options;
     let (path, body, stream) = workload::request(options, n);
+    let mut retries = 0;
+    let failed = |retries| Sample {
+        latency: scheduled.elapsed(),
+        first_token: None,
+        tokens_per_second: None,
+        outcome: Outcome::Transport,
+        retries,
+    };
     loop {
         let mut request = Request::post(format!("{}{path}", options.url.trim_end_matches('/')));
         if let Some(key) = &options.key {
             request = request.header("api-key", key.as_str()).header("authorization", format!("Bearer {key}"));
         }
         let Ok(request) = request.header("content-type", "application/json").body(Full::new(body.clone())) else {
-            tally.transport_errors += 1;
-            return;
+            return failed(retries);
         };
-        let response = match shared.client.request(request).await {
-            Ok(response) => response,
-            Err(_) => {
-                tally.transport_errors += 1;
-                return;
-            }
+        let Ok(response) = shared.client.request(request).await else {
+            return failed(retries);
         };
         let status = response.status();
         if status == StatusCode::TOO_MANY_REQUESTS && options.retry_429 && Instant::now() < shared.deadline {
             let wait = retry_after(response.headers().get("retry-after-ms"));
             let _ = response.into_body().collect().await;
-            tally.retries += 1;
+            retries += 1;
             tokio::time::sleep(wait).await;
             continue;
         }
         let mut body = response.into_body();
         let mut first_token: Option<Duration> = None;
         let mut tokens = 0u64;
-        let mut failed = false;
         while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(frame) => {
-                    if let Some(data) = frame.data_ref() {
-                        if stream {
-                            let content = count_content_events(data);
-                            if content > 0 && first_token.is_none() {
-                                first_token = Some(scheduled.elapsed());
-                            }
-                            tokens += content;
-                        }
-                    }
+            let Ok(frame) = frame else { return failed(retries) };
+            if let (true, Some(data)) = (stream, frame.data_ref()) {
+                let content = count_content_events(data);
+                if content > 0 && first_token.is_none() {
+                    first_token = Some(scheduled.elapsed());
                 }
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
+                tokens += content;
             }
         }
         let latency = scheduled.elapsed();
-        if failed {
-            tally.transport_errors += 1;
-            return;
-        }
-        let _ = tally.latency.record(micros(latency));
-        if let Some(ttft) = first_token {
-            let _ = tally.first_token.record(micros(ttft));
+        let tokens_per_second = first_token.and_then(|ttft| {
             let streaming = latency.saturating_sub(ttft).as_secs_f64();
-            if streaming > 0.0 && tokens > 1 {
-                let _ = tally.tokens_per_second.record(((tokens - 1) as f64 / streaming).round().max(1.0) as u64);
-            }
-        }
-        match status.as_u16() {
-            200..=299 => tally.ok += 1,
-            429 => tally.too_many += 1,
-            400..=499 => tally.client_errors += 1,
-            _ => tally.server_errors += 1,
-        }
-        return;
+            (streaming > 0.0 && tokens > 1).then(|| ((tokens - 1) as f64 / streaming).round() as u64)
+        });
+        let outcome = match status.as_u16() {
+            200..=299 => Outcome::Ok,
+            429 => Outcome::TooMany,
+            400..=499 => Outcome::ClientError,
+            _ => Outcome::ServerError,
+        };
+        return Sample { latency, first_token, tokens_per_second, outcome, retries };
     }
 }
 
