@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on one machine: the mock backend alone, nginx in front of it (when
+# installed), and tollgate in front of it (auth, both buckets, estimation, reconciliation and
+# metrics on; quotas too high to reject), measured in the same run, alternating.
+#
+#   benches/e2e.sh [seconds per measurement, default 10] [rounds, default 2]
+#
+# Prints throughput and latency per target (tollgate bench, and wrk when installed), the ratios
+# tollgate/backend and tollgate/nginx, the latency tollgate adds at a fixed open-loop rate (half
+# the backend's saturation throughput), and tollgate's RSS idle and with 10,000 open connections.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH=${1:-10}
+ROUNDS=${2:-2}
+BIN=target/release/tollgate
+cargo build --release --quiet --bin tollgate
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+ulimit -n 65536 2>/dev/null || true
+
+MOCK=127.0.0.1:18300 GATEWAY=127.0.0.1:18380 ADMIN=127.0.0.1:18390 NGINX=127.0.0.1:18480
+KEY=BenchKey0123456789abcdefghijklmn
+DIGEST="sha256:$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
+
+"$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
+cat > "$WORK/tollgate.toml" <<TOML
+[server]
+listen = "$GATEWAY"
+[admin]
+listen = "$ADMIN"
+state_file = "$WORK/state.json"
+[[deployments]]
+name = "bench"
+model = "m"
+backend = "http://$MOCK"
+keys = ["$DIGEST"]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000
+TOML
+TOLLGATE_LOG=warn "$BIN" serve --config "$WORK/tollgate.toml" >/dev/null 2>&1 &
+GATEWAY_PID=$!
+
+targets=("backend http://$MOCK" "tollgate http://$GATEWAY/openai/deployments/bench")
+if command -v nginx >/dev/null; then
+  mkdir -p "$WORK/nginx"
+  cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  upstream mock { server $MOCK; keepalive 64; }
+  server {
+    listen $NGINX;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
+  nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
+  targets+=("nginx http://$NGINX")
+else
+  echo "nginx is not installed: measuring without it (apt-get install nginx)" >&2
+fi
+sleep 1
+
+json() { python3 -c "import json,sys; r=json.load(sys.stdin); print(r$1)"; }
+declare -A THROUGHPUT P50 P99
+for round in $(seq "$ROUNDS"); do
+  for target in "${targets[@]}"; do
+    set -- $target
+    name=$1 url=$2
+    out=$("$BIN" bench --url "$url" --key "$KEY" --concurrency 32 --duration "${SECONDS_EACH}s" --json)
+    THROUGHPUT[$name]+="$(echo "$out" | json "['throughput_per_second']") "
+    P50[$name]+="$(echo "$out" | json "['latency_ms']['p50']") "
+    P99[$name]+="$(echo "$out" | json "['latency_ms']['p99']") "
+    if command -v wrk >/dev/null; then
+      printf 'wrk %-9s round %s: ' "$name" "$round"
+      KEY=$KEY wrk -t1 -c32 -d"${SECONDS_EACH}s" -s benches/wrk/chat.lua "$url/chat/completions" | awk '/Requests\/sec/ {print $2 " requests/s"}'
+    fi
+  done
+done
+
+mean() { python3 -c "import sys; v=[float(x) for x in sys.argv[1:]]; print(f'{sum(v)/len(v):.${2:-1}f}')" $1; }
+echo
+printf '%-10s %14s %10s %10s   (tollgate bench, closed loop, 32 in flight, %s s x %s rounds)\n' target requests/s p50_ms p99_ms "$SECONDS_EACH" "$ROUNDS"
+for target in "${targets[@]}"; do
+  set -- $target
+  printf '%-10s %14s %10s %10s\n' "$1" "$(mean "${THROUGHPUT[$1]}")" "$(mean "${P50[$1]}" 3)" "$(mean "${P99[$1]}" 3)"
+done
+backend=$(mean "${THROUGHPUT[backend]}") tollgate=$(mean "${THROUGHPUT[tollgate]}")
+echo "tollgate/backend throughput: $(python3 -c "print(f'{$tollgate/$backend:.2f}')")"
+if [ -n "${THROUGHPUT[nginx]:-}" ]; then
+  nginx_tp=$(mean "${THROUGHPUT[nginx]}")
+  echo "tollgate/nginx throughput:   $(python3 -c "print(f'{$tollgate/$nginx_tp:.2f}')")"
+fi
+
+# Overhead at half the backend's saturation, open loop (latency from the scheduled send time).
+RATE=$(python3 -c "print(int($backend/2))")
+b=$("$BIN" bench --url "http://$MOCK" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)
+t=$("$BIN" bench --url "http://$GATEWAY/openai/deployments/bench" --key "$KEY" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)
+python3 - "$RATE" "$b" "$t" <<'PY'
+import json, sys
+rate, b, t = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+for q in ("p50", "p99"):
+    added = (t["latency_ms"][q] - b["latency_ms"][q]) * 1000
+    print(f"added latency at {rate} requests/s (open loop), {q}: {added:.0f} us "
+          f"(backend {b['latency_ms'][q]:.3f} ms, through tollgate {t['latency_ms'][q]:.3f} ms)")
+PY
+
+rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$GATEWAY_PID/status"; }
+echo "tollgate RSS after the runs, idle: $(rss)"
+python3 - "$GATEWAY" <<'PY' &
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+conns = []
+for _ in range(10000):
+    s = socket.create_connection((host, int(port)))
+    conns.append(s)
+print("10000 connections open", flush=True)
+time.sleep(8)
+PY
+sleep 6
+echo "tollgate RSS with 10,000 open connections: $(rss)"
+wait %% 2>/dev/null || true
