@@ -134,12 +134,6 @@ pub struct DeploymentTable {
 }
 
 impl DeploymentTable {
-    pub fn from_configs(configs: &[DeploymentConfig], clock: &Arc<dyn Clock>) -> DeploymentTable {
-        DeploymentTable {
-            by_name: configs.iter().map(|c| (c.name.clone(), Arc::new(Deployment::from_config(c, clock)))).collect(),
-        }
-    }
-
     pub fn from_deployments(deployments: Vec<Arc<Deployment>>) -> DeploymentTable {
         DeploymentTable { by_name: deployments.into_iter().map(|d| (d.name.clone(), d)).collect() }
     }

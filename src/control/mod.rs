@@ -193,10 +193,6 @@ impl ControlPlane {
             found
         })
     }
-
-    pub fn secret(&self) -> &KeySecret {
-        &self.secret
-    }
 }
 
 /// Reloads the configuration whenever its file changes (checked every second) and on SIGHUP.

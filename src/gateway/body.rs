@@ -30,10 +30,6 @@ impl ProxyBody {
     pub fn full(bytes: Bytes) -> ProxyBody {
         ProxyBody::Full(Some(bytes))
     }
-
-    pub fn empty() -> ProxyBody {
-        ProxyBody::Full(None)
-    }
 }
 
 impl Body for ProxyBody {

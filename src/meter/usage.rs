@@ -5,8 +5,6 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::estimate::Tokenizer;
-
 /// Token counts as a backend reports them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -95,11 +93,6 @@ impl<'a> Answer<'a> {
             }
         }
     }
-}
-
-/// Counts completion tokens of text gathered from a response without `usage`.
-pub fn count_completion(text: &str, tokenizer: Tokenizer) -> u64 {
-    tokenizer.count(text)
 }
 
 #[cfg(test)]
