@@ -134,17 +134,19 @@ impl<'de> Visitor<'de> for BodySeed {
         let tok = self.tokenizer;
         let mut estimate = Estimate { choices: 1, ..Estimate::default() };
         let mut prompt = 0u64;
-        let mut seen: Vec<&'static str> = Vec::new();
+        // One bit per COUNTED field: no allocation per request.
+        let mut seen = 0u16;
         while let Some(key) = map.next_key::<Text<'de>>()? {
             // A field the bill depends on must appear once: with two `max_tokens` the gateway
             // and the backend could each read a different one.
-            if let Some(counted) = COUNTED.iter().find(|k| **k == key.0) {
-                if seen.contains(counted) {
+            if let Some(index) = COUNTED.iter().position(|k| *k == key.0) {
+                if seen & (1 << index) != 0 {
                     return Err(A::Error::custom(format!(
-                        "duplicate field `{counted}`: fields the gateway bills by must appear once"
+                        "duplicate field `{}`: fields the gateway bills by must appear once",
+                        COUNTED[index]
                     )));
                 }
-                seen.push(counted);
+                seen |= 1 << index;
             }
             match (self.route, key.0.as_ref()) {
                 (ChatCompletions, "messages") => prompt += map.next_value_seed(MessagesSeed(tok))?,
