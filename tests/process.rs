@@ -86,6 +86,13 @@ fn signal(child: &Child, name: &str) {
     assert!(Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap().success());
 }
 
+/// SIGTERM, and a clean exit.
+fn stop(gw: Gateway) {
+    signal(&gw.child, "TERM");
+    let mut child = gw.child;
+    assert!(child.wait().unwrap().success(), "tollgate did not exit cleanly after SIGTERM");
+}
+
 fn ledger_lines(dir: &Path) -> Vec<String> {
     std::fs::read_to_string(dir.join("usage.jsonl")).unwrap_or_default().lines().map(str::to_owned).collect()
 }
@@ -174,9 +181,7 @@ async fn after_kill_9_every_ledger_line_is_whole_and_was_served() {
 
     // The next start cuts a torn last line, if the kill left one.
     let gw = start(dir.path(), &config, &[], &[]).await;
-    signal(&gw.child, "TERM");
-    let mut child = gw.child;
-    assert!(child.wait().unwrap().success());
+    stop(gw);
     let lines = ledger_lines(dir.path());
     assert!(lines.len() >= 200);
     for line in &lines {
@@ -203,11 +208,10 @@ async fn no_key_appears_in_logs_metrics_or_the_ledger() {
         client.post(&url, &headers, STREAM_CHAT).await;
     }
     let metrics = client.call(http::Method::GET, &format!("http://{}/metrics", gw.admin), &[], "").await.text();
-    signal(&gw.child, "TERM");
-    let mut child = gw.child;
-    assert!(child.wait().unwrap().success());
+    let log_path = gw.log.clone();
+    stop(gw);
     let mut log = String::new();
-    std::fs::File::open(&gw.log).unwrap().read_to_string(&mut log).unwrap();
+    std::fs::File::open(&log_path).unwrap().read_to_string(&mut log).unwrap();
     let ledger = ledger_lines(dir.path()).join("\n");
     assert_eq!(ledger_lines(dir.path()).len(), 4);
     assert!(log.contains("tollgate::access"), "the access log is there: {log}");
@@ -246,9 +250,7 @@ async fn sighup_reloads_the_configuration_file() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, StatusCode::OK, "the new deployment is served after SIGHUP");
-    signal(&gw.child, "TERM");
-    let mut child = gw.child;
-    assert!(child.wait().unwrap().success());
+    stop(gw);
 }
 
 #[tokio::test]
@@ -273,7 +275,5 @@ async fn a_changed_configuration_file_is_reloaded_without_a_signal() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(seen, "500", "the file change was picked up");
-    signal(&gw.child, "TERM");
-    let mut child = gw.child;
-    assert!(child.wait().unwrap().success());
+    stop(gw);
 }
