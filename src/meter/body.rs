@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use super::sse::SseScanner;
-use super::usage::Answer;
+use super::usage::{Answer, body_usage};
 use super::{Counts, Outcome, Reservation};
 
 /// Non-streamed bodies larger than this are passed through without being read for `usage`.
@@ -103,12 +103,13 @@ impl MeteredBody {
             },
             Scan::Json { chunks, .. } => {
                 let whole = join(chunks);
-                let answer = if outcome == Outcome::Completed { Answer::parse(&whole) } else { None };
-                match answer.as_ref().and_then(Answer::usage) {
+                let completed = outcome == Outcome::Completed;
+                match completed.then(|| body_usage(&whole)).flatten() {
                     Some(usage) => Counts::reported(usage),
                     None if success => {
+                        // No usage reported: count the completion text ourselves.
                         let mut text = String::new();
-                        if let Some(answer) = &answer {
+                        if let Some(answer) = Answer::parse(&whole).filter(|_| completed) {
                             answer.append_completion(&mut text);
                         }
                         Counts::estimated(prompt, tokenizer.count(&text))

@@ -68,6 +68,19 @@ pub struct Answer<'a> {
     usage: Option<&'a RawValue>,
 }
 
+/// Only the `usage` of a response body: everything else is skipped without being built, so a
+/// body that reports its usage (the common case) costs one scan and no allocation.
+#[derive(Deserialize)]
+struct UsageOnly<'a> {
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+}
+
+/// The `usage` a whole (non-streamed) response body reports, if any.
+pub fn body_usage(bytes: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<UsageOnly<'_>>(bytes).ok()?.usage.and_then(parse_usage)
+}
+
 impl<'a> Answer<'a> {
     pub fn parse(bytes: &'a [u8]) -> Option<Answer<'a>> {
         serde_json::from_slice(bytes).ok()
@@ -101,6 +114,20 @@ mod tests {
 
     fn usage_of(json: &str) -> Option<Usage> {
         Answer::parse(json.as_bytes()).and_then(|a| a.usage())
+    }
+
+    #[test]
+    fn body_usage_agrees_with_the_full_parse() {
+        for json in [
+            r#"{"choices":[{"message":{"content":"Hi \u00e9"}}],"usage":{"prompt_tokens":19,"completion_tokens":72}}"#,
+            r#"{"usage":{"total_tokens":7},"data":[{"embedding":[0.1,0.2]}]}"#,
+            r#"{"usage":null,"choices":[]}"#,
+            r#"{"choices":[{"text":"x"}]}"#,
+            r#"{"usage":{"prompt_tokens":1}"#,
+            r#"[1,2]"#,
+        ] {
+            assert_eq!(body_usage(json.as_bytes()), usage_of(json), "{json}");
+        }
     }
 
     #[test]
