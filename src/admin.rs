@@ -9,10 +9,12 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::control::{ControlPlane, api};
+use crate::deployment::DeploymentTable;
 use crate::error::error_response;
 use crate::gateway::Gateway;
 use crate::gateway::body::ProxyBody;
 use crate::ledger::Ledger;
+use crate::quota::QuotaState;
 
 /// What the admin routes read.
 pub struct Admin {
@@ -49,14 +51,16 @@ impl Admin {
             ),
             "/usage" => json(self.usage()),
             "/metrics" => {
-                let text = self.gateway.metrics().render(&self.gateway.deployments());
+                let table = self.gateway.deployments();
+                let states = self.quota_states(&table).await;
+                let text = self.gateway.metrics().render(&table, &states);
                 let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
                 response
                     .headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 response
             }
-            _ => json(self.quotas()),
+            _ => json(self.quotas().await),
         }
     }
 
@@ -68,19 +72,30 @@ impl Admin {
         serde_json::to_string(&totals).unwrap_or_default()
     }
 
-    /// Each deployment's buckets now: limits and what remains.
-    fn quotas(&self) -> String {
-        let mut out = serde_json::Map::new();
-        let table = self.gateway.deployments();
+    /// Each deployment's buckets now (from the shared store with `store = "redis"`; `None` for a
+    /// deployment whose buckets cannot be read while the store is down).
+    async fn quota_states(&self, table: &DeploymentTable) -> Vec<Option<QuotaState>> {
+        let mut states = Vec::with_capacity(table.len());
         for deployment in table.iter() {
-            let s = deployment.quota.state();
-            out.insert(
-                deployment.name.clone(),
-                json!({
+            states.push(self.gateway.quota_store().state(deployment).await);
+        }
+        states
+    }
+
+    /// Each deployment's buckets now: limits and what remains (null while they cannot be read).
+    async fn quotas(&self) -> String {
+        let table = self.gateway.deployments();
+        let states = self.quota_states(&table).await;
+        let mut out = serde_json::Map::new();
+        for (deployment, state) in table.iter().zip(states) {
+            let value = match state {
+                Some(s) => json!({
                     "requestsPerMinute": s.limit_requests, "remainingRequests": s.remaining_requests,
                     "tokensPerMinute": s.limit_tokens, "remainingTokens": s.remaining_tokens,
                 }),
-            );
+                None => serde_json::Value::Null,
+            };
+            out.insert(deployment.name.clone(), value);
         }
         serde_json::Value::Object(out).to_string()
     }

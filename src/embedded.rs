@@ -77,6 +77,7 @@ pub fn demo_config(
             tokenizer: Tokenizer::default(),
         }],
         ledger: Some(LedgerConfig::at(DEMO_LEDGER.into())),
+        store: crate::config::StoreConfig::Memory,
     }
 }
 

@@ -68,6 +68,10 @@ pub enum ApiError {
     TokenLimitExceeded { deployment: String, reserved: u64, prompt: u64, completion: u64, capacity: u64 },
     #[error("{reason}")]
     DeploymentUnhealthy { reason: String },
+    #[error(
+        "the quota store of this gateway cannot be reached, and it is configured to refuse requests it cannot count (on_store_error = \"fail-closed\"); retry in a second"
+    )]
+    QuotaStoreUnavailable,
     #[error("the backend of deployment '{deployment}' could not be reached ({reason}); try again later")]
     BackendUnreachable { deployment: String, reason: String },
     #[error("the backend of deployment '{deployment}' did not {what} within {timeout_ms} ms; try again later")]
@@ -91,6 +95,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::DeploymentUnhealthy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QuotaStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BackendUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -112,6 +117,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "TooManyRequests",
             ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
             ApiError::DeploymentUnhealthy { .. } => "ServiceUnavailable",
+            ApiError::QuotaStoreUnavailable => "ServiceUnavailable",
             ApiError::BackendUnreachable { .. } => "BadGateway",
             ApiError::BackendTimeout { .. } => "GatewayTimeout",
             ApiError::BackendProtocol { .. } => "BadGateway",
@@ -133,6 +139,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
             ApiError::DeploymentUnhealthy { .. } => "deployment_unhealthy",
+            ApiError::QuotaStoreUnavailable => "quota_store_unavailable",
             ApiError::BackendUnreachable { .. } => "backend_connect",
             ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::BackendProtocol { .. } => "backend_protocol",
@@ -150,6 +157,7 @@ impl ApiError {
                 }
             }
             ApiError::RateLimited { retry_after_ns, .. } => set_retry_after(response.headers_mut(), *retry_after_ns),
+            ApiError::QuotaStoreUnavailable => set_retry_after(response.headers_mut(), 1_000_000_000),
             _ => {}
         }
         response

@@ -15,12 +15,6 @@ use tollgate::ledger::report::{self, GroupBy};
 use tollgate::mock_backend::{MockBackend, MockOptions};
 use tollgate::runtime::{RunningGateway, StartOptions};
 
-/// mimalloc instead of the system allocator: the proxy allocates and frees small buffers per
-/// request (hyper heads, bodies, serde), where glibc malloc/free cost about 12% of the
-/// instructions (callgrind, see BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tollgate",

@@ -10,7 +10,7 @@ use prometheus::{
 
 use crate::deployment::DeploymentTable;
 use crate::meter::{CountSource, Outcome, UsageRecord};
-use crate::quota::LimitKind;
+use crate::quota::{LimitKind, QuotaState};
 
 /// Latency buckets from 10 µs to 5 minutes, fine enough to see the gateway's own tens of
 /// microseconds and wide enough for long completions.
@@ -39,6 +39,12 @@ pub struct Metrics {
     pub ledger_records: IntCounter,
     pub ledger_dropped: IntCounter,
     pub ledger_write_errors: IntCounter,
+    /// 1 while the shared quota store (Redis) answers, 0 while it does not; absent with the memory store.
+    pub quota_store_up: IntGauge,
+    pub quota_store_errors: IntCounterVec,
+    pub quota_store_fallbacks: IntCounterVec,
+    pub quota_store_recoveries: IntCounter,
+    pub quota_store_duration: HistogramVec,
 }
 
 /// A metric could not be registered (a name clash: a programming error caught at start-up).
@@ -72,7 +78,34 @@ impl Metrics {
         let open_connections =
             IntGauge::new("tollgate_open_connections", "Client connections open on the gateway listener.")?;
         registry.register(Box::new(open_connections.clone()))?;
+        let quota_store_up = IntGauge::new(
+            "tollgate_quota_store_up",
+            "1 while the shared quota store (Redis) answers, 0 while it does not (always 1 with the memory store).",
+        )?;
+        quota_store_up.set(1);
+        registry.register(Box::new(quota_store_up.clone()))?;
         Ok(Metrics {
+            quota_store_up,
+            quota_store_errors: counter(
+                "tollgate_quota_store_errors_total",
+                "Failed or timed-out round trips to the shared quota store, by operation (admit, reconcile, read, connect).",
+                &["op"],
+            )?,
+            quota_store_fallbacks: counter(
+                "tollgate_quota_store_fallbacks_total",
+                "Requests decided without the shared quota store, by on_store_error mode (fail-open, fail-closed, local).",
+                &["mode"],
+            )?,
+            quota_store_recoveries: single(
+                "tollgate_quota_store_recoveries_total",
+                "Times the shared quota store answered again after an outage.",
+            )?,
+            quota_store_duration: histogram(
+                "tollgate_quota_store_duration_seconds",
+                "Round trips to the shared quota store, by operation (admit, reconcile).",
+                &["op"],
+                LATENCY_BUCKETS,
+            )?,
             requests: counter(
                 "tollgate_requests_total",
                 "Requests that reached a deployment, by route and final status code.",
@@ -182,17 +215,27 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the quota gauges read from the buckets now.
-    pub fn render(&self, deployments: &DeploymentTable) -> String {
-        for deployment in deployments.iter() {
-            let state = deployment.quota.state();
+    /// The text exposition, with the quota gauges from `states` (read from the buckets now, one
+    /// per deployment of the table, in order; `None` while a shared store cannot be read, which
+    /// removes that deployment's gauges rather than report stale levels).
+    pub fn render(&self, deployments: &DeploymentTable, states: &[Option<QuotaState>]) -> String {
+        for (deployment, state) in deployments.iter().zip(states) {
             let name = deployment.name.as_str();
-            for (limit, per_minute, remaining) in [
-                (LimitKind::Requests, state.limit_requests, state.remaining_requests),
-                (LimitKind::Tokens, state.limit_tokens, state.remaining_tokens),
-            ] {
-                self.ratelimit_limit.with_label_values(&[name, limit.as_str()]).set(clamp(per_minute));
-                self.ratelimit_remaining.with_label_values(&[name, limit.as_str()]).set(clamp(remaining));
+            match state {
+                Some(state) => {
+                    for (limit, per_minute, remaining) in [
+                        (LimitKind::Requests, state.limit_requests, state.remaining_requests),
+                        (LimitKind::Tokens, state.limit_tokens, state.remaining_tokens),
+                    ] {
+                        self.ratelimit_limit.with_label_values(&[name, limit.as_str()]).set(clamp(per_minute));
+                        self.ratelimit_remaining.with_label_values(&[name, limit.as_str()]).set(clamp(remaining));
+                    }
+                }
+                None => {
+                    for limit in [LimitKind::Requests, LimitKind::Tokens] {
+                        let _ = self.ratelimit_remaining.remove_label_values(&[name, limit.as_str()]);
+                    }
+                }
             }
             self.inflight
                 .with_label_values(&[name])

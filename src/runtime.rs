@@ -12,12 +12,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::config::StoreConfig;
 use crate::control::ControlPlane;
 use crate::gateway::Gateway;
 use crate::ledger::Ledger;
 use crate::meter::recorder::Recorder;
 use crate::metrics::{Metrics, MetricsError};
 use crate::quota::clock::{Clock, MonotonicClock};
+use crate::quota::store::QuotaStore;
+use crate::quota::store::redis::{RedisStore, StoreSetupError};
 use crate::server::ServeOptions;
 use crate::tls::CertStore;
 use tokio_rustls::TlsAcceptor;
@@ -35,6 +38,8 @@ pub enum StartError {
     Control(String),
     #[error("cannot set up TLS: {0}")]
     Tls(String),
+    #[error("cannot set up the quota store: {0}")]
+    QuotaStore(#[from] StoreSetupError),
 }
 
 /// How to start beyond the configuration itself.
@@ -106,6 +111,12 @@ impl RunningGateway {
                     .map_err(|source| StartError::Ledger { path: ledger.path.display().to_string(), source })?,
             )),
         };
+        let quota = match &config.store {
+            StoreConfig::Memory => QuotaStore::Memory,
+            StoreConfig::Redis(settings) => QuotaStore::Redis(
+                RedisStore::start(settings.clone(), Arc::clone(&options.clock), Arc::clone(&metrics)).await?,
+            ),
+        };
         let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{gateway_addr}"));
         let control = Arc::new(
             ControlPlane::open(
@@ -118,7 +129,7 @@ impl RunningGateway {
             .map_err(StartError::Control)?,
         );
         let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
-        let gateway = Arc::new(Gateway::new(config, control.live(), recorder, Arc::clone(&metrics)));
+        let gateway = Arc::new(Gateway::new(config, control.live(), recorder, Arc::clone(&metrics), quota));
         let ready = Arc::new(AtomicBool::new(true));
         let admin_state = Arc::new(crate::admin::Admin {
             gateway: Arc::clone(&gateway),
@@ -188,6 +199,8 @@ impl RunningGateway {
         for task in self.data_tasks {
             let _ = task.await;
         }
+        // Every reservation is settled now: send the shared store what it is owed.
+        self.gateway.quota_store().flush().await;
         if let Some(ledger) = self.ledger {
             let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
         }

@@ -5,23 +5,13 @@
 mod common;
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::*;
 use common::*;
 use http::StatusCode;
 use tollgate::mock_backend::{MockBackend, MockOptions};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-}
 
 fn write_config(dir: &Path, mock: &MockBackend, extra: &str) -> PathBuf {
     let config = format!(
@@ -47,50 +37,6 @@ flush_interval_ms = 50
     let path = dir.join("tollgate.toml");
     std::fs::write(&path, config).unwrap();
     path
-}
-
-/// Starts `tollgate serve --config` and reads the bound addresses from its log.
-async fn start(dir: &Path, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
-    let log = dir.join(format!("tollgate-{}.log", rand_suffix()));
-    let mut child = Command::new(BIN)
-        .args(args)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    for _ in 0..3000 {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let find = |name: &str| {
-            text.split(&format!("{name}="))
-                .nth(1)
-                .or_else(|| text.split(&format!("\"{name}\":\"")).nth(1))
-                .and_then(|rest| rest.split([' ', '"']).next().and_then(|a| a.parse::<SocketAddr>().ok()))
-        };
-        if let (Some(addr), Some(admin)) = (find("gateway"), find("admin")) {
-            return Gateway { child, addr, admin, log };
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("tollgate did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-}
-
-fn signal(child: &Child, name: &str) {
-    assert!(Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]).status().unwrap().success());
-}
-
-/// SIGTERM, and a clean exit.
-fn stop(gw: Gateway) {
-    signal(&gw.child, "TERM");
-    let mut child = gw.child;
-    assert!(child.wait().unwrap().success(), "tollgate did not exit cleanly after SIGTERM");
 }
 
 fn ledger_lines(dir: &Path) -> Vec<String> {

@@ -6,6 +6,7 @@
 mod backend_url;
 mod catalog;
 mod raw;
+mod store;
 mod validate;
 
 use std::net::SocketAddr;
@@ -50,6 +51,67 @@ pub struct Config {
     pub models: Vec<CatalogModel>,
     /// The usage ledger; `None` when the file has no `[ledger]` (usage is then not kept durably).
     pub ledger: Option<LedgerConfig>,
+    /// `[limits]`: where quota buckets live (in process by default).
+    pub store: StoreConfig,
+}
+
+/// Where the quota buckets live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In this process: each replica has its own buckets.
+    #[default]
+    Memory,
+    /// In Redis, shared by every replica pointing at it.
+    Redis(RedisStoreConfig),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisStoreConfig {
+    /// `redis://` or `rediss://` URL; may hold a password, so it is never logged or printed.
+    pub url: String,
+    /// PEM roots that verify a `rediss://` server (instead of the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Prepended to every key (`{prefix}{deployment}`).
+    pub key_prefix: String,
+    pub on_error: OnStoreError,
+    /// How many replicas share the quota: with `on_store_error = "local"` each holds limit / replicas.
+    pub replicas: u64,
+    /// Longest wait for one Redis round trip before it counts as a store error.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreConfig")
+            .field("url", &"(redacted)")
+            .field("ca_file", &self.ca_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("on_error", &self.on_error)
+            .field("replicas", &self.replicas)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// What admission does while the shared store cannot be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Admit without a quota (availability first); usage is still metered and recorded.
+    FailOpen,
+    /// Refuse with 503 (quota first).
+    FailClosed,
+    /// In-process buckets holding each replica to limit / replicas.
+    Local,
+}
+
+impl OnStoreError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnStoreError::FailOpen => "fail-open",
+            OnStoreError::FailClosed => "fail-closed",
+            OnStoreError::Local => "local",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

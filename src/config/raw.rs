@@ -23,6 +23,20 @@ pub struct RawConfig {
     pub ledger: Option<RawLedger>,
     #[serde(default)]
     pub models: Vec<Spanned<RawModel>>,
+    /// `[limits]`: where the quota buckets live.
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub store: Option<Spanned<String>>,
+    pub redis_url: Option<Spanned<String>>,
+    pub redis_ca_file: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub on_store_error: Option<Spanned<String>>,
+    pub replicas: Option<Spanned<u64>>,
+    pub store_timeout_ms: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -127,3 +127,80 @@ fn quota_fields_default_to_the_seed_and_are_checked() {
         assert_eq!(err.line, 10 + extra.matches('\n').count(), "{err}");
     }
 }
+
+fn with_limits(limits: &str) -> String {
+    format!("[limits]\n{limits}\n{}", example(""))
+}
+
+#[test]
+fn the_quota_store_is_memory_unless_redis_is_asked_for() {
+    assert_eq!(Config::parse(&example(""), "t.toml", &no_env).unwrap().store, StoreConfig::Memory);
+    assert_eq!(
+        Config::parse(&with_limits("store = \"memory\""), "t.toml", &no_env).unwrap().store,
+        StoreConfig::Memory
+    );
+    let config = Config::parse(
+        &with_limits(
+            "store = \"redis\"\nredis_url = \"rediss://:pw@redis.internal:6380/2\"\non_store_error = \"fail-closed\"\nreplicas = 3\nkey_prefix = \"gw1:\"\nstore_timeout_ms = 50",
+        ),
+        "t.toml",
+        &no_env,
+    )
+    .unwrap();
+    let StoreConfig::Redis(redis) = config.store else { panic!("redis store expected") };
+    assert_eq!(redis.on_error, OnStoreError::FailClosed);
+    assert_eq!(redis.replicas, 3);
+    assert_eq!(redis.key_prefix, "gw1:");
+    assert_eq!(redis.timeout, Duration::from_millis(50));
+    // The URL may hold a password: Debug never shows it.
+    assert!(!format!("{redis:?}").contains("pw"), "{redis:?}");
+    let defaults =
+        Config::parse(&with_limits("store = \"redis\"\nredis_url = \"redis://127.0.0.1\""), "t.toml", &no_env);
+    let StoreConfig::Redis(redis) = defaults.unwrap().store else { panic!("redis store expected") };
+    assert_eq!(
+        (redis.on_error, redis.replicas, redis.key_prefix.as_str()),
+        (OnStoreError::Local, 1, "tollgate:quota:")
+    );
+}
+
+#[test]
+fn bad_quota_store_settings_name_their_line_and_say_what_to_write() {
+    for (limits, line, field, says) in [
+        ("store = \"etcd\"", 2, "limits.store", "\"memory\" or \"redis\""),
+        ("store = \"redis\"", 2, "limits.redis_url", "needs redis_url"),
+        ("store = \"redis\"\nredis_url = \"http://x\"", 3, "limits.redis_url", "redis:// or rediss://"),
+        ("store = \"redis\"\nredis_url = \"redis://:secret@[bad\"", 3, "limits.redis_url", "not a valid Redis URL"),
+        ("redis_url = \"redis://x\"", 2, "limits.redis_url", "only used with store = \"redis\""),
+        (
+            "store = \"redis\"\nredis_url = \"redis://x\"\non_store_error = \"retry\"",
+            4,
+            "limits.on_store_error",
+            "fail-open",
+        ),
+        ("store = \"redis\"\nredis_url = \"redis://x\"\nreplicas = 0", 4, "limits.replicas", "between 1 and 10000"),
+        (
+            "store = \"redis\"\nredis_url = \"redis://x\"\nkey_prefix = \"a b\"",
+            4,
+            "limits.key_prefix",
+            "without spaces",
+        ),
+        (
+            "store = \"redis\"\nredis_url = \"redis://x\"\nstore_timeout_ms = 0",
+            4,
+            "limits.store_timeout_ms",
+            "between 1",
+        ),
+        (
+            "store = \"redis\"\nredis_url = \"redis://x\"\nredis_ca_file = \"ca.pem\"",
+            4,
+            "limits.redis_ca_file",
+            "rediss://",
+        ),
+        ("store = \"redis\"\nredis_url = \"redis://x\"\nshards = 2", 4, "shards", "unknown field"),
+    ] {
+        let err = Config::parse(&with_limits(limits), "t.toml", &no_env).unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (line, field), "{limits}: {err}");
+        assert!(err.message.contains(says), "{limits}: {err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}

@@ -103,7 +103,8 @@ pub(super) fn validate(
         None => None,
         Some(raw) => Some(validate_ledger(raw, at)?),
     };
-    Ok(Config { server, admin, backend, deployments, models, ledger })
+    let store = super::store::validate_store(raw.limits.as_ref(), at)?;
+    Ok(Config { server, admin, backend, deployments, models, ledger, store })
 }
 
 fn validate_limits(raw: &raw::RawServer, at: &Locator<'_>) -> Result<ClientLimits, ConfigError> {

@@ -46,6 +46,7 @@ use crate::keys::KeySlot;
 use crate::meter::{Counts, MeteredBody, Outcome, RequestFacts, Reservation, StreamLimits, UsageSink};
 use crate::metrics::{Metrics, metric_status};
 use crate::quota::headers::set_quota_headers;
+use crate::quota::store::{QuotaStore, Refusal};
 use crate::quota::{Denial, LimitKind, QuotaState};
 use body::{BodyFields, ProxyBody};
 use forward::BackendClient;
@@ -62,6 +63,7 @@ pub struct Gateway {
     stream_limits: StreamLimits,
     sink: Arc<dyn UsageSink>,
     metrics: Arc<Metrics>,
+    quota: QuotaStore,
 }
 
 /// What is known about a request so far, filled in as it goes through the stages.
@@ -85,6 +87,7 @@ impl Gateway {
         deployments: Arc<ArcSwap<DeploymentTable>>,
         sink: Arc<dyn UsageSink>,
         metrics: Arc<Metrics>,
+        quota: QuotaStore,
     ) -> Gateway {
         crate::estimate::Tokenizer::Bpe.warm_up();
         Gateway {
@@ -98,7 +101,13 @@ impl Gateway {
             },
             sink,
             metrics,
+            quota,
         }
+    }
+
+    /// Where admission takes from.
+    pub fn quota_store(&self) -> &QuotaStore {
+        &self.quota
     }
 
     /// The current deployment table.
@@ -243,9 +252,12 @@ impl Gateway {
         // Stage 5: admission.
         let completion = estimate.completion_reservation(route, deployment.default_max_tokens);
         let reserved = estimate.prompt_tokens.saturating_add(completion);
-        match deployment.quota.admit(reserved) {
-            Ok(state) => trace.quota = Some(state),
-            Err(Denial::Exhausted { limit, retry_after_ns, state }) => {
+        let hold = match self.quota.admit(&deployment, reserved).await {
+            Ok((state, hold)) => {
+                trace.quota = state;
+                hold
+            }
+            Err(Refusal::Denied(Denial::Exhausted { limit, retry_after_ns, state })) => {
                 trace.quota = Some(state);
                 trace.limited_by = Some(limit);
                 return Err(ApiError::RateLimited {
@@ -256,8 +268,8 @@ impl Gateway {
                     state,
                 });
             }
-            Err(Denial::ExceedsCapacity { reserved, capacity }) => {
-                trace.quota = Some(deployment.quota.state());
+            Err(Refusal::Denied(Denial::ExceedsCapacity { reserved, capacity })) => {
+                trace.quota = self.quota.state(&deployment).await;
                 return Err(ApiError::TokenLimitExceeded {
                     deployment: deployment.name.clone(),
                     reserved,
@@ -266,7 +278,8 @@ impl Gateway {
                     capacity,
                 });
             }
-        }
+            Err(Refusal::StoreUnavailable) => return Err(ApiError::QuotaStoreUnavailable),
+        };
         let facts = RequestFacts {
             deployment: Arc::clone(&deployment),
             key_slot,
@@ -277,7 +290,7 @@ impl Gateway {
             estimated_prompt_tokens: estimate.prompt_tokens,
             limited_by: None,
         };
-        let reservation = Reservation::new(facts, reserved, Arc::clone(&self.sink));
+        let reservation = Reservation::new(facts, reserved, hold, Arc::clone(&self.sink));
         trace.reserved = true;
 
         // Stages 6 and 7: forward, and stream the answer back as it comes, metering it.

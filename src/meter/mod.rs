@@ -21,6 +21,7 @@ use crate::gateway::request_id::RequestId;
 use crate::gateway::route::ApiRoute;
 use crate::keys::KeySlot;
 use crate::quota::LimitKind;
+use crate::quota::store::Hold;
 pub use body::{MeteredBody, StreamLimits};
 use usage::Usage;
 
@@ -180,14 +181,16 @@ impl Counts {
 pub struct Reservation {
     facts: RequestFacts,
     reserved_tokens: u64,
+    /// Where the tokens were taken from, and so where the difference is settled.
+    hold: Hold,
     sink: Arc<dyn UsageSink>,
     settled: bool,
 }
 
 impl Reservation {
-    pub fn new(facts: RequestFacts, reserved_tokens: u64, sink: Arc<dyn UsageSink>) -> Reservation {
+    pub fn new(facts: RequestFacts, reserved_tokens: u64, hold: Hold, sink: Arc<dyn UsageSink>) -> Reservation {
         facts.deployment.usage.inflight.fetch_add(1, Ordering::Relaxed);
-        Reservation { facts, reserved_tokens, sink, settled: false }
+        Reservation { facts, reserved_tokens, hold, sink, settled: false }
     }
 
     pub fn facts(&self) -> &RequestFacts {
@@ -207,7 +210,7 @@ impl Reservation {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
-        self.facts.deployment.quota.reconcile(self.reserved_tokens, counts.total);
+        self.hold.settle(&self.facts.deployment, self.reserved_tokens, counts.total);
         self.facts.deployment.usage.inflight.fetch_sub(1, Ordering::Relaxed);
         self.sink.record(self.facts.record(status, outcome, counts, self.reserved_tokens));
     }

@@ -25,6 +25,11 @@ impl TokenBucket {
         TokenBucket { per_minute, level: capacity_scaled(per_minute), updated_ns: now_ns }
     }
 
+    /// A bucket at a known level (scaled units), e.g. as the shared store reports it.
+    pub fn at_level(per_minute: u64, level: i128) -> TokenBucket {
+        TokenBucket { per_minute, level: level.min(capacity_scaled(per_minute)), updated_ns: 0 }
+    }
+
     pub fn per_minute(&self) -> u64 {
         self.per_minute
     }

@@ -9,6 +9,7 @@
 pub mod bucket;
 pub mod clock;
 pub mod headers;
+pub mod store;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -69,10 +70,33 @@ pub enum Denial {
     ExceedsCapacity { reserved: u64, capacity: u64 },
 }
 
+/// A deployment's two buckets, read together.
 #[derive(Debug)]
-struct Buckets {
-    requests: TokenBucket,
-    tokens: TokenBucket,
+pub struct Buckets {
+    pub requests: TokenBucket,
+    pub tokens: TokenBucket,
+}
+
+impl Buckets {
+    /// What the response headers report.
+    pub fn state(&self) -> QuotaState {
+        state_of(self)
+    }
+
+    /// Why `tokens` (with one request) cannot be taken now, and when they could be.
+    pub fn denial(&self, tokens: u64) -> Denial {
+        let request_ok = self.requests.has(1);
+        let tokens_ok = self.tokens.has(tokens);
+        let wait_requests = self.requests.wait_ns_for(1).unwrap_or(u64::MAX);
+        let wait_tokens = self.tokens.wait_ns_for(tokens).unwrap_or(u64::MAX);
+        let limit = match (request_ok, tokens_ok) {
+            (false, true) => LimitKind::Requests,
+            (true, false) => LimitKind::Tokens,
+            _ if wait_requests >= wait_tokens => LimitKind::Requests,
+            _ => LimitKind::Tokens,
+        };
+        Denial::Exhausted { limit, retry_after_ns: wait_requests.max(wait_tokens), state: state_of(self) }
+    }
 }
 
 /// One deployment's two buckets.
@@ -115,22 +139,12 @@ impl DeploymentQuota {
         if tokens > capacity {
             return Err(Denial::ExceedsCapacity { reserved: tokens, capacity });
         }
-        let request_ok = b.requests.has(1);
-        let tokens_ok = b.tokens.has(tokens);
-        if request_ok && tokens_ok {
+        if b.requests.has(1) && b.tokens.has(tokens) {
             b.requests.take(1);
             b.tokens.take(tokens);
             return Ok(state_of(&b));
         }
-        let wait_requests = b.requests.wait_ns_for(1).unwrap_or(u64::MAX);
-        let wait_tokens = b.tokens.wait_ns_for(tokens).unwrap_or(u64::MAX);
-        let limit = match (request_ok, tokens_ok) {
-            (false, true) => LimitKind::Requests,
-            (true, false) => LimitKind::Tokens,
-            _ if wait_requests >= wait_tokens => LimitKind::Requests,
-            _ => LimitKind::Tokens,
-        };
-        Err(Denial::Exhausted { limit, retry_after_ns: wait_requests.max(wait_tokens), state: state_of(&b) })
+        Err(b.denial(tokens))
     }
 
     /// Settles a reservation: refunds `reserved - actual`, or charges `actual - reserved` (which

@@ -2,6 +2,9 @@
 //! small HTTP client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod process;
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -59,6 +62,8 @@ pub struct Setup {
     pub admin: String,
     /// Extra top-level tables (`[[models]]`, `[[admin.tokens]]`).
     pub tables: String,
+    /// Lines for a `[limits]` table (none when empty).
+    pub limits: String,
 }
 
 impl Harness {
@@ -102,6 +107,7 @@ keys = ["{other}"]
             more = setup.more_deployments.replace("{mock}", &mock.url()),
             tables = setup.tables.replace("{mock}", &mock.url()),
         );
+        let text = if setup.limits.is_empty() { text } else { format!("{text}\n[limits]\n{}\n", setup.limits) };
         let text = match &setup.ledger {
             Some(path) => format!("{text}\n[ledger]\npath = {:?}\n", path.display().to_string()),
             None => text,

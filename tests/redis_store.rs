@@ -1,0 +1,308 @@
+//! Quotas shared through a real Redis (`[limits] store = "redis"`): replicas never admit more
+//! than the one quota between them, 429s carry the right headers, and each `on_store_error` mode
+//! behaves as documented when Redis is killed mid-load and restarted, with the ledger complete.
+//! Each test starts its own `redis-server` on a free port and skips only when none is installed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::process::{self, stop};
+use common::redis_server::RedisServer;
+use common::*;
+use http::{Method, StatusCode};
+use tollgate::mock_backend::{MockBackend, MockOptions};
+
+fn limits(redis: &RedisServer, extra: &str) -> String {
+    format!("store = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"test{}:\"\n{extra}", redis.url(), redis.port)
+}
+
+/// How many a bucket of `per_minute` can admit over `elapsed`: the full minute plus the refill.
+fn allowance(per_minute: u64, elapsed: Duration) -> u64 {
+    per_minute + (elapsed.as_secs_f64() * per_minute as f64 / 60.0).floor() as u64
+}
+
+/// A 429 from the shared buckets, checked header by header: the bucket that refused holds less
+/// than the request needed (`needed`: 1 for requests, the reservation for tokens).
+fn assert_rate_limited(reply: &Reply, limit_header: &str, limit: u64, remaining_header: &str, needed: u64) {
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.text());
+    assert_eq!(reply.error_code(), "TooManyRequests");
+    assert_eq!(reply.header("x-ms-error-code"), "TooManyRequests");
+    assert_eq!(reply.number(limit_header), limit, "{limit_header}");
+    let remaining = reply.number(remaining_header);
+    assert!(remaining < needed, "{remaining_header} {remaining} on a 429 for a request needing {needed}");
+    let retry_ms = reply.number("retry-after-ms");
+    assert!(retry_ms > 0 && retry_ms <= 60_000, "retry-after-ms {retry_ms}");
+    assert_eq!(reply.number("retry-after"), retry_ms.div_ceil(1000));
+    assert!(reply.header("ratelimit").contains("\"requests\";r="), "{}", reply.header("ratelimit"));
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_bucket_and_each_429_says_when() {
+    let Some(redis) = RedisServer::start("two_gateways_share_one_bucket") else { return };
+    let setup =
+        || Setup { deployment: "requests_per_minute = 6".into(), limits: limits(&redis, ""), ..Setup::default() };
+    let (a, b) = (Harness::with(setup()).await, Harness::with(setup()).await);
+    let started = Instant::now();
+    let mut admitted = 0;
+    for i in 0..10 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+        match reply.status {
+            StatusCode::OK => {
+                admitted += 1;
+                assert_eq!(reply.number("x-ratelimit-limit-requests"), 6);
+            }
+            _ => assert_rate_limited(&reply, "x-ratelimit-limit-requests", 6, "x-ratelimit-remaining-requests", 1),
+        }
+    }
+    let bound = allowance(6, started.elapsed());
+    assert!(admitted >= 6 && admitted <= bound, "admitted {admitted} by two gateways, one quota allows {bound}");
+    // Both gateways read the same buckets (the later read differs only by the refill since).
+    let (first, second) = (a.admin("/quotas").await[DEPLOYMENT].clone(), b.admin("/quotas").await[DEPLOYMENT].clone());
+    assert_eq!((first["requestsPerMinute"].as_u64(), first["tokensPerMinute"].as_u64()), (Some(6), Some(200_000)));
+    assert_eq!(first["requestsPerMinute"], second["requestsPerMinute"]);
+    let tokens = |q: &serde_json::Value| q["remainingTokens"].as_u64().unwrap();
+    assert!(tokens(&first) < 200_000 && tokens(&first) <= tokens(&second), "{first} then {second}");
+    // The key carries the prefix, and expires once the buckets would be full again.
+    let ttl = redis.command(&format!("PTTL test{}:{DEPLOYMENT}", redis.port)).unwrap();
+    let ttl: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 61_000, "PTTL {ttl}");
+}
+
+fn write_config(dir: &Path, mock: &MockBackend, redis: &RedisServer, name: &str) -> std::path::PathBuf {
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[limits]
+{limits}
+[[deployments]]
+name = "{DEPLOYMENT}"
+model = "m"
+backend = "{mock}"
+keys = ["{key}"]
+requests_per_minute = 30
+tokens_per_minute = 1000000
+[[deployments]]
+name = "tokens"
+model = "m"
+backend = "{mock}"
+keys = ["{key}"]
+requests_per_minute = 1000000
+tokens_per_minute = 900
+[ledger]
+path = "{ledger}"
+flush_interval_ms = 50
+"#,
+        limits = limits(redis, ""),
+        mock = mock.url(),
+        key = stored(PRIMARY_KEY),
+        ledger = dir.join(format!("{name}.jsonl")).display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn three_processes_hammered_together_admit_no_more_than_the_one_quota() {
+    let Some(redis) = RedisServer::start("three_processes_hammered_together") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let mut gateways = Vec::new();
+    for name in ["a", "b", "c"] {
+        let config = write_config(dir.path(), &mock, &redis, name);
+        gateways.push(process::start(dir.path(), &config, &[], &[]).await);
+    }
+    let client = Client::new();
+    // 30 requests a minute for DEPLOYMENT; 900 tokens a minute for "tokens", where a request
+    // reserves its prompt + max_tokens 60 and the mock answers 5 completion tokens.
+    let token_body = r#"{"messages":[{"role":"user","content":"How many tokens?"}],"max_tokens":60}"#;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for gw in &gateways {
+        for _ in 0..3 {
+            let (client, addr) = (client.clone(), gw.addr);
+            tasks.push(tokio::spawn(async move {
+                let mut replies = Vec::new();
+                for _ in 0..12 {
+                    let url = format!("http://{addr}/openai/deployments/{DEPLOYMENT}/chat/completions");
+                    replies.push(("requests", client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await));
+                    let url = format!("http://{addr}/openai/deployments/tokens/chat/completions");
+                    let headers = [("api-key", PRIMARY_KEY), ("x-mock-completion-tokens", "5")];
+                    replies.push(("tokens", client.post(&url, &headers, token_body).await));
+                }
+                replies
+            }));
+        }
+    }
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let (mut admitted, mut limited) = (0, 0);
+    for (deployment, reply) in &replies {
+        match (*deployment, reply.status) {
+            ("requests", StatusCode::OK) => admitted += 1,
+            ("requests", _) => {
+                limited += 1;
+                assert_rate_limited(reply, "x-ratelimit-limit-requests", 30, "x-ratelimit-remaining-requests", 1);
+            }
+            (_, StatusCode::OK) => {}
+            // A reservation is the prompt (about 10) + max_tokens 60: at most 80.
+            _ => assert_rate_limited(reply, "x-ratelimit-limit-tokens", 900, "x-ratelimit-remaining-tokens", 80),
+        }
+    }
+    let bound = allowance(30, elapsed);
+    assert!(admitted >= 30 && admitted <= bound, "3 replicas admitted {admitted}; the one quota allows {bound}");
+    assert_eq!(admitted + limited, 108);
+    // Tokens: what was billed (reported usage, summed over the replicas) fits the one quota.
+    let mut billed = 0;
+    let mut token_admitted = 0;
+    for gw in &gateways {
+        let usage = client.call(Method::GET, &format!("http://{}/usage", gw.admin), &[], "").await.json();
+        billed += usage["tokens"]["total_tokens"].as_u64().unwrap();
+        token_admitted +=
+            usage["tokens"]["requests"].as_u64().unwrap() - usage["tokens"]["rate_limited_requests"].as_u64().unwrap();
+    }
+    let token_bound = allowance(900, elapsed);
+    assert!(token_admitted > 0 && billed <= token_bound, "billed {billed} tokens; the one quota allows {token_bound}");
+    assert!(token_admitted < 108, "the tokens quota never refused anything");
+    // Every request is in a ledger.
+    let mut lines = 0;
+    for (gw, name) in gateways.into_iter().zip(["a", "b", "c"]) {
+        stop(gw);
+        lines += std::fs::read_to_string(dir.path().join(format!("{name}.jsonl"))).unwrap().lines().count();
+    }
+    assert_eq!(lines, replies.len());
+}
+
+/// Kills Redis under a steady load and restarts it, for one `on_store_error` mode; returns what
+/// the load saw while Redis was down, after checking what holds in every mode.
+async fn outage(mut redis: RedisServer, mode: &str, extra: &str, deployment: &str) -> Vec<Reply> {
+    let ledger = tempfile::tempdir().unwrap().keep().join("usage.jsonl");
+    let h = Harness::with(Setup {
+        deployment: deployment.into(),
+        limits: limits(&redis, &format!("on_store_error = \"{mode}\"\nstore_timeout_ms = 200\n{extra}")),
+        ledger: Some(ledger.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let metrics = || async {
+        parse_metrics(
+            &h.client.call(Method::GET, &format!("http://{}/metrics", h.gateway.admin_addr), &[], "").await.text(),
+        )
+    };
+    assert_eq!(metric(&metrics().await, "tollgate_quota_store_up", &[]), 1.0);
+
+    // A steady load from two clients, all through the outage.
+    let running = Arc::new(AtomicBool::new(true));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url, running) =
+                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running));
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while running.load(Ordering::Relaxed) {
+                    let reply = client.try_post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+                    statuses.push(reply.map(|r| r.status));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.kill();
+    let mut down = Vec::new();
+    for _ in 0..6 {
+        down.push(h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await);
+    }
+    let samples = metrics().await;
+    assert_eq!(metric(&samples, "tollgate_quota_store_up", &[]), 0.0);
+    assert!(metric(&samples, "tollgate_quota_store_errors_total", &[("op", "admit")]) >= 1.0);
+    assert!(metric(&samples, "tollgate_quota_store_fallbacks_total", &[("mode", mode)]) >= 6.0);
+    redis.restart();
+    let mut recovered = false;
+    for _ in 0..500 {
+        if metric(&metrics().await, "tollgate_quota_store_up", &[]) == 1.0 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recovered, "the gateway never saw Redis come back");
+    assert_eq!(metric(&metrics().await, "tollgate_quota_store_recoveries_total", &[]), 1.0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.store(false, Ordering::Relaxed);
+    let mut answered = 0;
+    for task in load {
+        for status in task.await.unwrap() {
+            let status = status.expect("a request of the load got no HTTP answer");
+            let expected = [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS, StatusCode::SERVICE_UNAVAILABLE];
+            assert!(expected.contains(&status), "{mode}: unexpected {status}");
+            if mode != "fail-closed" {
+                assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE, "{mode} never refuses for the store");
+            }
+            answered += 1;
+        }
+    }
+    // After recovery the shared bucket is used again: its key exists in the restarted Redis.
+    let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert!(reply.status == StatusCode::OK || reply.status == StatusCode::TOO_MANY_REQUESTS);
+    let exists = redis.command(&format!("EXISTS test{}:{DEPLOYMENT}", redis.port)).unwrap();
+    assert_eq!(exists.trim(), ":1", "no shared bucket after recovery");
+    // Nothing lost: every answered request is in the ledger once the gateway has stopped.
+    let authenticated = answered + down.len() + 1;
+    let Harness { gateway, .. } = h;
+    gateway.shutdown().await;
+    let lines = std::fs::read_to_string(&ledger).unwrap().lines().count();
+    assert_eq!(lines, authenticated, "{mode}: ledger lines vs answered requests");
+    down
+}
+
+#[tokio::test]
+async fn fail_open_admits_without_a_quota_while_redis_is_down() {
+    let Some(redis) = RedisServer::start("fail_open") else { return };
+    let down = outage(redis, "fail-open", "", "requests_per_minute = 100000").await;
+    for reply in &down {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        // No quota was consulted, so none is reported.
+        assert!(reply.headers.get("x-ratelimit-remaining-requests").is_none());
+    }
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_with_503_while_redis_is_down() {
+    let Some(redis) = RedisServer::start("fail_closed") else { return };
+    let down = outage(redis, "fail-closed", "", "requests_per_minute = 100000").await;
+    for reply in &down {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+        assert_eq!(reply.error_code(), "ServiceUnavailable");
+        assert_eq!(reply.header("x-ms-error-code"), "ServiceUnavailable");
+        assert_eq!(reply.header("retry-after"), "1");
+        assert!(reply.json()["error"]["message"].as_str().unwrap().contains("fail-closed"));
+    }
+}
+
+#[tokio::test]
+async fn local_holds_each_replica_to_its_share_while_redis_is_down() {
+    let Some(redis) = RedisServer::start("local") else { return };
+    // A requests quota of 8 shared by 4 replicas: while Redis is down this one holds a share of 2
+    // (the load, running all along, competes for it).
+    let started = Instant::now();
+    let down = outage(redis, "local", "replicas = 4", "requests_per_minute = 8").await;
+    let admitted = down.iter().filter(|r| r.status == StatusCode::OK).count() as u64;
+    let bound = allowance(2, started.elapsed());
+    assert!(admitted <= bound, "local share of 8 / 4 replicas admitted {admitted} of 6 (allowed {bound})");
+    for reply in down.iter().filter(|r| r.status != StatusCode::OK) {
+        assert_rate_limited(reply, "x-ratelimit-limit-requests", 2, "x-ratelimit-remaining-requests", 1);
+    }
+}
