@@ -67,6 +67,27 @@ fi
 sleep 1
 
 json() { python3 -c "import json,sys; r=json.load(sys.stdin); print(r$1)"; }
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' "/proc/$GATEWAY_PID/status"; }
+open_connections() { curl -s "http://$ADMIN/metrics" | awk '/^tollgate_open_connections / {print $2}'; }
+# RSS idle, then with 10,000 open keep-alive connections (counted by the gateway itself before
+# sampling), then idle again once they are closed.
+rss_with_connections() {
+  echo "tollgate RSS $1, idle: $(rss)"
+  python3 - "$GATEWAY" <<'PY' &
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+conns = [socket.create_connection((host, int(port))) for _ in range(10000)]
+time.sleep(60)
+PY
+  local opener=$!
+  for _ in $(seq 600); do
+    [ "$(open_connections)" -ge 10000 ] 2>/dev/null && break
+    sleep 0.1
+  done
+  echo "tollgate RSS $1, with $(open_connections) open connections: $(rss)"
+  kill "$opener" 2>/dev/null; wait "$opener" 2>/dev/null || true
+}
+rss_with_connections "fresh (no request served yet)"
 declare -A THROUGHPUT P50 P99
 for round in $(seq "$ROUNDS"); do
   for target in "${targets[@]}"; do
@@ -97,31 +118,23 @@ if [ -n "${THROUGHPUT[nginx]:-}" ]; then
   echo "tollgate/nginx throughput:   $(python3 -c "print(f'{$tollgate/$nginx_tp:.2f}')")"
 fi
 
-# Overhead at half the backend's saturation, open loop (latency from the scheduled send time).
+# Overhead at half the backend's saturation, open loop (latency from the scheduled send time),
+# alternating backend / tollgate for the same rounds, means of the percentiles.
 RATE=$(python3 -c "print(int($backend/2))")
-b=$("$BIN" bench --url "http://$MOCK" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)
-t=$("$BIN" bench --url "http://$GATEWAY/openai/deployments/bench" --key "$KEY" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)
-python3 - "$RATE" "$b" "$t" <<'PY'
+runs=()
+for round in $(seq "$ROUNDS"); do
+  runs+=("$("$BIN" bench --url "http://$MOCK" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)")
+  runs+=("$("$BIN" bench --url "http://$GATEWAY/openai/deployments/bench" --key "$KEY" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)")
+done
+python3 - "$RATE" "${runs[@]}" <<'PY'
 import json, sys
-rate, b, t = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+rate, runs = sys.argv[1], [json.loads(r) for r in sys.argv[2:]]
+backend, tollgate = runs[0::2], runs[1::2]
+mean = lambda rs, q: sum(r["latency_ms"][q] for r in rs) / len(rs)
 for q in ("p50", "p99"):
-    added = (t["latency_ms"][q] - b["latency_ms"][q]) * 1000
-    print(f"added latency at {rate} requests/s (open loop), {q}: {added:.0f} us "
-          f"(backend {b['latency_ms'][q]:.3f} ms, through tollgate {t['latency_ms'][q]:.3f} ms)")
+    b, t = mean(backend, q), mean(tollgate, q)
+    print(f"added latency at {rate} requests/s (open loop, {len(backend)} rounds), {q}: {(t - b) * 1000:.0f} us "
+          f"(backend {b:.3f} ms, through tollgate {t:.3f} ms)")
 PY
 
-rss() { awk '/VmRSS/ {print $2/1024 " MiB"}' "/proc/$GATEWAY_PID/status"; }
-echo "tollgate RSS after the runs, idle: $(rss)"
-python3 - "$GATEWAY" <<'PY' &
-import socket, sys, time
-host, port = sys.argv[1].rsplit(":", 1)
-conns = []
-for _ in range(10000):
-    s = socket.create_connection((host, int(port)))
-    conns.append(s)
-print("10000 connections open", flush=True)
-time.sleep(8)
-PY
-sleep 6
-echo "tollgate RSS with 10,000 open connections: $(rss)"
-wait %% 2>/dev/null || true
+rss_with_connections "after the runs"

@@ -78,6 +78,7 @@ for line in sys.stdin:
         prefix = "tollgate_quota_store_duration_seconds_" + name + "{op=\"admit\"}"
         if line.startswith(prefix):
             values[name] = float(line.split()[-1])
-if values.get("count"):
-    print(f"Redis admit round trip as the gateway measured it: mean {values[\"sum\"] / values[\"count\"] * 1e6:.0f} us over {values[\"count\"]:.0f} admissions")
+count, total = values.get("count", 0), values.get("sum", 0)
+if count:
+    print(f"Redis admit round trip as the gateway measured it: mean {total / count * 1e6:.0f} us over {count:.0f} admissions")
 '

@@ -8,38 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::pki::*;
 use common::*;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tollgate::config::Config;
 use tollgate::runtime::RunningGateway;
-
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-fn pki(name: &str) -> Pki {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, format!("tollgate test CA {name}"));
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
-    Pki { ca_pem: ca_cert.pem(), cert_pem: leaf_cert.pem(), key_pem: leaf_key.serialize_pem() }
-}
-
-fn write(dir: &Path, pki: &Pki) {
-    std::fs::write(dir.join("ca.pem"), &pki.ca_pem).unwrap();
-    std::fs::write(dir.join("cert.pem"), &pki.cert_pem).unwrap();
-    std::fs::write(dir.join("key.pem"), &pki.key_pem).unwrap();
-}
 
 fn tls_lines(dir: &Path) -> String {
     format!(

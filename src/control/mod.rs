@@ -156,6 +156,10 @@ impl ControlPlane {
             tracing::warn!("the [ledger] section changed: it takes effect at the next restart");
             config.ledger.clone_from(&inner.config.ledger);
         }
+        if config.store != inner.config.store {
+            tracing::warn!("the [limits] section changed: the quota store is chosen at start, restart to apply it");
+            config.store.clone_from(&inner.config.store);
+        }
         let table = build::build_table(&config, &inner.state, &self.secret, &self.live.load(), &self.clock)?;
         let count = table.len();
         inner.config = config;

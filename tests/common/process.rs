@@ -59,3 +59,15 @@ pub fn stop(gw: Gateway) {
     let mut child = gw.child;
     assert!(child.wait().unwrap().success(), "tollgate did not exit cleanly after SIGTERM");
 }
+
+/// Kills these processes (by pid) when dropped: a failing test leaves no gateway running.
+pub struct Reaper(pub Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // Already gone after a clean stop: nothing to do, and the error is expected.
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+}

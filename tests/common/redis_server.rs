@@ -12,6 +12,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// TLS only (`--tls-port`), with these PEM files: cert, key, CA.
+    tls: Option<[String; 3]>,
 }
 
 impl RedisServer {
@@ -22,7 +24,16 @@ impl RedisServer {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { child: None, port, dir: tempfile::tempdir().unwrap() };
+        let mut server = RedisServer { child: None, port, dir: tempfile::tempdir().unwrap(), tls: None };
+        server.restart();
+        Some(server)
+    }
+
+    /// A server that speaks only TLS, with `cert.pem`, `key.pem` and `ca.pem` from `pem_dir`.
+    pub fn start_tls(test: &str, pem_dir: &std::path::Path) -> Option<RedisServer> {
+        let mut server = RedisServer::start(test)?;
+        let file = |name: &str| pem_dir.join(name).display().to_string();
+        server.tls = Some([file("cert.pem"), file("key.pem"), file("ca.pem")]);
         server.restart();
         Some(server)
     }
@@ -42,16 +53,24 @@ impl RedisServer {
     /// Starts again on the same port, empty (no persistence), and waits until it answers.
     pub fn restart(&mut self) {
         self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", self.dir.path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        command.args(["--dir", self.dir.path().to_str().unwrap()]);
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some([cert, key, ca]) => command
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                .args(["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca]),
+        };
+        self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
         for _ in 0..1000 {
-            if self.command("PING").is_some_and(|r| r.starts_with("+PONG")) {
+            let ready = match self.tls {
+                None => self.command("PING").is_some_and(|r| r.starts_with("+PONG")),
+                // Plain commands cannot be sent; listening is enough.
+                Some(_) => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if ready {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
