@@ -63,6 +63,7 @@ pub async fn serve<F, Fut, B>(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     // Turned true when the grace period is over: connections still open are dropped (their
     // response bodies with them, which settles and records each request).
@@ -92,35 +93,49 @@ pub async fn serve<F, Fut, B>(
                 if let Some(gauge) = &open {
                     gauge.inc();
                 }
-                let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), options.tls.clone());
+                let (builder, watcher, tls) = (Arc::clone(&builder), graceful.watcher(), options.tls.clone());
                 let mut cut_off = cut_off.clone();
+                let mut stop = shutdown.clone();
                 let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    let served = async {
-                        match tls {
-                            None => {
-                                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                                watcher.watch(connection.into_owned()).await
-                            }
-                            Some(acceptor) => {
-                                let stream =
-                                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    // Until its first byte, a connection costs only this small task (no hyper
+                    // state yet), and one that sends nothing is closed after the header read
+                    // timeout (hyper's own timeout only starts with the first request). At
+                    // shutdown it closes at once, giving its graceful-shutdown watcher back.
+                    let mut first = [0u8; 1];
+                    let first_byte = tokio::select! {
+                        peeked = tokio::time::timeout(handshake_timeout, stream.peek(&mut first)) => matches!(peeked, Ok(Ok(1))),
+                        () = stop_requested(&mut stop) => false,
+                    };
+                    if first_byte {
+                        // Boxed: the connection's state (HTTP/1.1 or HTTP/2, plain or TLS) is
+                        // only allocated for connections that talk.
+                        let served = Box::pin(async move {
+                            match tls {
+                                None => {
+                                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                                    watcher.watch(connection.into_owned()).await
+                                }
+                                Some(acceptor) => {
+                                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                                    let stream = match handshake.await {
                                         Ok(Ok(stream)) => stream,
                                         Ok(Err(error)) => return Err(format!("TLS handshake failed: {error}").into()),
                                         Err(_) => return Err("TLS handshake timed out".into()),
                                     };
-                                let connection = builder.serve_connection(TokioIo::new(stream), service);
-                                watcher.watch(connection.into_owned()).await
+                                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                                    watcher.watch(connection.into_owned()).await
+                                }
                             }
-                        }
-                    };
-                    tokio::select! {
-                        result = served => {
-                            if let Err(error) = result {
-                                tracing::debug!(%error, "connection ended with an error");
+                        });
+                        tokio::select! {
+                            result = served => {
+                                if let Err(error) = result {
+                                    tracing::debug!(%error, "connection ended with an error");
+                                }
                             }
+                            () = stop_requested(&mut cut_off) => tracing::debug!("connection cut at the end of the shutdown grace period"),
                         }
-                        () = stop_requested(&mut cut_off) => tracing::debug!("connection cut at the end of the shutdown grace period"),
                     }
                     if let Some(gauge) = open {
                         gauge.dec();

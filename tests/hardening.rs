@@ -51,6 +51,16 @@ async fn slowloris_headers_are_cut_off() {
 }
 
 #[tokio::test]
+async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout() {
+    let h = Harness::with(limits("header_read_timeout_ms = 300")).await;
+    let mut stream = TcpStream::connect(h.addr()).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a silent connection was kept open past the header read timeout");
+    still_serves(&h).await;
+}
+
+#[tokio::test]
 async fn slow_and_endless_bodies_get_408() {
     let h = Harness::with(limits("body_read_timeout_ms = 300")).await;
     let answer =
