@@ -12,31 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-10}
 ROUNDS=${2:-2}
-BIN=target/release/tollgate
-cargo build --release --quiet --bin tollgate
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-ulimit -n 65536 2>/dev/null || true
-
+source benches/common.sh
 MOCK=127.0.0.1:18300 GATEWAY=127.0.0.1:18380 ADMIN=127.0.0.1:18390 NGINX=127.0.0.1:18480
 KEY=BenchKey0123456789abcdefghijklmn
-DIGEST="sha256:$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
-
 "$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
-cat > "$WORK/tollgate.toml" <<TOML
-[server]
-listen = "$GATEWAY"
-[admin]
-listen = "$ADMIN"
-state_file = "$WORK/state.json"
-[[deployments]]
-name = "bench"
-model = "m"
-backend = "http://$MOCK"
-keys = ["$DIGEST"]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000
-TOML
+gateway_config "$WORK/tollgate.toml" "$GATEWAY" "$ADMIN" "$MOCK" "$KEY" bench
 TOLLGATE_LOG=warn "$BIN" serve --config "$WORK/tollgate.toml" >/dev/null 2>&1 &
 GATEWAY_PID=$!
 
@@ -124,7 +104,9 @@ RATE=$(python3 -c "print(int($backend/2))")
 runs=()
 for round in $(seq "$ROUNDS"); do
   runs+=("$("$BIN" bench --url "http://$MOCK" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)")
+  curl -s "http://$ADMIN/metrics" > "$WORK/overhead.before.$round"
   runs+=("$("$BIN" bench --url "http://$GATEWAY/openai/deployments/bench" --key "$KEY" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)")
+  curl -s "http://$ADMIN/metrics" > "$WORK/overhead.after.$round"
 done
 python3 - "$RATE" "${runs[@]}" <<'PY'
 import json, sys
@@ -136,5 +118,9 @@ for q in ("p50", "p99"):
     print(f"added latency at {rate} requests/s (open loop, {len(backend)} rounds), {q}: {(t - b) * 1000:.0f} us "
           f"(backend {b:.3f} ms, through tollgate {t:.3f} ms)")
 PY
+# The same, as tollgate measures itself (arrival to forwarding, excluding the backend's time),
+# over the last open-loop round: free of the load generator's and the backend's share of the CPU.
+python3 benches/histogram.py "$WORK/overhead.before.$ROUNDS" "$WORK/overhead.after.$ROUNDS" \
+  tollgate_overhead_seconds 'deployment="bench"' 0.5 0.99
 
 rss_with_connections "after the runs"

@@ -11,39 +11,19 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-10}
 RATE=${2:-2000}
 ROUNDS=${3:-2}
-BIN=target/release/tollgate
 command -v redis-server >/dev/null || { echo "needs redis-server (apt-get install redis-server)" >&2; exit 1; }
-cargo build --release --quiet --bin tollgate
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
+source benches/common.sh
 MOCK=127.0.0.1:18600 REDIS_PORT=18679
 KEY=RedisBenchKey0123456789abcdefghi
-DIGEST="sha256:$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >/dev/null 2>&1 &
 "$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
 declare -A GATEWAY ADMIN
 GATEWAY[memory]=127.0.0.1:18680 ADMIN[memory]=127.0.0.1:18690
 GATEWAY[redis]=127.0.0.1:18681 ADMIN[redis]=127.0.0.1:18691
 for store in memory redis; do
-  limits="store = \"memory\""
+  limits='store = "memory"'
   [ "$store" = redis ] && limits=$(printf 'store = "redis"\nredis_url = "redis://127.0.0.1:%s"' "$REDIS_PORT")
-  cat > "$WORK/$store.toml" <<TOML
-[server]
-listen = "${GATEWAY[$store]}"
-[admin]
-listen = "${ADMIN[$store]}"
-state_file = "$WORK/$store.state.json"
-[limits]
-$limits
-[[deployments]]
-name = "bench"
-model = "m"
-backend = "http://$MOCK"
-keys = ["$DIGEST"]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000
-TOML
+  gateway_config "$WORK/$store.toml" "${GATEWAY[$store]}" "${ADMIN[$store]}" "$MOCK" "$KEY" bench "$(printf '[limits]\n%s' "$limits")"
   TOLLGATE_LOG=warn "$BIN" serve --config "$WORK/$store.toml" >/dev/null 2>&1 &
 done
 sleep 1
@@ -53,7 +33,10 @@ declare -A P50 P99 TP
 for round in $(seq "$ROUNDS"); do
   for store in memory redis; do
     url="http://${GATEWAY[$store]}/openai/deployments/bench"
+    curl -s "http://${ADMIN[$store]}/metrics" > "$WORK/$store.before"
     out=$("$BIN" bench --url "$url" --key "$KEY" --rate "$RATE" --duration "${SECONDS_EACH}s" --json)
+    curl -s "http://${ADMIN[$store]}/metrics" > "$WORK/$store.after.$round"
+    cp "$WORK/$store.before" "$WORK/$store.before.$round"
     P50[$store]+="$(echo "$out" | json "['latency_ms']['p50']") "
     P99[$store]+="$(echo "$out" | json "['latency_ms']['p99']") "
     out=$("$BIN" bench --url "$url" --key "$KEY" --concurrency 32 --duration "${SECONDS_EACH}s" --json)
@@ -70,15 +53,12 @@ import sys
 m50, r50, m99, r99 = map(float, sys.argv[1:])
 print(f"added by the Redis store at the fixed rate: p50 {(r50 - m50) * 1000:.0f} us, p99 {(r99 - m99) * 1000:.0f} us")
 PY
-curl -s "http://${ADMIN[redis]}/metrics" | python3 -c '
-import sys
-values = {}
-for line in sys.stdin:
-    for name in ("sum", "count"):
-        prefix = "tollgate_quota_store_duration_seconds_" + name + "{op=\"admit\"}"
-        if line.startswith(prefix):
-            values[name] = float(line.split()[-1])
-count, total = values.get("count", 0), values.get("sum", 0)
-if count:
-    print(f"Redis admit round trip as the gateway measured it: mean {total / count * 1e6:.0f} us over {count:.0f} admissions")
-'
+# What the gateways measured themselves during the last open-loop round: the Redis admission
+# round trip, and each gateway's own overhead (arrival to forwarding, minus nothing of the backend).
+python3 benches/histogram.py "$WORK/redis.before.$ROUNDS" "$WORK/redis.after.$ROUNDS" \
+  tollgate_quota_store_duration_seconds 'op="admit"'
+for store in memory redis; do
+  printf '%-7s ' "$store"
+  python3 benches/histogram.py "$WORK/$store.before.$ROUNDS" "$WORK/$store.after.$ROUNDS" \
+    tollgate_overhead_seconds 'deployment="bench"'
+done

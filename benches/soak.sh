@@ -9,31 +9,11 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-300}
 RATE=${2:-4000}
 MIX=${3:-short-chat}
-BIN=target/release/tollgate
-cargo build --release --quiet --bin tollgate
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-
+source benches/common.sh
 MOCK=127.0.0.1:18500 GATEWAY=127.0.0.1:18580 ADMIN=127.0.0.1:18590
 KEY=SoakKey0123456789abcdefghijklmno
-DIGEST="sha256:$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)"
 "$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
-cat > "$WORK/tollgate.toml" <<TOML
-[server]
-listen = "$GATEWAY"
-[admin]
-listen = "$ADMIN"
-state_file = "$WORK/state.json"
-[ledger]
-path = "$WORK/usage.jsonl"
-[[deployments]]
-name = "soak"
-model = "m"
-backend = "http://$MOCK"
-keys = ["$DIGEST"]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000
-TOML
+gateway_config "$WORK/tollgate.toml" "$GATEWAY" "$ADMIN" "$MOCK" "$KEY" soak "$(printf '[ledger]\npath = "%s"' "$WORK/usage.jsonl")"
 TOLLGATE_LOG=warn "$BIN" serve --config "$WORK/tollgate.toml" >/dev/null 2>&1 &
 GATEWAY_PID=$!
 sleep 1
