@@ -342,3 +342,48 @@ async fn local_holds_each_replica_to_its_share_while_redis_is_down() {
         assert_rate_limited(reply, "x-ratelimit-limit-requests", 2, "x-ratelimit-remaining-requests", 1);
     }
 }
+
+/// The scripts' arithmetic at the largest limit the configuration accepts (10^9 a minute), made
+/// deterministic by setting the buckets' time in the future (no refill can happen): levels are
+/// exact integers in 1/60,000 units, written back without rounding.
+#[test]
+fn the_scripts_are_exact_at_the_largest_limits() {
+    use tollgate::quota::store::scripts;
+    let Some(redis) = RedisServer::start("the_scripts_are_exact_at_the_largest_limits") else { return };
+    let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let (admit, reconcile) = (redis::Script::new(&scripts::admit()), redis::Script::new(&scripts::reconcile()));
+    const U: i64 = 60_000;
+    const LIMIT: i64 = 1_000_000_000;
+    let freeze = |con: &mut redis::Connection| {
+        let () = redis::cmd("HSET").arg("k").arg("at").arg("99999999999999").query(con).unwrap();
+    };
+    let full = (LIMIT * U).to_string();
+    let () = redis::cmd("HSET").arg("k").arg("r").arg(&full).arg("t").arg(&full).query(&mut con).unwrap();
+    let run = |con: &mut redis::Connection, script: &redis::Script, args: &[i64]| -> Vec<i64> {
+        freeze(con);
+        let mut invocation = script.key("k");
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        match invocation.invoke::<redis::Value>(con).unwrap() {
+            redis::Value::Array(items) => items.into_iter().map(|v| redis::from_redis_value(v).unwrap()).collect(),
+            other => vec![redis::from_redis_value(other).unwrap()],
+        }
+    };
+    let level = |con: &mut redis::Connection, field: &str| -> String {
+        redis::cmd("HGET").arg("k").arg(field).query(con).unwrap()
+    };
+    // Take all but one token: the level is exactly one token (60,000 units).
+    assert_eq!(run(&mut con, &admit, &[LIMIT, LIMIT, LIMIT - 1, 1]), vec![1, (LIMIT - 1) * U, U]);
+    assert_eq!(level(&mut con, "r"), ((LIMIT - 1) * U).to_string(), "no exponent, no rounding");
+    // Two tokens do not fit: refused, nothing taken.
+    assert_eq!(run(&mut con, &admit, &[LIMIT, LIMIT, 2, 1]), vec![0, (LIMIT - 1) * U, U]);
+    // A charge of 5 more than reserved goes into debt; a read changes nothing.
+    run(&mut con, &reconcile, &[LIMIT, LIMIT, -5]);
+    assert_eq!(run(&mut con, &admit, &[LIMIT, LIMIT, 0, 0]), vec![0, (LIMIT - 1) * U, -4 * U]);
+    // A refund never fills past capacity.
+    run(&mut con, &reconcile, &[LIMIT, LIMIT, 2 * LIMIT]);
+    assert_eq!(level(&mut con, "t"), full);
+    // Lower limits clamp the levels (no free refill past the new capacity).
+    assert_eq!(run(&mut con, &admit, &[10, 10, 0, 0]), vec![0, 10 * U, 10 * U]);
+}
