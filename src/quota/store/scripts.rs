@@ -71,5 +71,20 @@ pub fn reconcile() -> String {
     [PRELUDE, RECONCILE].concat()
 }
 
-/// Scaled units (1/60e9, see [`crate::quota::bucket::SCALE`]) per unit of the scripts' levels.
-pub const LEVEL_TO_SCALED: i128 = 1_000_000;
+/// The scripts' units per request or token (`local U` in [`PRELUDE`]): milliseconds in a minute.
+pub const LEVEL_UNITS: i128 = 60_000;
+
+/// Scaled units of the in-process buckets (1/60e9, [`crate::quota::bucket::SCALE`]) per unit of
+/// the scripts' levels.
+pub const LEVEL_TO_SCALED: i128 = crate::quota::bucket::SCALE / LEVEL_UNITS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_and_the_conversion_agree_on_the_unit() {
+        assert!(PRELUDE.contains(&format!("local U = {LEVEL_UNITS}\n")));
+        assert_eq!(LEVEL_TO_SCALED * LEVEL_UNITS, crate::quota::bucket::SCALE);
+    }
+}
