@@ -39,7 +39,7 @@ pub struct Metrics {
     pub ledger_records: IntCounter,
     pub ledger_dropped: IntCounter,
     pub ledger_write_errors: IntCounter,
-    /// 1 while the shared quota store (Redis) answers, 0 while it does not; absent with the memory store.
+    /// 1 while the shared quota store (Redis) answers, 0 while it does not; always 1 with the memory store.
     pub quota_store_up: IntGauge,
     pub quota_store_errors: IntCounterVec,
     pub quota_store_fallbacks: IntCounterVec,
@@ -102,7 +102,7 @@ impl Metrics {
             )?,
             quota_store_duration: histogram(
                 "tollgate_quota_store_duration_seconds",
-                "Round trips to the shared quota store, by operation (admit, reconcile).",
+                "Round trips to the shared quota store, by operation (admit, read, reconcile).",
                 &["op"],
                 LATENCY_BUCKETS,
             )?,

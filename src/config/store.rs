@@ -14,11 +14,12 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
 
 pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Result<StoreConfig, ConfigError> {
     let Some(raw) = raw else { return Ok(StoreConfig::Memory) };
+    // The `store = "redis"` line, when that is the store.
     let redis = match &raw.store {
-        None => false,
+        None => None,
         Some(v) => match v.get_ref().as_str() {
-            "memory" => false,
-            "redis" => true,
+            "memory" => None,
+            "redis" => Some(v),
             other => {
                 return Err(at.error(
                     v,
@@ -28,7 +29,7 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
             }
         },
     };
-    if !redis {
+    let Some(store) = redis else {
         // Redis settings without the Redis store are a mistake worth pointing at.
         let stray = [
             raw.redis_url.as_ref().map(|v| (v.span(), "limits.redis_url")),
@@ -49,10 +50,9 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
             });
         }
         return Ok(StoreConfig::Memory);
-    }
+    };
     let url = match &raw.redis_url {
         None => {
-            let store = raw.store.as_ref().ok_or_else(|| missing("limits.redis_url"))?;
             return Err(at.error(
                 store,
                 "limits.redis_url",
@@ -128,8 +128,4 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
         }
     }
     Ok(StoreConfig::Redis(RedisStoreConfig { url, ca_file, key_prefix, on_error, replicas, timeout }))
-}
-
-fn missing(field: &str) -> ConfigError {
-    ConfigError { file: String::new(), line: 0, column: 0, field: field.into(), message: "missing".into() }
 }

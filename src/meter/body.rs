@@ -104,12 +104,14 @@ impl MeteredBody {
             Scan::Json { chunks, .. } => {
                 let whole = join(chunks);
                 let completed = outcome == Outcome::Completed;
-                match completed.then(|| body_usage(&whole)).flatten() {
+                let usage = if completed { body_usage(&whole) } else { None };
+                match usage {
                     Some(usage) => Counts::reported(usage),
                     None if success => {
                         // No usage reported: count the completion text ourselves.
                         let mut text = String::new();
-                        if let Some(answer) = Answer::parse(&whole).filter(|_| completed) {
+                        // A cut body is not parsed: what it holds is not a whole answer.
+                        if let Some(answer) = completed.then(|| Answer::parse(&whole)).flatten() {
                             answer.append_completion(&mut text);
                         }
                         Counts::estimated(prompt, tokenizer.count(&text))

@@ -136,8 +136,7 @@ impl RedisStore {
     /// Admission in one round trip: `Ok(Ok(state))` admitted, `Ok(Err(denial))` refused by the
     /// shared buckets, `Err(())` the store failed (already counted, logged and marked down).
     pub async fn admit(&self, deployment: &str, limits: Limits, tokens: u64) -> Result<Result<QuotaState, Denial>, ()> {
-        let reply = self.call_admit(deployment, limits, tokens, true, "admit").await?;
-        let (admitted, buckets) = reply;
+        let (admitted, buckets) = self.call_admit(deployment, limits, tokens, true, "admit").await?;
         if admitted { Ok(Ok(buckets.state())) } else { Ok(Err(buckets.denial(tokens))) }
     }
 
