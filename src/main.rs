@@ -290,12 +290,15 @@ async fn serve(
             config.admin.listen = admin_listen.unwrap_or(config.admin.listen);
             let options = StartOptions { config_path: Some(path.clone()), ..StartOptions::default() };
             let running = RunningGateway::start_with(&config, options).await.map_err(|e| e.to_string())?;
+            let tls = running.tls_addr.map(|a| a.to_string());
             tracing::info!(
                 gateway = %running.gateway_addr,
+                tls = tls.as_deref().unwrap_or("-"),
                 admin = %running.admin_addr,
                 deployments = config.deployments.len(),
                 "tollgate is serving {}", path.display()
             );
+            say(&listeners_banner(&path, &running))?;
             (running, None)
         }
         None => {
@@ -320,6 +323,21 @@ async fn serve(
         mock.stop().await;
     }
     Ok(())
+}
+
+/// The listeners a configured gateway serves on, printed once it listens.
+fn listeners_banner(path: &std::path::Path, running: &RunningGateway) -> String {
+    let tls = match running.tls_addr {
+        Some(addr) => format!("\n  tls:        https://{addr}"),
+        None => String::new(),
+    };
+    format!(
+        "tollgate {}: serving {}\n  gateway:    http://{}{tls}\n  admin:      http://{}\n",
+        env!("CARGO_PKG_VERSION"),
+        path.display(),
+        running.gateway_addr,
+        running.admin_addr,
+    )
 }
 
 async fn mock_backend(listen: SocketAddr, options: MockOptions) -> Result<(), String> {

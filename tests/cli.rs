@@ -102,3 +102,15 @@ fn serve_with_a_config_refuses_a_taken_port_clearly() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("cannot listen on {addr}")));
 }
+
+#[test]
+fn check_refuses_an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let blank = dir.path().join("blank.toml");
+    std::fs::write(&blank, "\n  \n").unwrap();
+    for empty in ["/dev/null", blank.to_str().unwrap()] {
+        let out = Command::new(BIN).args(["check", "--config", empty]).output().unwrap();
+        assert!(!out.status.success(), "an empty file is not a valid configuration");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("the file is empty"), "{out:?}");
+    }
+}

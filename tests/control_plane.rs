@@ -579,3 +579,181 @@ async fn a_load_sees_no_failure_across_20_reloads_and_5_key_regenerations() {
     }
     assert!(total > 40, "the load ran: {total} requests");
 }
+
+/// The demo deployment's chat, as a status (through a fresh connection each time is not needed).
+async fn chat_status(h: &Harness, deployment: &str, key: &str) -> StatusCode {
+    h.chat(deployment, key).await
+}
+
+#[tokio::test]
+async fn a_config_file_written_in_place_is_never_loaded_half_written() {
+    let h = start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    assert_eq!(chat_status(&h, DEPLOYMENT, PRIMARY_KEY).await, StatusCode::OK);
+    let before = h.owner(Method::GET, "/models", None).await;
+    assert_eq!(before.status, StatusCode::OK);
+
+    // As `cp` or an editor writing in place: truncate, stay empty a while, then half the file,
+    // then the rest. Meanwhile every request and the owner's token keep working.
+    // Cut where the second deployment starts: it parses, but without the tokens and one deployment.
+    let cut = &text[..text.find("[[deployments]]\nname = \"other\"").unwrap()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (h.client.clone(), stop.clone());
+        let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
+        let admin = format!("http://{}/models", h.gateway.admin_addr);
+        let bearer = format!("Bearer {}", token("owner"));
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                seen.push(("chat", client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await.status));
+                seen.push(("admin", client.call(Method::GET, &admin, &[("authorization", &bearer)], "").await.status));
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
+    std::fs::write(&h.config_path, "").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    std::fs::write(&h.config_path, cut).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // The complete file, with one more deployment so that its arrival shows the watcher ran.
+    let complete = format!(
+        "{text}\n[[deployments]]\nname = \"late\"\nmodel = \"{PHI}\"\nkeys = [\"{}\"]\n",
+        stored(SECONDARY_KEY)
+    );
+    std::fs::write(&h.config_path, &complete).unwrap();
+    let mut arrived = false;
+    for _ in 0..100 {
+        if chat_status(&h, "late", SECONDARY_KEY).await == StatusCode::OK {
+            arrived = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.await.unwrap();
+    assert!(arrived, "the watcher loaded the complete file");
+    assert!(seen.len() > 20, "the load ran through the edit: {}", seen.len());
+    for (what, status) in &seen {
+        assert_eq!(*status, StatusCode::OK, "{what} failed while the file was being written");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_that_would_remove_every_deployment_or_token_is_refused_unless_forced() {
+    let h = start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    // No deployments (the tokens stay).
+    let start_of_deployments = text.find("[[deployments]]").unwrap();
+    let start_of_tables = text.find("[[models]]").unwrap();
+    let no_deployments = format!("{}{}", &text[..start_of_deployments], &text[start_of_tables..]);
+    std::fs::write(&h.config_path, &no_deployments).unwrap();
+    let reply = h.api(Method::POST, "/reload", Some(token("owner")), None).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("declares no deployments") && message.contains("force=true"), "{message}");
+    assert_eq!(chat_status(&h, DEPLOYMENT, PRIMARY_KEY).await, StatusCode::OK, "nothing was changed");
+
+    // No admin tokens (the deployments stay).
+    let no_tokens = text.split("[[admin.tokens]]").next().unwrap();
+    std::fs::write(&h.config_path, no_tokens).unwrap();
+    let reply = h.api(Method::POST, "/reload", Some(token("owner")), None).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(reply.text().contains("no admin tokens"), "{}", reply.text());
+    assert_eq!(h.api(Method::GET, "/models", Some(token("reader")), None).await.status, StatusCode::OK);
+
+    // Forced, the deployments go.
+    std::fs::write(&h.config_path, &no_deployments).unwrap();
+    let reply = h.owner(Method::POST, "/reload?force=true", None).await;
+    assert_eq!(reply.json()["deployments"], 0);
+    assert_eq!(chat_status(&h, DEPLOYMENT, PRIMARY_KEY).await, StatusCode::NOT_FOUND);
+    let reply = h.api(Method::POST, "/reload?forse=1", Some(token("owner")), None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_deployment_that_leaves_for_one_bad_reload_comes_back_with_its_buckets_and_totals() {
+    let h = start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    for _ in 0..3 {
+        assert_eq!(chat_status(&h, "other", OTHER_KEY).await, StatusCode::OK);
+    }
+    let usage = h.admin("/usage").await;
+    let tokens_before = usage["other"]["total_tokens"].as_u64().unwrap();
+    assert_eq!(usage["other"]["requests"], 3);
+    // A file that lost the second deployment (cut, or a bad edit) but still parses.
+    let other_at = text.find("[[deployments]]\nname = \"other\"").unwrap();
+    let rest = &text[other_at..];
+    let next_table = rest[1..].find("\n[").map(|i| i + 2).unwrap_or(rest.len());
+    let without_other = format!("{}{}", &text[..other_at], &rest[next_table..]);
+    std::fs::write(&h.config_path, &without_other).unwrap();
+    h.owner(Method::POST, "/reload", None).await;
+    assert_eq!(chat_status(&h, "other", OTHER_KEY).await, StatusCode::NOT_FOUND);
+    std::fs::write(&h.config_path, &text).unwrap();
+    h.owner(Method::POST, "/reload", None).await;
+    let url = h.url("/openai/deployments/other/chat/completions");
+    let reply = h.client.post(&url, &[("api-key", OTHER_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.number("x-ratelimit-remaining-requests") <= 996, "the bucket carried on: {reply:?}");
+    let usage = h.admin("/usage").await;
+    assert_eq!(usage["other"]["requests"], 4, "the totals carried on: {usage}");
+    assert!(usage["other"]["total_tokens"].as_u64().unwrap() > tokens_before);
+}
+
+async fn phi_limits(h: &Harness) -> Value {
+    h.owner(Method::GET, "/projects/team-a/deployments/phi", None).await.json()["properties"]["limits"].clone()
+}
+
+#[tokio::test]
+async fn put_on_an_existing_deployment_needs_the_permission_to_change_limits_when_it_changes_them() {
+    let h = start().await;
+    let p = "/projects/team-a";
+    let path = format!("{p}/deployments/phi");
+    h.owner(Method::PUT, &path, Some(json!({"modelId": PHI}))).await;
+    let huge = json!({"modelId": PHI, "limits": {"requestsPerMinute": 999999999, "tokensPerMinute": 999999999}});
+    let same = json!({"modelId": PHI, "limits": {"requestsPerMinute": 1000, "tokensPerMinute": 200000}});
+    // (role, may PUT limits that change them)
+    for (role, allowed) in [("ai-developer", false), ("reader", false), ("contributor", true), ("owner", true)] {
+        if allowed {
+            // Back to the defaults first, so that this PUT changes them.
+            h.owner(
+                Method::PATCH,
+                &path,
+                Some(json!({"limits": {"requestsPerMinute": 1000, "tokensPerMinute": 200000}})),
+            )
+            .await;
+        }
+        let reply = h.api(Method::PUT, &path, Some(token(role)), Some(huge.clone())).await;
+        if allowed {
+            assert_eq!(reply.status, StatusCode::OK, "{role}: {}", reply.text());
+            assert_eq!(phi_limits(&h).await["requestsPerMinute"], 999999999, "{role}");
+        } else {
+            assert_eq!(reply.status, StatusCode::FORBIDDEN, "{role}: {}", reply.text());
+            let why = if role == "reader" { "(Deploy)" } else { "may not set a deployment's limits" };
+            assert!(reply.text().contains(why), "{}", reply.text());
+            assert_eq!(phi_limits(&h).await["requestsPerMinute"], 1000, "{role}: nothing was applied");
+        }
+    }
+    // An ai-developer may PUT the limits a deployment already has (an idempotent PUT of what GET showed)...
+    h.owner(Method::PATCH, &path, Some(json!({"limits": {"requestsPerMinute": 1000, "tokensPerMinute": 200000}})))
+        .await;
+    let reply = h.api(Method::PUT, &path, Some(token("ai-developer")), Some(same)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // ... but not create a deployment with limits of its own choosing (that is a PATCH after a PUT).
+    h.owner(Method::PUT, &format!("{p}/subscriptions/meta"), Some(json!({"modelId": LLAMA_8B}))).await;
+    let create = json!({"modelId": LLAMA_8B, "limits": {"requestsPerMinute": 999999999}});
+    let reply = h.api(Method::PUT, &format!("{p}/deployments/mine"), Some(token("ai-developer")), Some(create)).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    let reply = h.api(Method::GET, &format!("{p}/deployments/mine"), Some(token("owner")), None).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "nothing was created");
+    let reply = h
+        .api(
+            Method::PUT,
+            &format!("{p}/deployments/mine"),
+            Some(token("ai-developer")),
+            Some(json!({"modelId": LLAMA_8B})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+}

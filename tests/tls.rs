@@ -103,7 +103,7 @@ async fn a_reload_swaps_the_certificate_without_dropping_open_connections() {
 
     write(dir.path(), &second);
     let control = Arc::clone(&h.gateway.control);
-    tokio::task::spawn_blocking(move || control.reload()).await.unwrap().unwrap();
+    tokio::task::spawn_blocking(move || control.reload(false)).await.unwrap().unwrap();
 
     assert_eq!(
         chat(&client(&second.ca_pem, true), port).await.unwrap().0,
@@ -116,7 +116,7 @@ async fn a_reload_swaps_the_certificate_without_dropping_open_connections() {
     // A broken replacement is refused and the current certificate stays.
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
     let control = Arc::clone(&h.gateway.control);
-    let error = tokio::task::spawn_blocking(move || control.reload()).await.unwrap().unwrap_err();
+    let error = tokio::task::spawn_blocking(move || control.reload(false)).await.unwrap().unwrap_err();
     assert!(error.contains("TLS certificate"), "{error}");
     assert_eq!(chat(&client(&second.ca_pem, true), port).await.unwrap().0, StatusCode::OK);
 }
@@ -127,7 +127,7 @@ async fn missing_unreadable_or_mismatched_certificates_fail_start_up_clearly() {
     let (first, second) = (pki("one"), pki("two"));
     let start = |server: String| async move {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[deployments]]\nname = \"d\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{}\"]\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n[admin]\nlisten = \"127.0.0.1:0\"\n[[deployments]]\nname = \"d\"\nmodel = \"azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{}\"]\n",
             stored(PRIMARY_KEY)
         );
         let config = Config::parse(&text, "t.toml", &|_| None).unwrap();
@@ -166,7 +166,7 @@ async fn https_backends_are_verified_against_a_private_ca_when_configured() {
     let ca = dir.path().join("ca.pem").display().to_string();
     let url = format!("https://localhost:{port}");
     let more = format!(
-        "[[deployments]]\nname = \"private\"\nmodel = \"m\"\nbackend = \"{url}\"\nbackend_ca_file = {ca:?}\nkeys = [\"{k}\"]\n\
+        "[[deployments]]\nname = \"private\"\nmodel = \"azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct\"\nbackend = \"{url}\"\nbackend_ca_file = {ca:?}\nkeys = [\"{k}\"]\n\
          [[deployments]]\nname = \"private-h2\"\nmodel = \"m2\"\nbackend = \"{url}\"\nbackend_ca_file = {ca:?}\nbackend_http2 = true\nkeys = [\"{k}\"]\n\
          [[deployments]]\nname = \"public-roots\"\nmodel = \"m3\"\nbackend = \"{url}\"\nkeys = [\"{k}\"]\n",
         k = stored(OTHER_KEY)
@@ -199,11 +199,81 @@ fn a_bad_backend_ca_file_is_a_config_error_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), "not pem").unwrap();
     let text = format!(
-        "[[deployments]]\nname = \"d\"\nmodel = \"m\"\nbackend = \"https://x\"\nbackend_ca_file = {:?}\nkeys = [\"{}\"]\n",
+        "[[deployments]]\nname = \"d\"\nmodel = \"azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct\"\nbackend = \"https://x\"\nbackend_ca_file = {:?}\nkeys = [\"{}\"]\n",
         dir.path().join("missing.pem").display().to_string(),
         stored(PRIMARY_KEY)
     );
     let error = Config::parse(&text, "t.toml", &|_| None).unwrap_err();
     assert_eq!(error.field, "deployments[0].backend_ca_file");
     assert!(error.message.contains("cannot read the CA file"), "{error}");
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_a_listener_says_a_restart_is_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &pki("one"));
+    let h = Harness::start().await;
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let moved = text.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1);
+    let with_tls = moved.replacen("[admin]", &format!("{}\n[admin]", tls_lines(dir.path())), 1);
+    std::fs::write(&h.config_path, &with_tls).unwrap();
+    let control = Arc::clone(&h.gateway.control);
+    let report = tokio::task::spawn_blocking(move || control.reload(false)).await.unwrap().unwrap();
+    let said = report.restart_needed.join("\n");
+    assert!(said.contains("[server] listen changed from 127.0.0.1:0 to 127.0.0.1:1"), "{said}");
+    assert!(said.contains("[server.tls] was added") && said.contains("restart"), "{said}");
+    assert!(h.gateway.tls_addr.is_none());
+    // The running listener still serves, and the answer of POST /reload says the same.
+    let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let token = "ReloadOwnerToken0123456789abcdef";
+    let with_token =
+        format!("{with_tls}\n[[admin.tokens]]\nname = \"ops\"\nrole = \"owner\"\ntoken = \"{}\"\n", stored(token));
+    std::fs::write(&h.config_path, &with_token).unwrap();
+    let control = Arc::clone(&h.gateway.control);
+    tokio::task::spawn_blocking(move || control.reload(false)).await.unwrap().unwrap();
+    let url = format!("http://{}/reload", h.gateway.admin_addr);
+    let reply = h.client.call(http::Method::POST, &url, &[("authorization", &format!("Bearer {token}"))], "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let json = reply.json();
+    let needed = json["restartNeeded"].as_array().unwrap();
+    assert!(needed.iter().any(|s| s.as_str().unwrap().contains("[server] listen")), "{json}");
+}
+
+#[tokio::test]
+async fn the_start_up_banner_names_the_tls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), &pki("one"));
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"127.0.0.1:0\"\n[[deployments]]\nname = \"d\"\nmodel = \"azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct\"\nbackend = \"http://127.0.0.1:9\"\nkeys = [\"{}\"]\n",
+            tls_lines(dir.path()),
+            stored(PRIMARY_KEY)
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(common::process::BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _reaper = common::process::Reaper(vec![child.id()]);
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut banner = String::new();
+    while !banner.contains("admin:") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            break;
+        }
+        banner.push_str(&line);
+    }
+    let tls = banner.split("tls:").nth(1).unwrap_or_else(|| panic!("no tls line: {banner}"));
+    let addr: std::net::SocketAddr =
+        tls.split_whitespace().next().unwrap().trim_start_matches("https://").parse().unwrap();
+    assert!(std::net::TcpStream::connect(addr).is_ok(), "something listens on the TLS address {addr}");
+    common::process::signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
 }

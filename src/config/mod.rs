@@ -114,7 +114,7 @@ impl OnStoreError {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
@@ -175,7 +175,7 @@ impl Default for ClientLimits {
 }
 
 /// Settings of the pooled client that talks to backends.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSettings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
@@ -238,6 +238,19 @@ impl Config {
             field: "(file)".into(),
             message: format!("cannot read the configuration file: {e}"),
         })?;
+        // An editor or `cp` truncates a file before writing it: an empty file is that moment, not
+        // a configuration (loading it would drop every deployment and admin token).
+        if text.trim().is_empty() {
+            return Err(ConfigError {
+                file: path.display().to_string(),
+                line: 0,
+                column: 0,
+                field: "(file)".into(),
+                message: "the file is empty (was it being written?); a configuration declares at least [server] or \
+                          [[deployments]] (see config/tollgate.example.toml)"
+                    .into(),
+            });
+        }
         let mut config = Config::parse(&text, &path.display().to_string(), &|name| std::env::var(name).ok())?;
         let dir = path.parent().unwrap_or(Path::new("."));
         if let Some(tls) = config.server.tls.as_mut() {

@@ -16,7 +16,7 @@
 //! | GET | `/projects/{p}/deployments/{name}/usage?since=&until=` | ReadUsage |
 //! | GET | `/tokens` | ReadTokens |
 //! | PUT, DELETE | `/tokens/{name}` | ManageTokens |
-//! | POST | `/reload` | Reload |
+//! | POST | `/reload[?force=true]` | Reload |
 
 use std::sync::Arc;
 
@@ -166,17 +166,7 @@ fn authorize(
     let token = control
         .authenticate(presented)
         .ok_or_else(|| AdminError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "the admin token is not valid"))?;
-    if !token.role.allows(action) {
-        return Err(AdminError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "admin token '{}' has role '{}', which may not do this ({action:?})",
-                token.name,
-                token.role.as_str()
-            ),
-        ));
-    }
+    permit(&token, action)?;
     if let Some(project) = project.filter(|_| action.is_project_scoped()) {
         if !token.may_use_project(project) {
             return Err(AdminError::new(
@@ -187,6 +177,18 @@ fn authorize(
         }
     }
     Ok(token)
+}
+
+/// Whether the token's role may do `action`: 403 naming the role and the action when not.
+fn permit(token: &AdminToken, action: Action) -> Result<(), AdminError> {
+    if token.role.allows(action) {
+        return Ok(());
+    }
+    Err(AdminError::new(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        format!("admin token '{}' has role '{}', which may not do this ({action:?})", token.name, token.role.as_str()),
+    ))
 }
 
 async fn json_body<T: DeserializeOwned>(body: Incoming) -> Result<T, AdminError> {
@@ -216,7 +218,7 @@ async fn serve(
     let action = action(&route, request.method()).map_err(|allowed| {
         AdminError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{path} takes {allowed}"))
     })?;
-    authorize(control, &request, action, project_of(&route))?;
+    let token = authorize(control, &request, action, project_of(&route))?;
     let method = request.method().clone();
     let body = request.into_body();
     let ok = |v: Value| Ok((StatusCode::OK, v));
@@ -239,7 +241,19 @@ async fn serve(
             ok(control.deployment_json(&*control.deployment_in(&project, &name)?))
         }
         (Route::Deployment { project, name }, Action::Deploy) => {
-            let (created, value) = control.deploy(&project, &name, json_body(body).await?)?;
+            // PUT with limits that change them is a PATCH in effect: the same permission applies.
+            let may_change_limits = permit(&token, Action::UpdateDeployment).map_err(|_| {
+                AdminError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "admin token '{}' has role '{}', which may not set a deployment's limits (UpdateDeployment); PUT without 'limits', or ask an owner or contributor",
+                        token.name,
+                        token.role.as_str()
+                    ),
+                )
+            });
+            let (created, value) = control.deploy(&project, &name, json_body(body).await?, may_change_limits)?;
             Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, value))
         }
         (Route::Deployment { project, name }, Action::UpdateDeployment) => {
@@ -266,9 +280,18 @@ async fn serve(
             ok(json!({"deleted": format!("/tokens/{name}")}))
         }
         (Route::Reload, _) => {
+            let force = match query.as_str() {
+                "" | "force=false" => false,
+                "force=true" | "force" => true,
+                other => {
+                    return Err(AdminError::bad_request(format!(
+                        "unknown query '{other}': /reload takes only force=true"
+                    )));
+                }
+            };
             let control = Arc::clone(control);
-            match tokio::task::spawn_blocking(move || control.reload()).await {
-                Ok(Ok(count)) => ok(json!({"reloaded": true, "deployments": count})),
+            match tokio::task::spawn_blocking(move || control.reload(force)).await {
+                Ok(Ok(report)) => ok(report.to_json()),
                 Ok(Err(why)) => Err(AdminError::unprocessable(format!("the configuration was not reloaded: {why}"))),
                 Err(e) => Err(AdminError::internal(e.to_string())),
             }

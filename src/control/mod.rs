@@ -9,6 +9,7 @@
 
 pub mod api;
 mod build;
+pub mod reload;
 mod resources;
 pub mod roles;
 pub mod state;
@@ -24,6 +25,7 @@ use crate::deployment::DeploymentTable;
 use crate::keys::KeyDigest;
 use crate::quota::clock::Clock;
 use crate::tls::CertStore;
+use reload::{ReloadReport, Retired};
 use roles::AdminToken;
 use state::{ControlState, KeySecret};
 
@@ -59,6 +61,8 @@ impl AdminError {
 struct Inner {
     config: Config,
     state: ControlState,
+    /// Deployments that left the table lately (see [`reload::RETIRED_FOR`]).
+    retired: Retired,
 }
 
 /// Owns the desired state and publishes the live deployment table.
@@ -95,7 +99,7 @@ impl ControlPlane {
         };
         let table = build::build_table(&config, &state, &secret, &DeploymentTable::default(), &clock)?;
         Ok(ControlPlane {
-            inner: Mutex::new(Inner { config, state }),
+            inner: Mutex::new(Inner { config, state, retired: Retired::default() }),
             live: Arc::new(ArcSwap::from_pointee(table)),
             secret,
             clock,
@@ -123,7 +127,10 @@ impl ControlPlane {
         let mut inner = self.lock();
         let mut next = inner.state.clone();
         let result = apply(&inner.config, &mut next)?;
-        let table = build::build_table(&inner.config, &next, &self.secret, &self.live.load(), &self.clock)
+        let now = std::time::Instant::now();
+        let before = self.live.load_full();
+        let previous = inner.retired.with_live(&before, now);
+        let table = build::build_table(&inner.config, &next, &self.secret, &previous, &self.clock)
             .map_err(AdminError::conflict)?;
         if let Some(path) = &self.state_path {
             next.save(path).map_err(|e| {
@@ -131,6 +138,7 @@ impl ControlPlane {
             })?;
         }
         inner.state = next;
+        inner.retired.update(&before, &table, now);
         self.live.store(Arc::new(table));
         Ok(result)
     }
@@ -141,33 +149,31 @@ impl ControlPlane {
         look(&inner.config, &inner.state)
     }
 
-    /// Re-reads the configuration file. An invalid file changes nothing and says why.
-    pub fn reload(&self) -> Result<usize, String> {
+    /// Re-reads the configuration file. An invalid file changes nothing and says why; so does one
+    /// that would remove every deployment or every admin token, unless `force`. Settings bound at
+    /// start keep their running values and are listed in the report as needing a restart.
+    pub fn reload(&self, force: bool) -> Result<ReloadReport, String> {
         let Some(path) = &self.config_path else {
             return Err("no configuration file to reload (the embedded demo runs without one)".into());
         };
         let mut config = Config::load(path).map_err(|e| e.to_string())?;
         let mut inner = self.lock();
-        // Listeners, the ledger and the state file are bound at start; they change on restart.
-        config.server.listen = inner.config.server.listen;
-        config.admin.listen = inner.config.admin.listen;
-        config.admin.state_file.clone_from(&inner.config.admin.state_file);
-        if config.ledger != inner.config.ledger {
-            tracing::warn!("the [ledger] section changed: it takes effect at the next restart");
-            config.ledger.clone_from(&inner.config.ledger);
+        let now = std::time::Instant::now();
+        let before = self.live.load_full();
+        let previous = inner.retired.with_live(&before, now);
+        let table = build::build_table(&config, &inner.state, &self.secret, &previous, &self.clock)?;
+        if !force {
+            reload::refuse_emptying(&inner.config, &config, before.len(), table.len())?;
         }
-        if config.store != inner.config.store {
-            tracing::warn!("the [limits] section changed: the quota store is chosen at start, restart to apply it");
-            config.store.clone_from(&inner.config.store);
-        }
-        let table = build::build_table(&config, &inner.state, &self.secret, &self.live.load(), &self.clock)?;
-        let count = table.len();
+        let restart_needed = reload::keep_start_settings(&inner.config, &mut config);
+        let deployments = table.len();
         inner.config = config;
+        inner.retired.update(&before, &table, now);
         self.live.store(Arc::new(table));
         if let Some(tls) = &self.tls {
             tls.reload().map_err(|e| format!("the configuration was reloaded, but not the TLS certificate: {e}"))?;
         }
-        Ok(count)
+        Ok(ReloadReport { deployments, restart_needed })
     }
 
     /// The admin token presented as `Authorization: Bearer <token>`, checked in constant time
@@ -199,14 +205,44 @@ impl ControlPlane {
     }
 }
 
-/// Reloads the configuration whenever its file changes (checked every second) and on SIGHUP.
+/// How often the watcher looks at the file, and how long a change must rest before it is read:
+/// an editor or `cp` writing in place truncates first and writes after, and the file is only
+/// read once it has stopped changing.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const SETTLE_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+const SETTLE_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What the watcher compares: modification time and length.
+type Stamp = Option<(Option<std::time::SystemTime>, u64)>;
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    std::fs::metadata(path).ok().map(|m| (m.modified().ok(), m.len()))
+}
+
+/// Waits until the file has not changed for [`SETTLE_FOR`] (at most [`SETTLE_AT_MOST`]) and
+/// returns its stamp then.
+async fn settled(path: &std::path::Path, mut last: Stamp) -> Stamp {
+    let started = tokio::time::Instant::now();
+    let mut quiet_since = tokio::time::Instant::now();
+    while quiet_since.elapsed() < SETTLE_FOR && started.elapsed() < SETTLE_AT_MOST {
+        tokio::time::sleep(SETTLE_POLL).await;
+        let now = stamp(path);
+        if now != last {
+            last = now;
+            quiet_since = tokio::time::Instant::now();
+        }
+    }
+    last
+}
+
+/// Reloads the configuration whenever its file changes (once it has settled) and on SIGHUP.
 pub fn watch_config(
     control: Arc<ControlPlane>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Some(path) = control.config_path.clone() else { return };
-        let stamp = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
         let mut last = stamp(&path);
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         loop {
@@ -217,18 +253,22 @@ pub fn watch_config(
                 }
             };
             let why = tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                _ = tokio::time::sleep(WATCH_EVERY) => {
                     let now = stamp(&path);
                     if now == last { continue; }
-                    last = now;
+                    last = settled(&path, now).await;
                     "the configuration file changed"
                 }
                 _ = hangup => "SIGHUP",
                 () = stop_requested(&mut stop) => return,
             };
             let control = Arc::clone(&control);
-            match tokio::task::spawn_blocking(move || control.reload()).await {
-                Ok(Ok(count)) => tracing::info!(deployments = count, "configuration reloaded ({why})"),
+            match tokio::task::spawn_blocking(move || control.reload(false)).await {
+                Ok(Ok(report)) => tracing::info!(
+                    deployments = report.deployments,
+                    restart_needed = report.restart_needed.len(),
+                    "configuration reloaded ({why})"
+                ),
                 Ok(Err(error)) => {
                     tracing::error!(%error, "configuration not reloaded ({why}); the running configuration stays")
                 }

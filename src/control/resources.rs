@@ -189,7 +189,16 @@ impl ControlPlane {
     }
 
     /// PUT a deployment: creates it (answering with its keys) or updates its limits.
-    pub fn deploy(&self, project: &str, name: &str, body: DeploymentBody) -> Result<(bool, Value), AdminError> {
+    ///
+    /// Setting limits other than the ones a deployment has (or, for a new one, the defaults) is the
+    /// same effect as PATCH, so it needs the same permission (`may_change_limits`).
+    pub fn deploy(
+        &self,
+        project: &str,
+        name: &str,
+        body: DeploymentBody,
+        may_change_limits: Result<(), AdminError>,
+    ) -> Result<(bool, Value), AdminError> {
         check_names(project, name)?;
         check_model_id(&body.model_id).map_err(AdminError::bad_request)?;
         let created = self.change(|config, state| {
@@ -211,7 +220,11 @@ impl ControlPlane {
                 }
                 if let Some(limits) = &body.limits {
                     let base = existing.limits.map(Limits::from).unwrap_or_default();
-                    existing.limits = Some(stored(checked_limits(limits, base)?));
+                    let next = checked_limits(limits, base)?;
+                    if next != base {
+                        may_change_limits?;
+                    }
+                    existing.limits = Some(stored(next));
                 }
                 return Ok(None);
             }
@@ -240,7 +253,13 @@ impl ControlPlane {
                 }
             }
             let limits = match &body.limits {
-                Some(l) => Some(stored(checked_limits(l, Limits::default())?)),
+                Some(l) => {
+                    let limits = checked_limits(l, Limits::default())?;
+                    if limits != Limits::default() {
+                        may_change_limits?;
+                    }
+                    Some(stored(limits))
+                }
                 None => None,
             };
             let deployment = ApiDeployment {
