@@ -10,7 +10,7 @@ use http::HeaderValue;
 use crate::config::{BackendCa, BackendSettings, BackendUrl, DeploymentConfig};
 use crate::estimate::Tokenizer;
 use crate::gateway::forward::BackendClient;
-use crate::keys::KeyPair;
+use crate::keys::{IndexedDigest, KeyDigest, KeyPair};
 use crate::meter::totals::UsageCounters;
 use crate::quota::DeploymentQuota;
 use crate::quota::clock::Clock;
@@ -55,6 +55,8 @@ pub struct Deployment {
     pub tokenizer: Tokenizer,
     /// Running usage totals (see [`crate::meter::totals`]); kept across reloads.
     pub usage: Arc<UsageCounters>,
+    /// When this gateway first served the deployment (Unix seconds; `created` in `/v1/models`).
+    pub created_unix: u64,
 }
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
@@ -123,19 +125,44 @@ impl Deployment {
             default_max_tokens: config.default_max_tokens,
             tokenizer: config.tokenizer,
             usage: previous.map_or_else(|| Arc::new(UsageCounters::default()), |p| Arc::clone(&p.usage)),
+            created_unix: previous.map_or_else(
+                || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                |p| p.created_unix,
+            ),
         }
     }
 }
 
-/// All deployments by name.
+/// All deployments by name, and by key digest (for requests that name no deployment: the key
+/// alone then says which one is meant).
 #[derive(Debug, Default)]
 pub struct DeploymentTable {
     by_name: HashMap<String, Arc<Deployment>>,
+    by_key: HashMap<IndexedDigest, Vec<Arc<Deployment>>>,
 }
 
 impl DeploymentTable {
     pub fn from_deployments(deployments: Vec<Arc<Deployment>>) -> DeploymentTable {
-        DeploymentTable { by_name: deployments.into_iter().map(|d| (d.name.clone(), d)).collect() }
+        let by_name: HashMap<String, Arc<Deployment>> = deployments.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let mut by_key: HashMap<IndexedDigest, Vec<Arc<Deployment>>> = HashMap::new();
+        for deployment in by_name.values() {
+            let keys = &deployment.keys;
+            for digest in std::iter::once(keys.primary).chain(keys.secondary) {
+                let owners = by_key.entry(IndexedDigest(digest)).or_default();
+                if !owners.iter().any(|d| Arc::ptr_eq(d, deployment)) {
+                    owners.push(Arc::clone(deployment));
+                }
+            }
+        }
+        for owners in by_key.values_mut() {
+            owners.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        DeploymentTable { by_name, by_key }
+    }
+
+    /// The deployments whose keys include this digest (sorted by name; usually one).
+    pub fn for_key(&self, digest: &KeyDigest) -> &[Arc<Deployment>] {
+        self.by_key.get(&IndexedDigest(*digest)).map_or(&[], Vec::as_slice)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Deployment>> {

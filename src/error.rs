@@ -52,6 +52,10 @@ pub enum ApiError {
         "access denied due to a missing or invalid key for deployment '{deployment}': send one of the deployment's keys as 'api-key: <key>' or 'Authorization: Bearer <key>'"
     )]
     Unauthorized { deployment: String },
+    #[error(
+        "access denied due to a missing or invalid key: this request names no deployment (in the URL, the 'azureml-model-deployment' header or the body's 'model'), so it is found from the key, and this key is not one of any deployment's keys; send one as 'api-key: <key>' or 'Authorization: Bearer <key>'"
+    )]
+    KeyNotRecognized,
     #[error("the request body is larger than this gateway's limit of {limit} bytes; send a smaller body")]
     BodyTooLarge { limit: usize },
     #[error("the request body did not arrive within {timeout_ms} ms; send the whole body promptly")]
@@ -88,6 +92,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::KeyNotRecognized => StatusCode::UNAUTHORIZED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyRead { .. } => StatusCode::BAD_REQUEST,
@@ -110,6 +115,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "NotFound",
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
             ApiError::Unauthorized { .. } => "Unauthorized",
+            ApiError::KeyNotRecognized => "Unauthorized",
             ApiError::BodyTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::BodyTimeout { .. } => "RequestTimeout",
             ApiError::BodyRead { .. } => "InvalidRequestBody",
@@ -132,6 +138,7 @@ impl ApiError {
             ApiError::RouteNotFound { .. } => "route_not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::KeyNotRecognized => "unauthorized",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::BodyRead { .. } => "body_read",

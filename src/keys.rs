@@ -47,6 +47,26 @@ impl KeyDigest {
     }
 }
 
+/// A digest as a hash-map key for finding a deployment by its key. Equality is constant-time
+/// (as everywhere digests are compared); the map's hasher is SipHash with a random key, so where
+/// a digest lands says nothing an attacker can use, and a digest reveals nothing of its key.
+#[derive(Clone, Copy, Debug)]
+pub struct IndexedDigest(pub KeyDigest);
+
+impl PartialEq for IndexedDigest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0)
+    }
+}
+
+impl Eq for IndexedDigest {}
+
+impl std::hash::Hash for IndexedDigest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write(&self.0.0);
+    }
+}
+
 /// Which of a deployment's two keys authenticated a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeySlot {
@@ -74,7 +94,12 @@ impl KeyPair {
     /// Checks a presented key against both slots. Both comparisons always run, in constant time,
     /// so timing reveals neither which slot matched nor how much of a digest did.
     pub fn check(&self, presented: &[u8]) -> Option<KeySlot> {
-        let digest = KeyDigest::of(presented);
+        self.check_digest(&KeyDigest::of(presented))
+    }
+
+    /// As [`check`](Self::check), with the presented key's digest already computed.
+    pub fn check_digest(&self, digest: &KeyDigest) -> Option<KeySlot> {
+        let digest = *digest;
         let primary = self.primary.ct_eq(&digest);
         let secondary = self.secondary.as_ref().is_some_and(|s| s.ct_eq(&digest));
         match (primary, secondary) {

@@ -26,19 +26,47 @@ async fn unknown_deployments_get_404_however_named() {
             .post(&h.url("/models/chat/completions"), &[key, ("azureml-model-deployment", "no-such-dep")], CHAT)
             .await,
         h.client.post(&h.url("/v1/chat/completions"), &[key], r#"{"model":"no-such-dep","messages":[]}"#).await,
-        h.client.post(&h.url("/chat/completions"), &[key, ("host", &host)], CHAT).await,
+        // A host label that is no deployment, with a key that is nobody's either.
+        h.client
+            .post(
+                &h.url("/chat/completions"),
+                &[("api-key", "NotAKey0123456789abcdefghijklmno"), ("host", &host)],
+                CHAT,
+            )
+            .await,
     ];
     for reply in replies {
         assert_eq!(reply.status, StatusCode::NOT_FOUND);
         assert_eq!(reply.error_code(), "DeploymentNotFound");
         assert!(reply.text().contains("no-such-dep"));
     }
-    // Naming nothing at all is a 400 that says how to name one.
+    // A host label that names nothing falls back to the key, like any request naming nothing.
+    let reply = h.client.post(&h.url("/chat/completions"), &[key, ("host", &host)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // Naming nothing, with a key that is one deployment's, reaches that deployment (see
+    // routing_and_auth.rs); with no key it is a 401 that reveals nothing.
+    let reply = h.client.post(&h.url("/v1/chat/completions"), &[], CHAT).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.error_code(), "Unauthorized");
+    still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn naming_nothing_with_a_key_of_several_deployments_is_a_400_that_says_how_to_name_one() {
+    let more = format!(
+        "[[deployments]]\nname = \"twin\"\nmodel = \"azureml://registries/azureml/models/Phi-3-mini-4k-instruct\"\nbackend = \"{{mock}}\"\nkeys = [\"{}\"]\n",
+        stored(PRIMARY_KEY)
+    );
+    let h = Harness::with(Setup { more_deployments: more, ..Default::default() }).await;
+    let key = ("api-key", PRIMARY_KEY);
     let reply = h.client.post(&h.url("/v1/chat/completions"), &[key], CHAT).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     assert_eq!(reply.error_code(), "DeploymentMissing");
     let reply = h.client.call(Method::GET, &h.url("/v1/info"), &[key], "").await;
     assert_eq!(reply.error_code(), "DeploymentMissing");
+    // Naming one of them works, with the body or the header.
+    let reply = h.client.post(&h.url("/v1/chat/completions"), &[key], r#"{"model":"twin","messages":[]}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     still_serves(&h).await;
 }
 

@@ -291,3 +291,57 @@ async fn sixty_four_concurrent_clients_never_over_admit() {
     assert_eq!(usage["requests"], 768);
     assert_eq!(usage["reported_requests"], ok);
 }
+
+/// The `RateLimit` field as policy → (r, t).
+fn ratelimit_field(reply: &Reply) -> std::collections::HashMap<String, (u64, u64)> {
+    reply
+        .header("ratelimit")
+        .split(", ")
+        .map(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap().trim_matches('"').to_owned();
+            let mut r = None;
+            let mut t = None;
+            for p in parts {
+                let (k, v) = p.split_once('=').unwrap();
+                match k {
+                    "r" => r = Some(v.parse().unwrap()),
+                    "t" => t = Some(v.parse().unwrap()),
+                    _ => {}
+                }
+            }
+            (name, (r.unwrap(), t.unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn on_a_429_the_ratelimit_reset_of_the_exhausted_policy_agrees_with_retry_after() {
+    // Requests exhausted: 10 a minute, the 11th waits 6 s, and so does "requests";t.
+    let (setup, _clock) = frozen("requests_per_minute = 10\ntokens_per_minute = 100000");
+    let h = Harness::with(setup).await;
+    let url = h.deployment_url("/chat/completions");
+    for _ in 0..10 {
+        assert_eq!(h.client.post(&url, &[KEY], &chat_with(10)).await.status, StatusCode::OK);
+    }
+    let reply = h.client.post(&url, &[KEY], &chat_with(10)).await;
+    assert_429(&reply, "requests");
+    let field = ratelimit_field(&reply);
+    assert_eq!(reply.number("retry-after"), 6);
+    assert_eq!(field["requests"], (0, 6), "{}", reply.header("ratelimit"));
+    // The tokens policy had room: its t is when it is full again, and never over a minute.
+    assert!(field["tokens"].1 <= 60);
+
+    // Tokens exhausted (requests left): "tokens";t is when this request's tokens are there.
+    let (setup, _clock) = frozen("tokens_per_minute = 10000");
+    let h = Harness::with(setup).await;
+    let url = h.deployment_url("/chat/completions");
+    let first = h.client.post(&url, &[KEY, ("x-mock-completion-tokens", "5000")], &chat_with(5000)).await;
+    assert_eq!(first.status, StatusCode::OK);
+    let reply = h.client.post(&url, &[KEY], &chat_with(9000)).await;
+    assert_429(&reply, "tokens");
+    let field = ratelimit_field(&reply);
+    assert_eq!(field["tokens"].1, reply.number("retry-after"), "{}", reply.header("ratelimit"));
+    assert!(field["tokens"].1 > 1);
+    assert_eq!(field["requests"].1, 1, "the requests policy has room; it is full again within a second");
+}

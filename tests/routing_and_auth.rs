@@ -185,3 +185,101 @@ async fn http2_from_clients_and_to_backends() {
         assert_eq!(reply.header("x-mock-echo-version"), backend_version);
     }
 }
+
+#[tokio::test]
+async fn a_request_that_names_no_deployment_is_served_by_the_one_its_key_belongs_to() {
+    let h = Harness::start().await;
+    // What azure-ai-inference's get_model_info() sends on the /models and /v1 endpoints: no body,
+    // no header, only the key.
+    for path in ["/models/info", "/v1/info", "/info"] {
+        for key in [("api-key", PRIMARY_KEY), ("authorization", "Bearer OtherDeploymentKey0123456789abcd")] {
+            let reply = h.client.call(Method::GET, &h.url(path), &[key], "").await;
+            check_shape("/info", &reply);
+        }
+    }
+    // A body without `model` goes to the key's deployment too, and is billed to it.
+    let reply = h.client.post(&h.url("/v1/chat/completions"), &[("api-key", OTHER_KEY)], CHAT).await;
+    check_shape("/chat/completions", &reply);
+    let usage = h.admin("/usage").await;
+    assert_eq!(usage["other"]["requests"], 4, "3 /info and 1 chat: {usage}");
+    assert_eq!(usage[DEPLOYMENT]["requests"], 3, "{usage}");
+    // The body's `model` still decides when given: another deployment's name with this key is a 401.
+    let body = format!(r#"{{"model":"{DEPLOYMENT}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    let reply = h.client.post(&h.url("/v1/chat/completions"), &[("api-key", OTHER_KEY)], &body).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(reply.text().contains(DEPLOYMENT), "{}", reply.text());
+    // A key that is nobody's learns nothing about which deployments exist.
+    for key in [&[("api-key", "NotAKey0123456789abcdefghijklmno")][..], &[]] {
+        let reply = h.client.call(Method::GET, &h.url("/v1/info"), key, "").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.error_code(), "Unauthorized");
+        assert!(!reply.text().contains(DEPLOYMENT) && !reply.text().contains("other"), "{}", reply.text());
+    }
+}
+
+/// Sends a request head announcing a large body and no body bytes, and reads the status line.
+async fn status_without_sending_the_body(addr: std::net::SocketAddr, path: &str, key: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let key = key.map(|k| format!("api-key: {k}\r\n")).unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n{key}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_key_are_refused_before_their_body_is_read() {
+    // The body timeout is what such a request would get if the gateway waited for its body.
+    let h = Harness::with(Setup { server: "body_read_timeout_ms = 2000".into(), ..Default::default() }).await;
+    for path in ["/v1/chat/completions", "/models/embeddings", "/chat/completions"] {
+        for key in [None, Some("NotAKey0123456789abcdefghijklmno")] {
+            let status = status_without_sending_the_body(h.addr(), path, key).await;
+            assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{path} with {key:?}");
+        }
+    }
+    // A valid key is read as before (the gateway waits for the body, here in vain).
+    let status = status_without_sending_the_body(h.addr(), "/v1/chat/completions", Some(PRIMARY_KEY)).await;
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+}
+
+#[tokio::test]
+async fn v1_models_lists_the_deployments_the_key_may_call() {
+    let more = format!(
+        "[[deployments]]\nname = \"twin\"\nmodel = \"azureml://registries/azureml/models/Phi-3-mini-4k-instruct\"\nbackend = \"{{mock}}\"\nkeys = [\"{}\"]\n",
+        stored(PRIMARY_KEY)
+    );
+    let h = Harness::with(Setup { more_deployments: more, ..Default::default() }).await;
+    for path in ["/v1/models", "/openai/models?api-version=2024-10-21"] {
+        let reply = h.client.call(Method::GET, &h.url(path), &[("api-key", PRIMARY_KEY)], "").await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
+        let json = reply.json();
+        assert_eq!(json["object"], "list");
+        let ids: Vec<&str> = json["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [DEPLOYMENT, "twin"], "{json}");
+        assert_eq!(json["data"][0]["object"], "model");
+        assert!(json["data"][0]["created"].as_u64().unwrap() > 1_700_000_000);
+        let reply =
+            h.client.call(Method::GET, &h.url(path), &[("authorization", &format!("Bearer {OTHER_KEY}"))], "").await;
+        let ids: Vec<Value> = reply.json()["data"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+        assert_eq!(ids, ["other"]);
+    }
+    let one = h.client.call(Method::GET, &h.url("/v1/models/twin"), &[("api-key", PRIMARY_KEY)], "").await;
+    assert_eq!(one.json()["id"], "twin");
+    // Another key's deployment is not found, the same as one that does not exist.
+    let theirs = h.client.call(Method::GET, &h.url("/v1/models/other"), &[("api-key", PRIMARY_KEY)], "").await;
+    assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+    assert_eq!(theirs.error_code(), "DeploymentNotFound");
+    let none = h.client.call(Method::GET, &h.url("/v1/models"), &[], "").await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.error_code(), "Unauthorized");
+    let post = h.client.call(Method::POST, &h.url("/v1/models"), &[("api-key", PRIMARY_KEY)], "{}").await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.error_code(), "MethodNotAllowed");
+    // Listing models is not charged to any quota.
+    let usage = h.admin("/usage").await;
+    assert_eq!(usage[DEPLOYMENT]["requests"], 0, "{usage}");
+}

@@ -5,7 +5,7 @@ use http::header::AUTHORIZATION;
 
 use crate::deployment::Deployment;
 use crate::error::ApiError;
-use crate::keys::KeySlot;
+use crate::keys::{KeyDigest, KeySlot};
 
 /// The key a client presented: `api-key: K` wins over `Authorization: Bearer K` (the Azure SDK sends
 /// both with the same key; a client sending only one is served either way).
@@ -19,11 +19,21 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"bearer").then(|| rest.trim_ascii())
 }
 
-/// Which key slot authenticated the request, or 401.
-pub fn authenticate(deployment: &Deployment, headers: &HeaderMap) -> Result<KeySlot, ApiError> {
-    presented_key(headers)
-        .filter(|k| !k.is_empty())
-        .and_then(|key| deployment.keys.check(key))
+/// The digest of the presented key, when there is a non-empty one.
+pub fn presented_digest(headers: &HeaderMap) -> Option<KeyDigest> {
+    presented_key(headers).filter(|k| !k.is_empty()).map(KeyDigest::of)
+}
+
+/// Which key slot authenticated the request, or 401. `digest` is the presented key's digest when
+/// an earlier stage already computed it (to find the deployment from the key).
+pub fn authenticate(
+    deployment: &Deployment,
+    headers: &HeaderMap,
+    digest: Option<KeyDigest>,
+) -> Result<KeySlot, ApiError> {
+    digest
+        .or_else(|| presented_digest(headers))
+        .and_then(|digest| deployment.keys.check_digest(&digest))
         .ok_or_else(|| ApiError::Unauthorized { deployment: deployment.name.clone() })
 }
 

@@ -169,6 +169,9 @@ impl Gateway {
                     if status == 401 {
                         self.metrics.auth_failures.with_label_values(&[name]).inc();
                     }
+                } else if status == 401 {
+                    // A key that is nobody's on a request that named no deployment.
+                    self.metrics.auth_failures.with_label_values(&["-"]).inc();
                 }
                 tracing::info!(
                     target: "tollgate::access",
@@ -192,14 +195,19 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ApiError> {
         let (parts, incoming) = request.into_parts();
+        if let Some(query) = route::models_query(&parts.method, parts.uri.path())? {
+            return self.models(&parts.headers, query);
+        }
         let routed = route::route(&parts.method, parts.uri.path())?;
         let route = routed.route;
         trace.route = Some(route);
 
-        // Stage 2: the deployment, from the URL or headers when they name it, else from the body.
+        // Stage 2: the deployment, from the URL or headers when they name it, else from the key
+        // (and the body's `model`, read only once the key is known to be some deployment's).
         let table = self.deployments.load();
         let mut body: Option<Bytes> = None;
         let mut incoming = Some(incoming);
+        let mut digest = None;
         let named = match routed.addressing {
             Addressing::Path(name) => Some(lookup(&table, name)?),
             Addressing::Root => match host_of(&parts).and_then(route::host_label) {
@@ -212,24 +220,36 @@ impl Gateway {
             Some(d) => d,
             None => match parts.headers.get("azureml-model-deployment") {
                 Some(value) => lookup(&table, value.to_str().unwrap_or(""))?,
-                None if route.has_json_body() => {
-                    let bytes = self.read_body(&parts, &mut incoming).await?;
-                    let fields = BodyFields::parse(&bytes)?;
-                    let found = match fields.model.as_deref() {
-                        Some(model) => lookup(&table, model)?,
-                        None => return Err(self.missing_deployment(&parts)),
+                None => {
+                    let presented = auth::presented_digest(&parts.headers);
+                    digest = presented;
+                    let owners = presented.as_ref().map_or(&[][..], |d| table.for_key(d));
+                    if owners.is_empty() {
+                        // Nothing names a deployment and the key is nobody's: refused before a
+                        // byte of the body is read (no unauthenticated buffering).
+                        return Err(self.unnamed_refusal(&parts));
+                    }
+                    let fields_model = if route.has_json_body() {
+                        let bytes = self.read_body(&parts, &mut incoming).await?;
+                        let model = BodyFields::parse(&bytes)?.model.map(|m| lookup(&table, &m)).transpose()?;
+                        body = Some(bytes);
+                        model
+                    } else {
+                        None
                     };
-                    body = Some(bytes);
-                    found
+                    match (fields_model, owners) {
+                        (Some(found), _) => found,
+                        (None, [only]) => Arc::clone(only),
+                        (None, _) => return Err(ApiError::DeploymentMissing),
+                    }
                 }
-                None => return Err(self.missing_deployment(&parts)),
             },
         };
         drop(table);
         trace.deployment = Some(Arc::clone(&deployment));
 
         // Stage 3: authenticate before reading a body we have not read yet.
-        let key_slot = auth::authenticate(&deployment, &parts.headers)?;
+        let key_slot = auth::authenticate(&deployment, &parts.headers, digest)?;
         trace.key_slot = Some(key_slot);
         if let Health::Unhealthy(reason) = &deployment.health {
             return Err(ApiError::DeploymentUnhealthy { reason: reason.clone() });
@@ -324,11 +344,40 @@ impl Gateway {
         }
     }
 
-    /// No deployment was named: a host label that matched nothing is the likeliest typo to report.
-    fn missing_deployment(&self, parts: &request::Parts) -> ApiError {
+    /// `GET /v1/models` and `/openai/models`: the deployments the presented key may call, in the
+    /// OpenAI list shape (the name is the `model` to send). Answered here, never forwarded or
+    /// charged to a quota.
+    fn models(
+        &self,
+        headers: &http::HeaderMap,
+        query: route::ModelsQuery<'_>,
+    ) -> Result<Response<ProxyBody>, ApiError> {
+        let table = self.deployments.load();
+        let owners = auth::presented_digest(headers).map_or(&[][..], |d| table.for_key(&d));
+        if owners.is_empty() {
+            return Err(ApiError::KeyNotRecognized);
+        }
+        let model = |d: &Deployment| serde_json::json!({"id": d.name, "object": "model", "created": d.created_unix, "owned_by": d.project});
+        let body = match query {
+            route::ModelsQuery::List => {
+                serde_json::json!({"object": "list", "data": owners.iter().map(|d| model(d)).collect::<Vec<_>>()})
+            }
+            route::ModelsQuery::One(id) => match owners.iter().find(|d| d.name == id) {
+                Some(d) => model(d),
+                None => return Err(ApiError::DeploymentNotFound { name: route::truncate(id, 100).to_owned() }),
+            },
+        };
+        let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(response)
+    }
+
+    /// Nothing named a deployment and the key identified none: a host label that matched nothing
+    /// is the likeliest typo to report; otherwise the key is what is wrong (or missing).
+    fn unnamed_refusal(&self, parts: &request::Parts) -> ApiError {
         match host_of(parts).and_then(route::host_label) {
             Some(label) => ApiError::DeploymentNotFound { name: route::truncate(label, 100).to_owned() },
-            None => ApiError::DeploymentMissing,
+            None => ApiError::KeyNotRecognized,
         }
     }
 

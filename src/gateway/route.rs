@@ -112,6 +112,32 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Routed<'a>, ApiError>
     Ok(Routed { route, addressing })
 }
 
+/// `GET /v1/models` (OpenAI) or `/openai/models` (Azure OpenAI), and one model under either:
+/// answered by the gateway with the deployments the presented key may call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelsQuery<'a> {
+    List,
+    One(&'a str),
+}
+
+/// Whether the path asks for the model list; 405 for another method than GET.
+pub fn models_query<'a>(method: &Method, path: &'a str) -> Result<Option<ModelsQuery<'a>>, ApiError> {
+    let Some(rest) = path.strip_prefix("/v1/models").or_else(|| path.strip_prefix("/openai/models")) else {
+        return Ok(None);
+    };
+    let query = match rest {
+        "" | "/" => ModelsQuery::List,
+        _ => match rest.strip_prefix('/') {
+            Some(id) if !id.is_empty() && !id.contains('/') => ModelsQuery::One(id),
+            _ => return Ok(None),
+        },
+    };
+    if *method != Method::GET {
+        return Err(ApiError::MethodNotAllowed { method: method.clone(), route: "/v1/models", allowed: Method::GET });
+    }
+    Ok(Some(query))
+}
+
 /// The first DNS label of a host name, when the host can name a deployment: at least two labels,
 /// not an IP address.
 pub fn host_label(host: &str) -> Option<&str> {
@@ -168,6 +194,17 @@ mod tests {
         assert!(matches!(route(&Method::POST, "/openai/deployments/x"), Err(ApiError::RouteNotFound { .. })));
         assert!(matches!(route(&Method::GET, "/chat/completions"), Err(ApiError::MethodNotAllowed { .. })));
         assert!(matches!(route(&Method::POST, "/info"), Err(ApiError::MethodNotAllowed { .. })));
+    }
+
+    #[test]
+    fn model_listing_paths() {
+        assert_eq!(models_query(&Method::GET, "/v1/models").unwrap(), Some(ModelsQuery::List));
+        assert_eq!(models_query(&Method::GET, "/openai/models").unwrap(), Some(ModelsQuery::List));
+        assert_eq!(models_query(&Method::GET, "/v1/models/dep").unwrap(), Some(ModelsQuery::One("dep")));
+        assert_eq!(models_query(&Method::GET, "/v1/models/a/b").unwrap(), None);
+        assert_eq!(models_query(&Method::GET, "/v1/modelsx").unwrap(), None);
+        assert_eq!(models_query(&Method::GET, "/v1/chat/completions").unwrap(), None);
+        assert!(matches!(models_query(&Method::POST, "/v1/models"), Err(ApiError::MethodNotAllowed { .. })));
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! RateLimit-Policy: "requests";q=1000;w=60, "tokens";q=200000;w=60;qu="tokens"
 //! RateLimit: "requests";r=999;t=1, "tokens";r=199000;t=5
 //! ```
-//! `t` is the number of seconds until that bucket is full again (rounded up).
+//! `t` is the number of seconds (rounded up) until that policy's quota resets: for a bucket
+//! with room, until it is full again; on a 429, for a bucket without room for the request, until
+//! it has room, which is what `retry-after` says for the request as a whole. The draft
+//! (draft-ietf-httpapi-ratelimit-headers) defines `t` as the seconds until the quota units
+//! "reset"; with a continuously refilled bucket the units a client needs are back at that time.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 

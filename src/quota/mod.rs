@@ -56,7 +56,8 @@ pub struct QuotaState {
     pub remaining_requests: u64,
     pub limit_tokens: u64,
     pub remaining_tokens: u64,
-    /// Nanoseconds until each bucket is full again.
+    /// Nanoseconds until each bucket is full again; in a [`Denial`], for a bucket without room for
+    /// the request, until it has room (so `RateLimit`'s `t` agrees with `retry-after`).
     pub requests_full_in_ns: u64,
     pub tokens_full_in_ns: u64,
 }
@@ -95,7 +96,17 @@ impl Buckets {
             _ if wait_requests >= wait_tokens => LimitKind::Requests,
             _ => LimitKind::Tokens,
         };
-        Denial::Exhausted { limit, retry_after_ns: wait_requests.max(wait_tokens), state: state_of(self) }
+        // For a bucket without room for this request, the headers' reset time (`t` of the IETF
+        // `RateLimit` field) is when it will have room, so that it agrees with `retry-after`
+        // rather than saying when the bucket is full again.
+        let mut state = state_of(self);
+        if !request_ok {
+            state.requests_full_in_ns = wait_requests;
+        }
+        if !tokens_ok {
+            state.tokens_full_in_ns = wait_tokens;
+        }
+        Denial::Exhausted { limit, retry_after_ns: wait_requests.max(wait_tokens), state }
     }
 }
 

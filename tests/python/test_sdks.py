@@ -79,3 +79,23 @@ def test_openai_client_on_v1(demo):
     bad = openai.OpenAI(base_url=demo["base"] + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model=demo["deployment"], messages=MESSAGES)
+
+
+def test_azure_ai_inference_get_model_info_on_the_unified_and_v1_endpoints(demo):
+    # No body, no header: the key alone says which deployment is meant.
+    for base in ("/models", "/v1"):
+        client = ChatCompletionsClient(endpoint=demo["base"] + base, credential=AzureKeyCredential(demo["key"]))
+        info = client.get_model_info()
+        assert info.model_name == "Meta-Llama-3-8B-Instruct"
+        assert info.model_provider_name == "Meta"
+
+
+def test_openai_models_list_on_v1_and_azure(demo):
+    client = openai.OpenAI(base_url=demo["base"] + "/v1", api_key=demo["key"], max_retries=0)
+    assert [m.id for m in client.models.list()] == [demo["deployment"]]
+    assert client.models.retrieve(demo["deployment"]).id == demo["deployment"]
+    azure = openai.AzureOpenAI(azure_endpoint=demo["base"], api_key=demo["key"], api_version=API_VERSION)
+    assert [m.id for m in azure.models.list()] == [demo["deployment"]]
+    bad = openai.OpenAI(base_url=demo["base"] + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
