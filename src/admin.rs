@@ -8,8 +8,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::control::{ControlPlane, api};
-use crate::deployment::DeploymentTable;
+use crate::control::roles::Action;
+use crate::control::{AdminError, ControlPlane, api};
+use crate::deployment::{Deployment, DeploymentTable};
 use crate::error::error_response;
 use crate::gateway::Gateway;
 use crate::gateway::body::ProxyBody;
@@ -25,11 +26,14 @@ pub struct Admin {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
-const ROUTES: &str = "admin routes: GET /healthz, /readyz, /metrics, /usage, /quotas (no token); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
+const ROUTES: &str = "admin routes: GET /healthz, /readyz (no token), /metrics (no token unless [admin] metrics_token is set), /usage, /quotas (any admin token, e.g. a reader's); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
 
 impl Admin {
     /// Answers one admin request.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        if let Err(error) = crate::gateway::route::check_host(request.version(), request.headers()) {
+            return error.into_response();
+        }
         let path = request.uri().path();
         let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/usage" | "/quotas");
         if !known {
@@ -41,6 +45,31 @@ impl Admin {
         if request.method() != Method::GET {
             return error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "admin routes take GET");
         }
+        // Totals and quota levels say how each customer uses the gateway: an admin token is
+        // needed (any role; a token confined to projects sees those). Metrics stay open for
+        // scrapers unless a metrics token is configured.
+        let token = match path {
+            "/usage" | "/quotas" => match api::authorize(&self.control, &request, Action::ReadUsage, None) {
+                Ok(token) => Some(token),
+                Err(error) => return api::error_reply(&error),
+            },
+            "/metrics" => {
+                let presented = bearer(&request);
+                let metrics_token = self.control.metrics_token_matches(presented);
+                let admin_token = || presented.and_then(|p| self.control.authenticate(p)).is_some();
+                if metrics_token == Some(false) && !admin_token() {
+                    let error = AdminError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "Unauthorized",
+                        "/metrics needs 'Authorization: Bearer <token>' with the [admin] metrics_token (or an admin token)",
+                    );
+                    return api::error_reply(&error);
+                }
+                None
+            }
+            _ => None,
+        };
+        let visible = |d: &Deployment| token.as_ref().is_none_or(|t| t.may_use_project(&d.project));
         match path {
             "/healthz" => json(r#"{"status":"ok"}"#.into()),
             "/readyz" if self.ready.load(std::sync::atomic::Ordering::SeqCst) => json(r#"{"status":"ready"}"#.into()),
@@ -49,7 +78,7 @@ impl Admin {
                 "ShuttingDown",
                 "this gateway is shutting down: route new traffic elsewhere",
             ),
-            "/usage" => json(self.usage()),
+            "/usage" => json(self.usage(&visible)),
             "/metrics" => {
                 let table = self.gateway.deployments();
                 let states = self.quota_states(&table).await;
@@ -60,15 +89,15 @@ impl Admin {
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 response
             }
-            _ => json(self.quotas().await),
+            _ => json(self.quotas(&visible).await),
         }
     }
 
     /// Each deployment's usage totals since start.
-    fn usage(&self) -> String {
+    fn usage(&self, visible: &(dyn Fn(&Deployment) -> bool + Sync)) -> String {
         let table = self.gateway.deployments();
         let totals: std::collections::BTreeMap<&str, _> =
-            table.iter().map(|d| (d.name.as_str(), d.usage.read())).collect();
+            table.iter().filter(|d| visible(d)).map(|d| (d.name.as_str(), d.usage.read())).collect();
         serde_json::to_string(&totals).unwrap_or_default()
     }
 
@@ -83,11 +112,11 @@ impl Admin {
     }
 
     /// Each deployment's buckets now: limits and what remains (null while they cannot be read).
-    async fn quotas(&self) -> String {
+    async fn quotas(&self, visible: &(dyn Fn(&Deployment) -> bool + Sync)) -> String {
         let table = self.gateway.deployments();
         let states = self.quota_states(&table).await;
         let mut out = serde_json::Map::new();
-        for (deployment, state) in table.iter().zip(states) {
+        for (deployment, state) in table.iter().zip(states).filter(|(d, _)| visible(d)) {
             let value = match state {
                 Some(s) => json!({
                     "requestsPerMinute": s.limit_requests, "remainingRequests": s.remaining_requests,
@@ -99,6 +128,13 @@ impl Admin {
         }
         serde_json::Value::Object(out).to_string()
     }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(request: &Request<Incoming>) -> Option<&[u8]> {
+    let value = request.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let token = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "))?.trim_ascii();
+    (!token.is_empty()).then_some(token)
 }
 
 fn json(body: String) -> Response<ProxyBody> {

@@ -51,6 +51,7 @@ pub fn demo_config(
                 from_file: true,
             }],
             state_file: Some(DEMO_STATE.into()),
+            metrics_token: None,
         },
         models: vec![CatalogModel {
             id: DEMO_MODEL.into(),

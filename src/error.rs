@@ -56,6 +56,8 @@ pub enum ApiError {
         "access denied due to a missing or invalid key: this request names no deployment (in the URL, the 'azureml-model-deployment' header or the body's 'model'), so it is found from the key, and this key is not one of any deployment's keys; send one as 'api-key: <key>' or 'Authorization: Bearer <key>'"
     )]
     KeyNotRecognized,
+    #[error("{reason}")]
+    InvalidHost { reason: &'static str },
     #[error("the request body is larger than this gateway's limit of {limit} bytes; send a smaller body")]
     BodyTooLarge { limit: usize },
     #[error("the request body did not arrive within {timeout_ms} ms; send the whole body promptly")]
@@ -93,6 +95,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::KeyNotRecognized => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidHost { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyRead { .. } => StatusCode::BAD_REQUEST,
@@ -116,6 +119,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
             ApiError::Unauthorized { .. } => "Unauthorized",
             ApiError::KeyNotRecognized => "Unauthorized",
+            ApiError::InvalidHost { .. } => "InvalidHost",
             ApiError::BodyTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::BodyTimeout { .. } => "RequestTimeout",
             ApiError::BodyRead { .. } => "InvalidRequestBody",
@@ -139,6 +143,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::KeyNotRecognized => "unauthorized",
+            ApiError::InvalidHost { .. } => "invalid_host",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::BodyRead { .. } => "body_read",

@@ -275,3 +275,34 @@ async fn a_backend_that_never_accepts_is_504_after_the_connect_timeout() {
     still_serves(&h).await;
     drop((listener, fillers));
 }
+
+/// A request head with these Host lines, to `addr`, read until the server closes.
+async fn with_hosts(addr: std::net::SocketAddr, version: &str, path: &str, hosts: &[&str]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let hosts: String = hosts.iter().map(|h| format!("host: {h}\r\n")).collect();
+    let head = format!("GET {path} {version}\r\n{hosts}api-key: {PRIMARY_KEY}\r\nconnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn http11_requests_without_a_host_or_with_two_are_400() {
+    let h = Harness::start().await;
+    let info = format!("/openai/deployments/{DEPLOYMENT}/info");
+    for addr in [h.addr(), h.gateway.admin_addr] {
+        let path = if addr == h.addr() { info.as_str() } else { "/healthz" };
+        for hosts in [&[][..], &["a.example", "b.example"]] {
+            let answer = with_hosts(addr, "HTTP/1.1", path, hosts).await;
+            assert!(answer.starts_with("HTTP/1.1 400"), "{hosts:?}: {answer}");
+            assert!(answer.contains("x-ms-error-code: InvalidHost") && answer.contains("Host header"), "{answer}");
+        }
+        let answer = with_hosts(addr, "HTTP/1.1", path, &["127.0.0.1"]).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // HTTP/1.0 may leave Host out.
+        let answer = with_hosts(addr, "HTTP/1.0", path, &[]).await;
+        assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    still_serves(&h).await;
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use http::StatusCode;
+use http::{Method, StatusCode};
 use tollgate::quota::clock::ManualClock;
 
 const KEY: (&str, &str) = ("api-key", PRIMARY_KEY);
@@ -300,4 +300,47 @@ async fn a_real_prometheus_scrapes_the_gateway() {
     assert_eq!(sample["metric"]["deployment"], DEPLOYMENT);
     assert_eq!(sample["metric"]["job"], "tollgate");
     assert_eq!(sample["value"][1], "1");
+}
+
+#[tokio::test]
+async fn usage_and_quotas_need_an_admin_token_and_metrics_may_need_one() {
+    let metrics_token = "MetricsScrapeToken0123456789abc";
+    let dev = "ProjectDevToken0123456789abcdef";
+    let h = Harness::with(Setup {
+        admin: format!("metrics_token = \"{}\"", stored(metrics_token)),
+        tables: format!(
+            "[[admin.tokens]]\nname = \"dev\"\nrole = \"ai-developer\"\nprojects = [\"team-a\"]\ntoken = \"{}\"\n",
+            stored(dev)
+        ),
+        ..Default::default()
+    })
+    .await;
+    let admin = |path: &str| format!("http://{}{path}", h.gateway.admin_addr);
+    for path in ["/usage", "/quotas"] {
+        let reply = h.client.call(Method::GET, &admin(path), &[], "").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_eq!(reply.error_code(), "Unauthorized");
+        assert_eq!(reply.header("www-authenticate"), "Bearer");
+        let reply = h.client.call(Method::GET, &admin(path), &[("authorization", "Bearer wrong")], "").await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}");
+        let json = h.admin(path).await;
+        assert!(json.get(DEPLOYMENT).is_some(), "a reader sees every deployment: {json}");
+        // A token confined to a project sees only that project's deployments (the file's are in "default").
+        let reply = h.client.call(Method::GET, &admin(path), &[("authorization", &format!("Bearer {dev}"))], "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.json(), serde_json::json!({}), "{path}");
+    }
+    let reply = h.client.call(Method::GET, &admin("/metrics"), &[], "").await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(reply.text().contains("metrics_token"), "{}", reply.text());
+    for token in [metrics_token, READER_TOKEN] {
+        let reply =
+            h.client.call(Method::GET, &admin("/metrics"), &[("authorization", &format!("Bearer {token}"))], "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.text().contains("tollgate_open_connections"), "{}", reply.text());
+    }
+    // Without a metrics token, /metrics is open (Prometheus scrapes it as it is).
+    let open = Harness::start().await;
+    let url = format!("http://{}/metrics", open.gateway.admin_addr);
+    assert_eq!(open.client.call(Method::GET, &url, &[], "").await.status, StatusCode::OK);
 }

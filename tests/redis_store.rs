@@ -140,7 +140,7 @@ flush_interval_ms = 50
         ledger = dir.join(format!("{name}.jsonl")).display(),
     );
     let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, format!("{config}\n{}", reader_token_table())).unwrap();
     path
 }
 
@@ -202,7 +202,8 @@ async fn three_processes_hammered_together_admit_no_more_than_the_one_quota() {
     let mut billed = 0;
     let mut token_admitted = 0;
     for gw in &gateways {
-        let usage = client.call(Method::GET, &format!("http://{}/usage", gw.admin), &[], "").await.json();
+        let (name, value) = reader_auth();
+        let usage = client.call(Method::GET, &format!("http://{}/usage", gw.admin), &[(name, &value)], "").await.json();
         billed += usage["tokens"]["total_tokens"].as_u64().unwrap();
         token_admitted +=
             usage["tokens"]["requests"].as_u64().unwrap() - usage["tokens"]["rate_limited_requests"].as_u64().unwrap();

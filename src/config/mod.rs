@@ -140,6 +140,8 @@ pub struct AdminConfig {
     pub tokens: Vec<AdminToken>,
     /// Where admin API changes are persisted; `None` keeps them in memory only.
     pub state_file: Option<PathBuf>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer` with this token (or an admin token).
+    pub metrics_token: Option<crate::keys::KeyDigest>,
 }
 
 /// What a client connection may take, and how long shutdown waits for it.

@@ -104,6 +104,8 @@ pub struct RawAdmin {
     pub tokens: Vec<Spanned<RawAdminToken>>,
     /// Where changes made through the admin API are kept (default: beside the config file).
     pub state_file: Option<Spanned<String>>,
+    /// `sha256:` digest of a bearer token that `GET /metrics` then requires (open when unset).
+    pub metrics_token: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

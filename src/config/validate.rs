@@ -53,6 +53,12 @@ pub(super) fn validate(
         listen: socket_addr(at, raw.admin.listen.as_ref(), "admin.listen", DEFAULT_ADMIN_LISTEN)?,
         tokens: validate_tokens(&raw.admin.tokens, at)?,
         state_file: raw.admin.state_file.as_ref().map(|p| PathBuf::from(p.get_ref())),
+        metrics_token: match &raw.admin.metrics_token {
+            None => None,
+            Some(v) => {
+                Some(KeyDigest::parse_stored(v.get_ref()).map_err(|why| at.error(v, "admin.metrics_token", why))?)
+            }
+        },
     };
     let backend = BackendSettings {
         connect_timeout: millis(

@@ -118,6 +118,15 @@ pub fn is_api_path(path: &str) -> bool {
     route(path).is_some()
 }
 
+/// An admin error as the API's error JSON (with `WWW-Authenticate: Bearer` on a 401).
+pub(crate) fn error_reply(error: &AdminError) -> Response<ProxyBody> {
+    let mut response = error_response(error.status, error.code, &error.message);
+    if error.status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
 /// Serves one admin API request.
 pub async fn handle(
     control: &Arc<ControlPlane>,
@@ -126,13 +135,7 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     match serve(control, ledger, request).await {
         Ok((status, body)) => json_response(status, &body),
-        Err(error) => {
-            let mut response = error_response(error.status, error.code, &error.message);
-            if error.status == StatusCode::UNAUTHORIZED {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            response
-        }
+        Err(error) => error_reply(&error),
     }
 }
 
@@ -143,7 +146,7 @@ fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     response
 }
 
-fn authorize(
+pub(crate) fn authorize(
     control: &ControlPlane,
     request: &Request<Incoming>,
     action: Action,

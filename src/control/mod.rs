@@ -176,6 +176,13 @@ impl ControlPlane {
         Ok(ReloadReport { deployments, restart_needed })
     }
 
+    /// Whether a presented bearer token is the configured metrics token (`None` when `/metrics`
+    /// is open).
+    pub fn metrics_token_matches(&self, presented: Option<&[u8]>) -> Option<bool> {
+        let expected = self.read(|config, _| config.admin.metrics_token)?;
+        Some(presented.is_some_and(|p| expected.ct_eq(&KeyDigest::of(p))))
+    }
+
     /// The admin token presented as `Authorization: Bearer <token>`, checked in constant time
     /// against every configured and created token.
     pub fn authenticate(&self, presented: &[u8]) -> Option<AdminToken> {

@@ -195,6 +195,7 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ApiError> {
         let (parts, incoming) = request.into_parts();
+        route::check_host(parts.version, &parts.headers)?;
         if let Some(query) = route::models_query(&parts.method, parts.uri.path())? {
             return self.models(&parts.headers, query);
         }

@@ -138,6 +138,21 @@ pub fn models_query<'a>(method: &Method, path: &'a str) -> Result<Option<ModelsQ
     Ok(Some(query))
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; none at all, or two, is a 400.
+/// HTTP/1.0 may omit it and HTTP/2 names the authority in `:authority`, but neither may send two.
+pub fn check_host(version: http::Version, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err(ApiError::InvalidHost {
+            reason: "the request has more than one Host header; send exactly one (RFC 9112, section 3.2)",
+        }),
+        (None, _) if version == http::Version::HTTP_11 => Err(ApiError::InvalidHost {
+            reason: "an HTTP/1.1 request needs a Host header (RFC 9112, section 3.2); send the gateway's host name",
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The first DNS label of a host name, when the host can name a deployment: at least two labels,
 /// not an IP address.
 pub fn host_label(host: &str) -> Option<&str> {
@@ -194,6 +209,22 @@ mod tests {
         assert!(matches!(route(&Method::POST, "/openai/deployments/x"), Err(ApiError::RouteNotFound { .. })));
         assert!(matches!(route(&Method::GET, "/chat/completions"), Err(ApiError::MethodNotAllowed { .. })));
         assert!(matches!(route(&Method::POST, "/info"), Err(ApiError::MethodNotAllowed { .. })));
+    }
+
+    #[test]
+    fn host_headers() {
+        use http::{HeaderMap, HeaderValue, Version};
+        let mut one = HeaderMap::new();
+        one.insert(http::header::HOST, HeaderValue::from_static("a"));
+        let mut two = one.clone();
+        two.append(http::header::HOST, HeaderValue::from_static("b"));
+        let none = HeaderMap::new();
+        assert!(check_host(Version::HTTP_11, &one).is_ok());
+        assert!(check_host(Version::HTTP_11, &none).is_err());
+        assert!(check_host(Version::HTTP_11, &two).is_err());
+        assert!(check_host(Version::HTTP_10, &none).is_ok());
+        assert!(check_host(Version::HTTP_2, &none).is_ok());
+        assert!(check_host(Version::HTTP_2, &two).is_err());
     }
 
     #[test]

@@ -27,6 +27,19 @@ pub const PRIMARY_KEY: &str = "PrimaryKey0123456789abcdefghijkl";
 pub const SECONDARY_KEY: &str = "SecondaryKey0123456789abcdefghij";
 pub const OTHER_KEY: &str = "OtherDeploymentKey0123456789abcd";
 
+/// A reader admin token every harness has: `/usage` and `/quotas` need one.
+pub const READER_TOKEN: &str = "HarnessReaderToken0123456789abc";
+
+/// The `[[admin.tokens]]` table for [`READER_TOKEN`].
+pub fn reader_token_table() -> String {
+    format!("[[admin.tokens]]\nname = \"harness-reader\"\nrole = \"reader\"\ntoken = \"{}\"\n", stored(READER_TOKEN))
+}
+
+/// The `authorization` header with [`READER_TOKEN`].
+pub fn reader_auth() -> (&'static str, String) {
+    ("authorization", format!("Bearer {READER_TOKEN}"))
+}
+
 pub fn stored(key: &str) -> String {
     KeyDigest::of(key.as_bytes()).to_stored()
 }
@@ -96,6 +109,7 @@ backend = "{mock}"
 keys = ["{other}"]
 {more}
 {tables}
+{reader}
 "#,
             server = setup.server,
             admin = setup.admin,
@@ -107,6 +121,7 @@ keys = ["{other}"]
             other = stored(OTHER_KEY),
             more = setup.more_deployments.replace("{mock}", &mock.url()),
             tables = setup.tables.replace("{mock}", &mock.url()),
+            reader = reader_token_table(),
         );
         let text = if setup.limits.is_empty() { text } else { format!("{text}\n[limits]\n{}\n", setup.limits) };
         let text = match &setup.ledger {
@@ -150,8 +165,10 @@ keys = ["{other}"]
 
     /// `GET` on the admin listener, as JSON.
     pub async fn admin(&self, path: &str) -> serde_json::Value {
-        let reply = self.client.call(Method::GET, &format!("http://{}{path}", self.gateway.admin_addr), &[], "").await;
-        assert_eq!(reply.status, StatusCode::OK);
+        let (name, value) = reader_auth();
+        let url = format!("http://{}{path}", self.gateway.admin_addr);
+        let reply = self.client.call(Method::GET, &url, &[(name, &value)], "").await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());
         reply.json()
     }
 
