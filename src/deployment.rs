@@ -10,6 +10,7 @@ use http::HeaderValue;
 use crate::config::{BackendCa, BackendSettings, BackendUrl, DeploymentConfig};
 use crate::estimate::Tokenizer;
 use crate::gateway::forward::BackendClient;
+use crate::gateway::info::InfoCache;
 use crate::keys::{IndexedDigest, KeyDigest, KeyPair};
 use crate::meter::totals::UsageCounters;
 use crate::quota::DeploymentQuota;
@@ -57,6 +58,8 @@ pub struct Deployment {
     pub usage: Arc<UsageCounters>,
     /// When this gateway first served the deployment (Unix seconds; `created` in `/v1/models`).
     pub created_unix: u64,
+    /// The backend's last `/info` answer (started afresh by a reload, which may change the backend).
+    pub info: InfoCache,
 }
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
@@ -129,6 +132,7 @@ impl Deployment {
                 || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 |p| p.created_unix,
             ),
+            info: InfoCache::new(Arc::clone(clock)),
         }
     }
 }

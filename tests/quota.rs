@@ -345,3 +345,44 @@ async fn on_a_429_the_ratelimit_reset_of_the_exhausted_policy_agrees_with_retry_
     assert!(field["tokens"].1 > 1);
     assert_eq!(field["requests"].1, 1, "the requests policy has room; it is full again within a second");
 }
+
+#[tokio::test]
+async fn info_is_not_charged_to_the_request_bucket_and_the_backend_is_asked_once_per_ttl() {
+    let (setup, clock) = frozen("requests_per_minute = 2");
+    let h = Harness::with(setup).await;
+    let info = h.deployment_url("/info");
+    for i in 0..10 {
+        let reply = h.client.call(Method::GET, &info, &[KEY], "").await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.json()["model_provider_name"], "Meta");
+        assert_eq!(reply.number("x-ratelimit-remaining-requests"), 2, "call {i} took nothing");
+        assert_eq!(reply.header("x-tollgate-info-cache"), if i == 0 { "miss" } else { "hit" });
+    }
+    assert_eq!(h.mock.served("/info"), 1, "nine answers came from the kept copy");
+    // The two requests of the minute are still there for chat.
+    let chat = h.deployment_url("/chat/completions");
+    for _ in 0..2 {
+        assert_eq!(h.client.post(&chat, &[KEY], CHAT).await.status, StatusCode::OK);
+    }
+    assert_eq!(h.client.post(&chat, &[KEY], CHAT).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // And /info still answers with the request bucket empty.
+    assert_eq!(h.client.call(Method::GET, &info, &[KEY], "").await.status, StatusCode::OK);
+    // After the TTL, one fetch again, however many ask at once (a slow backend holds them all).
+    clock.advance_ms(tollgate::gateway::info::INFO_TTL.as_millis() as u64);
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, info) = (h.client.clone(), info.clone());
+            tokio::spawn(async move {
+                client.call(Method::GET, &info, &[KEY, ("x-mock-latency-ms", "200")], "").await.status
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(h.mock.served("/info"), 2);
+    // Every call is metered as a request in the totals (10 + 1 + 20 /info, 3 chats).
+    let usage = h.admin("/usage").await[DEPLOYMENT].clone();
+    assert_eq!(usage["requests"], 34, "{usage}");
+    assert_eq!(usage["rate_limited_requests"], 1, "{usage}");
+}

@@ -26,6 +26,7 @@
 pub mod auth;
 pub mod body;
 pub mod forward;
+pub mod info;
 pub mod request_id;
 pub mod route;
 
@@ -79,6 +80,9 @@ struct Trace {
     reserved: bool,
     /// The limit a 429 was for.
     limited_by: Option<LimitKind>,
+    /// How a request that was never admitted ended, when not a rejection (`/info` is served
+    /// without admission).
+    outcome: Option<Outcome>,
 }
 
 impl Gateway {
@@ -159,7 +163,7 @@ impl Gateway {
                     estimated_prompt_tokens: trace.estimated_prompt_tokens,
                     limited_by: trace.limited_by,
                 };
-                self.sink.record(facts.unbilled(status, Outcome::Rejected));
+                self.sink.record(facts.unbilled(status, trace.outcome.unwrap_or(Outcome::Rejected)));
             }
             // Not authenticated: no usage record, only metrics and the access log.
             _ => {
@@ -256,6 +260,12 @@ impl Gateway {
             return Err(ApiError::DeploymentUnhealthy { reason: reason.clone() });
         }
 
+        // `/info` is metadata: not charged to the quota, answered from a short-lived copy.
+        if route == ApiRoute::Info {
+            drop(incoming);
+            return self.info(&deployment, parts, trace).await;
+        }
+
         // Stage 4: the body, bounded, validated and estimated in one pass.
         let body = match body {
             Some(bytes) => bytes,
@@ -333,13 +343,37 @@ impl Gateway {
                 Ok(response.map(|b| ProxyBody::Backend(MeteredBody::new(b, status, event_stream, reservation, limits))))
             }
             Err(error) => {
-                let kind = match &error {
-                    ApiError::BackendUnreachable { .. } => "connect",
-                    ApiError::BackendTimeout { .. } => "timeout",
-                    _ => "protocol",
-                };
+                let kind = backend_error_kind(&error);
                 self.metrics.backend_errors.with_label_values(&[deployment.name.as_str(), kind]).inc();
                 reservation.settle(error.status().as_u16(), Outcome::BackendFailed, Counts::NONE);
+                Err(error)
+            }
+        }
+    }
+
+    /// `GET /info` for an authenticated caller: the backend's answer, kept for
+    /// [`info::INFO_TTL`]; no admission (the buckets are read for the headers only).
+    async fn info(
+        &self,
+        deployment: &Arc<Deployment>,
+        parts: request::Parts,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ApiError> {
+        let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
+        let fetch = backend.forward(deployment, ApiRoute::Info, parts, Bytes::new());
+        let answer = deployment.info.get_or_fetch(&deployment.name, self.stream_limits.total, fetch).await;
+        trace.quota = self.quota.state(deployment).await;
+        match answer {
+            Ok(response) => {
+                trace.outcome = Some(Outcome::Completed);
+                Ok(response)
+            }
+            Err(error) => {
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&[deployment.name.as_str(), backend_error_kind(&error)])
+                    .inc();
+                trace.outcome = Some(Outcome::BackendFailed);
                 Err(error)
             }
         }
@@ -393,6 +427,15 @@ impl Gateway {
             }
             None => Ok(Bytes::new()),
         }
+    }
+}
+
+/// The `kind` label of `tollgate_backend_errors_total` for a failed forward.
+fn backend_error_kind(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::BackendUnreachable { .. } => "connect",
+        ApiError::BackendTimeout { .. } => "timeout",
+        _ => "protocol",
     }
 }
 

@@ -62,10 +62,26 @@ impl Default for MockOptions {
     }
 }
 
+/// The routes the mock serves, in the order [`MockBackend::served`] counts them.
+const ROUTES: [&str; 5] = ["/info", "/chat/completions", "/completions", "/embeddings", "/images/embeddings"];
+
+/// How many requests each route has answered (for tests that check what reached the backend).
+#[derive(Debug, Default)]
+struct Served([std::sync::atomic::AtomicU64; 5]);
+
+impl Served {
+    fn count(&self, path: &str) {
+        if let Some(i) = ROUTES.iter().position(|r| *r == path) {
+            self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A running mock backend.
 pub struct MockBackend {
     pub addr: SocketAddr,
     scheme: &'static str,
+    served: Arc<Served>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -85,13 +101,25 @@ impl MockBackend {
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let options = Arc::new(options);
-        let handler = move |request| {
+        let served = Arc::new(Served::default());
+        let counter = Arc::clone(&served);
+        let handler = move |request: Request<Incoming>| {
             let options = Arc::clone(&options);
+            counter.count(request.uri().path());
             async move { handle(&options, request).await }
         };
         let serve_options = crate::server::ServeOptions { tls, ..crate::server::ServeOptions::default() };
         let task = tokio::spawn(crate::server::serve(listener, handler, serve_options, stopped));
-        Ok(MockBackend { addr, scheme, stop, task })
+        Ok(MockBackend { addr, scheme, served, stop, task })
+    }
+
+    /// How many requests for `path` (`/info`, `/chat/completions`, ...) reached the mock.
+    pub fn served(&self, path: &str) -> u64 {
+        ROUTES.iter().position(|r| *r == path).map_or(0, |i| self.served_at(i))
+    }
+
+    fn served_at(&self, i: usize) -> u64 {
+        self.served.0[i].load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The root URL to configure as a deployment's `backend`.
