@@ -386,3 +386,45 @@ async fn info_is_not_charged_to_the_request_bucket_and_the_backend_is_asked_once
     assert_eq!(usage["requests"], 34, "{usage}");
     assert_eq!(usage["rate_limited_requests"], 1, "{usage}");
 }
+
+#[tokio::test]
+async fn include_usage_gets_a_usage_chunk_counted_by_the_gateway_when_the_backend_sends_none() {
+    let h = Harness::with(Setup {
+        mock: MockOptions { stream_usage: false, completion_tokens: 40, ..Default::default() },
+        ..Default::default()
+    })
+    .await;
+    let url = h.deployment_url("/chat/completions");
+    let asked = r#"{"messages":[{"role":"user","content":"Stream please."}],"stream":true,"stream_options":{"include_usage":true}}"#;
+    let reply = h.client.post(&url, &[KEY], asked).await;
+    let text = reply.text();
+    let events: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let usage: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], serde_json::json!([]), "the chunk just before [DONE] is the usage chunk: {text}");
+    assert_eq!(usage["object"], "chat.completion.chunk");
+    assert_eq!(usage["x_tollgate"]["usage"], "estimated", "marked as counted by the gateway");
+    assert!(text.ends_with("\n\ndata: [DONE]\n\n"), "{text}");
+    // It says what was billed.
+    let recorded = h.usage_after(1).await;
+    assert_eq!(usage["usage"]["prompt_tokens"], recorded["prompt_tokens"]);
+    assert_eq!(usage["usage"]["completion_tokens"], recorded["completion_tokens"]);
+    assert_eq!(usage["usage"]["total_tokens"], recorded["total_tokens"]);
+    assert_eq!(events.iter().filter(|e| e.contains("\"usage\"")).count(), 1);
+
+    // Not asked: nothing added.
+    let plain = r#"{"messages":[{"role":"user","content":"Stream please."}],"stream":true}"#;
+    assert!(!h.client.post(&url, &[KEY], plain).await.text().contains("\"usage\""));
+    let refused = r#"{"messages":[],"stream":true,"stream_options":{"include_usage":false}}"#;
+    assert!(!h.client.post(&url, &[KEY], refused).await.text().contains("\"usage\""));
+}
+
+#[tokio::test]
+async fn include_usage_with_a_backend_that_reports_usage_passes_the_backends_chunk_alone() {
+    let h = Harness::start().await;
+    let asked =
+        r#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+    let text = h.client.post(&h.deployment_url("/chat/completions"), &[KEY], asked).await.text();
+    assert_eq!(text.matches("\"usage\"").count(), 1, "{text}");
+    assert!(!text.contains("x_tollgate"), "{text}");
+}

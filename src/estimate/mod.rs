@@ -49,6 +49,8 @@ pub struct Estimate {
     /// Number of choices (`n`), 1 when unset.
     pub choices: u64,
     pub stream: bool,
+    /// `stream_options.include_usage`: the client wants a usage chunk at the end of the stream.
+    pub include_usage: bool,
 }
 
 impl Estimate {

@@ -110,6 +110,13 @@ const COUNTED: [&str; 10] = [
     "stream_options",
 ];
 
+/// `stream_options`; other members are the backend's business.
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
 struct BodySeed {
     route: ApiRoute,
     tokenizer: Tokenizer,
@@ -160,6 +167,10 @@ impl<'de> Visitor<'de> for BodySeed {
                     estimate.choices = map.next_value::<Option<u64>>()?.unwrap_or(1)
                 }
                 (_, "stream") => estimate.stream = map.next_value::<Option<bool>>()?.unwrap_or(false),
+                (ChatCompletions | Completions, "stream_options") => {
+                    estimate.include_usage =
+                        map.next_value::<Option<StreamOptions>>()?.and_then(|o| o.include_usage).unwrap_or(false)
+                }
                 (Completions, "prompt") => prompt += map.next_value_seed(TextsSeed(tok))? + 1,
                 (Embeddings, "input") => prompt += map.next_value_seed(TextsSeed(tok))?,
                 (ImageEmbeddings, "input") => prompt += map.next_value_seed(ImageInputsSeed(tok))?,

@@ -44,6 +44,7 @@ use crate::deployment::{Deployment, DeploymentTable, Health};
 use crate::error::ApiError;
 use crate::estimate::{self, Estimate};
 use crate::keys::KeySlot;
+use crate::meter::usage_chunk::UsageChunk;
 use crate::meter::{Counts, MeteredBody, Outcome, RequestFacts, Reservation, StreamLimits, UsageSink};
 use crate::metrics::{Metrics, metric_status};
 use crate::quota::headers::set_quota_headers;
@@ -340,7 +341,16 @@ impl Gateway {
                     .get(http::header::CONTENT_TYPE)
                     .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
                 let limits = self.stream_limits;
-                Ok(response.map(|b| ProxyBody::Backend(MeteredBody::new(b, status, event_stream, reservation, limits))))
+                let usage_chunk = match route {
+                    _ if !(estimate.stream && estimate.include_usage) => None,
+                    ApiRoute::ChatCompletions => Some("chat.completion.chunk"),
+                    ApiRoute::Completions => Some("text_completion"),
+                    _ => None,
+                }
+                .map(|object| UsageChunk::new(object, name, request_id.as_str()));
+                Ok(response.map(|b| {
+                    ProxyBody::Backend(MeteredBody::new(b, status, event_stream, reservation, limits, usage_chunk))
+                }))
             }
             Err(error) => {
                 let kind = backend_error_kind(&error);

@@ -15,6 +15,7 @@ use tokio::time::Sleep;
 
 use super::sse::SseScanner;
 use super::usage::{Answer, body_usage};
+use super::usage_chunk::{Rewritten, UsageChunk};
 use super::{Counts, Outcome, Reservation};
 
 /// Non-streamed bodies larger than this are passed through without being read for `usage`.
@@ -49,6 +50,8 @@ pub struct MeteredBody {
     deadline: Pin<Box<Sleep>>,
     /// Set once the gateway has ended the response itself.
     finished: bool,
+    /// The client asked for a usage chunk (`stream_options.include_usage`) and none came yet.
+    usage_chunk: Option<UsageChunk>,
 }
 
 impl MeteredBody {
@@ -58,12 +61,22 @@ impl MeteredBody {
         event_stream: bool,
         reservation: Reservation,
         limits: StreamLimits,
+        usage_chunk: Option<UsageChunk>,
     ) -> MeteredBody {
         let scan = if event_stream { Scan::Sse(SseScanner::new()) } else { Scan::Json { chunks: Vec::new(), len: 0 } };
         let wait = if event_stream { limits.idle } else { limits.total };
         let deadline = Box::pin(tokio::time::sleep(wait));
-        let mut body =
-            MeteredBody { inner, scan, reservation: Some(reservation), status, limits, deadline, finished: false };
+        let usage_chunk = usage_chunk.filter(|_| event_stream && status.is_success());
+        let mut body = MeteredBody {
+            inner,
+            scan,
+            reservation: Some(reservation),
+            status,
+            limits,
+            deadline,
+            finished: false,
+            usage_chunk,
+        };
         if body.inner.is_end_stream() {
             body.settle(Outcome::Completed);
         }
@@ -168,6 +181,40 @@ impl MeteredBody {
     }
 }
 
+impl MeteredBody {
+    /// The frame to send for `data`, after it was read: the usage chunk put in before `[DONE]`
+    /// when the client asked for one and the backend sent none.
+    fn with_usage_chunk(&mut self, data: &Bytes, last: bool) -> Option<Bytes> {
+        let Scan::Sse(scanner) = &self.scan else { return None };
+        let chunk = self.usage_chunk.as_mut()?;
+        let (out, done) = if scanner.usage().is_some() {
+            // The backend sent usage after all: nothing to add; give back what was held.
+            let held = chunk.take_held();
+            (held.map(|h| join(&[h, data.clone()])).map_or(Rewritten::Same(data.clone()), Rewritten::Changed), true)
+        } else {
+            let prompt = self.reservation.as_ref().map_or(0, |r| r.facts().estimated_prompt_tokens);
+            let tokenizer = self.reservation.as_ref().map(Reservation::tokenizer);
+            chunk.rewrite(data, || {
+                let completion = tokenizer.map_or(0, |t| t.count(scanner.completion()));
+                Counts::estimated(prompt, completion)
+            })
+        };
+        let mut out = match out {
+            Rewritten::Same(_) if !last => return None,
+            Rewritten::Same(bytes) | Rewritten::Changed(bytes) => bytes,
+        };
+        if last {
+            if let Some(held) = chunk.take_held() {
+                out = join(&[out, held]);
+            }
+        }
+        if done || last {
+            self.usage_chunk = None;
+        }
+        Some(out)
+    }
+}
+
 impl Body for MeteredBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -181,10 +228,26 @@ impl Body for MeteredBody {
         if polled.is_pending() && this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(this.stalled());
         }
-        match &polled {
+        let mut polled = polled;
+        if this.usage_chunk.is_some() {
+            if let Poll::Ready(None) = polled {
+                // The stream ended with bytes held back (they were not the `[DONE]` line).
+                if let Some(held) = this.usage_chunk.take().and_then(|mut c| c.take_held()) {
+                    this.settle(Outcome::Completed);
+                    this.finished = true;
+                    return Poll::Ready(Some(Ok(Frame::data(held))));
+                }
+            }
+        }
+        match &mut polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.read(data);
+                }
+                if let Some(data) = frame.data_ref().cloned() {
+                    if let Some(rewritten) = this.with_usage_chunk(&data, this.inner.is_end_stream()) {
+                        *frame = Frame::data(rewritten);
+                    }
                 }
                 if matches!(this.scan, Scan::Sse(_)) {
                     // A stream only has to keep moving; the idle clock restarts with every chunk.

@@ -10,6 +10,7 @@ pub mod recorder;
 pub mod sse;
 pub mod totals;
 pub mod usage;
+pub mod usage_chunk;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
