@@ -283,3 +283,50 @@ async fn v1_models_lists_the_deployments_the_key_may_call() {
     let usage = h.admin("/usage").await;
     assert_eq!(usage[DEPLOYMENT]["requests"], 0, "{usage}");
 }
+
+#[tokio::test]
+async fn the_mock_answers_base64_embeddings_n_choices_and_tool_calls_through_the_gateway() {
+    use base64::Engine as _;
+    let h = Harness::start().await;
+    let key = [("api-key", PRIMARY_KEY)];
+    let url = |path: &str| h.deployment_url(path);
+    let floats = h.client.post(&url("/embeddings"), &key, r#"{"input":["a"]}"#).await.json();
+    let encoded =
+        h.client.post(&url("/embeddings"), &key, r#"{"input":["a"],"encoding_format":"base64"}"#).await.json();
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(encoded["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let decoded: Vec<f64> = bytes.chunks(4).map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect();
+    let expected: Vec<f64> =
+        floats["data"][0]["embedding"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(decoded.len(), 16);
+    for (d, e) in decoded.iter().zip(&expected) {
+        assert!((d - e).abs() < 1e-6, "{decoded:?} vs {expected:?}");
+    }
+    let bad = h.client.post(&url("/embeddings"), &key, r#"{"input":["a"],"encoding_format":"int8"}"#).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // n choices, billed as n completions.
+    let reply = h
+        .client
+        .post(&url("/chat/completions"), &key, r#"{"messages":[{"role":"user","content":"hi"}],"n":3,"max_tokens":4}"#)
+        .await
+        .json();
+    assert_eq!(reply["choices"].as_array().unwrap().len(), 3);
+    assert_eq!(reply["choices"][2]["index"], 2);
+    assert_eq!(reply["usage"]["completion_tokens"], 12);
+
+    // Tools: a call to the named tool, with its required arguments, streamed or not.
+    let tools = r#""tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]"#;
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"weather?"}}],{tools}}}"#);
+    let reply = h.client.post(&url("/chat/completions"), &key, &body).await.json();
+    let choice = &reply["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+    assert_eq!(choice["message"]["tool_calls"][0]["function"]["arguments"], r#"{"city":"mock"}"#);
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"weather?"}}],"stream":true,{tools}}}"#);
+    let text = h.client.post(&url("/chat/completions"), &key, &body).await.text();
+    assert!(text.contains(r#""tool_calls":[{"function":{"arguments":"","name":"get_weather"},"id":"call_"#), "{text}");
+    assert!(text.contains(r#""tool_calls":[{"function":{"arguments":"{\"city\":\"mock\"}"},"index":0}]"#), "{text}");
+    assert!(text.contains(r#""finish_reason":"tool_calls""#), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}

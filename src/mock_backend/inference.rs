@@ -101,34 +101,109 @@ fn usage(prompt: u64, completion: u32) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + u64::from(completion)})
 }
 
+/// `n`: how many choices to answer (1 to 16).
+fn choices(request: &Value) -> u32 {
+    request.get("n").and_then(Value::as_u64).map_or(1, |n| n.clamp(1, 16) as u32)
+}
+
+/// The tool call the mock makes when `tools` are given (and `tool_choice` is not "none"): the
+/// tool `tool_choice` names, else the first, with each required parameter filled by its type.
+fn tool_call(request: &Value) -> Option<Value> {
+    let tools = request.get("tools").and_then(Value::as_array).filter(|t| !t.is_empty())?;
+    let choice = request.get("tool_choice");
+    if choice.and_then(Value::as_str) == Some("none") {
+        return None;
+    }
+    let wanted = choice.and_then(|c| c.pointer("/function/name")).and_then(Value::as_str);
+    let function = tools
+        .iter()
+        .filter_map(|t| t.get("function"))
+        .find(|f| wanted.is_none_or(|w| f.get("name").and_then(Value::as_str) == Some(w)))?;
+    let name = function.get("name").and_then(Value::as_str).unwrap_or("tool");
+    let parameters = function.get("parameters");
+    let mut arguments = serde_json::Map::new();
+    let required = parameters.and_then(|p| p.get("required")).and_then(Value::as_array);
+    for field in required.into_iter().flatten().filter_map(Value::as_str) {
+        let kind = parameters.and_then(|p| p.pointer(&format!("/properties/{field}/type"))).and_then(Value::as_str);
+        let value = match kind {
+            Some("integer" | "number") => json!(1),
+            Some("boolean") => json!(true),
+            Some("array") => json!([]),
+            Some("object") => json!({}),
+            _ => json!("mock"),
+        };
+        arguments.insert(field.to_owned(), value);
+    }
+    Some(json!({"id": format!("call_{:016x}", rand::random::<u64>()), "type": "function",
+                "function": {"name": name, "arguments": Value::Object(arguments).to_string()}}))
+}
+
 pub fn chat(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result<Response<MockBody>, Failure> {
     let request = parse(body)?;
     let prompt = chat_prompt_tokens(&request)?;
-    let (tokens, finish) = completion_len(&request, behaviour);
+    let n = choices(&request);
+    let call = tool_call(&request);
+    let (tokens, finish) = match &call {
+        Some(call) => (text_tokens(&call["function"].to_string()) as u32, "tool_calls"),
+        None => completion_len(&request, behaviour),
+    };
     let (id, created, model) = (id(), now(), options.model_name.as_str());
+    let completion = tokens.saturating_mul(n);
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        let head = |delta: Value, finish: Option<&str>| {
+        let head = |index: u32, delta: Value, finish: Option<&str>| {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}]})
+                   "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": null}]})
         };
-        let mut events = Vec::with_capacity(tokens as usize + 2);
-        events.push(head(json!({"role": "assistant", "content": ""}), None));
-        for i in 0..tokens as usize {
-            events.push(head(json!({"content": word(i)}), None));
+        let mut events = Vec::with_capacity((tokens as usize + 2) * n as usize);
+        for index in 0..n {
+            match &call {
+                Some(call) => {
+                    let mut opening = call.clone();
+                    opening["index"] = json!(0);
+                    opening["function"]["arguments"] = json!("");
+                    events.push(head(
+                        index,
+                        json!({"role": "assistant", "content": null, "tool_calls": [opening]}),
+                        None,
+                    ));
+                    let arguments = call["function"]["arguments"].clone();
+                    events.push(head(
+                        index,
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}),
+                        None,
+                    ));
+                }
+                None => events.push(head(index, json!({"role": "assistant", "content": ""}), None)),
+            }
         }
-        let mut last = head(json!({}), Some(finish));
+        if call.is_none() {
+            for i in 0..tokens as usize {
+                for index in 0..n {
+                    events.push(head(index, json!({"content": word(i)}), None));
+                }
+            }
+        }
+        for index in 0..n {
+            events.push(head(index, json!({}), Some(finish)));
+        }
         if behaviour.stream_usage {
-            last["usage"] = usage(prompt, tokens);
+            if let Some(last) = events.last_mut() {
+                last["usage"] = usage(prompt, completion);
+            }
         }
-        events.push(last);
         return Ok(stream(events, behaviour));
     }
+    let message = match &call {
+        Some(call) => json!({"role": "assistant", "content": null, "tool_calls": [call]}),
+        None => json!({"role": "assistant", "content": completion_text(tokens), "tool_calls": null}),
+    };
+    let choices: Vec<Value> = (0..n)
+        .map(|index| json!({"index": index, "finish_reason": finish, "message": message, "logprobs": null}))
+        .collect();
     let answer = json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "finish_reason": finish,
-                     "message": {"role": "assistant", "content": completion_text(tokens), "tool_calls": null},
-                     "logprobs": null}],
-        "usage": usage(prompt, tokens),
+        "choices": choices,
+        "usage": usage(prompt, completion),
     });
     Ok(json_ok(answer))
 }
@@ -147,24 +222,35 @@ pub fn completions(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) ->
         }
     };
     let (tokens, finish) = completion_len(&request, behaviour);
+    let n = choices(&request);
+    let completion = tokens.saturating_mul(n);
     let (id, created, model) = (id(), now(), options.model_name.as_str());
     if request.get("stream").and_then(Value::as_bool) == Some(true) {
-        let head = |text: &str, finish: Option<&str>| {
+        let head = |index: u32, text: &str, finish: Option<&str>| {
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                   "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": null}]})
+                   "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": null}]})
         };
-        let mut events: Vec<Value> = (0..tokens as usize).map(|i| head(word(i), None)).collect();
-        let mut last = head("", Some(finish));
-        if behaviour.stream_usage {
-            last["usage"] = usage(prompt, tokens);
+        let mut events: Vec<Value> = (0..tokens as usize)
+            .flat_map(|i| (0..n).map(move |index| (index, i)))
+            .map(|(index, i)| head(index, word(i), None))
+            .collect();
+        for index in 0..n {
+            events.push(head(index, "", Some(finish)));
         }
-        events.push(last);
+        if behaviour.stream_usage {
+            if let Some(last) = events.last_mut() {
+                last["usage"] = usage(prompt, completion);
+            }
+        }
         return Ok(stream(events, behaviour));
     }
+    let text = completion_text(tokens);
+    let choices: Vec<Value> =
+        (0..n).map(|index| json!({"index": index, "text": text, "finish_reason": finish, "logprobs": null})).collect();
     Ok(json_ok(json!({
         "id": id, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": completion_text(tokens), "finish_reason": finish, "logprobs": null}],
-        "usage": usage(prompt, tokens),
+        "choices": choices,
+        "usage": usage(prompt, completion),
     })))
 }
 
@@ -184,8 +270,9 @@ pub fn embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Failure> 
         }
     };
     let dimensions = dimensions(&request);
+    let base64 = base64_format(&request)?;
     let prompt: u64 = inputs.iter().map(|t| text_tokens(t)).sum();
-    Ok(embedding_list(options, inputs.iter().map(|t| vector(t, dimensions)).collect(), prompt))
+    Ok(embedding_list(options, inputs.iter().map(|t| vector(t, dimensions)).collect(), prompt, base64))
 }
 
 pub fn image_embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Failure> {
@@ -198,6 +285,7 @@ pub fn image_embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Fai
         ));
     };
     let dimensions = dimensions(&request);
+    let base64 = base64_format(&request)?;
     let mut prompt = 0;
     let mut vectors = Vec::with_capacity(items.len());
     for item in items {
@@ -208,18 +296,42 @@ pub fn image_embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Fai
         prompt += IMAGE_TOKENS + text_tokens(text);
         vectors.push(vector(&format!("{image}{text}"), dimensions));
     }
-    Ok(embedding_list(options, vectors, prompt))
+    Ok(embedding_list(options, vectors, prompt, base64))
+}
+
+/// `encoding_format`: `"float"` (default) or `"base64"` (what the Node `openai` SDK asks for).
+fn base64_format(request: &Value) -> Result<bool, Failure> {
+    match request.get("encoding_format") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::String(f)) if f == "float" => Ok(false),
+        Some(Value::String(f)) if f == "base64" => Ok(true),
+        Some(other) => Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "UserError",
+            format!("'encoding_format' must be \"float\" or \"base64\", not {other}"),
+        )),
+    }
+}
+
+/// A vector as base64 of its little-endian float32 bytes (the OpenAI wire form).
+fn base64_vector(values: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 fn dimensions(request: &Value) -> usize {
     request.get("dimensions").and_then(Value::as_u64).map_or(16, |d| d.clamp(1, 4096) as usize)
 }
 
-fn embedding_list(options: &MockOptions, vectors: Vec<Vec<f32>>, prompt: u64) -> Bytes {
+fn embedding_list(options: &MockOptions, vectors: Vec<Vec<f32>>, prompt: u64, base64: bool) -> Bytes {
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(index, embedding)| json!({"index": index, "object": "embedding", "embedding": embedding}))
+        .map(|(index, embedding)| {
+            let embedding = if base64 { json!(base64_vector(&embedding)) } else { json!(embedding) };
+            json!({"index": index, "object": "embedding", "embedding": embedding})
+        })
         .collect();
     Bytes::from(
         json!({"id": id(), "object": "list", "data": data, "model": options.model_name,
@@ -300,6 +412,28 @@ mod tests {
         assert_eq!(chat_prompt_tokens(&request).unwrap(), 3 + 4 + 3);
         let parts = json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "abcd"}, {"type": "image_url", "image_url": {"url": "x"}}]}]});
         assert_eq!(chat_prompt_tokens(&parts).unwrap(), 3 + 4 + 1 + 85);
+    }
+
+    #[test]
+    fn base64_vectors_are_little_endian_float32() {
+        use base64::Engine as _;
+        let encoded = base64_vector(&[1.0, -0.5]);
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+        assert_eq!(bytes, [1.0f32.to_le_bytes(), (-0.5f32).to_le_bytes()].concat());
+    }
+
+    #[test]
+    fn tool_calls_fill_required_parameters_by_type() {
+        let request = json!({"tools": [{"type": "function", "function": {"name": "other"}},
+            {"type": "function", "function": {"name": "weather", "parameters": {"type": "object",
+             "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city", "days"]}}}],
+            "tool_choice": {"type": "function", "function": {"name": "weather"}}});
+        let call = tool_call(&request).unwrap();
+        assert_eq!(call["function"]["name"], "weather");
+        let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(arguments, json!({"city": "mock", "days": 1}));
+        assert!(tool_call(&json!({"tools": request["tools"], "tool_choice": "none"})).is_none());
+        assert!(tool_call(&json!({"messages": []})).is_none());
     }
 
     #[test]

@@ -118,3 +118,29 @@ def test_openai_include_usage_when_the_backend_streams_none(no_usage):
     assert last.model_extra["x_tollgate"] == {"usage": "estimated"}
     plain = list(client.chat.completions.create(model=no_usage["deployment"], messages=MESSAGES, stream=True))
     assert all(c.usage is None for c in plain)
+
+
+def test_openai_embeddings_in_the_sdks_default_base64_n_and_tools(demo):
+    client = openai.OpenAI(base_url=demo["base"] + "/v1", api_key=demo["key"], max_retries=0)
+    # No encoding_format: the SDK asks for base64 and decodes it.
+    default = client.embeddings.create(model=demo["deployment"], input=["a"])
+    floats = client.embeddings.create(model=demo["deployment"], input=["a"], encoding_format="float")
+    assert len(default.data[0].embedding) == 16
+    assert default.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    assert any(abs(v) > 0.01 for v in default.data[0].embedding)
+    several = client.chat.completions.create(model=demo["deployment"], messages=MESSAGES, n=2, max_tokens=3)
+    assert [c.index for c in several.choices] == [0, 1]
+    assert several.usage.completion_tokens == 6
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    called = client.chat.completions.create(model=demo["deployment"], messages=MESSAGES, tools=tools)
+    call = called.choices[0].message.tool_calls[0]
+    assert called.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather" and call.function.arguments == '{"city":"mock"}'
+    streamed = list(client.chat.completions.create(model=demo["deployment"], messages=MESSAGES, tools=tools, stream=True))
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in streamed
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert arguments == '{"city":"mock"}'
