@@ -4,10 +4,10 @@ use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
@@ -58,23 +58,75 @@ impl Body for ProxyBody {
     }
 }
 
-/// Reads a request body, refusing more than `limit` bytes (before reading, when `Content-Length` says so).
-pub async fn read_limited(headers: &HeaderMap, body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a request body, refusing more than `limit` bytes (before reading, when `Content-Length`
+/// says so). The body is read through `&mut` so that what a refusal leaves unread can still be
+/// drained ([`drain_after_refusal`]).
+pub async fn read_limited(headers: &HeaderMap, body: &mut Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let mut declared = None;
     if let Some(length) = headers.get(http::header::CONTENT_LENGTH) {
-        let declared = length.to_str().ok().and_then(|s| s.parse::<u64>().ok());
-        match declared {
+        match length.to_str().ok().and_then(|s| s.parse::<u64>().ok()) {
             Some(n) if n > limit as u64 => return Err(ApiError::BodyTooLarge { limit }),
-            Some(_) => {}
+            Some(n) => declared = Some(n as usize),
             None => {
                 return Err(ApiError::BodyRead { reason: "the Content-Length header is not a number".into() });
             }
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
-        Err(e) => Err(ApiError::BodyRead { reason: e.to_string() }),
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BodyRead { reason: e.to_string() })?;
+        let Ok(data) = frame.into_data() else { continue };
+        len += data.len();
+        if len > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        // One frame is kept as it is; more are joined into one buffer sized from Content-Length.
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(_), None) => {
+                let mut all = BytesMut::with_capacity(declared.unwrap_or(len).max(len));
+                all.extend_from_slice(&first.take().unwrap_or_default());
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+            (_, Some(all)) => all.extend_from_slice(&data),
+        }
     }
+    Ok(match joined {
+        Some(all) => all.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
+/// However small the body limit, this much of a refused HTTP/2 body is drained (more than the
+/// flow-control windows a client may already have been given).
+const DRAIN_AT_LEAST: usize = 64 << 20;
+
+/// An HTTP/2 request refused before its body was read to the end: dropping the body now would
+/// reset the stream (`CANCEL` before the answer is out, `NO_ERROR` after), and clients such as
+/// curl then report no response at all. So the rest is read and thrown away in the background,
+/// up to four times the body limit (at least 64 MiB) and for at most the body read timeout, as nginx does; only
+/// a client that keeps sending past that gets the reset. HTTP/1.1 needs none of this: hyper
+/// closes the connection after the answer.
+pub fn drain_after_refusal(version: http::Version, mut body: Incoming, limit: usize, timeout: std::time::Duration) {
+    if version != http::Version::HTTP_2 || body.is_end_stream() {
+        return;
+    }
+    let budget = limit.saturating_mul(4).max(DRAIN_AT_LEAST);
+    tokio::spawn(async move {
+        let drain = async {
+            let mut read = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, Bytes::len);
+                if read > budget {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, drain).await;
+    });
 }
 
 /// The few top-level body fields the gateway reads. Deserializing into this validates the whole

@@ -84,6 +84,8 @@ struct Trace {
     /// How a request that was never admitted ended, when not a rejection (`/info` is served
     /// without admission).
     outcome: Option<Outcome>,
+    /// The request body while not read to its end (a refusal may come before or midway).
+    unread: Option<Incoming>,
 }
 
 impl Gateway {
@@ -130,6 +132,7 @@ impl Gateway {
         let started_at = SystemTime::now();
         let request_id = RequestId::generate();
         let client_request_id = request.headers().get("x-ms-client-request-id").cloned();
+        let version = request.version();
         let mut trace = Trace::default();
         let (mut response, error_label) =
             match self.serve(request, &request_id, (started, started_at), &mut trace).await {
@@ -147,6 +150,9 @@ impl Gateway {
         }
         if let Some(state) = &trace.quota {
             set_quota_headers(headers, state);
+        }
+        if let Some(body) = trace.unread.take() {
+            body::drain_after_refusal(version, body, self.max_body_bytes, self.body_read_timeout);
         }
         let status = response.status().as_u16();
         match (trace.reserved, &trace.deployment, trace.key_slot, trace.route) {
@@ -200,6 +206,7 @@ impl Gateway {
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ApiError> {
         let (parts, incoming) = request.into_parts();
+        trace.unread = Some(incoming);
         route::check_host(parts.version, &parts.headers)?;
         if let Some(query) = route::models_query(&parts.method, parts.uri.path())? {
             return self.models(&parts.headers, query);
@@ -212,7 +219,6 @@ impl Gateway {
         // (and the body's `model`, read only once the key is known to be some deployment's).
         let table = self.deployments.load();
         let mut body: Option<Bytes> = None;
-        let mut incoming = Some(incoming);
         let mut digest = None;
         let named = match routed.addressing {
             Addressing::Path(name) => Some(lookup(&table, name)?),
@@ -236,7 +242,7 @@ impl Gateway {
                         return Err(self.unnamed_refusal(&parts));
                     }
                     let fields_model = if route.has_json_body() {
-                        let bytes = self.read_body(&parts, &mut incoming).await?;
+                        let bytes = self.read_body(&parts, &mut trace.unread).await?;
                         let model = BodyFields::parse(&bytes)?.model.map(|m| lookup(&table, &m)).transpose()?;
                         body = Some(bytes);
                         model
@@ -263,17 +269,17 @@ impl Gateway {
 
         // `/info` is metadata: not charged to the quota, answered from a short-lived copy.
         if route == ApiRoute::Info {
-            drop(incoming);
+            trace.unread = None;
             return self.info(&deployment, parts, trace).await;
         }
 
         // Stage 4: the body, bounded, validated and estimated in one pass.
         let body = match body {
             Some(bytes) => bytes,
-            None if route.has_json_body() => self.read_body(&parts, &mut incoming).await?,
+            None if route.has_json_body() => self.read_body(&parts, &mut trace.unread).await?,
             None => Bytes::new(),
         };
-        drop(incoming);
+        trace.unread = None;
         let estimate = if route.has_json_body() {
             estimate::estimate(route, &body, deployment.tokenizer)?
         } else {
@@ -426,17 +432,17 @@ impl Gateway {
         }
     }
 
+    /// Reads the request body whole (bounded, timed). The body stays in `incoming` until it has
+    /// been read to its end, so that a refused one can be drained after the answer (HTTP/2).
     async fn read_body(&self, parts: &request::Parts, incoming: &mut Option<Incoming>) -> Result<Bytes, ApiError> {
-        match incoming.take() {
-            Some(body) => {
-                let read = body::read_limited(&parts.headers, body, self.max_body_bytes);
-                match tokio::time::timeout(self.body_read_timeout, read).await {
-                    Ok(result) => result,
-                    Err(_) => Err(ApiError::BodyTimeout { timeout_ms: self.body_read_timeout.as_millis() as u64 }),
-                }
-            }
-            None => Ok(Bytes::new()),
-        }
+        let Some(body) = incoming.as_mut() else { return Ok(Bytes::new()) };
+        let read = body::read_limited(&parts.headers, body, self.max_body_bytes);
+        let bytes = match tokio::time::timeout(self.body_read_timeout, read).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ApiError::BodyTimeout { timeout_ms: self.body_read_timeout.as_millis() as u64 }),
+        };
+        *incoming = None;
+        Ok(bytes)
     }
 }
 

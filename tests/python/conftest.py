@@ -55,8 +55,9 @@ def _read_until(proc, marker):
 
 
 @pytest.fixture(scope="session")
-def no_usage(tmp_path_factory):
-    """A gateway from a configuration file, in front of a mock backend that streams no usage."""
+def configured(tmp_path_factory):
+    """A gateway from a configuration file with a 64 KiB body limit, in front of a mock backend
+    that streams no usage."""
     work = tmp_path_factory.mktemp("no-usage")
     mock = subprocess.Popen(
         [_binary(), "mock-backend", "--listen", "127.0.0.1:0", "--no-stream-usage"],
@@ -71,6 +72,7 @@ def no_usage(tmp_path_factory):
     config.write_text(
         f"""[server]
 listen = "127.0.0.1:0"
+max_body_bytes = 65536
 [admin]
 listen = "127.0.0.1:0"
 [[deployments]]
@@ -88,7 +90,7 @@ keys = ["sha256:{digest}"]
         cwd=work,
     )
     base = _read_until(gateway, "gateway:").split("gateway:", 1)[1].strip()
-    yield {"base": base, "deployment": "no-usage", "key": key}
+    yield {"base": base, "deployment": "no-usage", "key": key, "max_body_bytes": 65536}
     for proc in (gateway, mock):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -101,11 +101,11 @@ def test_openai_models_list_on_v1_and_azure(demo):
         bad.models.list()
 
 
-def test_openai_include_usage_when_the_backend_streams_none(no_usage):
-    client = openai.OpenAI(base_url=no_usage["base"] + "/v1", api_key=no_usage["key"], max_retries=0)
+def test_openai_include_usage_when_the_backend_streams_none(configured):
+    client = openai.OpenAI(base_url=configured["base"] + "/v1", api_key=configured["key"], max_retries=0)
     chunks = list(
         client.chat.completions.create(
-            model=no_usage["deployment"], messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            model=configured["deployment"], messages=MESSAGES, stream=True, stream_options={"include_usage": True}
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -116,7 +116,7 @@ def test_openai_include_usage_when_the_backend_streams_none(no_usage):
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
     # Counted by the gateway, and it says so.
     assert last.model_extra["x_tollgate"] == {"usage": "estimated"}
-    plain = list(client.chat.completions.create(model=no_usage["deployment"], messages=MESSAGES, stream=True))
+    plain = list(client.chat.completions.create(model=configured["deployment"], messages=MESSAGES, stream=True))
     assert all(c.usage is None for c in plain)
 
 
