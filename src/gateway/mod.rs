@@ -1,11 +1,16 @@
 //! The request pipeline. Each stage lives in its own module; this one wires them in order:
 //!
+//! 0. **check the head**: exactly one `Host` on HTTP/1.1, never two (400 `InvalidHost`).
+//!    `GET /v1/models` and `/openai/models` are answered here from the key's deployments.
 //! 1. **route** ([`route`]): method + path → API operation and addressing mode. Unknown path 404,
 //!    wrong method 405.
 //! 2. **find the deployment**: host label, `/openai/deployments/{name}`, `azureml-model-deployment`
-//!    header, or the body's `model` (the body is read first only in that last case). Unknown 404.
+//!    header; when none names one, the presented key's digest is looked up in the table
+//!    ([`DeploymentTable::for_key`]): a key that is nobody's is a 401 before any body byte is read;
+//!    otherwise the body's `model` (read now) or, without one, the key's only deployment. 404 / 400.
 //! 3. **authenticate** ([`auth`]): `api-key` or `Authorization: Bearer` against the deployment's two
-//!    key digests, constant-time. Adds the key slot. 401.
+//!    key digests, constant-time. Adds the key slot. 401. `GET /info` leaves the pipeline here
+//!    ([`info`]): not admitted, answered from a copy kept for 10 s.
 //! 4. **read the body** ([`body`]): bounded by `server.max_body_bytes` (413), validated as a JSON
 //!    object in one pass that also reads `model` and `stream` (400).
 //!    The same pass **estimates** the prompt tokens ([`crate::estimate`]).
@@ -18,10 +23,13 @@
 //!    reservation refunded).
 //! 7. **stream back and reconcile** ([`crate::meter::MeteredBody`]): the backend body passes
 //!    through frame by frame while a scanner reads `usage` (or the streamed text); at the end, on a
-//!    break or when the client goes away the reservation is settled to the real count.
+//!    break or when the client goes away the reservation is settled to the real count. A client
+//!    that asked for `include_usage` from a backend that sends none gets the gateway's usage chunk
+//!    before `[DONE]` ([`crate::meter::usage_chunk`]).
 //! 8. **record**: the [`UsageSink`] gets one record per authenticated request; one access log
 //!    line per request. Responses get `x-request-id` / `apim-request-id`, the client's
-//!    `x-ms-client-request-id` echoed, and the `x-ratelimit-*` / `RateLimit` headers.
+//!    `x-ms-client-request-id` echoed, and the `x-ratelimit-*` / `RateLimit` headers. An HTTP/2
+//!    body left unread by a refusal is drained in the background ([`body::drain_after_refusal`]).
 
 pub mod auth;
 pub mod body;
