@@ -48,11 +48,14 @@ pub struct StartOptions {
     pub clock: Arc<dyn Clock>,
     /// The configuration file, to reload on SIGHUP or when it changes.
     pub config_path: Option<PathBuf>,
+    /// The gateway and admin listen addresses the file declares, when the command line overrode
+    /// them (a reload reports a change of the file's addresses, not the override).
+    pub file_listen: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
-        StartOptions { clock: Arc::new(MonotonicClock::new()), config_path: None }
+        StartOptions { clock: Arc::new(MonotonicClock::new()), config_path: None, file_listen: None }
     }
 }
 
@@ -81,7 +84,7 @@ impl RunningGateway {
 
     /// As [`start`](Self::start), with the quota buckets on `clock` (tests move a manual clock).
     pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningGateway, StartError> {
-        RunningGateway::start_with(config, StartOptions { clock, config_path: None }).await
+        RunningGateway::start_with(config, StartOptions { clock, ..StartOptions::default() }).await
     }
 
     pub async fn start_with(config: &Config, options: StartOptions) -> Result<RunningGateway, StartError> {
@@ -122,6 +125,7 @@ impl RunningGateway {
             ControlPlane::open(
                 config.clone(),
                 options.config_path.clone(),
+                options.file_listen,
                 options.clock,
                 public_url,
                 tls.as_ref().map(|t| Arc::clone(&t.0)),

@@ -223,3 +223,63 @@ async fn a_changed_configuration_file_is_reloaded_without_a_signal() {
     assert_eq!(seen, "500", "the file change was picked up");
     stop(gw);
 }
+
+#[tokio::test]
+async fn a_reload_compares_listeners_with_the_file_not_with_the_command_line_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "ProcessOwnerToken0123456789abcd";
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:2\"\n[[admin.tokens]]\nname = \"ops\"\nrole = \"owner\"\ntoken = \"{}\"\n[[deployments]]\nname = \"d\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:9\"\nkeys = [\"{}\"]\n",
+            stored(token),
+            stored(PRIMARY_KEY)
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("tollgate.log");
+    let mut child = std::process::Command::new(common::process::BIN)
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _reaper = common::process::Reaper(vec![child.id()]);
+    let mut admin = None;
+    for _ in 0..3000 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        admin = text
+            .split("admin=")
+            .nth(1)
+            .and_then(|r| r.split([' ', '"']).next())
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+        if admin.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let admin = admin.expect("the gateway started");
+    let client = Client::new();
+    let url = format!("http://{admin}/reload");
+    let bearer = format!("Bearer {token}");
+    let reply = client.call(http::Method::POST, &url, &[("authorization", &bearer)], "").await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["restartNeeded"], serde_json::json!([]), "the file's listeners did not change");
+    // Now the file's gateway address changes: that is reported.
+    let text = std::fs::read_to_string(&config).unwrap().replace("127.0.0.1:1", "127.0.0.1:3");
+    std::fs::write(&config, text).unwrap();
+    let reply = client.call(http::Method::POST, &url, &[("authorization", &bearer)], "").await;
+    let needed = reply.json()["restartNeeded"].to_string();
+    assert!(needed.contains("[server] listen changed from 127.0.0.1:1 to 127.0.0.1:3"), "{needed}");
+    common::process::signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+}

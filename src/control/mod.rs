@@ -63,6 +63,9 @@ struct Inner {
     state: ControlState,
     /// Deployments that left the table lately (see [`reload::RETIRED_FOR`]).
     retired: Retired,
+    /// The listen addresses (gateway, admin) the file declared at start, before any command-line
+    /// override: what a reload compares the file's addresses with.
+    file_listen: (std::net::SocketAddr, std::net::SocketAddr),
 }
 
 /// Owns the desired state and publishes the live deployment table.
@@ -84,6 +87,7 @@ impl ControlPlane {
     pub fn open(
         config: Config,
         config_path: Option<PathBuf>,
+        file_listen: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
         clock: Arc<dyn Clock>,
         public_url: String,
         tls: Option<Arc<CertStore>>,
@@ -99,7 +103,12 @@ impl ControlPlane {
         };
         let table = build::build_table(&config, &state, &secret, &DeploymentTable::default(), &clock)?;
         Ok(ControlPlane {
-            inner: Mutex::new(Inner { config, state, retired: Retired::default() }),
+            inner: Mutex::new(Inner {
+                file_listen: file_listen.unwrap_or((config.server.listen, config.admin.listen)),
+                config,
+                state,
+                retired: Retired::default(),
+            }),
             live: Arc::new(ArcSwap::from_pointee(table)),
             secret,
             clock,
@@ -165,7 +174,7 @@ impl ControlPlane {
         if !force {
             reload::refuse_emptying(&inner.config, &config, before.len(), table.len())?;
         }
-        let restart_needed = reload::keep_start_settings(&inner.config, &mut config);
+        let restart_needed = reload::keep_start_settings(&inner.config, inner.file_listen, &mut config);
         let deployments = table.len();
         inner.config = config;
         inner.retired.update(&before, &table, now);

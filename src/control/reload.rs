@@ -55,19 +55,28 @@ pub fn refuse_emptying(running: &Config, next: &Config, table_before: usize, tab
 /// Keeps in `next` the settings that are bound at start (listeners, body and client limits, the
 /// backend client, the ledger, the quota store) and says, for each that the file changed, that it
 /// needs a restart.
-pub fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<String> {
+/// `file_listen` is what the file declared at start (the running addresses may come from the
+/// command line).
+pub fn keep_start_settings(
+    running: &Config,
+    file_listen: (std::net::SocketAddr, std::net::SocketAddr),
+    next: &mut Config,
+) -> Vec<String> {
     let mut out = Vec::new();
     let mut note = |what: String| {
         tracing::warn!("{what}");
         out.push(what);
     };
     let (old, new) = (&running.server, &mut next.server);
-    if old.listen != new.listen {
+    if file_listen.0 != new.listen {
         note(format!(
             "[server] listen changed from {} to {}: listeners are bound at start, restart to apply it (still listening on {})",
-            old.listen, new.listen, old.listen
+            file_listen.0, new.listen, old.listen
         ));
     }
+    // Everything else in [server] is compared with itself: only the listen address may have
+    // come from the command line.
+    new.listen = old.listen;
     match (&old.tls, &new.tls) {
         (None, Some(tls)) => note(format!(
             "[server.tls] was added (listen {}): the TLS listener is bound at start, restart to apply it",
@@ -89,10 +98,10 @@ pub fn keep_start_settings(running: &Config, next: &mut Config) -> Vec<String> {
         );
     }
     *new = old.clone();
-    if running.admin.listen != next.admin.listen {
+    if file_listen.1 != next.admin.listen {
         note(format!(
             "[admin] listen changed from {} to {}: restart to apply it (still listening on {})",
-            running.admin.listen, next.admin.listen, running.admin.listen
+            file_listen.1, next.admin.listen, running.admin.listen
         ));
     }
     next.admin.listen = running.admin.listen;

@@ -141,7 +141,8 @@ keys = ["{other}"]
             Some(clock) => clock,
             None => Arc::new(tollgate::quota::clock::MonotonicClock::new()),
         };
-        let options = tollgate::runtime::StartOptions { clock, config_path: Some(config_path.clone()) };
+        let options =
+            tollgate::runtime::StartOptions { clock, config_path: Some(config_path.clone()), file_listen: None };
         let gateway = RunningGateway::start_with(&config, options).await.unwrap();
         Harness { gateway, mock, client: Client::new(), config_path, dir }
     }

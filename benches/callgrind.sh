@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Instructions per request of a tollgate binary under callgrind (deterministic, unlike CPU time
+# on a shared 2-core VM): the mock backend and the load generator run outside valgrind, and
+# instrumentation is on only while REQUESTS short chat requests pass (after a warm-up).
+#
+#   [BODY=file.json] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
+set -euo pipefail
+BIN=$1 REQUESTS=${2:-5000} ROUTE=${3:-/openai/deployments/bench}
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+digest() { printf 'sha256:%s' "$(printf %s "$1" | sha256sum | cut -d' ' -f1)"; }
+KEY=BenchKey0123456789abcdefghijklmn MOCK=127.0.0.1:18600
+cat > "$WORK/g.toml" <<TOML
+[server]
+listen = "127.0.0.1:18610"
+[admin]
+listen = "127.0.0.1:18611"
+[[deployments]]
+name = "bench"
+model = "m"
+backend = "http://$MOCK"
+keys = ["$(digest "$KEY")"]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000
+TOML
+"$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
+TOLLGATE_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
+  "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/vg.log" &
+VG=$!
+for _ in $(seq 300); do curl -s -o /dev/null http://127.0.0.1:18611/healthz && break; sleep 0.1; done
+"$BIN" bench --url "http://127.0.0.1:18610$ROUTE" --key "$KEY" --concurrency 8 --requests 500 ${BODY:+--body "$BODY"} --json >/dev/null
+callgrind_control -i on "$VG" >/dev/null
+"$BIN" bench --url "http://127.0.0.1:18610$ROUTE" --key "$KEY" --concurrency 8 --requests "$REQUESTS" ${BODY:+--body "$BODY"} --json \
+  | python3 -c 'import json,sys; r=json.load(sys.stdin); print("2xx:", r["status_2xx"], "of", r["requests_sent"])'
+callgrind_control -i off "$VG" >/dev/null
+callgrind_control -d "$VG" >/dev/null
+kill -INT "$VG"; wait "$VG" 2>/dev/null || true
+total=$(cat "$WORK"/cg.out* | awk '/^(summary|totals):/ {s += $2} END {print s}')
+echo "instructions: $total total, $((total / REQUESTS)) per request ($BIN, $REQUESTS requests on $ROUTE)"
