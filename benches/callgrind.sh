@@ -5,24 +5,13 @@
 #
 #   [BODY=file.json] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
 set -euo pipefail
-BIN=$1 REQUESTS=${2:-5000} ROUTE=${3:-/openai/deployments/bench}
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-digest() { printf 'sha256:%s' "$(printf %s "$1" | sha256sum | cut -d' ' -f1)"; }
+GIVEN=$(realpath "$1") REQUESTS=${2:-5000} ROUTE=${3:-/openai/deployments/bench}
+[ -z "${BODY:-}" ] || BODY=$(realpath "$BODY")
+cd "$(dirname "$0")/.."
+SKIP_BUILD=1 source benches/common.sh
+BIN=$GIVEN
 KEY=BenchKey0123456789abcdefghijklmn MOCK=127.0.0.1:18600
-cat > "$WORK/g.toml" <<TOML
-[server]
-listen = "127.0.0.1:18610"
-[admin]
-listen = "127.0.0.1:18611"
-[[deployments]]
-name = "bench"
-model = "m"
-backend = "http://$MOCK"
-keys = ["$(digest "$KEY")"]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000
-TOML
+gateway_config "$WORK/g.toml" 127.0.0.1:18610 127.0.0.1:18611 "$MOCK" "$KEY" bench
 "$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
 TOLLGATE_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
   "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/vg.log" &

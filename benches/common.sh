@@ -1,7 +1,8 @@
 # Shared by the benchmark scripts (sourced): the release binary, a work directory removed at exit,
 # and a gateway configuration in front of the mock backend with quotas too high to reject.
+# SKIP_BUILD=1: the caller brings its own binaries (A/B of two builds).
 BIN=target/release/tollgate
-cargo build --release --quiet --bin tollgate
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin tollgate
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ulimit -n 65536 2>/dev/null || true
@@ -26,4 +27,27 @@ keys = ["$(digest "$5")"]
 requests_per_minute = 1000000000
 tokens_per_minute = 1000000000
 TOML
+}
+
+# nginx_config FILE LISTEN_ADDR MOCK_ADDR: nginx (one worker, keep-alive upstream, no buffering)
+# in front of the mock backend, its files under $WORK/nginx; run it with
+# `nginx -c FILE -g 'daemon off;'`.
+nginx_config() {
+  mkdir -p "$WORK/nginx"
+  cat > "$1" <<NGINX
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  upstream mock { server $3; keepalive 64; }
+  server {
+    listen $2;
+    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
+  }
+}
+NGINX
 }

@@ -8,55 +8,21 @@
 # Both gateways get the same configuration (auth, both buckets, estimation, reconciliation and
 # metrics on; quotas too high to reject). The load generator is NEW_BIN's `bench`.
 set -euo pipefail
-OLD=$1 NEW=$2 REQUESTS=${3:-30000} ROUNDS=${4:-3}
-WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-ulimit -n 65536 2>/dev/null || true
-digest() { printf 'sha256:%s' "$(printf %s "$1" | sha256sum | cut -d' ' -f1)"; }
+OLD=$(realpath "$1") NEW=$(realpath "$2") REQUESTS=${3:-30000} ROUNDS=${4:-3}
+cd "$(dirname "$0")/.."
+SKIP_BUILD=1 source benches/common.sh
 KEY=BenchKey0123456789abcdefghijklmn MOCK=127.0.0.1:18500
-config() {
-  cat > "$WORK/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$2"
-[admin]
-listen = "127.0.0.1:$3"
-[[deployments]]
-name = "bench"
-model = "m"
-backend = "http://$MOCK"
-keys = ["$(digest "$KEY")"]
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000
-TOML
-}
 "$NEW" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
-config old 18510 18511
-config new 18520 18521
+gateway_config "$WORK/old.toml" 127.0.0.1:18510 127.0.0.1:18511 "$MOCK" "$KEY" bench
+gateway_config "$WORK/new.toml" 127.0.0.1:18520 127.0.0.1:18521 "$MOCK" "$KEY" bench
 TOLLGATE_LOG=warn "$OLD" serve --config "$WORK/old.toml" >/dev/null 2>&1 &
 OLD_PID=$!
 TOLLGATE_LOG=warn "$NEW" serve --config "$WORK/new.toml" >/dev/null 2>&1 &
 NEW_PID=$!
 targets=("old $OLD_PID http://127.0.0.1:18510/openai/deployments/bench" "new $NEW_PID http://127.0.0.1:18520/openai/deployments/bench")
 if command -v nginx >/dev/null; then
-  mkdir -p "$WORK/nginx"
-  cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  upstream mock { server $MOCK; keepalive 64; }
-  server {
-    listen 127.0.0.1:18530;
-    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-  }
-}
-NGINX
-  nginx -c "$WORK/nginx.conf" >/dev/null 2>&1 &
+  nginx_config "$WORK/nginx.conf" 127.0.0.1:18530 "$MOCK"
+  nginx -c "$WORK/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
   sleep 0.5
   targets+=("nginx $(cat "$WORK/nginx/nginx.pid" 2>/dev/null || pgrep -n nginx) http://127.0.0.1:18530")
 fi

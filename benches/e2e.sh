@@ -22,23 +22,7 @@ GATEWAY_PID=$!
 
 targets=("backend http://$MOCK" "tollgate http://$GATEWAY/openai/deployments/bench")
 if command -v nginx >/dev/null; then
-  mkdir -p "$WORK/nginx"
-  cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
-  upstream mock { server $MOCK; keepalive 64; }
-  server {
-    listen $NGINX;
-    location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
-  }
-}
-NGINX
+  nginx_config "$WORK/nginx.conf" "$NGINX" "$MOCK"
   nginx -c "$WORK/nginx.conf" -g 'daemon off;' &
   targets+=("nginx http://$NGINX")
 else
