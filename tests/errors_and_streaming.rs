@@ -53,11 +53,7 @@ async fn unknown_deployments_get_404_however_named() {
 
 #[tokio::test]
 async fn naming_nothing_with_a_key_of_several_deployments_is_a_400_that_says_how_to_name_one() {
-    let more = format!(
-        "[[deployments]]\nname = \"twin\"\nmodel = \"azureml://registries/azureml/models/Phi-3-mini-4k-instruct\"\nbackend = \"{{mock}}\"\nkeys = [\"{}\"]\n",
-        stored(PRIMARY_KEY)
-    );
-    let h = Harness::with(Setup { more_deployments: more, ..Default::default() }).await;
+    let h = Harness::with(Setup { more_deployments: twin_deployment(), ..Default::default() }).await;
     let key = ("api-key", PRIMARY_KEY);
     let reply = h.client.post(&h.url("/v1/chat/completions"), &[key], CHAT).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);

@@ -248,11 +248,7 @@ async fn requests_without_a_valid_key_are_refused_before_their_body_is_read() {
 
 #[tokio::test]
 async fn v1_models_lists_the_deployments_the_key_may_call() {
-    let more = format!(
-        "[[deployments]]\nname = \"twin\"\nmodel = \"azureml://registries/azureml/models/Phi-3-mini-4k-instruct\"\nbackend = \"{{mock}}\"\nkeys = [\"{}\"]\n",
-        stored(PRIMARY_KEY)
-    );
-    let h = Harness::with(Setup { more_deployments: more, ..Default::default() }).await;
+    let h = Harness::with(Setup { more_deployments: twin_deployment(), ..Default::default() }).await;
     for path in ["/v1/models", "/openai/models?api-version=2024-10-21"] {
         let reply = h.client.call(Method::GET, &h.url(path), &[("api-key", PRIMARY_KEY)], "").await;
         assert_eq!(reply.status, StatusCode::OK, "{path}: {}", reply.text());

@@ -40,6 +40,15 @@ pub fn reader_auth() -> (&'static str, String) {
     ("authorization", format!("Bearer {READER_TOKEN}"))
 }
 
+/// A second deployment, "twin", that shares [`PRIMARY_KEY`] with the demo deployment (for
+/// requests a key alone cannot place).
+pub fn twin_deployment() -> String {
+    format!(
+        "[[deployments]]\nname = \"twin\"\nmodel = \"azureml://registries/azureml/models/Phi-3-mini-4k-instruct\"\nbackend = \"{{mock}}\"\nkeys = [\"{}\"]\n",
+        stored(PRIMARY_KEY)
+    )
+}
+
 pub fn stored(key: &str) -> String {
     KeyDigest::of(key.as_bytes()).to_stored()
 }
