@@ -30,13 +30,29 @@ fuzz_target!(|data: &[u8]| {
     if let Some(rest) = chunk.take_held() {
         out.extend_from_slice(&rest);
     }
-    if done {
-        let at = out.windows(14).position(|w| w == b"data: {\"choice").expect("the chunk is in");
-        let end = at + out[at..].windows(2).position(|w| w == b"\n\n").expect("the chunk ends") + 2;
-        let mut without = out[..at].to_vec();
-        without.extend_from_slice(&out[end..]);
-        assert_eq!(without, stream);
-    } else {
-        assert_eq!(out, stream);
+    // The oracle: the first line of the stream that starts like the `[DONE]` line.
+    let mut first_done = None;
+    let mut line = 0;
+    while line <= stream.len() {
+        let rest = &stream[line..];
+        if rest.starts_with(b"data: [DONE]") || rest.starts_with(b"data:[DONE]") {
+            first_done = Some(line);
+            break;
+        }
+        match rest.iter().position(|b| *b == b'\n') {
+            Some(i) => line += i + 1,
+            None => break,
+        }
+    }
+    assert_eq!(done, first_done.is_some());
+    match first_done {
+        None => assert_eq!(out, stream),
+        Some(at) => {
+            assert!(out.len() > stream.len());
+            assert_eq!(&out[..at], &stream[..at]);
+            assert!(out.ends_with(&stream[at..]));
+            let chunk = &out[at..out.len() - (stream.len() - at)];
+            assert!(chunk.starts_with(b"data: {\"choices\":[],") && chunk.ends_with(b"}\n\n"));
+        }
     }
 });

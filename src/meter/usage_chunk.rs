@@ -18,6 +18,8 @@ const DONE_LINES: [&[u8]; 2] = [b"data: [DONE]", b"data:[DONE]"];
 pub struct UsageChunk {
     /// Bytes at the end of the last frame that may begin the `[DONE]` line.
     held: BytesMut,
+    /// Whether the next frame starts a line (a frame may be cut in the middle of one).
+    line_start: bool,
     /// `chat.completion.chunk` or `text_completion`.
     object: &'static str,
     /// Echoed as the chunk's `model`.
@@ -37,6 +39,7 @@ impl UsageChunk {
     pub fn new(object: &'static str, model: &str, request_id: &str) -> UsageChunk {
         UsageChunk {
             held: BytesMut::new(),
+            line_start: true,
             object,
             model: model.to_owned(),
             id: format!("tollgate-usage-{request_id}"),
@@ -46,13 +49,15 @@ impl UsageChunk {
     /// The frame to send, with the usage chunk before the `[DONE]` line when this frame has it
     /// (then `true`: the job is done). `counts` is called only then.
     pub fn rewrite(&mut self, frame: &Bytes, counts: impl FnOnce() -> Counts) -> (Rewritten, bool) {
+        // Held bytes always begin a line.
+        let starts_line = self.line_start || !self.held.is_empty();
         let joined: Bytes = if self.held.is_empty() {
             frame.clone()
         } else {
             self.held.extend_from_slice(frame);
             self.held.split().freeze()
         };
-        if let Some(at) = done_line(&joined) {
+        if let Some(at) = done_line(&joined, starts_line) {
             let chunk = self.chunk(counts());
             let mut out = BytesMut::with_capacity(joined.len() + chunk.len());
             out.extend_from_slice(&joined[..at]);
@@ -60,13 +65,22 @@ impl UsageChunk {
             out.extend_from_slice(&joined[at..]);
             return (Rewritten::Changed(out.freeze()), true);
         }
-        let line_start = joined.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        let tail = &joined[line_start..];
+        let last_line = match joined.iter().rposition(|b| *b == b'\n') {
+            Some(i) => Some(i + 1),
+            None => starts_line.then_some(0),
+        };
         let changed = joined.len() != frame.len();
-        if !tail.is_empty() && DONE_LINES.iter().any(|d| d.starts_with(tail)) {
-            self.held.extend_from_slice(tail);
-            return (Rewritten::Changed(joined.slice(..line_start)), false);
+        if let Some(line) = last_line {
+            let tail = &joined[line..];
+            if !tail.is_empty() && DONE_LINES.iter().any(|d| d.starts_with(tail)) {
+                self.held.extend_from_slice(tail);
+                return (Rewritten::Changed(joined.slice(..line)), false);
+            }
         }
+        self.line_start = match joined.last() {
+            Some(b) => *b == b'\n',
+            None => starts_line,
+        };
         if changed { (Rewritten::Changed(joined), false) } else { (Rewritten::Same(joined), false) }
     }
 
@@ -94,9 +108,10 @@ impl UsageChunk {
     }
 }
 
-/// Where a `[DONE]` line starts (at the start of the bytes or after a newline).
-fn done_line(bytes: &[u8]) -> Option<usize> {
-    let mut start = 0;
+/// Where a `[DONE]` line starts: after a newline, or at the start of the bytes when they begin
+/// a line (`starts_line`).
+fn done_line(bytes: &[u8], starts_line: bool) -> Option<usize> {
+    let mut start = if starts_line { 0 } else { bytes.iter().position(|b| *b == b'\n')? + 1 };
     loop {
         let line = &bytes[start..];
         if DONE_LINES.iter().any(|d| line.starts_with(d)) {
@@ -173,6 +188,14 @@ mod tests {
             let first_done = stream.find("data: [DONE]").unwrap();
             proptest::prop_assert_eq!(at, first_done.min(before_done));
             proptest::prop_assert_eq!(format!("{}{}", &out[..at], &out[end..]), stream);
+        }
+    }
+
+    #[test]
+    fn a_done_in_the_middle_of_a_line_is_not_the_end_however_it_is_cut() {
+        let stream = "data: xdata: [DONE]\n\n";
+        for cut in 0..=stream.len() {
+            assert_eq!(run(&[&stream[..cut], &stream[cut..]]), stream, "cut at {cut}");
         }
     }
 
