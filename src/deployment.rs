@@ -118,7 +118,7 @@ impl Deployment {
             health,
             subscription,
             backend: config.backend.clone(),
-            backend_auth: config.backend_key.as_deref().and_then(BackendAuth::new),
+            backend_auth: config.backend_key.as_ref().and_then(|k| BackendAuth::new(k.expose())),
             keys: config.keys.clone(),
             backend_http2: config.backend_http2,
             backend_ca: config.backend_ca.clone(),

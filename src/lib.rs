@@ -31,5 +31,6 @@ pub mod metrics;
 pub mod mock_backend;
 pub mod quota;
 pub mod runtime;
+pub mod secret;
 pub mod server;
 pub mod tls;

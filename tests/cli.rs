@@ -114,3 +114,17 @@ fn check_refuses_an_empty_file() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("the file is empty"), "{out:?}");
     }
 }
+
+#[test]
+fn check_refuses_a_backend_key_that_cannot_be_a_header_naming_the_variable_only() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tollgate.example.toml");
+    let out = Command::new(BIN)
+        .args(["check", "--config", example])
+        .env("LLAMA_BACKEND_KEY", "TrailingNewlineKey0123456789\n")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a key that would be dropped must stop the load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("LLAMA_BACKEND_KEY") && stderr.contains("cannot be sent as a header"), "{stderr}");
+    assert!(!stderr.contains("TrailingNewlineKey"), "the value is never printed: {stderr}");
+}

@@ -65,10 +65,10 @@ pub enum StoreConfig {
     Redis(RedisStoreConfig),
 }
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisStoreConfig {
     /// `redis://` or `rediss://` URL; may hold a password, so it is never logged or printed.
-    pub url: String,
+    pub url: crate::secret::Secret,
     /// PEM roots that verify a `rediss://` server (instead of the system roots).
     pub ca_file: Option<PathBuf>,
     /// Prepended to every key (`{prefix}{deployment}`).
@@ -78,19 +78,6 @@ pub struct RedisStoreConfig {
     pub replicas: u64,
     /// Longest wait for one Redis round trip before it counts as a store error.
     pub timeout: Duration,
-}
-
-impl std::fmt::Debug for RedisStoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStoreConfig")
-            .field("url", &"(redacted)")
-            .field("ca_file", &self.ca_file)
-            .field("key_prefix", &self.key_prefix)
-            .field("on_error", &self.on_error)
-            .field("replicas", &self.replicas)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 /// What admission does while the shared store cannot be reached.
@@ -208,7 +195,7 @@ pub struct DeploymentConfig {
     pub project: String,
     pub backend: BackendUrl,
     /// The key sent to the backend, read from the environment variable named in the file.
-    pub backend_key: Option<String>,
+    pub backend_key: Option<crate::secret::Secret>,
     pub keys: KeyPair,
     pub backend_http2: bool,
     pub backend_ca: Option<BackendCa>,

@@ -72,7 +72,7 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
                     "is not a valid Redis URL; write redis://[user:password@]host[:port][/db]",
                 ));
             }
-            url.clone()
+            crate::secret::Secret::new(url.clone())
         }
     };
     let key_prefix = match &raw.key_prefix {
@@ -122,7 +122,7 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
         Some(v) => Duration::from_millis(*v.get_ref()),
     };
     let ca_file = raw.redis_ca_file.as_ref().map(|v: &Spanned<String>| PathBuf::from(v.get_ref()));
-    if ca_file.is_some() && !url.starts_with("rediss://") {
+    if ca_file.is_some() && !url.expose().starts_with("rediss://") {
         if let Some(v) = &raw.redis_ca_file {
             return Err(at.error(v, "limits.redis_ca_file", "only used with a rediss:// (TLS) redis_url"));
         }

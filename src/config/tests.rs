@@ -79,7 +79,25 @@ fn backend_key_env_is_resolved_or_named_when_missing() {
     assert_eq!(err.field, "deployments[0].backend_key_env");
     assert!(err.message.contains("LLAMA_BACKEND_KEY"));
     let env = |name: &str| (name == "LLAMA_BACKEND_KEY").then(|| "k".to_owned());
-    assert_eq!(Config::parse(&text, "t.toml", &env).unwrap().deployments[0].backend_key.as_deref(), Some("k"));
+    let config = Config::parse(&text, "t.toml", &env).unwrap();
+    assert_eq!(config.deployments[0].backend_key.as_ref().map(crate::secret::Secret::expose), Some("k"));
+}
+
+#[test]
+fn a_backend_key_that_cannot_be_a_header_is_refused_by_name_and_secrets_never_print() {
+    let text = example("backend_key_env = \"LLAMA_BACKEND_KEY\"\n");
+    for bad in ["SecretBackendValue\n", "Secret\rBackend", "Secret\u{1}Value"] {
+        let env = |name: &str| (name == "LLAMA_BACKEND_KEY").then(|| bad.to_owned());
+        let err = Config::parse(&text, "t.toml", &env).unwrap_err();
+        assert_eq!(err.field, "deployments[0].backend_key_env");
+        assert!(err.message.contains("LLAMA_BACKEND_KEY") && err.message.contains("header"), "{err}");
+        assert!(!err.to_string().contains("Secret"), "the value is never repeated: {err}");
+    }
+    let env = |name: &str| (name == "LLAMA_BACKEND_KEY").then(|| "SecretBackendValue".to_owned());
+    let config = Config::parse(&text, "t.toml", &env).unwrap();
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("SecretBackendValue"), "{printed}");
+    assert!(printed.contains("(redacted)"));
 }
 
 #[test]
@@ -147,12 +165,13 @@ fn the_quota_store_is_memory_unless_redis_is_asked_for() {
         &no_env,
     )
     .unwrap();
+    assert!(!format!("{config:?}").contains(":pw@"));
     let StoreConfig::Redis(redis) = config.store else { panic!("redis store expected") };
     assert_eq!(redis.on_error, OnStoreError::FailClosed);
     assert_eq!(redis.replicas, 3);
     assert_eq!(redis.key_prefix, "gw1:");
     assert_eq!(redis.timeout, Duration::from_millis(50));
-    // The URL may hold a password: Debug never shows it.
+    // The URL may hold a password: Debug never shows it (nor the whole config's, above).
     assert!(!format!("{redis:?}").contains("pw"), "{redis:?}");
     let defaults =
         Config::parse(&with_limits("store = \"redis\"\nredis_url = \"redis://127.0.0.1\""), "t.toml", &no_env);

@@ -10,6 +10,7 @@ use super::*;
 use crate::control::roles::AdminToken;
 use crate::keys::{KeyDigest, KeyPair};
 use crate::quota::{DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE, Limits};
+use crate::secret::Secret;
 
 pub(super) fn validate(
     raw: RawConfig,
@@ -149,11 +150,21 @@ fn env_key(
     var: Option<&Spanned<String>>,
     field: String,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<String>, ConfigError> {
+) -> Result<Option<Secret>, ConfigError> {
     match var {
         None => Ok(None),
         Some(var) => match env(var.get_ref()) {
-            Some(value) if !value.is_empty() => Ok(Some(value)),
+            // Sent as `api-key: K` and `Authorization: Bearer K`: a value that cannot be a header
+            // (a trailing newline is enough) would be dropped and the backend called without a key.
+            Some(value) if !value.is_empty() && !sendable(&value) => Err(at.error(
+                var,
+                field,
+                format!(
+                    "environment variable '{}' holds a value that cannot be sent as a header (a trailing newline or another control character?); set it to the key alone",
+                    var.get_ref()
+                ),
+            )),
+            Some(value) if !value.is_empty() => Ok(Some(Secret::new(value))),
             _ => Err(at.error(
                 var,
                 field,
@@ -161,6 +172,11 @@ fn env_key(
             )),
         },
     }
+}
+
+/// Whether a backend key can travel as both headers it is sent in.
+fn sendable(key: &str) -> bool {
+    http::HeaderValue::from_str(key).is_ok() && http::HeaderValue::from_str(&format!("Bearer {key}")).is_ok()
 }
 
 fn validate_models(

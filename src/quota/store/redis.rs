@@ -80,12 +80,12 @@ impl RedisStore {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisStore>, StoreSetupError> {
         let client = match &settings.ca_file {
-            None => Client::open(settings.url.as_str()),
+            None => Client::open(settings.url.expose()),
             Some(path) => {
                 let pem = std::fs::read(path)
                     .map_err(|error| StoreSetupError::CaFile { path: path.display().to_string(), error })?;
                 Client::build_with_tls(
-                    settings.url.as_str(),
+                    settings.url.expose(),
                     redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
                 )
             }
