@@ -14,14 +14,6 @@ use tollgate::quota::clock::ManualClock;
 
 const KEY: (&str, &str) = ("api-key", PRIMARY_KEY);
 
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool).arg("--version").output().is_ok();
-    if !found {
-        println!("SKIPPED: `{tool}` is not installed (Debian package `prometheus`; .ci/run installs it)");
-    }
-    found
-}
-
 #[tokio::test]
 async fn metrics_count_known_traffic_exactly() {
     let clock = Arc::new(ManualClock::new(0));
@@ -154,7 +146,7 @@ async fn the_ledger_holds_one_line_per_authenticated_request_and_usage_sums_it()
 
 #[tokio::test]
 async fn promtool_finds_nothing_wrong_with_a_scrape_under_load() {
-    if !have("promtool") {
+    if !tool_installed("promtool_finds_nothing_wrong_with_a_scrape_under_load", "promtool", "prometheus") {
         return;
     }
     let h = Harness::start().await;
@@ -234,7 +226,7 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
             }
         }
     }
-    if !have("promtool") {
+    if !tool_installed("the_shipped_rules_pass_promtool", "promtool", "prometheus") {
         return;
     }
     let output = Command::new("promtool")
@@ -256,7 +248,7 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_gateway() {
-    if !have("prometheus") {
+    if !tool_installed("a_real_prometheus_scrapes_the_gateway", "prometheus", "prometheus") {
         return;
     }
     let h = Harness::start().await;

@@ -27,6 +27,27 @@ pub const PRIMARY_KEY: &str = "PrimaryKey0123456789abcdefghijkl";
 pub const SECONDARY_KEY: &str = "SecondaryKey0123456789abcdefghij";
 pub const OTHER_KEY: &str = "OtherDeploymentKey0123456789abcd";
 
+/// Whether an outside program a test needs (`redis-server`, `promtool`, ...) is installed. With
+/// `CI` set a missing one fails the test: CI installs them, and a skip there would hide a missing
+/// install step. Elsewhere the test is skipped and the skip is recorded in
+/// `target/test-skips.txt`, which `scripts/test` prints at the end of its summary.
+pub fn tool_installed(test: &str, tool: &str, package: &str) -> bool {
+    if std::process::Command::new(tool).arg("--version").output().is_ok() {
+        return true;
+    }
+    let why = format!("{test}: `{tool}` is not installed (Debian package `{package}`)");
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}, and CI is set: .ci/run must install it");
+    }
+    eprintln!("SKIPPED {why}");
+    let log = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-skips.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        use std::io::Write as _;
+        let _ = writeln!(file, "{why}");
+    }
+    false
+}
+
 /// A reader admin token every harness has: `/usage` and `/quotas` need one.
 pub const READER_TOKEN: &str = "HarnessReaderToken0123456789abc";
 

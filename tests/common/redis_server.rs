@@ -19,8 +19,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// A fresh server, or `None` (with the reason printed) when `redis-server` is not installed.
     pub fn start(test: &str) -> Option<RedisServer> {
-        if Command::new("redis-server").arg("--version").stdout(Stdio::null()).status().is_err() {
-            eprintln!("skipping {test}: no redis-server binary on PATH (apt-get install redis-server)");
+        if !super::tool_installed(test, "redis-server", "redis-server") {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
