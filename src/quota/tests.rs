@@ -109,34 +109,58 @@ fn concurrent_admissions_never_over_admit() {
 
 proptest! {
     /// Any interleaving of admissions, reconciliations, clock moves (also backwards) and limit
-    /// changes: the request bucket never admits more than capacity + refill, and levels stay
-    /// within capacity. (Retry times are checked exactly in `bucket::tests::wait_ns_for_is_tight`.)
+    /// changes: the request bucket never admits more than its first minute plus what the limits
+    /// in force refilled, a clock that steps back and returns refills nothing, and levels stay
+    /// within the capacity in force. (Retry times are checked exactly in
+    /// `bucket::tests::wait_ns_for_is_tight`.)
     #[test]
-    fn admission_sequences(ops in proptest::collection::vec((0u8..4, 0u64..3_000_000_000, 0u64..3_000), 1..150)) {
+    fn admission_sequences(ops in proptest::collection::vec((0u8..5, 0u64..3_000_000_000, 0u64..3_000), 1..150)) {
         let (q, clock) = quota(100, 10_000);
         let mut now = 0u64;
         let mut admitted_requests = 0u64;
+        let mut limits = Limits { requests_per_minute: 100, tokens_per_minute: 10_000 };
+        // Requests refilled so far, in 1/60e9 of a request: the sum of elapsed ns x requests per
+        // minute in force.
+        let mut refilled: u128 = 0;
         for (op, dt, n) in ops {
             match op {
-                0 => { now += dt; clock.set_ns(now); }
+                0 => {
+                    now += dt;
+                    refilled += u128::from(dt) * u128::from(limits.requests_per_minute);
+                    clock.set_ns(now);
+                }
                 1 => {
                     if q.admit(n).is_ok() {
                         admitted_requests += 1;
                     }
                 }
                 2 => q.reconcile(n, n / 2),
-                _ => {
-                    // The clock stepping back must not refill anything.
-                    clock.set_ns(now.saturating_sub(dt));
+                3 => {
+                    // The clock stepping back refills nothing, and coming back refills nothing either.
                     let before = q.state();
-                    prop_assert!(q.state().remaining_tokens <= before.remaining_tokens);
+                    clock.set_ns(now.saturating_sub(dt));
+                    let back = q.state();
+                    prop_assert!(back.remaining_tokens <= before.remaining_tokens);
+                    prop_assert!(back.remaining_requests <= before.remaining_requests);
                     clock.set_ns(now);
+                    prop_assert_eq!(q.state().remaining_requests, before.remaining_requests);
+                    prop_assert_eq!(q.state().remaining_tokens, before.remaining_tokens);
+                }
+                _ => {
+                    // A limit change keeps the level (clamped to a lower capacity).
+                    let before = q.state();
+                    limits = Limits { requests_per_minute: 1 + n % 200, tokens_per_minute: 1 + dt % 20_000 };
+                    q.set_limits(limits);
+                    let after = q.state();
+                    prop_assert_eq!(after.limit_requests, limits.requests_per_minute);
+                    prop_assert_eq!(after.remaining_requests, before.remaining_requests.min(limits.requests_per_minute));
                 }
             }
             let s = q.state();
-            prop_assert!(s.remaining_requests <= 100 && s.remaining_tokens <= 10_000);
-            let bound = 100 + (now as u128 * 100 / 60_000_000_000) as u64;
-            prop_assert!(admitted_requests <= bound);
+            prop_assert!(s.remaining_requests <= limits.requests_per_minute);
+            prop_assert!(s.remaining_tokens <= limits.tokens_per_minute);
+            let bound = 100 + (refilled / 60_000_000_000) as u64;
+            prop_assert!(admitted_requests <= bound, "{} admitted, at most {} refilled and the first minute", admitted_requests, bound);
         }
     }
 }
