@@ -91,8 +91,9 @@ fn chars_heuristic_is_rougher_but_bounded() {
         percentile(all.clone(), 0.9),
         percentile(all.clone(), 1.0)
     );
+    // What the README states (0.62 to 1.63, rounded to two places).
     for (name, reference, estimated, ratio) in &rows {
-        assert!((0.5..=2.0).contains(ratio), "{name}: estimate {estimated} vs Llama 3 {reference}");
+        assert!((0.615..=1.635).contains(ratio), "{name}: estimate {estimated} vs Llama 3 {reference}");
     }
 }
 

@@ -81,7 +81,9 @@ async fn every_route_under_every_addressing_mode() {
 
 #[tokio::test]
 async fn both_key_headers_and_both_key_slots() {
-    let h = Harness::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    let h = Harness::with(Setup { ledger: Some(ledger.clone()), ..Default::default() }).await;
     let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
     for key in [PRIMARY_KEY, SECONDARY_KEY] {
         let bearer = format!("Bearer {key}");
@@ -94,6 +96,15 @@ async fn both_key_headers_and_both_key_slots() {
             assert_eq!(reply.status, StatusCode::OK, "{headers:?}: {}", reply.text());
         }
     }
+    // Each request was authenticated by the slot of the key it sent (from the ledger).
+    h.usage_after(6).await;
+    h.gateway.ledger.as_ref().unwrap().flush();
+    let slots: Vec<String> = std::fs::read_to_string(&ledger)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["key_slot"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(slots, ["primary", "primary", "primary", "secondary", "secondary", "secondary"]);
 }
 
 #[tokio::test]
@@ -161,9 +172,19 @@ async fn the_backend_key_from_the_environment_is_sent_instead_of_the_clients() {
     })
     .await;
     let url = h.url(&format!("/openai/deployments/{DEPLOYMENT}/chat/completions"));
-    for headers in [[("api-key", PRIMARY_KEY)], [("authorization", "Bearer SecondaryKey0123456789abcdefghij")]] {
+    for headers in [
+        vec![("api-key", PRIMARY_KEY), ("x-mock-echo", "1")],
+        vec![("authorization", "Bearer SecondaryKey0123456789abcdefghij"), ("x-mock-echo", "1")],
+        vec![
+            ("api-key", PRIMARY_KEY),
+            ("authorization", "Bearer SecondaryKey0123456789abcdefghij"),
+            ("x-mock-echo", "1"),
+        ],
+    ] {
         let reply = h.client.post(&url, &headers, CHAT).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        // Both key headers reached the backend carrying its key, neither the client's.
+        assert_eq!(reply.header("x-mock-echo-keys"), "api-key=required,authorization=required", "{headers:?}");
     }
     // The other deployment has no backend key configured: the mock refuses it, and the gateway
     // passes the backend's 401 through as it is.

@@ -174,6 +174,7 @@ async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<M
     let behaviour = Behaviour::new(options, &parts.headers);
     let echo = parts.headers.contains_key("x-mock-echo").then(|| echo_headers(&parts));
     let parts_version = parts.version;
+    let parts_headers = parts.headers.clone();
     if let Some(status) =
         parts.headers.get("x-mock-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u16>().ok())
     {
@@ -219,11 +220,28 @@ async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<M
         Err((status, code, message)) => error(status, code, &message),
     };
     if let Some((query, names)) = echo {
+        if let Some(required) = &options.require_key {
+            response.headers_mut().insert("x-mock-echo-keys", key_echo(&parts_headers, required));
+        }
         response.headers_mut().insert("x-mock-echo-query", query);
         response.headers_mut().insert("x-mock-echo-headers", names);
         response.headers_mut().insert("x-mock-echo-version", HeaderValue::from_static(version_name(parts_version)));
     }
     response
+}
+
+/// For `x-mock-echo` with a required key: what each key header carried, as
+/// `api-key=<required|other|absent>,authorization=<...>` (never the keys themselves).
+fn key_echo(headers: &HeaderMap, required: &str) -> HeaderValue {
+    let what = |value: Option<&[u8]>| match value {
+        None => "absent",
+        Some(v) if v == required.as_bytes() => "required",
+        Some(_) => "other",
+    };
+    let api_key = what(headers.get("api-key").map(HeaderValue::as_bytes));
+    let bearer =
+        what(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes().strip_prefix(b"Bearer ").unwrap_or(v.as_bytes())));
+    HeaderValue::from_str(&format!("api-key={api_key},authorization={bearer}")).unwrap_or(HeaderValue::from_static(""))
 }
 
 fn version_name(version: http::Version) -> &'static str {
