@@ -366,6 +366,10 @@ fn the_scripts_are_exact_at_the_largest_limits() {
         for arg in args {
             invocation.arg(*arg);
         }
+        // Reconciliations carry a replica id and a batch number: each call here a new batch.
+        if args.len() == 3 {
+            invocation.arg("test-replica").arg(redis::cmd("INCR").arg("seq").query::<i64>(con).unwrap());
+        }
         match invocation.invoke::<redis::Value>(con).unwrap() {
             redis::Value::Array(items) => items.into_iter().map(|v| redis::from_redis_value(v).unwrap()).collect(),
             other => vec![redis::from_redis_value(other).unwrap()],
@@ -387,4 +391,88 @@ fn the_scripts_are_exact_at_the_largest_limits() {
     assert_eq!(level(&mut con, "t"), full);
     // Lower limits clamp the levels (no free refill past the new capacity).
     assert_eq!(run(&mut con, &admit, &[10, 10, 0, 0]), vec![0, 10 * U, 10 * U]);
+    // A batch sent again (same replica, same number) is not applied twice; a newer one is, and
+    // another replica's numbers are its own.
+    let charge = |con: &mut redis::Connection, replica: &str, seq: i64| -> i64 {
+        freeze(con);
+        reconcile.key("k").arg(10).arg(10).arg(-1).arg(replica).arg(seq).invoke::<i64>(con).unwrap()
+    };
+    assert_eq!(charge(&mut con, "a", 1), 1);
+    assert_eq!(charge(&mut con, "a", 1), 0, "the same batch again changes nothing");
+    assert_eq!(charge(&mut con, "a", 2), 1);
+    assert_eq!(charge(&mut con, "b", 1), 1);
+    assert_eq!(level(&mut con, "t"), (7 * U).to_string(), "three charges of one token, not four");
+}
+
+/// Redis's clock in milliseconds (what the scripts use).
+fn redis_time_ms(redis: &RedisServer) -> i64 {
+    let reply = redis.command("TIME").unwrap();
+    let numbers: Vec<i64> = reply.lines().filter_map(|l| l.parse().ok()).collect();
+    numbers[0] * 1000 + numbers[1] / 1000
+}
+
+/// A reconciliation that times out (Redis paused for writes longer than `store_timeout_ms`) but
+/// runs when Redis resumes is sent again; the script must not apply it twice. The bucket level
+/// afterwards is the one computed by hand: capacity - what the request used, plus at most the
+/// refill since the request started.
+#[tokio::test]
+async fn a_reconciliation_that_timed_out_but_ran_is_not_applied_twice() {
+    let Some(redis) = RedisServer::start("a_reconciliation_that_timed_out_but_ran") else { return };
+    const TPM: i64 = 20;
+    const U: i64 = 60_000;
+    let h = Harness::with(Setup {
+        limits: limits(&redis, "store_timeout_ms = 100"),
+        deployment: format!("tokens_per_minute = {TPM}\ndefault_max_tokens = 1"),
+        ..Setup::default()
+    })
+    .await;
+    let before_ms = redis_time_ms(&redis);
+    // Admitted with a reservation of prompt + 1; the stream takes about a second and uses
+    // prompt + 40, so its settlement is a charge, sent when the stream ends.
+    let headers = [("api-key", PRIMARY_KEY), ("x-mock-completion-tokens", "40"), ("x-mock-tokens-per-second", "40")];
+    let response = h.client.send(Method::POST, &h.deployment_url("/chat/completions"), &headers, STREAM_CHAT).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // Writes (scripts included) wait 1.5 s: the reconciliation pipeline times out, and Redis runs
+    // it when the pause ends.
+    assert!(redis.command("CLIENT PAUSE 1500 WRITE").unwrap().starts_with("+OK"));
+    let text =
+        String::from_utf8(http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes().to_vec())
+            .unwrap();
+    let usage: serde_json::Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.get("usage").is_some_and(|u| !u.is_null()))
+        .unwrap()["usage"]
+        .clone();
+    let used = usage["total_tokens"].as_i64().unwrap();
+    // The timeout was seen, and the store came back.
+    let metrics_url = format!("http://{}/metrics", h.gateway.admin_addr);
+    let mut recovered = false;
+    for _ in 0..500 {
+        let samples = parse_metrics(&h.client.call(Method::GET, &metrics_url, &[], "").await.text());
+        let timed_out = metric(&samples, "tollgate_quota_store_errors_total", &[("op", "reconcile")]) >= 1.0;
+        if timed_out && metric(&samples, "tollgate_quota_store_recoveries_total", &[]) >= 1.0 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(recovered, "the reconciliation timed out and the store recovered");
+    // Until the pause is over, what was sent again waits too; then everything is sent.
+    while redis_time_ms(&redis) < before_ms + 1600 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    h.gateway.gateway.quota_store().flush().await;
+    let key = format!("test{}:{DEPLOYMENT}", redis.port);
+    let reply = redis.command(&format!("HMGET {key} t at")).unwrap();
+    let fields: Vec<i64> = reply.lines().filter_map(|l| l.parse().ok()).collect();
+    let (level, at) = (fields[0], fields[1]);
+    let floor = (TPM - used) * U;
+    let refill_bound = (at - before_ms) * TPM;
+    assert!(
+        level >= floor && level <= floor + refill_bound,
+        "tokens level {level} (units of 1/{U}): by hand {floor} plus at most {refill_bound} of refill; a second application would be {} lower",
+        (used - 1 - 10) * U
+    );
 }

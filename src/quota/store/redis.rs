@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, ServerErrorKind, Value};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::scripts::{self, LEVEL_TO_SCALED};
 use crate::config::{OnStoreError, RedisStoreConfig};
@@ -45,10 +45,13 @@ pub enum StoreSetupError {
     Url(String),
 }
 
-/// One settled reservation's difference, or a request to send what is pending now.
-enum Pending {
-    Delta { deployment: Arc<Deployment>, tokens: i64 },
-    Flush(oneshot::Sender<()>),
+/// Settled differences not yet sent, summed per deployment: memory is bounded by the number of
+/// deployments however long Redis is away (no queue of individual settlements).
+#[derive(Default)]
+struct Pending {
+    sums: HashMap<String, (Limits, i64)>,
+    /// `flush()` callers waiting for what was pending when they asked to be sent.
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 pub struct RedisStore {
@@ -58,7 +61,13 @@ pub struct RedisStore {
     up: AtomicBool,
     admit_script: Script,
     reconcile_script: Script,
-    pending: mpsc::UnboundedSender<Pending>,
+    pending: Mutex<Pending>,
+    /// Wakes the reconciler when something is pending (and when the store is dropped, so that it
+    /// ends).
+    wake: Arc<tokio::sync::Notify>,
+    /// Names this process in the scripts' record of applied batches (`q:<replica>` in a
+    /// deployment's hash), so that a batch sent again after a timeout is not applied twice.
+    replica: String,
     /// `local` fallback buckets (limit / replicas), created on first use and kept across outages.
     fallback: Mutex<HashMap<String, Arc<DeploymentQuota>>>,
     clock: Arc<dyn Clock>,
@@ -68,6 +77,13 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore").field("settings", &self.settings).field("up", &self.is_up()).finish()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // The reconciler holds only a weak reference: woken, it finds the store gone and ends.
+        self.wake.notify_one();
     }
 }
 
@@ -91,14 +107,15 @@ impl RedisStore {
             }
         }
         .map_err(|e| StoreSetupError::Url(e.to_string()))?;
-        let (pending, receiver) = mpsc::unbounded_channel();
         let store = Arc::new(RedisStore {
             client,
             connection: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             admit_script: Script::new(&scripts::admit()),
             reconcile_script: Script::new(&scripts::reconcile()),
-            pending,
+            pending: Mutex::new(Pending::default()),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            replica: format!("{:016x}", rand::random::<u64>()),
             fallback: Mutex::new(HashMap::new()),
             clock,
             metrics,
@@ -114,7 +131,7 @@ impl RedisStore {
             );
         }
         tokio::spawn(probe(Arc::downgrade(&store)));
-        tokio::spawn(reconciler(Arc::downgrade(&store), receiver));
+        tokio::spawn(reconciler(Arc::downgrade(&store), Arc::clone(&store.wake)));
         Ok(store)
     }
 
@@ -196,17 +213,31 @@ impl RedisStore {
         let tokens =
             i64::try_from(reserved).unwrap_or(i64::MAX).saturating_sub(i64::try_from(actual).unwrap_or(i64::MAX));
         if tokens != 0 {
-            // Fails only when the reconciler is gone, i.e. the store is being dropped.
-            let _ = self.pending.send(Pending::Delta { deployment: Arc::clone(deployment), tokens });
+            let limits = deployment.quota.limits();
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            match pending.sums.get_mut(deployment.name.as_str()) {
+                Some(entry) => *entry = (limits, entry.1.saturating_add(tokens)),
+                None => {
+                    pending.sums.insert(deployment.name.clone(), (limits, tokens));
+                }
+            }
+            drop(pending);
+            self.wake.notify_one();
         }
     }
 
-    /// Sends what the reconciler holds now, waiting (bounded) for it.
+    /// Sends what is pending now, waiting (bounded) for it.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.pending.send(Pending::Flush(done)).is_ok() {
-            let _ = tokio::time::timeout(self.settings.timeout * 4, wait).await;
-        }
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).waiting.push(done);
+        self.wake.notify_one();
+        let _ = tokio::time::timeout(self.settings.timeout * 4, wait).await;
+    }
+
+    /// What is pending, taken for a new batch, and who waits for it.
+    fn take_pending(&self) -> (HashMap<String, (Limits, i64)>, Vec<oneshot::Sender<()>>) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        (std::mem::take(&mut pending.sums), std::mem::take(&mut pending.waiting))
     }
 
     /// The `local` fallback bucket of a deployment: limit / replicas (at least 1), full when first
@@ -295,11 +326,13 @@ impl RedisStore {
         matches!(pong, Ok(Ok(_)))
     }
 
-    /// Sends summed reconciliations, one script call per deployment, pipelined. Calls answered
-    /// `NOSCRIPT` (Redis restarted and lost its script cache) did not run: the script is loaded
-    /// and exactly those are sent again, so nothing is applied twice. Returns false (keep the
-    /// batch) when Redis could not be reached.
-    async fn send(&self, batch: &HashMap<String, (Limits, i64)>) -> bool {
+    /// Sends one batch of summed reconciliations, one script call per deployment, pipelined,
+    /// each carrying this replica's id and the batch's sequence number. Calls answered `NOSCRIPT`
+    /// (Redis restarted and lost its script cache) did not run: the script is loaded and exactly
+    /// those are sent again. Returns false (keep the batch, and send it again with the same
+    /// number) when Redis could not be reached or did not answer in time; Redis may have run it
+    /// anyway, and then the script sees the number it recorded and does not apply it twice.
+    async fn send(&self, seq: u64, batch: &HashMap<String, (Limits, i64)>) -> bool {
         let Some(connection) = self.connection.load_full() else { return false };
         let mut connection = ConnectionManager::clone(&connection);
         let mut todo: Vec<(&String, &(Limits, i64))> = batch.iter().collect();
@@ -314,7 +347,9 @@ impl RedisStore {
                     .arg(self.key(deployment))
                     .arg(limits.requests_per_minute)
                     .arg(limits.tokens_per_minute)
-                    .arg(*tokens);
+                    .arg(*tokens)
+                    .arg(&self.replica)
+                    .arg(seq);
             }
             let replies = match tokio::time::timeout(
                 self.settings.timeout,
@@ -381,53 +416,47 @@ async fn probe(store: Weak<RedisStore>) {
     }
 }
 
-/// Sums settled differences per deployment and sends them in batches (see [`RedisStore::send`]).
-async fn reconciler(store: Weak<RedisStore>, mut receiver: mpsc::UnboundedReceiver<Pending>) {
-    let mut batch: HashMap<String, (Limits, i64)> = HashMap::new();
+/// Sends what is pending in numbered batches (see [`RedisStore::send`]). A batch that failed is
+/// kept as it is, number and all, and sent again (on the probe's rhythm) before anything newer:
+/// differences settled meanwhile wait in `pending` for the next number.
+async fn reconciler(store: Weak<RedisStore>, wake: Arc<tokio::sync::Notify>) {
+    let mut seq: u64 = 0;
+    let mut in_flight: Option<(u64, HashMap<String, (Limits, i64)>)> = None;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
-        // Wait for work; with unsent sums (the store is down) retry on the probe's rhythm.
-        let first = if batch.is_empty() {
-            match receiver.recv().await {
-                Some(item) => Some(item),
-                None => return,
+        {
+            let Some(store) = store.upgrade() else { return };
+            if in_flight.is_none() {
+                let (mut sums, callers) = store.take_pending();
+                waiting.extend(callers);
+                sums.retain(|_, (_, tokens)| *tokens != 0);
+                if !sums.is_empty() {
+                    seq += 1;
+                    in_flight = Some((seq, sums));
+                }
+            } else {
+                // Callers asking while a batch waits to be sent again are answered once it is
+                // (what they wait for may be in it); newer sums stay pending for the next number.
+                waiting.append(&mut store.pending.lock().unwrap_or_else(PoisonError::into_inner).waiting);
             }
-        } else {
-            match tokio::time::timeout(PROBE_INTERVAL, receiver.recv()).await {
-                Ok(Some(item)) => Some(item),
-                Ok(None) => return,
-                Err(_) => None,
+            if let Some((number, batch)) = &in_flight {
+                if store.is_up() && store.send(*number, batch).await {
+                    in_flight = None;
+                }
             }
-        };
-        if let Some(first) = first {
-            add(&mut batch, &mut waiting, first);
-            while let Ok(item) = receiver.try_recv() {
-                add(&mut batch, &mut waiting, item);
-            }
-        }
-        batch.retain(|_, (_, tokens)| *tokens != 0);
-        let Some(store) = store.upgrade() else { return };
-        if !batch.is_empty() && store.is_up() && store.send(&batch).await {
-            batch.clear();
-        }
-        drop(store);
-        for done in waiting.drain(..) {
-            let _ = done.send(());
-        }
-    }
-}
-
-fn add(batch: &mut HashMap<String, (Limits, i64)>, waiting: &mut Vec<oneshot::Sender<()>>, item: Pending) {
-    match item {
-        Pending::Delta { deployment, tokens } => {
-            let limits = deployment.quota.limits();
-            match batch.get_mut(deployment.name.as_str()) {
-                Some(entry) => *entry = (limits, entry.1.saturating_add(tokens)),
-                None => {
-                    batch.insert(deployment.name.clone(), (limits, tokens));
+            if in_flight.is_none() {
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
                 }
             }
         }
-        Pending::Flush(done) => waiting.push(done),
+        // Wait for work; with a batch still to send (the store is down or slow) retry on the
+        // probe's rhythm.
+        let notified = wake.notified();
+        if in_flight.is_some() || !waiting.is_empty() {
+            let _ = tokio::time::timeout(PROBE_INTERVAL, notified).await;
+        } else {
+            notified.await;
+        }
     }
 }

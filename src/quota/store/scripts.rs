@@ -51,8 +51,16 @@ return {admitted, r, tk}
 "#;
 
 /// Reconciliation: ARGV[3] = tokens to give back (positive, never past capacity) or to charge
-/// (negative, may go below zero: debt that later requests wait out).
+/// (negative, may go below zero: debt that later requests wait out); ARGV[4] = the sending
+/// replica's id, ARGV[5] = the batch's number. The hash records the last number applied per
+/// replica (`q:<replica>`): a batch sent again after a timeout, which Redis may already have run,
+/// answers 0 and changes nothing. Returns 1 when applied.
 const RECONCILE: &str = r#"
+local seen = tonumber(redis.call('HGET', KEYS[1], 'q:' .. ARGV[4]) or '0')
+if tonumber(ARGV[5]) <= seen then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'q:' .. ARGV[4], ARGV[5])
 local delta = tonumber(ARGV[3]) * U
 if delta > 0 then
   tk = math.min(tcap, tk + delta)
