@@ -411,30 +411,71 @@ fn redis_time_ms(redis: &RedisServer) -> i64 {
     numbers[0] * 1000 + numbers[1] / 1000
 }
 
-/// A reconciliation that times out (Redis paused for writes longer than `store_timeout_ms`) but
-/// runs when Redis resumes is sent again; the script must not apply it twice. The bucket level
-/// afterwards is the one computed by hand: capacity - what the request used, plus at most the
-/// refill since the request started.
+/// A TCP proxy in front of Redis whose answers can be held back: Redis runs what it gets at
+/// once, but while `slow` is set its replies reach the gateway only after 300 ms (past
+/// `store_timeout_ms`): a Redis that is slow to answer, not down.
+async fn slow_answering_proxy(redis_port: u16, slow: Arc<AtomicBool>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", redis_port)).await else { continue };
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut client_read, &mut server_write).await });
+            let slow = Arc::clone(&slow);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if slow.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A reconciliation whose answer comes after `store_timeout_ms` was run by Redis all the same;
+/// the gateway sends it again once Redis answers in time, and the script must not apply it
+/// twice. The bucket level afterwards is the one computed by hand: capacity - what the request
+/// used, plus at most the refill since the request started.
 #[tokio::test]
 async fn a_reconciliation_that_timed_out_but_ran_is_not_applied_twice() {
     let Some(redis) = RedisServer::start("a_reconciliation_that_timed_out_but_ran") else { return };
-    const TPM: i64 = 20;
+    const TPM: i64 = 200;
     const U: i64 = 60_000;
+    let slow = Arc::new(AtomicBool::new(false));
+    let proxy = slow_answering_proxy(redis.port, Arc::clone(&slow)).await;
     let h = Harness::with(Setup {
-        limits: limits(&redis, "store_timeout_ms = 100"),
+        limits: format!(
+            "store = \"redis\"\nredis_url = \"redis://127.0.0.1:{proxy}\"\nkey_prefix = \"test{}:\"\nstore_timeout_ms = 100",
+            redis.port
+        ),
         deployment: format!("tokens_per_minute = {TPM}\ndefault_max_tokens = 1"),
         ..Setup::default()
     })
     .await;
     let before_ms = redis_time_ms(&redis);
-    // Admitted with a reservation of prompt + 1; the stream takes about a second and uses
-    // prompt + 40, so its settlement is a charge, sent when the stream ends.
-    let headers = [("api-key", PRIMARY_KEY), ("x-mock-completion-tokens", "40"), ("x-mock-tokens-per-second", "40")];
+    // A first request, settled normally: Redis has the reconcile script from now on (a call that
+    // only gets NOSCRIPT never ran, and proves nothing).
+    let warm = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+    let warm_used = warm.json()["usage"]["total_tokens"].as_i64().unwrap();
+    h.gateway.gateway.quota_store().flush().await;
+    // Admitted with a reservation of prompt + 1; the stream uses prompt + 40, so its settlement
+    // is a charge, sent when the stream ends, while Redis's answers are slow.
+    let headers = [("api-key", PRIMARY_KEY), ("x-mock-completion-tokens", "40"), ("x-mock-tokens-per-second", "200")];
     let response = h.client.send(Method::POST, &h.deployment_url("/chat/completions"), &headers, STREAM_CHAT).await;
     assert_eq!(response.status(), StatusCode::OK);
-    // Writes (scripts included) wait 1.5 s: the reconciliation pipeline times out, and Redis runs
-    // it when the pause ends.
-    assert!(redis.command("CLIENT PAUSE 1500 WRITE").unwrap().starts_with("+OK"));
+    slow.store(true, Ordering::SeqCst);
     let text =
         String::from_utf8(http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes().to_vec())
             .unwrap();
@@ -446,33 +487,38 @@ async fn a_reconciliation_that_timed_out_but_ran_is_not_applied_twice() {
         .unwrap()["usage"]
         .clone();
     let used = usage["total_tokens"].as_i64().unwrap();
-    // The timeout was seen, and the store came back.
     let metrics_url = format!("http://{}/metrics", h.gateway.admin_addr);
+    let samples = || async { parse_metrics(&h.client.call(Method::GET, &metrics_url, &[], "").await.text()) };
+    let mut timed_out = false;
+    for _ in 0..500 {
+        if metric(&samples().await, "tollgate_quota_store_errors_total", &[("op", "reconcile")]) >= 1.0 {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(timed_out, "the reconciliation's answer came too late");
+    // Redis answers in time again: the probe brings the store back and the batch is sent again.
+    slow.store(false, Ordering::SeqCst);
     let mut recovered = false;
     for _ in 0..500 {
-        let samples = parse_metrics(&h.client.call(Method::GET, &metrics_url, &[], "").await.text());
-        let timed_out = metric(&samples, "tollgate_quota_store_errors_total", &[("op", "reconcile")]) >= 1.0;
-        if timed_out && metric(&samples, "tollgate_quota_store_recoveries_total", &[]) >= 1.0 {
+        if metric(&samples().await, "tollgate_quota_store_recoveries_total", &[]) >= 1.0 {
             recovered = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(recovered, "the reconciliation timed out and the store recovered");
-    // Until the pause is over, what was sent again waits too; then everything is sent.
-    while redis_time_ms(&redis) < before_ms + 1600 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(recovered, "the store recovered");
     h.gateway.gateway.quota_store().flush().await;
     let key = format!("test{}:{DEPLOYMENT}", redis.port);
     let reply = redis.command(&format!("HMGET {key} t at")).unwrap();
     let fields: Vec<i64> = reply.lines().filter_map(|l| l.parse().ok()).collect();
     let (level, at) = (fields[0], fields[1]);
-    let floor = (TPM - used) * U;
+    let floor = (TPM - warm_used - used) * U;
     let refill_bound = (at - before_ms) * TPM;
     assert!(
         level >= floor && level <= floor + refill_bound,
-        "tokens level {level} (units of 1/{U}): by hand {floor} plus at most {refill_bound} of refill; a second application would be {} lower",
-        (used - 1 - 10) * U
+        "tokens level {level} (units of 1/{U}): by hand {floor} plus at most {refill_bound} of refill (a second charge would take {} more)",
+        (used - 11) * U
     );
 }
