@@ -45,11 +45,14 @@ pub enum StoreSetupError {
     Url(String),
 }
 
+/// Token differences per deployment name, with the limits to refill by.
+type Sums = HashMap<String, (Limits, i64)>;
+
 /// Settled differences not yet sent, summed per deployment: memory is bounded by the number of
 /// deployments however long Redis is away (no queue of individual settlements).
 #[derive(Default)]
 struct Pending {
-    sums: HashMap<String, (Limits, i64)>,
+    sums: Sums,
     /// `flush()` callers waiting for what was pending when they asked to be sent.
     waiting: Vec<oneshot::Sender<()>>,
 }
@@ -235,7 +238,7 @@ impl RedisStore {
     }
 
     /// What is pending, taken for a new batch, and who waits for it.
-    fn take_pending(&self) -> (HashMap<String, (Limits, i64)>, Vec<oneshot::Sender<()>>) {
+    fn take_pending(&self) -> (Sums, Vec<oneshot::Sender<()>>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         (std::mem::take(&mut pending.sums), std::mem::take(&mut pending.waiting))
     }
@@ -332,7 +335,7 @@ impl RedisStore {
     /// those are sent again. Returns false (keep the batch, and send it again with the same
     /// number) when Redis could not be reached or did not answer in time; Redis may have run it
     /// anyway, and then the script sees the number it recorded and does not apply it twice.
-    async fn send(&self, seq: u64, batch: &HashMap<String, (Limits, i64)>) -> bool {
+    async fn send(&self, seq: u64, batch: &Sums) -> bool {
         let Some(connection) = self.connection.load_full() else { return false };
         let mut connection = ConnectionManager::clone(&connection);
         let mut todo: Vec<(&String, &(Limits, i64))> = batch.iter().collect();
@@ -421,7 +424,7 @@ async fn probe(store: Weak<RedisStore>) {
 /// differences settled meanwhile wait in `pending` for the next number.
 async fn reconciler(store: Weak<RedisStore>, wake: Arc<tokio::sync::Notify>) {
     let mut seq: u64 = 0;
-    let mut in_flight: Option<(u64, HashMap<String, (Limits, i64)>)> = None;
+    let mut in_flight: Option<(u64, Sums)> = None;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         {
