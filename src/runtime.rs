@@ -51,11 +51,18 @@ pub struct StartOptions {
     /// The gateway and admin listen addresses the file declares, when the command line overrode
     /// them (a reload reports a change of the file's addresses, not the override).
     pub file_listen: Option<(SocketAddr, SocketAddr)>,
+    /// How the admin state is written (the file when `None`; tests inject a slow writer).
+    pub state_writer: Option<Arc<dyn crate::control::StateWriter>>,
 }
 
 impl Default for StartOptions {
     fn default() -> Self {
-        StartOptions { clock: Arc::new(MonotonicClock::new()), config_path: None, file_listen: None }
+        StartOptions {
+            clock: Arc::new(MonotonicClock::new()),
+            config_path: None,
+            file_listen: None,
+            state_writer: None,
+        }
     }
 }
 
@@ -121,17 +128,19 @@ impl RunningGateway {
             ),
         };
         let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{gateway_addr}"));
-        let control = Arc::new(
-            ControlPlane::open(
-                config.clone(),
-                options.config_path.clone(),
-                options.file_listen,
-                options.clock,
-                public_url,
-                tls.as_ref().map(|t| Arc::clone(&t.0)),
-            )
-            .map_err(StartError::Control)?,
-        );
+        let mut control = ControlPlane::open(
+            config.clone(),
+            options.config_path.clone(),
+            options.file_listen,
+            options.clock,
+            public_url,
+            tls.as_ref().map(|t| Arc::clone(&t.0)),
+        )
+        .map_err(StartError::Control)?;
+        if let Some(writer) = options.state_writer {
+            control = control.with_state_writer(writer);
+        }
+        let control = Arc::new(control);
         let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
         let gateway = Arc::new(Gateway::new(config, control.live(), recorder, Arc::clone(&metrics), quota));
         let ready = Arc::new(AtomicBool::new(true));

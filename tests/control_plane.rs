@@ -757,3 +757,88 @@ async fn put_on_an_existing_deployment_needs_the_permission_to_change_limits_whe
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
 }
+
+/// A state writer that blocks until released (a disk that does not answer), then writes.
+struct StuckDisk {
+    released: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+    entered: AtomicBool,
+}
+
+impl tollgate::control::StateWriter for StuckDisk {
+    fn save(&self, state: &tollgate::control::state::ControlState, path: &std::path::Path) -> std::io::Result<()> {
+        self.entered.store(true, Ordering::SeqCst);
+        let mut released = self.released.lock().unwrap();
+        while !*released {
+            released = self.wake.wait(released).unwrap();
+        }
+        state.save(path)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_reads_and_the_data_plane_proceed_while_a_write_is_stuck_on_the_disk() {
+    let disk = Arc::new(StuckDisk {
+        released: std::sync::Mutex::new(false),
+        wake: std::sync::Condvar::new(),
+        entered: AtomicBool::new(false),
+    });
+    let h = Harness::with(Setup { tables: tables(), state_writer: Some(disk.clone()), ..Default::default() }).await;
+    let release = {
+        let disk = Arc::clone(&disk);
+        move || {
+            *disk.released.lock().unwrap() = true;
+            disk.wake.notify_all();
+        }
+    };
+    // Should the gateway be stuck, the test still ends: the disk gives way after 30 s, and the
+    // checks below then see that they only passed after it did.
+    let safety = {
+        let release = release.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(30));
+            release();
+        })
+    };
+    let admin = format!("http://{}", h.gateway.admin_addr);
+    let owner = format!("Bearer {}", token("owner"));
+    let write = {
+        let (client, url, owner) =
+            (h.client.clone(), format!("{admin}/projects/team-a/deployments/phi"), owner.clone());
+        tokio::spawn(async move {
+            client.call(Method::PUT, &url, &[("authorization", &owner)], &json!({"modelId": PHI}).to_string()).await
+        })
+    };
+    while !disk.entered.load(Ordering::SeqCst) {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Two more writes queue behind it (on the blocking pool, not on the runtime's workers).
+    let more: Vec<_> = (0..2)
+        .map(|i| {
+            let (client, url, owner) =
+                (h.client.clone(), format!("{admin}/projects/team-a/subscriptions/s{i}"), owner.clone());
+            tokio::spawn(async move {
+                client
+                    .call(Method::PUT, &url, &[("authorization", &owner)], &json!({"modelId": LLAMA_8B}).to_string())
+                    .await
+            })
+        })
+        .collect();
+    for _ in 0..5 {
+        assert_eq!(h.api(Method::GET, "/models", Some(token("reader")), None).await.status, StatusCode::OK);
+        assert_eq!(
+            h.api(Method::GET, "/projects/team-a/deployments", Some(token("reader")), None).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(h.chat(DEPLOYMENT, PRIMARY_KEY).await, StatusCode::OK);
+        assert!(h.admin("/usage").await[DEPLOYMENT]["requests"].as_u64().is_some());
+    }
+    assert!(!*disk.released.lock().unwrap(), "all of that was served while the write was stuck");
+    assert!(!write.is_finished(), "the write waits for its disk");
+    release();
+    assert_eq!(write.await.unwrap().status, StatusCode::CREATED);
+    for task in more {
+        assert_eq!(task.await.unwrap().status, StatusCode::CREATED);
+    }
+    drop(safety);
+}

@@ -182,6 +182,18 @@ pub(crate) fn authorize(
     Ok(token)
 }
 
+/// Runs a change of the control plane (building the table, fsyncing the state file) on the
+/// blocking pool, so that a slow disk stalls no runtime worker.
+async fn blocking<T: Send + 'static>(
+    control: &Arc<ControlPlane>,
+    change: impl FnOnce(&ControlPlane) -> Result<T, AdminError> + Send + 'static,
+) -> Result<T, AdminError> {
+    let control = Arc::clone(control);
+    tokio::task::spawn_blocking(move || change(&control))
+        .await
+        .map_err(|e| AdminError::internal(format!("the change was not made: {e}")))?
+}
+
 /// Whether the token's role may do `action`: 403 naming the role and the action when not.
 fn permit(token: &AdminToken, action: Action) -> Result<(), AdminError> {
     if token.role.allows(action) {
@@ -232,11 +244,13 @@ async fn serve(
             ok(control.subscription_json(&project, &name)?)
         }
         (Route::Subscription { project, name }, Action::Subscribe) => {
-            let (created, value) = control.subscribe(&project, &name, json_body(body).await?)?;
+            let body = json_body(body).await?;
+            let (created, value) = blocking(control, move |c| c.subscribe(&project, &name, body)).await?;
             Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, value))
         }
         (Route::Subscription { project, name }, _) => {
-            control.unsubscribe(&project, &name)?;
+            let (p, n) = (project.clone(), name.clone());
+            blocking(control, move |c| c.unsubscribe(&p, &n)).await?;
             ok(json!({"deleted": format!("/projects/{project}/subscriptions/{name}")}))
         }
         (Route::Deployments { project }, _) => ok(control.deployments_json(&project)),
@@ -256,19 +270,24 @@ async fn serve(
                     ),
                 )
             });
-            let (created, value) = control.deploy(&project, &name, json_body(body).await?, may_change_limits)?;
+            let body = json_body(body).await?;
+            let (created, value) =
+                blocking(control, move |c| c.deploy(&project, &name, body, may_change_limits)).await?;
             Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, value))
         }
         (Route::Deployment { project, name }, Action::UpdateDeployment) => {
-            ok(control.patch_limits(&project, &name, json_body(body).await?)?)
+            let body = json_body(body).await?;
+            ok(blocking(control, move |c| c.patch_limits(&project, &name, body)).await?)
         }
         (Route::Deployment { project, name }, _) => {
-            control.delete_deployment(&project, &name)?;
+            let (p, n) = (project.clone(), name.clone());
+            blocking(control, move |c| c.delete_deployment(&p, &n)).await?;
             ok(json!({"deleted": format!("/projects/{project}/deployments/{name}")}))
         }
         (Route::DeploymentOp { project, name, .. }, Action::ListKeys) => ok(control.list_keys(&project, &name)?),
         (Route::DeploymentOp { project, name, .. }, Action::RegenerateKeys) => {
-            ok(control.regenerate_keys(&project, &name, json_body(body).await?)?)
+            let body = json_body(body).await?;
+            ok(blocking(control, move |c| c.regenerate_keys(&project, &name, body)).await?)
         }
         (Route::DeploymentOp { project, name, .. }, _) => {
             control.deployment_in(&project, &name)?;
@@ -276,10 +295,12 @@ async fn serve(
         }
         (Route::Tokens, _) => ok(control.tokens_json()),
         (Route::Token { name }, _) if method == Method::PUT => {
-            Ok((StatusCode::CREATED, control.put_token(&name, json_body(body).await?)?))
+            let body = json_body(body).await?;
+            Ok((StatusCode::CREATED, blocking(control, move |c| c.put_token(&name, body)).await?))
         }
         (Route::Token { name }, _) => {
-            control.delete_token(&name)?;
+            let n = name.clone();
+            blocking(control, move |c| c.delete_token(&n)).await?;
             ok(json!({"deleted": format!("/tokens/{name}")}))
         }
         (Route::Reload, _) => {

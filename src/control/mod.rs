@@ -58,9 +58,15 @@ impl AdminError {
     }
 }
 
-struct Inner {
+/// The configuration and admin state as last applied: read without a lock (admin reads and
+/// token checks never wait for a change in progress).
+struct Snapshot {
     config: Config,
     state: ControlState,
+}
+
+/// What only changes touch, under the one lock that puts changes in order.
+struct Writer {
     /// Deployments that left the table lately (see [`reload::RETIRED_FOR`]).
     retired: Retired,
     /// The listen addresses (gateway, admin) the file declared at start, before any command-line
@@ -68,9 +74,31 @@ struct Inner {
     file_listen: (std::net::SocketAddr, std::net::SocketAddr),
 }
 
+/// Writes the admin state durably. The file (temp, fsync, rename, fsync dir) in production;
+/// tests inject a slow one to show that nothing else waits for it.
+pub trait StateWriter: Send + Sync {
+    fn save(&self, state: &ControlState, path: &std::path::Path) -> std::io::Result<()>;
+}
+
+/// [`ControlState::save`].
+pub struct FileStateWriter;
+
+impl StateWriter for FileStateWriter {
+    fn save(&self, state: &ControlState, path: &std::path::Path) -> std::io::Result<()> {
+        state.save(path)
+    }
+}
+
 /// Owns the desired state and publishes the live deployment table.
+///
+/// Changes (admin writes, reloads) are blocking work (building the table, fsyncing the state
+/// file): callers on the async runtime run them with `spawn_blocking`. They take the writer lock,
+/// compute and persist the next state, and then publish it with two `ArcSwap` stores; reads
+/// (admin GETs, token checks, the data plane) only load snapshots.
 pub struct ControlPlane {
-    inner: Mutex<Inner>,
+    writer: Mutex<Writer>,
+    snapshot: ArcSwap<Snapshot>,
+    state_writer: Arc<dyn StateWriter>,
     live: Arc<ArcSwap<DeploymentTable>>,
     secret: KeySecret,
     clock: Arc<dyn Clock>,
@@ -103,12 +131,12 @@ impl ControlPlane {
         };
         let table = build::build_table(&config, &state, &secret, &DeploymentTable::default(), &clock)?;
         Ok(ControlPlane {
-            inner: Mutex::new(Inner {
+            writer: Mutex::new(Writer {
                 file_listen: file_listen.unwrap_or((config.server.listen, config.admin.listen)),
-                config,
-                state,
                 retired: Retired::default(),
             }),
+            snapshot: ArcSwap::from_pointee(Snapshot { config, state }),
+            state_writer: Arc::new(FileStateWriter),
             live: Arc::new(ArcSwap::from_pointee(table)),
             secret,
             clock,
@@ -124,8 +152,14 @@ impl ControlPlane {
         Arc::clone(&self.live)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Writes the admin state with `writer` instead of the file's atomic write (tests).
+    pub fn with_state_writer(mut self, writer: Arc<dyn StateWriter>) -> ControlPlane {
+        self.state_writer = writer;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies a change: on a copy, validated by building the table, persisted, then swapped in.
@@ -133,29 +167,30 @@ impl ControlPlane {
         &self,
         apply: impl FnOnce(&Config, &mut ControlState) -> Result<T, AdminError>,
     ) -> Result<T, AdminError> {
-        let mut inner = self.lock();
-        let mut next = inner.state.clone();
-        let result = apply(&inner.config, &mut next)?;
+        let mut writer = self.lock();
+        let current = self.snapshot.load_full();
+        let mut next = current.state.clone();
+        let result = apply(&current.config, &mut next)?;
         let now = std::time::Instant::now();
         let before = self.live.load_full();
-        let previous = inner.retired.with_live(&before, now);
-        let table = build::build_table(&inner.config, &next, &self.secret, &previous, &self.clock)
+        let previous = writer.retired.with_live(&before, now);
+        let table = build::build_table(&current.config, &next, &self.secret, &previous, &self.clock)
             .map_err(AdminError::conflict)?;
         if let Some(path) = &self.state_path {
-            next.save(path).map_err(|e| {
+            self.state_writer.save(&next, path).map_err(|e| {
                 AdminError::internal(format!("cannot save {}: {e}; nothing was changed", path.display()))
             })?;
         }
-        inner.state = next;
-        inner.retired.update(&before, &table, now);
+        writer.retired.update(&before, &table, now);
+        self.snapshot.store(Arc::new(Snapshot { config: current.config.clone(), state: next }));
         self.live.store(Arc::new(table));
         Ok(result)
     }
 
     /// Reads the current configuration and state (for the read-only endpoints).
     fn read<T>(&self, look: impl FnOnce(&Config, &ControlState) -> T) -> T {
-        let inner = self.lock();
-        look(&inner.config, &inner.state)
+        let snapshot = self.snapshot.load();
+        look(&snapshot.config, &snapshot.state)
     }
 
     /// Re-reads the configuration file. An invalid file changes nothing and says why; so does one
@@ -166,18 +201,19 @@ impl ControlPlane {
             return Err("no configuration file to reload (the embedded demo runs without one)".into());
         };
         let mut config = Config::load(path).map_err(|e| e.to_string())?;
-        let mut inner = self.lock();
+        let mut writer = self.lock();
+        let current = self.snapshot.load_full();
         let now = std::time::Instant::now();
         let before = self.live.load_full();
-        let previous = inner.retired.with_live(&before, now);
-        let table = build::build_table(&config, &inner.state, &self.secret, &previous, &self.clock)?;
+        let previous = writer.retired.with_live(&before, now);
+        let table = build::build_table(&config, &current.state, &self.secret, &previous, &self.clock)?;
         if !force {
-            reload::refuse_emptying(&inner.config, &config, before.len(), table.len())?;
+            reload::refuse_emptying(&current.config, &config, before.len(), table.len())?;
         }
-        let restart_needed = reload::keep_start_settings(&inner.config, inner.file_listen, &mut config);
+        let restart_needed = reload::keep_start_settings(&current.config, writer.file_listen, &mut config);
         let deployments = table.len();
-        inner.config = config;
-        inner.retired.update(&before, &table, now);
+        writer.retired.update(&before, &table, now);
+        self.snapshot.store(Arc::new(Snapshot { config, state: current.state.clone() }));
         self.live.store(Arc::new(table));
         if let Some(tls) = &self.tls {
             tls.reload().map_err(|e| format!("the configuration was reloaded, but not the TLS certificate: {e}"))?;

@@ -108,6 +108,8 @@ pub struct Setup {
     pub tables: String,
     /// Lines for a `[limits]` table (none when empty).
     pub limits: String,
+    /// How the admin state is written (the file when `None`).
+    pub state_writer: Option<Arc<dyn tollgate::control::StateWriter>>,
 }
 
 impl Harness {
@@ -171,8 +173,12 @@ keys = ["{other}"]
             Some(clock) => clock,
             None => Arc::new(tollgate::quota::clock::MonotonicClock::new()),
         };
-        let options =
-            tollgate::runtime::StartOptions { clock, config_path: Some(config_path.clone()), file_listen: None };
+        let options = tollgate::runtime::StartOptions {
+            clock,
+            config_path: Some(config_path.clone()),
+            file_listen: None,
+            state_writer: setup.state_writer.clone(),
+        };
         let gateway = RunningGateway::start_with(&config, options).await.unwrap();
         Harness { gateway, mock, client: Client::new(), config_path, dir }
     }
