@@ -106,7 +106,7 @@ fn estimation(c: &mut Criterion) {
             b.iter(|| estimate(ApiRoute::ChatCompletions, black_box(&body), Tokenizer::Chars).unwrap().prompt_tokens)
         });
         group.bench_function(format!("validation only (model/stream), {} KB", size / 1024), |b| {
-            b.iter(|| BodyFields::parse(black_box(&body)).unwrap().stream)
+            b.iter(|| BodyFields::parse(black_box(&body)).unwrap().model.is_some())
         });
     }
     group.finish();

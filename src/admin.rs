@@ -78,7 +78,14 @@ impl Admin {
                 "ShuttingDown",
                 "this gateway is shutting down: route new traffic elsewhere",
             ),
-            "/usage" => json(self.usage(&visible)),
+            "/usage" => match self.usage(&visible) {
+                Ok(body) => json(body),
+                Err(error) => error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    &format!("the usage totals could not be written as JSON: {error}"),
+                ),
+            },
             "/metrics" => {
                 let table = self.gateway.deployments();
                 let states = self.quota_states(&table).await;
@@ -94,11 +101,11 @@ impl Admin {
     }
 
     /// Each deployment's usage totals since start.
-    fn usage(&self, visible: &(dyn Fn(&Deployment) -> bool + Sync)) -> String {
+    fn usage(&self, visible: &(dyn Fn(&Deployment) -> bool + Sync)) -> Result<String, serde_json::Error> {
         let table = self.gateway.deployments();
         let totals: std::collections::BTreeMap<&str, _> =
             table.iter().filter(|d| visible(d)).map(|d| (d.name.as_str(), d.usage.read())).collect();
-        serde_json::to_string(&totals).unwrap_or_default()
+        serde_json::to_string(&totals)
     }
 
     /// Each deployment's buckets now (from the shared store with `store = "redis"`; `None` for a

@@ -89,11 +89,6 @@ impl RunningGateway {
         RunningGateway::start_with(config, StartOptions::default()).await
     }
 
-    /// As [`start`](Self::start), with the quota buckets on `clock` (tests move a manual clock).
-    pub async fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<RunningGateway, StartError> {
-        RunningGateway::start_with(config, StartOptions { clock, ..StartOptions::default() }).await
-    }
-
     pub async fn start_with(config: &Config, options: StartOptions) -> Result<RunningGateway, StartError> {
         let data = bind(config.server.listen, "gateway").await?;
         let admin = bind(config.admin.listen, "admin").await?;

@@ -135,8 +135,6 @@ pub fn drain_after_refusal(version: http::Version, mut body: Incoming, limit: us
 pub struct BodyFields<'a> {
     #[serde(borrow, default)]
     pub model: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub stream: Option<bool>,
 }
 
 impl<'a> BodyFields<'a> {
@@ -157,10 +155,8 @@ mod tests {
         let f =
             BodyFields::parse(br#"{"messages":[{"role":"user","content":"x"}],"model":"dep","stream":true}"#).unwrap();
         assert_eq!(f.model.as_deref(), Some("dep"));
-        assert_eq!(f.stream, Some(true));
         let f = BodyFields::parse(br#"{"model":"d\u0065p","stream":null}"#).unwrap();
         assert_eq!(f.model.as_deref(), Some("dep"));
-        assert_eq!(f.stream, None);
     }
 
     #[test]

@@ -125,9 +125,10 @@ impl Gateway {
         &self.quota
     }
 
-    /// The current deployment table.
-    pub fn deployments(&self) -> arc_swap::Guard<Arc<DeploymentTable>> {
-        self.deployments.load()
+    /// The current deployment table, owned (callers may hold it across awaits: the admin
+    /// listener reads the shared store for each deployment).
+    pub fn deployments(&self) -> Arc<DeploymentTable> {
+        self.deployments.load_full()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -224,48 +225,57 @@ impl Gateway {
         trace.route = Some(route);
 
         // Stage 2: the deployment, from the URL or headers when they name it, else from the key
-        // (and the body's `model`, read only once the key is known to be some deployment's).
-        let table = self.deployments.load();
+        // (and the body's `model`, read only once the key is known to be some deployment's). The
+        // table guard is dropped before any await.
         let mut body: Option<Bytes> = None;
         let mut digest = None;
-        let named = match routed.addressing {
-            Addressing::Path(name) => Some(lookup(&table, name)?),
-            Addressing::Root => match host_of(&parts).and_then(route::host_label) {
-                Some(label) => table.get(label).cloned(),
-                None => None,
-            },
-            Addressing::Unified => None,
+        let found = {
+            let table = self.deployments.load();
+            let named = match routed.addressing {
+                Addressing::Path(name) => Some(lookup(&table, name)?),
+                Addressing::Root => match host_of(&parts).and_then(route::host_label) {
+                    Some(label) => table.get(label).cloned(),
+                    None => None,
+                },
+                Addressing::Unified => None,
+            };
+            match named {
+                Some(d) => Found::Named(d),
+                None => match parts.headers.get("azureml-model-deployment") {
+                    Some(value) => Found::Named(lookup(&table, value.to_str().unwrap_or(""))?),
+                    None => {
+                        digest = auth::presented_digest(&parts.headers);
+                        match digest.as_ref().map_or(&[][..], |d| table.for_key(d)) {
+                            // Nothing names a deployment and the key is nobody's: refused before
+                            // a byte of the body is read (no unauthenticated buffering).
+                            [] => return Err(self.unnamed_refusal(&parts)),
+                            [only] => Found::ByKey(Some(Arc::clone(only))),
+                            _ => Found::ByKey(None),
+                        }
+                    }
+                },
+            }
         };
-        let deployment = match named {
-            Some(d) => d,
-            None => match parts.headers.get("azureml-model-deployment") {
-                Some(value) => lookup(&table, value.to_str().unwrap_or(""))?,
-                None => {
-                    let presented = auth::presented_digest(&parts.headers);
-                    digest = presented;
-                    let owners = presented.as_ref().map_or(&[][..], |d| table.for_key(d));
-                    if owners.is_empty() {
-                        // Nothing names a deployment and the key is nobody's: refused before a
-                        // byte of the body is read (no unauthenticated buffering).
-                        return Err(self.unnamed_refusal(&parts));
-                    }
-                    let fields_model = if route.has_json_body() {
-                        let bytes = self.read_body(&parts, &mut trace.unread).await?;
-                        let model = BodyFields::parse(&bytes)?.model.map(|m| lookup(&table, &m)).transpose()?;
-                        body = Some(bytes);
-                        model
-                    } else {
-                        None
-                    };
-                    match (fields_model, owners) {
-                        (Some(found), _) => found,
-                        (None, [only]) => Arc::clone(only),
-                        (None, _) => return Err(ApiError::DeploymentMissing),
-                    }
+        let deployment = match found {
+            Found::Named(deployment) => deployment,
+            // Found by the key: the body's `model` decides when given, else the key's only one.
+            Found::ByKey(only) => {
+                let model = if route.has_json_body() {
+                    let bytes = self.read_body(&parts, &mut trace.unread).await?;
+                    let model =
+                        BodyFields::parse(&bytes)?.model.map(|m| lookup(&self.deployments.load(), &m)).transpose()?;
+                    body = Some(bytes);
+                    model
+                } else {
+                    None
+                };
+                match (model, only) {
+                    (Some(found), _) => found,
+                    (None, Some(only)) => only,
+                    (None, None) => return Err(ApiError::DeploymentMissing),
                 }
-            },
+            }
         };
-        drop(table);
         trace.deployment = Some(Arc::clone(&deployment));
 
         // Stage 3: authenticate before reading a body we have not read yet.
@@ -452,6 +462,14 @@ impl Gateway {
         *incoming = None;
         Ok(bytes)
     }
+}
+
+/// How stage 2 found the deployment before any body is read.
+enum Found {
+    /// Named by the URL, the host or the header.
+    Named(Arc<Deployment>),
+    /// Named by nothing; the key is some deployment's: this one when it is exactly one's.
+    ByKey(Option<Arc<Deployment>>),
 }
 
 /// The `kind` label of `tollgate_backend_errors_total` for a failed forward.

@@ -22,9 +22,15 @@ impl RequestId {
             *byte = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
             nibble += 1;
         }
-        RequestId(
-            HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("00000000-0000-4000-8000-000000000000")),
-        )
+        // Hex digits and dashes are always a valid header value; should that ever not hold, say
+        // so rather than hand out one fixed id for every request.
+        match HeaderValue::from_bytes(&text) {
+            Ok(value) => RequestId(value),
+            Err(error) => {
+                tracing::error!(%error, "a request id could not be made into a header value");
+                RequestId(HeaderValue::from_static("request-id-unavailable"))
+            }
+        }
     }
 
     pub fn header(&self) -> &HeaderValue {

@@ -13,7 +13,6 @@ pub struct SseScanner {
     partial: Vec<u8>,
     usage: Option<Usage>,
     completion: String,
-    events: u64,
     done: bool,
     overflowed: bool,
 }
@@ -66,7 +65,6 @@ impl SseScanner {
             self.done = true;
             return;
         }
-        self.events += 1;
         if let Some(answer) = Answer::parse(data) {
             if let Some(usage) = answer.usage() {
                 self.usage = Some(usage);
@@ -89,10 +87,6 @@ impl SseScanner {
     pub fn done(&self) -> bool {
         self.done
     }
-
-    pub fn events(&self) -> u64 {
-        self.events
-    }
 }
 
 #[cfg(test)]
@@ -114,7 +108,6 @@ mod tests {
         assert_eq!(s.usage(), Some(Usage { prompt_tokens: 9, completion_tokens: 2, total_tokens: 11 }));
         assert_eq!(s.completion(), "Hello world");
         assert!(s.done());
-        assert_eq!(s.events(), 4);
     }
 
     proptest! {

@@ -37,9 +37,12 @@ pub struct DeploymentTotals {
 
 impl UsageCounters {
     pub fn read(&self) -> DeploymentTotals {
+        // Requests first, with Acquire (paired with the Release increment in `add`): the tokens
+        // of every request counted here are in the sums read after it.
+        let requests = self.requests.load(Ordering::Acquire);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         DeploymentTotals {
-            requests: get(&self.requests),
+            requests,
             prompt_tokens: get(&self.prompt_tokens),
             completion_tokens: get(&self.completion_tokens),
             total_tokens: get(&self.total_tokens),
