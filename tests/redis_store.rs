@@ -522,3 +522,71 @@ async fn a_reconciliation_that_timed_out_but_ran_is_not_applied_twice() {
         (used - 11) * U
     );
 }
+
+/// `retry-after-ms` from the shared buckets is exact: with the bucket's time set in the future
+/// (Redis refills nothing), the wait is the deficit over the rate, to the millisecond.
+#[tokio::test]
+async fn retry_after_from_the_shared_buckets_is_exact() {
+    let Some(redis) = RedisServer::start("retry_after_from_the_shared_buckets_is_exact") else { return };
+    let h = Harness::with(Setup {
+        deployment: "requests_per_minute = 6\ntokens_per_minute = 6000".into(),
+        limits: limits(&redis, ""),
+        ..Setup::default()
+    })
+    .await;
+    const U: i64 = 60_000;
+    let key = format!("test{}:{DEPLOYMENT}", redis.port);
+    let url = h.deployment_url("/chat/completions");
+    // No request left: one comes back in 60 s / 6 = 10 s.
+    redis.command(&format!("HSET {key} r 0 t {} at 99999999999999", 6000 * U)).unwrap();
+    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert_rate_limited(&reply, "x-ratelimit-limit-requests", 6, "x-ratelimit-remaining-requests", 1);
+    assert_eq!(reply.number("retry-after-ms"), 10_000);
+    assert_eq!(reply.number("retry-after"), 10);
+    // Requests left, 5 tokens: a reservation of R waits (R - 5) tokens at 100 tokens a second.
+    redis.command(&format!("HSET {key} r {} t {} at 99999999999999", 6 * U, 5 * U)).unwrap();
+    let body = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#;
+    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], body).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    let reserved = 100
+        + tollgate::estimate::estimate(
+            tollgate::gateway::route::ApiRoute::ChatCompletions,
+            body.as_bytes(),
+            tollgate::estimate::Tokenizer::Bpe,
+        )
+        .unwrap()
+        .prompt_tokens;
+    assert_eq!(reply.number("retry-after-ms"), (reserved - 5) * 10, "{} tokens at 100/s", reserved - 5);
+}
+
+/// The `local` fallback's `retry-after-ms` is exact too (its own bucket, on the injected clock),
+/// and a reservation larger than the replica's share waits for the next probe of Redis.
+#[tokio::test]
+async fn retry_after_from_the_local_fallback_is_exact() {
+    let Some(mut redis) = RedisServer::start("retry_after_from_the_local_fallback_is_exact") else { return };
+    let clock = Arc::new(tollgate::quota::clock::ManualClock::new(0));
+    let h = Harness::with(Setup {
+        deployment: "requests_per_minute = 8\ntokens_per_minute = 4000".into(),
+        limits: limits(&redis, "on_store_error = \"local\"\nreplicas = 4\nstore_timeout_ms = 200"),
+        clock: Some(clock),
+        ..Setup::default()
+    })
+    .await;
+    let url = h.deployment_url("/chat/completions");
+    redis.kill();
+    // The share is 8 / 4 = 2 requests a minute: two are admitted, the third waits 30 s exactly.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(h.client.post(&url, &[("api-key", PRIMARY_KEY)], r#"{"messages":[],"max_tokens":10}"#).await);
+    }
+    assert_eq!(statuses[0].status, StatusCode::OK, "{}", statuses[0].text());
+    assert_eq!(statuses[1].status, StatusCode::OK);
+    assert_eq!(statuses[2].status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(statuses[2].number("retry-after-ms"), 30_000);
+    // 4000 / 4 = 1000 tokens for this replica: 2000 can never fit in the share, only in the
+    // shared buckets, which are asked again at the next probe (250 ms).
+    let big = r#"{"messages":[],"max_tokens":2000}"#;
+    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], big).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.number("retry-after-ms"), 250);
+}

@@ -18,8 +18,9 @@ use crate::config::OnStoreError;
 use crate::deployment::Deployment;
 
 /// How long a `local` fallback refusal for a reservation larger than the replica's share asks
-/// the client to wait: the share is temporary, the store is probed every few hundred ms.
-const LOCAL_SHARE_RETRY_NS: u64 = 1_000_000_000;
+/// the client to wait: the share can never hold it, so the earliest it can be admitted is when
+/// the shared buckets answer again, and the store is probed this often.
+const LOCAL_SHARE_RETRY_NS: u64 = self::redis::PROBE_INTERVAL.as_nanos() as u64;
 
 /// The quota store the gateway admits against.
 #[derive(Clone)]
