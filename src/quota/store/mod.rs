@@ -73,7 +73,7 @@ impl QuotaStore {
             match store.admit(&deployment.name, limits, tokens).await {
                 Ok(Ok(state)) => return Ok((Some(state), Hold::Shared(Arc::clone(store)))),
                 Ok(Err(denial)) => return Err(Refusal::Denied(denial)),
-                Err(()) => {} // counted and logged by the store: fall back below
+                Err(redis::StoreUnreachable { .. }) => {} // counted and logged by the store: fall back below
             }
         }
         let mode = store.on_error();

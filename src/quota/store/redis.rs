@@ -45,6 +45,14 @@ pub enum StoreSetupError {
     Url(String),
 }
 
+/// The shared store did not answer (an error, or no answer within `store_timeout_ms`): already
+/// counted in the metrics, logged once and the store marked down; the caller falls back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the quota store did not answer {op}")]
+pub struct StoreUnreachable {
+    pub op: &'static str,
+}
+
 /// Token differences per deployment name, with the limits to refill by.
 type Sums = HashMap<String, (Limits, i64)>;
 
@@ -154,8 +162,14 @@ impl RedisStore {
     }
 
     /// Admission in one round trip: `Ok(Ok(state))` admitted, `Ok(Err(denial))` refused by the
-    /// shared buckets, `Err(())` the store failed (already counted, logged and marked down).
-    pub async fn admit(&self, deployment: &str, limits: Limits, tokens: u64) -> Result<Result<QuotaState, Denial>, ()> {
+    /// shared buckets, `Err(StoreUnreachable)` the store failed (already counted, logged and
+    /// marked down).
+    pub async fn admit(
+        &self,
+        deployment: &str,
+        limits: Limits,
+        tokens: u64,
+    ) -> Result<Result<QuotaState, Denial>, StoreUnreachable> {
         let (admitted, buckets) = self.call_admit(deployment, limits, tokens, true, "admit").await?;
         if admitted { Ok(Ok(buckets.state())) } else { Ok(Err(buckets.denial(tokens))) }
     }
@@ -175,10 +189,10 @@ impl RedisStore {
         tokens: u64,
         take: bool,
         op: &'static str,
-    ) -> Result<(bool, Buckets), ()> {
+    ) -> Result<(bool, Buckets), StoreUnreachable> {
         let Some(connection) = self.connection.load_full() else {
             self.failed(op, "not connected");
-            return Err(());
+            return Err(StoreUnreachable { op });
         };
         let mut connection = ConnectionManager::clone(&connection);
         let mut invocation = self.admit_script.key(self.key(deployment));
@@ -202,11 +216,11 @@ impl RedisStore {
             }
             Ok(Err(error)) => {
                 self.failed(op, &error.to_string());
-                Err(())
+                Err(StoreUnreachable { op })
             }
             Err(_) => {
                 self.failed(op, "timed out");
-                Err(())
+                Err(StoreUnreachable { op })
             }
         }
     }
