@@ -35,6 +35,11 @@ fn head(extra: &str) -> String {
     )
 }
 
+/// How long a test waits for the gateway to act on a 300 ms setting: far longer than the
+/// setting (no timing is measured), and well below hyper's own 30 s default, so a setting the
+/// gateway ignored would fail the test rather than pass on hyper's default.
+const WELL_BEFORE_HYPERS_DEFAULT: Duration = Duration::from_secs(10);
+
 fn limits(server: &str) -> Setup {
     Setup { server: server.into(), ..Default::default() }
 }
@@ -45,7 +50,7 @@ async fn slowloris_headers_are_cut_off() {
     let mut stream = TcpStream::connect(h.addr()).await.unwrap();
     stream.write_all(b"POST /chat/completions HTTP/1.1\r\nhost: x\r\n").await.unwrap();
     let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf)).await;
+    let closed = tokio::time::timeout(WELL_BEFORE_HYPERS_DEFAULT, stream.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "the connection was not closed");
     still_serves(&h).await;
 }
@@ -55,7 +60,7 @@ async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout
     let h = Harness::with(limits("header_read_timeout_ms = 300")).await;
     let mut stream = TcpStream::connect(h.addr()).await.unwrap();
     let mut buf = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut buf)).await;
+    let closed = tokio::time::timeout(WELL_BEFORE_HYPERS_DEFAULT, stream.read_to_end(&mut buf)).await;
     assert!(closed.is_ok(), "a silent connection was kept open past the header read timeout");
     still_serves(&h).await;
 }
@@ -240,7 +245,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_timeout() {
     stream.write_all(request.as_bytes()).await.unwrap();
     // The response comes, then the idle connection is closed by the gateway.
     let mut answer = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+    let closed = tokio::time::timeout(WELL_BEFORE_HYPERS_DEFAULT, stream.read_to_end(&mut answer)).await;
     assert!(closed.is_ok(), "the idle keep-alive connection was never closed");
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
 }
