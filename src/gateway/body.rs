@@ -82,11 +82,13 @@ pub async fn read_limited(headers: &HeaderMap, body: &mut Incoming, limit: usize
         if len > limit {
             return Err(ApiError::BodyTooLarge { limit });
         }
-        // One frame is kept as it is; more are joined into one buffer sized from Content-Length.
+        // One frame is kept as it is; more are joined into one buffer sized from Content-Length
+        // (at most 1 MiB ahead of what arrived: a declared length is not yet a body).
         match (&mut first, &mut joined) {
             (None, None) => first = Some(data),
             (Some(_), None) => {
-                let mut all = BytesMut::with_capacity(declared.unwrap_or(len).max(len));
+                let ahead = declared.unwrap_or(len).min(len.saturating_add(PREALLOCATE_AT_MOST));
+                let mut all = BytesMut::with_capacity(ahead.max(len));
                 all.extend_from_slice(&first.take().unwrap_or_default());
                 all.extend_from_slice(&data);
                 joined = Some(all);
@@ -99,6 +101,9 @@ pub async fn read_limited(headers: &HeaderMap, body: &mut Incoming, limit: usize
         None => first.unwrap_or_default(),
     })
 }
+
+/// How far ahead of the bytes received a body buffer is allocated from `Content-Length`.
+const PREALLOCATE_AT_MOST: usize = 1 << 20;
 
 /// However small the body limit, this much of a refused HTTP/2 body is drained (more than the
 /// flow-control windows a client may already have been given).
