@@ -7,8 +7,12 @@
 //!   with its request id and counts: never silently lost.
 //! - The writer batches lines and syncs them to disk (`fdatasync`) every `flush_interval_ms`
 //!   (100 ms) or `flush_records` (1,000) records, whichever comes first; shutdown flushes all.
-//! - After a crash (`kill -9`) at most the last unsynced batch is missing; a partial last line is
-//!   cut when the ledger is next opened, so every line present is complete.
+//! - After a crash (`kill -9`) what is missing is what was not yet synced: the batch being
+//!   written and the records still queued behind it (up to `buffer_records`); a partial last line
+//!   is cut when the ledger is next opened, so every line present is complete.
+//! - A failed `fdatasync` is not retried as if nothing happened (the kernel may have dropped the
+//!   pages and report the next sync a success): the unsynced lines, kept in memory, are written
+//!   again to a fresh file and counted written only once a sync covering them succeeded.
 //! - Rotation by size (`rotate_bytes`) or at the UTC day boundary: the file is renamed to
 //!   `PATH.<UTC timestamp>` and kept; a new `PATH` starts.
 
@@ -52,6 +56,25 @@ impl LedgerConfig {
     }
 }
 
+/// Makes the next syncs fail (tests of the writer's recovery).
+#[derive(Debug, Default)]
+pub struct SyncFaults(std::sync::atomic::AtomicU32);
+
+impl SyncFaults {
+    pub fn fail_next(&self, syncs: u32) {
+        self.0.store(syncs, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this sync is to fail (and one fewer will).
+    fn take(&self) -> bool {
+        self.0
+            .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| {
+                n.checked_sub(1)
+            })
+            .is_ok()
+    }
+}
+
 enum Message {
     Record(Box<UsageRecord>),
     /// Write and sync everything before this, then answer.
@@ -71,7 +94,16 @@ pub struct Ledger {
 impl Ledger {
     /// Opens (or creates) the ledger, repairing a partial last line, and starts the writer.
     pub fn open(config: LedgerConfig, metrics: Arc<Metrics>) -> std::io::Result<Ledger> {
-        let file = writer::LedgerFile::open(&config)?;
+        Ledger::open_with_faults(config, metrics, None)
+    }
+
+    /// As [`open`](Self::open), with syncs that fail when `faults` says so (tests).
+    pub fn open_with_faults(
+        config: LedgerConfig,
+        metrics: Arc<Metrics>,
+        faults: Option<Arc<SyncFaults>>,
+    ) -> std::io::Result<Ledger> {
+        let file = writer::LedgerFile::open(&config)?.with_faults(faults);
         let (queue, receiver) = mpsc::sync_channel(config.buffer_records.max(1));
         let thread_metrics = Arc::clone(&metrics);
         let thread_config = config.clone();

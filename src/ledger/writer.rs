@@ -8,15 +8,25 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Instant, SystemTime};
 
 use super::line::{LedgerLine, format_time};
-use super::{LedgerConfig, Message};
+use super::{LedgerConfig, Message, SyncFaults};
 use crate::metrics::Metrics;
 
 pub struct LedgerFile {
     path: PathBuf,
     out: BufWriter<File>,
     size: u64,
+    /// How much of the file the last successful sync covered: all that is surely on disk.
+    synced: u64,
+    /// The lines written since then, kept until a sync covers them: after a failed `fdatasync`
+    /// Linux may have dropped those pages and report a later sync as a success, so they are
+    /// written again (to a fresh file) rather than trusted.
+    pending: Vec<u8>,
     /// UTC day (`YYYY-MM-DD`) of the records in this file, for daily rotation.
     day: Option<String>,
+    /// A sync failed since the last good one: this file is not trusted again; the pending lines
+    /// go to a fresh one.
+    suspect: bool,
+    faults: Option<Arc<SyncFaults>>,
 }
 
 impl LedgerFile {
@@ -31,13 +41,30 @@ impl LedgerFile {
         }
         let size = file.metadata()?.len();
         let day = last_day(&config.path);
-        Ok(LedgerFile { path: config.path.clone(), out: BufWriter::with_capacity(64 * 1024, file), size, day })
+        Ok(LedgerFile {
+            path: config.path.clone(),
+            out: BufWriter::with_capacity(64 * 1024, file),
+            size,
+            synced: size,
+            pending: Vec::new(),
+            day,
+            suspect: false,
+            faults: None,
+        })
+    }
+
+    /// Fails syncs as told (tests): a failed sync also cuts the file back to what the last good
+    /// one covered, as a kernel that dropped the dirty pages would leave it.
+    pub fn with_faults(mut self, faults: Option<Arc<SyncFaults>>) -> LedgerFile {
+        self.faults = faults;
+        self
     }
 
     fn write(&mut self, line: &LedgerLine<'_>) -> io::Result<()> {
         let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
         bytes.push(b'\n');
         self.out.write_all(&bytes)?;
+        self.pending.extend_from_slice(&bytes);
         self.size += bytes.len() as u64;
         if self.day.is_none() {
             self.day = Some(line.day().to_owned());
@@ -46,8 +73,53 @@ impl LedgerFile {
     }
 
     fn sync(&mut self) -> io::Result<()> {
+        let result = self.try_sync();
+        self.suspect = result.is_err();
+        result
+    }
+
+    fn try_sync(&mut self) -> io::Result<()> {
         self.out.flush()?;
-        self.out.get_ref().sync_data()
+        if self.faults.as_ref().is_some_and(|f| f.take()) {
+            let _ = self.out.get_ref().set_len(self.synced);
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        self.out.get_ref().sync_data()?;
+        self.synced = self.size;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// After a failed sync: cuts the file back to what the last good sync covered, puts it aside
+    /// (`PATH.<UTC timestamp>.sync-failed`, read by `tollgate usage` like a rotated file), and
+    /// writes the unsynced lines again to a fresh `PATH`, synced. On error the lines stay
+    /// pending for the next try.
+    fn rewrite_pending(&mut self) -> io::Result<PathBuf> {
+        let stamp = format_time(SystemTime::now()).replace([':', '-'], "");
+        let mut aside = PathBuf::from(format!("{}.{stamp}.sync-failed", self.path.display()));
+        let mut n = 1;
+        while aside.exists() {
+            aside = PathBuf::from(format!("{}.{stamp}.{n}.sync-failed", self.path.display()));
+            n += 1;
+        }
+        std::fs::rename(&self.path, &aside)?;
+        let fresh = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
+        // The old writer's buffer is dropped unwritten (into_parts does not flush).
+        let old = std::mem::replace(&mut self.out, BufWriter::with_capacity(64 * 1024, fresh));
+        let (old_file, _unwritten) = old.into_parts();
+        if let Err(error) = old_file.set_len(self.synced).and_then(|()| old_file.sync_all()) {
+            tracing::error!(%error, file = %aside.display(), "could not cut the set-aside ledger file back to its synced length; it may repeat some records of the new file");
+        }
+        self.out.write_all(&self.pending)?;
+        self.size = self.pending.len() as u64;
+        self.synced = 0;
+        self.sync()?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(dir) = File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(aside)
     }
 
     fn needs_rotation(&self, config: &LedgerConfig, next_day: &str) -> bool {
@@ -136,10 +208,25 @@ pub fn run(mut file: LedgerFile, queue: Receiver<Message>, config: LedgerConfig,
         let mut answer = None;
         let mut stop = false;
         match message {
+            Ok(Message::Record(record)) if unsynced >= config.buffer_records.max(1) => {
+                // Syncs keep failing and this many records wait in memory: stop taking more,
+                // loudly, rather than grow without bound.
+                metrics.ledger_dropped.inc();
+                tracing::error!(
+                    request_id = record.request_id.as_str(),
+                    deployment = record.deployment.name.as_str(),
+                    total_tokens = record.total_tokens,
+                    waiting = unsynced,
+                    "ledger cannot sync: usage record not written"
+                );
+            }
             Ok(Message::Record(record)) => {
                 let line = LedgerLine::from_record(&record);
                 if file.needs_rotation(&config, line.day()) {
                     sync(&mut file, &mut unsynced, &mut oldest_unsynced, &metrics);
+                }
+                // Only a file whose lines are all synced is rotated.
+                if unsynced == 0 && file.needs_rotation(&config, line.day()) {
                     match file.rotate() {
                         Ok(to) => tracing::info!(rotated_to = %to.display(), "ledger rotated"),
                         Err(error) => {
@@ -184,12 +271,32 @@ fn sync(file: &mut LedgerFile, unsynced: &mut usize, oldest: &mut Option<Instant
     if *unsynced == 0 && oldest.is_none() {
         return;
     }
-    match file.sync() {
+    // A file whose sync once failed is never trusted again: straight to a fresh one.
+    let synced = if file.suspect { Err(io::Error::other("an earlier sync of this file failed")) } else { file.sync() };
+    match synced {
         Ok(()) => metrics.ledger_records.inc_by(*unsynced as u64),
         Err(error) => {
             metrics.ledger_write_errors.inc();
-            tracing::error!(%error, records = *unsynced, "ledger sync failed; will retry with the next batch");
-            return;
+            tracing::error!(
+                %error,
+                records = *unsynced,
+                "ledger fdatasync failed: the records since the last good sync may not be on disk; writing them again to a fresh file"
+            );
+            match file.rewrite_pending() {
+                Ok(aside) => {
+                    tracing::warn!(records = *unsynced, set_aside = %aside.display(), "ledger records written again and synced");
+                    metrics.ledger_records.inc_by(*unsynced as u64);
+                }
+                Err(error) => {
+                    metrics.ledger_write_errors.inc();
+                    tracing::error!(
+                        %error,
+                        records = *unsynced,
+                        "ledger records NOT on disk: kept in memory and written again at the next sync; check the disk"
+                    );
+                    return;
+                }
+            }
         }
     }
     *unsynced = 0;
