@@ -290,6 +290,7 @@ async fn serve(
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
 ) -> Result<(), String> {
+    let stop = shutdown_signal();
     let (running, mock) = match config {
         Some(path) => {
             let mut config = Config::load(&path).map_err(|e| e.to_string())?;
@@ -324,7 +325,7 @@ async fn serve(
             (running, Some(mock))
         }
     };
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("shutting down: draining open connections");
     running.shutdown().await;
     if let Some(mock) = mock {
@@ -349,24 +350,33 @@ fn listeners_banner(path: &std::path::Path, running: &RunningGateway) -> String 
 }
 
 async fn mock_backend(listen: SocketAddr, options: MockOptions) -> Result<(), String> {
+    let stop = shutdown_signal();
     let mock = MockBackend::start(listen, options).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     say(&format!("tollgate mock backend listening on {}\n", mock.url()))?;
-    wait_for_signal().await;
+    stop.await;
     mock.stop().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// SIGTERM or SIGINT. The handlers are installed when this is called, not when it is first
+/// awaited, so that a signal sent as soon as the banner is out is not lost (nor kills the
+/// process with its default action before the drain).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate()).ok();
+    let interrupt = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            _ = wait(terminate) => {}
+            _ = wait(interrupt) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
     }
 }

@@ -118,7 +118,7 @@ async fn a_reload_swaps_the_certificate_without_dropping_open_connections() {
     // A broken replacement is refused and the current certificate stays.
     std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
     let control = Arc::clone(&h.gateway.control);
-    let error = tokio::task::spawn_blocking(move || control.reload(false)).await.unwrap().unwrap_err();
+    let error = tokio::task::spawn_blocking(move || control.reload(false)).await.unwrap().unwrap_err().to_string();
     assert!(error.contains("TLS certificate"), "{error}");
     assert_eq!(chat(&client(&second.ca_pem, true), port).await.unwrap().0, StatusCode::OK);
 }

@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::reload::ReloadError;
 use super::roles::{Action, AdminToken};
 use super::{AdminError, ControlPlane};
 use crate::error::error_response;
@@ -316,6 +317,8 @@ async fn serve(
             let control = Arc::clone(control);
             match tokio::task::spawn_blocking(move || control.reload(force)).await {
                 Ok(Ok(report)) => ok(report.to_json()),
+                Ok(Err(why @ ReloadError::NoFile)) => Err(AdminError::conflict(why.to_string())),
+                Ok(Err(why @ ReloadError::Tls(_))) => Err(AdminError::unprocessable(why.to_string())),
                 Ok(Err(why)) => Err(AdminError::unprocessable(format!("the configuration was not reloaded: {why}"))),
                 Err(e) => Err(AdminError::internal(e.to_string())),
             }

@@ -25,7 +25,7 @@ use crate::deployment::DeploymentTable;
 use crate::keys::KeyDigest;
 use crate::quota::clock::Clock;
 use crate::tls::CertStore;
-use reload::{ReloadReport, Retired};
+use reload::{ReloadError, ReloadReport, Retired};
 use roles::AdminToken;
 use state::{ControlState, KeySecret};
 
@@ -196,17 +196,18 @@ impl ControlPlane {
     /// Re-reads the configuration file. An invalid file changes nothing and says why; so does one
     /// that would remove every deployment or every admin token, unless `force`. Settings bound at
     /// start keep their running values and are listed in the report as needing a restart.
-    pub fn reload(&self, force: bool) -> Result<ReloadReport, String> {
+    pub fn reload(&self, force: bool) -> Result<ReloadReport, ReloadError> {
         let Some(path) = &self.config_path else {
-            return Err("no configuration file to reload (the embedded demo runs without one)".into());
+            return Err(ReloadError::NoFile);
         };
-        let mut config = Config::load(path).map_err(|e| e.to_string())?;
+        let mut config = Config::load(path)?;
         let mut writer = self.lock();
         let current = self.snapshot.load_full();
         let now = std::time::Instant::now();
         let before = self.live.load_full();
         let previous = writer.retired.with_live(&before, now);
-        let table = build::build_table(&config, &current.state, &self.secret, &previous, &self.clock)?;
+        let table = build::build_table(&config, &current.state, &self.secret, &previous, &self.clock)
+            .map_err(ReloadError::Conflict)?;
         if !force {
             reload::refuse_emptying(&current.config, &config, before.len(), table.len())?;
         }
@@ -216,7 +217,7 @@ impl ControlPlane {
         self.snapshot.store(Arc::new(Snapshot { config, state: current.state.clone() }));
         self.live.store(Arc::new(table));
         if let Some(tls) = &self.tls {
-            tls.reload().map_err(|e| format!("the configuration was reloaded, but not the TLS certificate: {e}"))?;
+            tls.reload().map_err(ReloadError::Tls)?;
         }
         Ok(ReloadReport { deployments, restart_needed })
     }

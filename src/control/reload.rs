@@ -15,6 +15,23 @@ use crate::deployment::{Deployment, DeploymentTable};
 /// totals instead of starting full and at zero.
 pub const RETIRED_FOR: Duration = Duration::from_secs(15 * 60);
 
+/// Why a reload changed nothing (or, for `Tls`, only the certificate failed).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no configuration file to reload (the embedded demo runs without one)")]
+    NoFile,
+    #[error("{0}")]
+    Invalid(#[from] crate::config::ConfigError),
+    /// The file and the admin state disagree (a name used twice, a model in use removed).
+    #[error("{0}")]
+    Conflict(String),
+    /// The file would remove every deployment or admin token (`?force=true` to do it anyway).
+    #[error("{0}")]
+    Refused(String),
+    #[error("the configuration was reloaded, but not the TLS certificate: {0}")]
+    Tls(String),
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
@@ -32,22 +49,29 @@ impl ReloadReport {
 
 /// Refuses a reload that would take away every deployment or every admin token the running file
 /// declares, which is what a file caught half-written looks like. `force` lets it through.
-pub fn refuse_emptying(running: &Config, next: &Config, table_before: usize, table_after: usize) -> Result<(), String> {
+pub fn refuse_emptying(
+    running: &Config,
+    next: &Config,
+    table_before: usize,
+    table_after: usize,
+) -> Result<(), ReloadError> {
     const HOW: &str = "nothing was changed; if this is intended, reload with POST /reload?force=true";
     if !running.deployments.is_empty() && next.deployments.is_empty() {
-        return Err(format!(
+        return Err(ReloadError::Refused(format!(
             "the new file declares no deployments while the running one declares {} (a file caught while being written looks like this); {HOW}",
             running.deployments.len()
-        ));
+        )));
     }
     if table_before > 0 && table_after == 0 {
-        return Err(format!("the reload would leave no deployment at all (there are {table_before} now); {HOW}"));
+        return Err(ReloadError::Refused(format!(
+            "the reload would leave no deployment at all (there are {table_before} now); {HOW}"
+        )));
     }
     if !running.admin.tokens.is_empty() && next.admin.tokens.is_empty() {
-        return Err(format!(
+        return Err(ReloadError::Refused(format!(
             "the new file declares no admin tokens while the running one declares {} (their holders would be locked out); {HOW}",
             running.admin.tokens.len()
-        ));
+        )));
     }
     Ok(())
 }
