@@ -22,9 +22,8 @@ impl RedisServer {
         if !super::tool_installed(test, "redis-server", "redis-server") {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = RedisServer { child: None, port, dir: tempfile::tempdir().unwrap(), tls: None };
-        server.restart();
+        let mut server = RedisServer { child: None, port: 0, dir: tempfile::tempdir().unwrap(), tls: None };
+        server.start_on_a_free_port();
         Some(server)
     }
 
@@ -33,7 +32,7 @@ impl RedisServer {
         let mut server = RedisServer::start(test)?;
         let file = |name: &str| pem_dir.join(name).display().to_string();
         server.tls = Some([file("cert.pem"), file("key.pem"), file("ca.pem")]);
-        server.restart();
+        server.start_on_a_free_port();
         Some(server)
     }
 
@@ -49,8 +48,26 @@ impl RedisServer {
         }
     }
 
+    /// redis-server cannot be given port 0 (that disables TCP), so a free port is picked and may
+    /// be taken by another test's server meanwhile: then another is tried.
+    fn start_on_a_free_port(&mut self) {
+        for _ in 0..10 {
+            self.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if self.try_start() {
+                return;
+            }
+        }
+        panic!("redis-server could not be started on a free port");
+    }
+
     /// Starts again on the same port, empty (no persistence), and waits until it answers.
     pub fn restart(&mut self) {
+        assert!(self.try_start(), "redis-server could not start again on port {} (taken meanwhile?)", self.port);
+    }
+
+    /// Starts this server's redis-server on `self.port`; true once it answers and is ours (a
+    /// server of another test on the same port does not count).
+    fn try_start(&mut self) -> bool {
         self.kill();
         let port = self.port.to_string();
         let mut command = Command::new("redis-server");
@@ -63,18 +80,24 @@ impl RedisServer {
                 .args(["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca]),
         };
         self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let pid = self.child.as_ref().map(Child::id).unwrap_or_default();
         for _ in 0..1000 {
+            if self.child.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None))) {
+                return false; // ours exited: the port was taken
+            }
             let ready = match self.tls {
-                None => self.command("PING").is_some_and(|r| r.starts_with("+PONG")),
-                // Plain commands cannot be sent; listening is enough.
+                None => self
+                    .command("INFO server")
+                    .is_some_and(|r| r.lines().any(|l| l.trim() == format!("process_id:{pid}"))),
+                // Plain commands cannot be sent; ours is alive and the port listens.
                 Some(_) => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
             };
             if ready {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!("redis-server did not answer on port {}", self.port);
+        false
     }
 
     /// Sends one inline command, returns the raw reply (`None` when Redis cannot be reached).
