@@ -433,3 +433,18 @@ async fn include_usage_with_a_backend_that_reports_usage_passes_the_backends_chu
     assert_eq!(text.matches("\"usage\"").count(), 1, "{text}");
     assert!(!text.contains("x_tollgate"), "{text}");
 }
+
+#[tokio::test]
+async fn a_non_streamed_answer_of_any_size_is_billed_by_its_usage() {
+    let h = Harness::start().await;
+    // 1,000 inputs of 1,024 dimensions: an answer of about 12 MB, its usage at the end.
+    let inputs: Vec<&str> = vec!["hello world"; 1000];
+    let body = serde_json::json!({"input": inputs, "dimensions": 1024}).to_string();
+    let reply = h.client.post(&h.deployment_url("/embeddings"), &[KEY], &body).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.body.len() > 8 << 20, "the answer is larger than the old 8 MiB scan limit: {}", reply.body.len());
+    let reported = reply.json()["usage"]["total_tokens"].as_u64().unwrap();
+    let recorded = h.usage_after(1).await;
+    assert_eq!(recorded["reported_requests"], 1, "billed by the backend's usage, not estimated: {recorded}");
+    assert_eq!(recorded["total_tokens"], reported);
+}

@@ -13,23 +13,16 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::json_scan::JsonAnswerScanner;
 use super::sse::SseScanner;
-use super::usage::{Answer, body_usage};
 use super::usage_chunk::{Rewritten, UsageChunk};
 use super::{Counts, Outcome, Reservation};
 
-/// Non-streamed bodies larger than this are passed through without being read for `usage`.
-const MAX_JSON_SCAN: usize = 8 << 20;
-
 enum Scan {
     Sse(SseScanner),
-    /// Non-streamed: the chunks (reference-counted, not copied) until the end, then one parse.
-    Json {
-        chunks: Vec<Bytes>,
-        len: usize,
-    },
-    /// Too large to scan: counted from the estimate.
-    Skipped,
+    /// Non-streamed: read as it passes for the top-level `usage` (any size, nothing buffered but
+    /// the completion text, kept for answers that report no usage).
+    Json(JsonAnswerScanner),
 }
 
 /// How long a backend body may take: `idle` between chunks of a stream, `total` for a whole
@@ -63,7 +56,7 @@ impl MeteredBody {
         limits: StreamLimits,
         usage_chunk: Option<UsageChunk>,
     ) -> MeteredBody {
-        let scan = if event_stream { Scan::Sse(SseScanner::new()) } else { Scan::Json { chunks: Vec::new(), len: 0 } };
+        let scan = if event_stream { Scan::Sse(SseScanner::new()) } else { Scan::Json(JsonAnswerScanner::new()) };
         let wait = if event_stream { limits.idle } else { limits.total };
         let deadline = Box::pin(tokio::time::sleep(wait));
         let usage_chunk = usage_chunk.filter(|_| event_stream && status.is_success());
@@ -86,15 +79,7 @@ impl MeteredBody {
     fn read(&mut self, data: &Bytes) {
         match &mut self.scan {
             Scan::Sse(scanner) => scanner.feed(data),
-            Scan::Json { chunks, len } => {
-                *len += data.len();
-                if *len > MAX_JSON_SCAN {
-                    self.scan = Scan::Skipped;
-                } else {
-                    chunks.push(data.clone());
-                }
-            }
-            Scan::Skipped => {}
+            Scan::Json(scanner) => scanner.feed(data),
         }
     }
 
@@ -114,26 +99,18 @@ impl MeteredBody {
                 None if success => Counts::estimated(prompt, tokenizer.count(scanner.completion())),
                 None => Counts::NONE,
             },
-            Scan::Json { chunks, .. } => {
-                let whole = join(chunks);
+            Scan::Json(scanner) => {
+                // A cut body is not a whole answer: its usage is not trusted, nor its text.
                 let completed = outcome == Outcome::Completed;
-                let usage = if completed { body_usage(&whole) } else { None };
-                match usage {
+                match scanner.usage().filter(|_| completed) {
                     Some(usage) => Counts::reported(usage),
                     None if success => {
-                        // No usage reported: count the completion text ourselves.
-                        let mut text = String::new();
-                        // A cut body is not parsed: what it holds is not a whole answer.
-                        if let Some(answer) = completed.then(|| Answer::parse(&whole)).flatten() {
-                            answer.append_completion(&mut text);
-                        }
+                        let text = if completed { scanner.completion() } else { String::new() };
                         Counts::estimated(prompt, tokenizer.count(&text))
                     }
                     None => Counts::NONE,
                 }
             }
-            Scan::Skipped if success => Counts::estimated(prompt, 0),
-            Scan::Skipped => Counts::NONE,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! fails before reaching the backend. Settling charges the real usage to the tokens bucket (refund
 //! or debt) and hands a [`UsageRecord`] to the [`UsageSink`].
 
+pub mod json_scan;
 pub mod recorder;
 pub mod sse;
 pub mod totals;
