@@ -90,6 +90,8 @@ pub struct JsonAnswerScanner {
     started: bool,
     capture: Option<Capture>,
     usage: Option<Vec<u8>>,
+    /// `usage` appeared twice at the top level: neither is trusted (serde refuses such a body).
+    usage_twice: bool,
     pieces: Vec<Piece>,
     text_len: usize,
     /// The root value ended (and nothing but whitespace may follow).
@@ -113,7 +115,7 @@ impl JsonAnswerScanner {
 
     /// The top-level `usage`, when the document closed properly and it holds counts.
     pub fn usage(&self) -> Option<Usage> {
-        if !self.closed || self.broken {
+        if !self.closed || self.broken || self.usage_twice {
             return None;
         }
         let raw = self.usage.as_deref()?;
@@ -298,6 +300,7 @@ impl JsonAnswerScanner {
         let in_choice = s.len() >= 3 && s[0].key == Key::Choices && !s[1].object;
         match s.len() {
             1 if s[0].key == Key::Usage && self.capture.is_none() => {
+                self.usage_twice |= self.usage.is_some();
                 self.capture = Some(Capture { usage: true, depth: 1, bytes: Vec::new() });
                 false
             }
@@ -387,6 +390,7 @@ mod tests {
             r#"{"id":"x","choices":[{"message":{"content":"a","tool_calls":null}}]} "#,
             r#"{"a":{"usage":{"total_tokens":5}},"usage":{"total_tokens":6}}"#,
             r#"{"usage":{"total_tokens":6}} trailing"#,
+            r#"{"usage":{"total_tokens":6},"usage":{"total_tokens":7}}"#,
         ] {
             let bytes = json.as_bytes();
             for cut in 0..=bytes.len() {
