@@ -21,6 +21,18 @@ const MAX_TEXT: usize = 8 << 20;
 /// Keys are compared with the few this reads; longer ones are none of them.
 const MAX_KEY: usize = 16;
 
+/// The bytes that change the reader's state outside strings.
+const STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    let bytes = *b"\"{}[],:";
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Key {
     Choices,
@@ -104,12 +116,53 @@ impl JsonAnswerScanner {
         JsonAnswerScanner { expect_value: true, ..JsonAnswerScanner::default() }
     }
 
-    pub fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some((&b, rest)) = bytes.split_first() {
             if self.broken {
                 return;
             }
+            if self.in_string && !self.escape && b != b'"' && b != b'\\' {
+                // Inside a string only a quote or a backslash matters: take the run up to one
+                // at once (most of an answer's bytes are string contents).
+                let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
+                self.string_run(&bytes[..end]);
+                bytes = &bytes[end..];
+                continue;
+            }
+            if !self.in_string && !self.expect_value && !STRUCTURAL[usize::from(b)] && self.in_a_value() {
+                // The rest of a number or literal (or whitespace) inside a value: nothing to
+                // track until the next structural byte.
+                let end = bytes.iter().position(|b| STRUCTURAL[usize::from(*b)]).unwrap_or(bytes.len());
+                self.capture_run(&bytes[..end]);
+                bytes = &bytes[end..];
+                continue;
+            }
             self.byte(b);
+            bytes = rest;
+        }
+    }
+
+    /// Inside an array, or after the `:` of an object member: where scalar bytes may run.
+    fn in_a_value(&self) -> bool {
+        self.stack.last().is_some_and(|l| !l.object || l.in_value)
+    }
+
+    /// Plain string contents (no quote, no backslash).
+    fn string_run(&mut self, run: &[u8]) {
+        self.capture_run(run);
+        match self.string {
+            Some(Str::Key) => {
+                let room = (MAX_KEY + 1).saturating_sub(self.key.len());
+                self.key.extend_from_slice(&run[..run.len().min(room)]);
+            }
+            Some(Str::Text) if self.text_len < MAX_TEXT => {
+                let take = run.len().min(MAX_TEXT - self.text_len);
+                self.text_len += take;
+                if let Some(Piece::Escaped(raw)) = self.pieces.last_mut() {
+                    raw.extend_from_slice(&run[..take]);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -163,8 +216,13 @@ impl JsonAnswerScanner {
     }
 
     fn capture_byte(&mut self, b: u8) {
+        self.capture_run(&[b]);
+    }
+
+    /// Bytes of a value being copied (dropped, and the value with them, past its bound).
+    fn capture_run(&mut self, run: &[u8]) {
         if let Some(capture) = &mut self.capture {
-            capture.bytes.push(b);
+            capture.bytes.extend_from_slice(run);
             let limit = if capture.usage { MAX_USAGE } else { MAX_TEXT };
             if capture.bytes.len() > limit {
                 self.capture = None;
