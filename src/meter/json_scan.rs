@@ -309,7 +309,18 @@ impl JsonAnswerScanner {
             self.in_string = false;
             match self.string.take() {
                 Some(Str::Key) => {
-                    let key = if self.key.len() > MAX_KEY { Key::Other } else { key_of(&self.key) };
+                    let key = if self.key.len() > MAX_KEY {
+                        Key::Other
+                    } else if self.key.contains(&b'\\') {
+                        // An escaped name (`"us\u0061ge"`) is the name it decodes to.
+                        let mut quoted = Vec::with_capacity(self.key.len() + 2);
+                        quoted.push(b'"');
+                        quoted.extend_from_slice(&self.key);
+                        quoted.push(b'"');
+                        serde_json::from_slice::<String>(&quoted).map_or(Key::Other, |k| key_of(k.as_bytes()))
+                    } else {
+                        key_of(&self.key)
+                    };
                     self.key.clear();
                     if let Some(level) = self.stack.last_mut() {
                         level.key = key;
@@ -449,6 +460,7 @@ mod tests {
             r#"{"a":{"usage":{"total_tokens":5}},"usage":{"total_tokens":6}}"#,
             r#"{"usage":{"total_tokens":6}} trailing"#,
             r#"{"usage":{"total_tokens":6},"usage":{"total_tokens":7}}"#,
+            r#"{"us\u0061ge":{"total_tokens":8}}"#,
         ] {
             let bytes = json.as_bytes();
             for cut in 0..=bytes.len() {
