@@ -95,13 +95,7 @@ impl LedgerFile {
     /// writes the unsynced lines again to a fresh `PATH`, synced. On error the lines stay
     /// pending for the next try.
     fn rewrite_pending(&mut self) -> io::Result<PathBuf> {
-        let stamp = format_time(SystemTime::now()).replace([':', '-'], "");
-        let mut aside = PathBuf::from(format!("{}.{stamp}.sync-failed", self.path.display()));
-        let mut n = 1;
-        while aside.exists() {
-            aside = PathBuf::from(format!("{}.{stamp}.{n}.sync-failed", self.path.display()));
-            n += 1;
-        }
+        let aside = free_name(&self.path, ".sync-failed");
         std::fs::rename(&self.path, &aside)?;
         let fresh = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
         // The old writer's buffer is dropped unwritten (into_parts does not flush).
@@ -114,11 +108,7 @@ impl LedgerFile {
         self.size = self.pending.len() as u64;
         self.synced = 0;
         self.sync()?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
+        sync_dir(&self.path);
         Ok(aside)
     }
 
@@ -131,25 +121,35 @@ impl LedgerFile {
     /// Syncs, renames the file to `PATH.<UTC timestamp>` and starts a new one.
     fn rotate(&mut self) -> io::Result<PathBuf> {
         self.sync()?;
-        let stamp = format_time(SystemTime::now()).replace([':', '-'], "");
-        let mut target = PathBuf::from(format!("{}.{stamp}", self.path.display()));
-        let mut n = 1;
-        while target.exists() {
-            target = PathBuf::from(format!("{}.{stamp}.{n}", self.path.display()));
-            n += 1;
-        }
+        let target = free_name(&self.path, "");
         std::fs::rename(&self.path, &target)?;
         let file = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make the rename and the new file durable too.
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
+        sync_dir(&self.path);
         self.out = BufWriter::with_capacity(64 * 1024, file);
         self.size = 0;
         self.day = None;
         Ok(target)
+    }
+}
+
+/// A name beside `path` for a file moved aside: `PATH.<UTC timestamp>[.n]<suffix>`, not taken.
+fn free_name(path: &Path, suffix: &str) -> PathBuf {
+    let stamp = format_time(SystemTime::now()).replace([':', '-'], "");
+    let mut name = PathBuf::from(format!("{}.{stamp}{suffix}", path.display()));
+    let mut n = 1;
+    while name.exists() {
+        name = PathBuf::from(format!("{}.{stamp}.{n}{suffix}", path.display()));
+        n += 1;
+    }
+    name
+}
+
+/// Makes a rename and a new file in `path`'s directory durable (best effort).
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
     }
 }
 

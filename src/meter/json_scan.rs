@@ -58,6 +58,15 @@ fn key_of(bytes: &[u8]) -> Key {
     }
 }
 
+/// A JSON string's raw contents (between the quotes, escapes and all), decoded.
+fn unescape(raw: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Level {
     object: bool,
@@ -185,11 +194,7 @@ impl JsonAnswerScanner {
         for piece in &self.pieces {
             match piece {
                 Piece::Escaped(raw) => {
-                    let mut quoted = Vec::with_capacity(raw.len() + 2);
-                    quoted.push(b'"');
-                    quoted.extend_from_slice(raw);
-                    quoted.push(b'"');
-                    if let Ok(text) = serde_json::from_slice::<String>(&quoted) {
+                    if let Some(text) = unescape(raw) {
                         out.push_str(&text);
                     }
                 }
@@ -313,11 +318,7 @@ impl JsonAnswerScanner {
                         Key::Other
                     } else if self.key.contains(&b'\\') {
                         // An escaped name (`"us\u0061ge"`) is the name it decodes to.
-                        let mut quoted = Vec::with_capacity(self.key.len() + 2);
-                        quoted.push(b'"');
-                        quoted.extend_from_slice(&self.key);
-                        quoted.push(b'"');
-                        serde_json::from_slice::<String>(&quoted).map_or(Key::Other, |k| key_of(k.as_bytes()))
+                        unescape(&self.key).map_or(Key::Other, |k| key_of(k.as_bytes()))
                     } else {
                         key_of(&self.key)
                     };
