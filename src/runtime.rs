@@ -207,6 +207,8 @@ impl RunningGateway {
         for task in self.data_tasks {
             let _ = task.await;
         }
+        // Answers without usage may still be counted on the blocking pool: they settle there.
+        self.gateway.counter().idle().await;
         // Every reservation is settled now: send the shared store what it is owed.
         self.gateway.quota_store().flush().await;
         if let Some(ledger) = self.ledger {

@@ -448,3 +448,103 @@ async fn a_non_streamed_answer_of_any_size_is_billed_by_its_usage() {
     assert_eq!(recorded["reported_requests"], 1, "billed by the backend's usage, not estimated: {recorded}");
     assert_eq!(recorded["total_tokens"], reported);
 }
+
+/// The completion text of a streamed answer, from its content deltas.
+fn streamed_text(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn long_answers_without_usage_are_counted_exactly_however_they_come() {
+    // 3,000 tokens of text is ~16 KB, past what is counted on a runtime worker: these counts
+    // run on the blocking pool (`meter::count`) and must bill the same as a count in place.
+    let (setup, _clock) = frozen("tokens_per_minute = 1000000");
+    let h = Harness::with(setup).await;
+    let url = h.deployment_url("/chat/completions");
+    let headers = [KEY, ("x-mock-no-usage", "1"), ("x-mock-completion-tokens", "3000")];
+    let mut billed = 0;
+
+    let whole = r#"{"messages":[{"role":"user","content":"A long answer."}]}"#;
+    let reply = h.client.post(&url, &headers, whole).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let answer = reply.json();
+    assert!(answer.get("usage").is_none(), "the mock sent no usage: {answer}");
+    let text = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.len() > Tokenizer::Bpe.inline_limit(), "{}", text.len());
+    let recorded = h.usage_after(1).await;
+    assert_eq!(recorded["completion_tokens"], Tokenizer::Bpe.count(text));
+    assert_eq!(recorded["prompt_tokens"], estimated_prompt(whole));
+    billed += estimated_prompt(whole) + Tokenizer::Bpe.count(text);
+
+    let streamed = r#"{"messages":[{"role":"user","content":"A long stream."}],"stream":true}"#;
+    let reply = h.client.post(&url, &headers, streamed).await;
+    let text = streamed_text(&reply.text());
+    assert!(text.len() > Tokenizer::Bpe.inline_limit());
+    let recorded = h.usage_after(2).await;
+    let first = recorded["completion_tokens"].as_u64().unwrap() - (billed - estimated_prompt(whole));
+    assert_eq!(first, Tokenizer::Bpe.count(&text));
+    billed += estimated_prompt(streamed) + Tokenizer::Bpe.count(&text);
+    assert_eq!(recorded["total_tokens"], billed);
+
+    // With a usage chunk: the frame with `[DONE]` waits for the count, and the chunk says what
+    // is billed.
+    let asked = r#"{"messages":[{"role":"user","content":"A long stream."}],"stream":true,"stream_options":{"include_usage":true}}"#;
+    let reply = h.client.post(&url, &headers, asked).await;
+    let body = reply.text();
+    assert!(body.ends_with("\n\ndata: [DONE]\n\n"), "{}", &body[body.len().saturating_sub(300)..]);
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    let chunk: serde_json::Value = serde_json::from_str(events[events.len() - 2]).unwrap();
+    assert_eq!(chunk["x_tollgate"]["usage"], "estimated", "{chunk}");
+    let completion = Tokenizer::Bpe.count(&streamed_text(&body));
+    assert_eq!(chunk["usage"]["completion_tokens"], completion);
+    assert_eq!(chunk["usage"]["prompt_tokens"], estimated_prompt(asked));
+    billed += estimated_prompt(asked) + completion;
+    let recorded = h.usage_after(3).await;
+    assert_eq!(recorded["total_tokens"], billed, "{recorded}");
+    assert_eq!(recorded["estimated_requests"], 3);
+    assert_eq!(h.remaining_tokens().await, 1_000_000 - billed);
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_counts_still_running_and_the_ledger_has_them() {
+    // Answers of 16 x 100,000 tokens without usage (~9 MB of text, ~150 ms of counting each) are
+    // counted on the blocking pool after the client has them; shutdown starts at once and must
+    // wait for those counts before it writes out the ledger.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    let h = Harness::with(Setup {
+        ledger: Some(ledger.clone()),
+        deployment: "tokens_per_minute = 10000000".into(),
+        ..Default::default()
+    })
+    .await;
+    let body = r#"{"messages":[{"role":"user","content":"The longest answer."}],"max_tokens":100000,"n":16}"#;
+    let headers = [KEY, ("x-mock-no-usage", "1"), ("x-mock-completion-tokens", "100000")];
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        let reply = h.client.post(&h.deployment_url("/chat/completions"), &headers, body).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        replies.push(reply);
+    }
+    // Shut down before anything else (reading the answers here takes longer than the counts).
+    let Harness { gateway, .. } = h;
+    gateway.shutdown().await;
+    let expected = replies.iter().map(|reply| {
+        let answer = reply.json();
+        let text: String =
+            answer["choices"].as_array().unwrap().iter().map(|c| c["message"]["content"].as_str().unwrap()).collect();
+        (reply.header("x-request-id").to_owned(), Tokenizer::Bpe.count(&text))
+    });
+    let text = std::fs::read_to_string(&ledger).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "every answer has its line: {text}");
+    for (id, completion) in expected {
+        let line = lines.iter().find(|l| l["request_id"] == id.as_str()).unwrap();
+        assert_eq!(line["completion_tokens"], completion, "{line}");
+        assert_eq!(line["source"], "estimated");
+    }
+}

@@ -21,11 +21,15 @@ fuzz_target!(|data: &[u8]| {
             out.extend_from_slice(part);
             continue;
         }
-        let (bytes, finished) = chunk.rewrite(&Bytes::copy_from_slice(part), || COUNTS);
-        match bytes {
-            Rewritten::Same(b) | Rewritten::Changed(b) => out.extend_from_slice(&b),
+        let part = Bytes::copy_from_slice(part);
+        match chunk.rewrite(&part) {
+            Rewritten::Same => out.extend_from_slice(&part),
+            Rewritten::Changed(b) => out.extend_from_slice(&b),
+            Rewritten::Done { bytes, at } => {
+                out.extend_from_slice(&chunk.splice(&bytes, at, COUNTS));
+                done = true;
+            }
         }
-        done = finished;
     }
     if let Some(rest) = chunk.take_held() {
         out.extend_from_slice(&rest);

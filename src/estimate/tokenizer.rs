@@ -33,6 +33,16 @@ impl Tokenizer {
         }
     }
 
+    /// The longest text (in bytes) worth counting on a runtime worker: under ~100 µs of counting
+    /// (BPE runs at ~60 MiB/s, the chars heuristic at ~700 MiB/s; `BENCHMARKS.md`). Longer texts
+    /// are counted on the blocking pool.
+    pub fn inline_limit(self) -> usize {
+        match self {
+            Tokenizer::Bpe => 4 * 1024,
+            Tokenizer::Chars => 64 * 1024,
+        }
+    }
+
     /// Loads the tokenizer's tables now, so the first request does not pay for it.
     pub fn warm_up(self) {
         let _ = self.count("warm up");

@@ -13,6 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::count::{CountJob, Counter};
 use super::json_scan::JsonAnswerScanner;
 use super::sse::SseScanner;
 use super::usage_chunk::{Rewritten, UsageChunk};
@@ -33,6 +34,37 @@ pub struct StreamLimits {
     pub total: Duration,
 }
 
+/// How response bodies are metered, shared by all of them.
+#[derive(Clone)]
+pub struct Metering {
+    pub limits: StreamLimits,
+    /// Where the completion text of answers without `usage` is counted.
+    pub counter: Counter,
+}
+
+/// The frame with the `[DONE]` line, waiting for the count its usage chunk reports.
+struct Splice {
+    bytes: Bytes,
+    at: usize,
+    prompt: u64,
+    job: CountJob,
+}
+
+/// What the usage chunk makes of a frame.
+enum Chunked {
+    Same,
+    Replace(Bytes),
+    /// The frame waits for a count ([`MeteredBody::splice`]).
+    Wait,
+}
+
+/// What a settled body bills.
+enum Bill {
+    Counts(Counts),
+    /// The prompt estimate and the count of this completion text.
+    Text(String),
+}
+
 pub struct MeteredBody {
     inner: Incoming,
     scan: Scan,
@@ -45,6 +77,11 @@ pub struct MeteredBody {
     finished: bool,
     /// The client asked for a usage chunk (`stream_options.include_usage`) and none came yet.
     usage_chunk: Option<UsageChunk>,
+    /// The frame with the `[DONE]` line while its usage chunk's count runs.
+    splice: Option<Splice>,
+    /// The completion tokens the usage chunk reported: what is billed.
+    counted: Option<u64>,
+    counter: Counter,
 }
 
 impl MeteredBody {
@@ -53,9 +90,10 @@ impl MeteredBody {
         status: StatusCode,
         event_stream: bool,
         reservation: Reservation,
-        limits: StreamLimits,
+        metering: &Metering,
         usage_chunk: Option<UsageChunk>,
     ) -> MeteredBody {
+        let limits = metering.limits;
         let scan = if event_stream { Scan::Sse(SseScanner::new()) } else { Scan::Json(JsonAnswerScanner::new()) };
         let wait = if event_stream { limits.idle } else { limits.total };
         let deadline = Box::pin(tokio::time::sleep(wait));
@@ -69,6 +107,9 @@ impl MeteredBody {
             deadline,
             finished: false,
             usage_chunk,
+            splice: None,
+            counted: None,
+            counter: metering.counter.clone(),
         };
         if body.inner.is_end_stream() {
             body.settle(Outcome::Completed);
@@ -83,32 +124,39 @@ impl MeteredBody {
         }
     }
 
+    /// Settles the reservation; a completion text too long to count here is counted on the
+    /// blocking pool, which settles it ([`Counter`]).
     fn settle(&mut self, outcome: Outcome) {
         let Some(reservation) = self.reservation.take() else { return };
-        let counts = self.counts(&reservation, outcome);
-        reservation.settle(self.status.as_u16(), outcome, counts);
+        let status = self.status.as_u16();
+        let prompt = reservation.facts().estimated_prompt_tokens;
+        match self.bill(outcome, prompt) {
+            Bill::Counts(counts) => reservation.settle(status, outcome, counts),
+            Bill::Text(text) => self.counter.count_then(reservation.tokenizer(), text, move |completion| {
+                reservation.settle(status, outcome, Counts::estimated(prompt, completion))
+            }),
+        }
     }
 
-    fn counts(&self, reservation: &Reservation, outcome: Outcome) -> Counts {
-        let tokenizer = reservation.tokenizer();
-        let prompt = reservation.facts().estimated_prompt_tokens;
+    fn bill(&mut self, outcome: Outcome, prompt: u64) -> Bill {
         let success = self.status.is_success();
-        match &self.scan {
+        match &mut self.scan {
             Scan::Sse(scanner) => match scanner.usage() {
-                Some(usage) => Counts::reported(usage),
-                None if success => Counts::estimated(prompt, tokenizer.count(scanner.completion())),
-                None => Counts::NONE,
+                Some(usage) => Bill::Counts(Counts::reported(usage)),
+                None if !success => Bill::Counts(Counts::NONE),
+                None => match self.counted {
+                    Some(completion) => Bill::Counts(Counts::estimated(prompt, completion)),
+                    None => Bill::Text(scanner.take_completion()),
+                },
             },
             Scan::Json(scanner) => {
                 // A cut body is not a whole answer: its usage is not trusted, nor its text.
                 let completed = outcome == Outcome::Completed;
                 match scanner.usage().filter(|_| completed) {
-                    Some(usage) => Counts::reported(usage),
-                    None if success => {
-                        let text = if completed { scanner.completion() } else { String::new() };
-                        Counts::estimated(prompt, tokenizer.count(&text))
-                    }
-                    None => Counts::NONE,
+                    Some(usage) => Bill::Counts(Counts::reported(usage)),
+                    None if !success => Bill::Counts(Counts::NONE),
+                    None if completed => Bill::Text(scanner.completion()),
+                    None => Bill::Counts(Counts::estimated(prompt, 0)),
                 }
             }
         }
@@ -159,36 +207,76 @@ impl MeteredBody {
 }
 
 impl MeteredBody {
-    /// The frame to send for `data`, after it was read: the usage chunk put in before `[DONE]`
-    /// when the client asked for one and the backend sent none.
-    fn with_usage_chunk(&mut self, data: &Bytes, last: bool) -> Option<Bytes> {
-        let Scan::Sse(scanner) = &self.scan else { return None };
-        let chunk = self.usage_chunk.as_mut()?;
+    /// What to send for `data`, after it was read: the usage chunk put in before `[DONE]` when
+    /// the client asked for one and the backend sent none.
+    fn with_usage_chunk(&mut self, data: &Bytes, last: bool) -> Chunked {
+        let Scan::Sse(scanner) = &self.scan else { return Chunked::Same };
+        let Some(chunk) = self.usage_chunk.as_mut() else { return Chunked::Same };
         let (out, done) = if scanner.usage().is_some() {
             // The backend sent usage after all: nothing to add; give back what was held.
-            let held = chunk.take_held();
-            (held.map(|h| join(&[h, data.clone()])).map_or(Rewritten::Same(data.clone()), Rewritten::Changed), true)
+            (chunk.take_held().map(|held| join(&[held, data.clone()])), true)
         } else {
-            let prompt = self.reservation.as_ref().map_or(0, |r| r.facts().estimated_prompt_tokens);
-            let tokenizer = self.reservation.as_ref().map(Reservation::tokenizer);
-            chunk.rewrite(data, || {
-                let completion = tokenizer.map_or(0, |t| t.count(scanner.completion()));
-                Counts::estimated(prompt, completion)
-            })
-        };
-        let mut out = match out {
-            Rewritten::Same(_) if !last => return None,
-            Rewritten::Same(bytes) | Rewritten::Changed(bytes) => bytes,
-        };
-        if last {
-            if let Some(held) = chunk.take_held() {
-                out = join(&[out, held]);
+            match chunk.rewrite(data) {
+                Rewritten::Same => (None, false),
+                Rewritten::Changed(bytes) => (Some(bytes), false),
+                Rewritten::Done { bytes, at } => {
+                    let (prompt, job) = match &self.reservation {
+                        Some(r) => (
+                            r.facts().estimated_prompt_tokens,
+                            self.counter.count(r.tokenizer(), scanner.completion().to_owned()),
+                        ),
+                        None => (0, CountJob::Ready(0)),
+                    };
+                    self.splice = Some(Splice { bytes, at, prompt, job });
+                    return Chunked::Wait;
+                }
             }
-        }
+        };
+        self.chunk_frame(data, out, done, last)
+    }
+
+    /// The frame after the usage chunk read it: bytes still held go out with the last frame.
+    fn chunk_frame(&mut self, data: &Bytes, out: Option<Bytes>, done: bool, last: bool) -> Chunked {
+        let held = if last { self.usage_chunk.as_mut().and_then(UsageChunk::take_held) } else { None };
         if done || last {
             self.usage_chunk = None;
         }
-        Some(out)
+        match (out, held) {
+            (None, None) => Chunked::Same,
+            (Some(out), None) => Chunked::Replace(out),
+            (None, Some(held)) => Chunked::Replace(join(&[data.clone(), held])),
+            (Some(out), Some(held)) => Chunked::Replace(join(&[out, held])),
+        }
+    }
+
+    /// The frame with the `[DONE]` line, once its usage chunk's count is there.
+    fn splice(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(splice) = self.splice.as_mut() else { return Poll::Ready(None) };
+        let Poll::Ready(completion) = Pin::new(&mut splice.job).poll(cx) else { return Poll::Pending };
+        let Some(Splice { bytes, at, prompt, .. }) = self.splice.take() else { return Poll::Ready(None) };
+        self.counted = Some(completion);
+        let spliced = match &self.usage_chunk {
+            Some(chunk) => chunk.splice(&bytes, at, Counts::estimated(prompt, completion)),
+            None => bytes.clone(),
+        };
+        let out = match self.chunk_frame(&spliced, None, true, self.inner.is_end_stream()) {
+            Chunked::Replace(out) => out,
+            Chunked::Same | Chunked::Wait => spliced,
+        };
+        self.after_data();
+        Poll::Ready(Some(Ok(Frame::data(out))))
+    }
+
+    /// After a data frame: a stream's idle clock restarts; the end settles.
+    fn after_data(&mut self) {
+        if matches!(self.scan, Scan::Sse(_)) {
+            // A stream only has to keep moving; the idle clock restarts with every chunk.
+            let next = tokio::time::Instant::now() + self.limits.idle;
+            self.deadline.as_mut().reset(next);
+        }
+        if self.inner.is_end_stream() {
+            self.settle(Outcome::Completed);
+        }
     }
 }
 
@@ -200,6 +288,9 @@ impl Body for MeteredBody {
         let this = self.get_mut();
         if this.finished {
             return Poll::Ready(None);
+        }
+        if this.splice.is_some() {
+            return this.splice(cx);
         }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if polled.is_pending() && this.deadline.as_mut().poll(cx).is_ready() {
@@ -222,18 +313,13 @@ impl Body for MeteredBody {
                     this.read(data);
                 }
                 if let Some(data) = frame.data_ref().cloned() {
-                    if let Some(rewritten) = this.with_usage_chunk(&data, this.inner.is_end_stream()) {
-                        *frame = Frame::data(rewritten);
+                    match this.with_usage_chunk(&data, this.inner.is_end_stream()) {
+                        Chunked::Same => {}
+                        Chunked::Replace(bytes) => *frame = Frame::data(bytes),
+                        Chunked::Wait => return this.splice(cx),
                     }
                 }
-                if matches!(this.scan, Scan::Sse(_)) {
-                    // A stream only has to keep moving; the idle clock restarts with every chunk.
-                    let next = tokio::time::Instant::now() + this.limits.idle;
-                    this.deadline.as_mut().reset(next);
-                }
-                if this.inner.is_end_stream() {
-                    this.settle(Outcome::Completed);
-                }
+                this.after_data();
             }
             Poll::Ready(Some(Err(_))) => this.settle(Outcome::BackendBroke),
             Poll::Ready(None) => this.settle(Outcome::Completed),

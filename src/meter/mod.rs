@@ -6,6 +6,7 @@
 //! fails before reaching the backend. Settling charges the real usage to the tokens bucket (refund
 //! or debt) and hands a [`UsageRecord`] to the [`UsageSink`].
 
+pub mod count;
 pub mod json_scan;
 pub mod recorder;
 pub mod sse;
@@ -24,7 +25,7 @@ use crate::gateway::route::ApiRoute;
 use crate::keys::KeySlot;
 use crate::quota::LimitKind;
 use crate::quota::store::Hold;
-pub use body::{MeteredBody, StreamLimits};
+pub use body::{MeteredBody, Metering, StreamLimits};
 use usage::Usage;
 
 pub mod body;

@@ -83,6 +83,11 @@ impl SseScanner {
         &self.completion
     }
 
+    /// The completion text streamed so far, taken out (the scanner keeps none).
+    pub fn take_completion(&mut self) -> String {
+        std::mem::take(&mut self.completion)
+    }
+
     /// Whether `data: [DONE]` was seen.
     pub fn done(&self) -> bool {
         self.done

@@ -30,9 +30,12 @@ pub struct UsageChunk {
 /// What to send in place of a frame.
 pub enum Rewritten {
     /// The frame as it came (nothing held, nothing found).
-    Same(Bytes),
-    /// Different bytes: a held-back prefix joined, the chunk put in, or bytes held back.
+    Same,
+    /// Different bytes: a held-back prefix joined, or bytes held back.
     Changed(Bytes),
+    /// These bytes (the frame, joined to what was held) hold the `[DONE]` line at `at`: the chunk
+    /// goes there ([`UsageChunk::splice`]), and the job is done.
+    Done { bytes: Bytes, at: usize },
 }
 
 impl UsageChunk {
@@ -46,9 +49,8 @@ impl UsageChunk {
         }
     }
 
-    /// The frame to send, with the usage chunk before the `[DONE]` line when this frame has it
-    /// (then `true`: the job is done). `counts` is called only then.
-    pub fn rewrite(&mut self, frame: &Bytes, counts: impl FnOnce() -> Counts) -> (Rewritten, bool) {
+    /// What to send for `frame`: where the `[DONE]` line is, when this frame has it.
+    pub fn rewrite(&mut self, frame: &Bytes) -> Rewritten {
         // Held bytes always begin a line.
         let starts_line = self.line_start || !self.held.is_empty();
         let joined: Bytes = if self.held.is_empty() {
@@ -58,12 +60,7 @@ impl UsageChunk {
             self.held.split().freeze()
         };
         if let Some(at) = done_line(&joined, starts_line) {
-            let chunk = self.chunk(counts());
-            let mut out = BytesMut::with_capacity(joined.len() + chunk.len());
-            out.extend_from_slice(&joined[..at]);
-            out.extend_from_slice(&chunk);
-            out.extend_from_slice(&joined[at..]);
-            return (Rewritten::Changed(out.freeze()), true);
+            return Rewritten::Done { bytes: joined, at };
         }
         let last_line = match joined.iter().rposition(|b| *b == b'\n') {
             Some(i) => Some(i + 1),
@@ -74,14 +71,24 @@ impl UsageChunk {
             let tail = &joined[line..];
             if !tail.is_empty() && DONE_LINES.iter().any(|d| d.starts_with(tail)) {
                 self.held.extend_from_slice(tail);
-                return (Rewritten::Changed(joined.slice(..line)), false);
+                return Rewritten::Changed(joined.slice(..line));
             }
         }
         self.line_start = match joined.last() {
             Some(b) => *b == b'\n',
             None => starts_line,
         };
-        if changed { (Rewritten::Changed(joined), false) } else { (Rewritten::Same(joined), false) }
+        if changed { Rewritten::Changed(joined) } else { Rewritten::Same }
+    }
+
+    /// `bytes` with the usage chunk for `counts` put in at `at` (from [`Rewritten::Done`]).
+    pub fn splice(&self, bytes: &Bytes, at: usize, counts: Counts) -> Bytes {
+        let chunk = self.chunk(counts);
+        let mut out = BytesMut::with_capacity(bytes.len() + chunk.len());
+        out.extend_from_slice(&bytes[..at]);
+        out.extend_from_slice(&chunk);
+        out.extend_from_slice(&bytes[at..]);
+        out.freeze()
     }
 
     /// Bytes still held back when the stream ends.
@@ -132,9 +139,11 @@ mod tests {
         let mut chunk = UsageChunk::new("chat.completion.chunk", "dep", "rid");
         let mut out = Vec::new();
         for frame in frames {
-            let (bytes, _) = chunk.rewrite(&Bytes::copy_from_slice(frame.as_bytes()), || COUNTS);
-            match bytes {
-                Rewritten::Same(b) | Rewritten::Changed(b) => out.extend_from_slice(&b),
+            let frame = Bytes::copy_from_slice(frame.as_bytes());
+            match chunk.rewrite(&frame) {
+                Rewritten::Same => out.extend_from_slice(&frame),
+                Rewritten::Changed(b) => out.extend_from_slice(&b),
+                Rewritten::Done { bytes, at } => out.extend_from_slice(&chunk.splice(&bytes, at, COUNTS)),
             }
         }
         if let Some(rest) = chunk.take_held() {

@@ -200,11 +200,14 @@ pub fn chat(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result
     let choices: Vec<Value> = (0..n)
         .map(|index| json!({"index": index, "finish_reason": finish, "message": message, "logprobs": null}))
         .collect();
-    let answer = json!({
+    let mut answer = json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": choices,
         "usage": usage(prompt, completion),
     });
+    if !behaviour.body_usage {
+        answer.as_object_mut().map(|a| a.remove("usage"));
+    }
     Ok(json_ok(answer))
 }
 
@@ -247,11 +250,15 @@ pub fn completions(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) ->
     let text = completion_text(tokens);
     let choices: Vec<Value> =
         (0..n).map(|index| json!({"index": index, "text": text, "finish_reason": finish, "logprobs": null})).collect();
-    Ok(json_ok(json!({
+    let mut answer = json!({
         "id": id, "object": "text_completion", "created": created, "model": model,
         "choices": choices,
         "usage": usage(prompt, completion),
-    })))
+    });
+    if !behaviour.body_usage {
+        answer.as_object_mut().map(|a| a.remove("usage"));
+    }
+    Ok(json_ok(answer))
 }
 
 pub fn embeddings(options: &MockOptions, body: &[u8]) -> Result<Bytes, Failure> {

@@ -7,7 +7,8 @@
 //! `x-mock-status` (answer with that error status), `x-mock-die-after` (cut the connection after
 //! that many streamed content chunks, or midway through a non-streamed body), `x-mock-echo`
 //! `x-mock-stall-after` (stop sending, without closing, after that many streamed events, or
-//! midway through a non-streamed body), `x-mock-echo`
+//! midway through a non-streamed body), `x-mock-no-usage` (answer without `usage`, streamed or
+//! not), `x-mock-echo`
 //! (add `x-mock-echo-query` and `x-mock-echo-headers`, the sorted names of the headers received, and `x-mock-echo-version`).
 //!
 //! Token counts are deterministic: a text counts `ceil(chars / 4)` tokens; a chat message adds 4
@@ -141,6 +142,8 @@ struct Behaviour {
     tokens_per_second: u32,
     completion_tokens: u32,
     stream_usage: bool,
+    /// Whether a non-streamed answer carries `usage`.
+    body_usage: bool,
     die_after: Option<u32>,
     stall_after: Option<u32>,
 }
@@ -153,7 +156,8 @@ impl Behaviour {
             tokens_per_second: number("x-mock-tokens-per-second").map_or(options.tokens_per_second, |n| n as u32),
             completion_tokens: number("x-mock-completion-tokens")
                 .map_or(options.completion_tokens, |n| n.min(100_000) as u32),
-            stream_usage: options.stream_usage,
+            stream_usage: options.stream_usage && !headers.contains_key("x-mock-no-usage"),
+            body_usage: !headers.contains_key("x-mock-no-usage"),
             die_after: number("x-mock-die-after").map(|n| n as u32),
             stall_after: number("x-mock-stall-after").map(|n| n as u32),
         }
