@@ -468,7 +468,10 @@ async fn long_answers_without_usage_are_counted_exactly_however_they_come() {
     let headers = [KEY, ("x-mock-no-usage", "1"), ("x-mock-completion-tokens", "3000")];
     let mut billed = 0;
 
-    let whole = r#"{"messages":[{"role":"user","content":"A long answer."}]}"#;
+    // A long prompt too: estimated on the blocking pool, the same as in place.
+    let whole = format!(r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#, "A long question. ".repeat(600));
+    assert!(whole.len() > Tokenizer::Bpe.inline_limit());
+    let whole = whole.as_str();
     let reply = h.client.post(&url, &headers, whole).await;
     assert_eq!(reply.status, StatusCode::OK);
     let answer = reply.json();
