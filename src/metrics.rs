@@ -45,6 +45,10 @@ pub struct Metrics {
     pub quota_store_fallbacks: IntCounterVec,
     pub quota_store_recoveries: IntCounter,
     pub quota_store_duration: HistogramVec,
+    /// Reloads of the configuration file (watcher, SIGHUP, `POST /reload`), by result.
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last reload was applied (or none was tried), 0 when it was refused.
+    pub config_last_reload_successful: IntGauge,
 }
 
 /// A metric could not be registered (a name clash: a programming error caught at start-up).
@@ -84,7 +88,19 @@ impl Metrics {
         )?;
         quota_store_up.set(1);
         registry.register(Box::new(quota_store_up.clone()))?;
+        let config_last_reload_successful = IntGauge::new(
+            "tollgate_config_last_reload_successful",
+            "1 when the last reload of the configuration file was applied (or none was tried), 0 when it was refused.",
+        )?;
+        config_last_reload_successful.set(1);
+        registry.register(Box::new(config_last_reload_successful.clone()))?;
         Ok(Metrics {
+            config_last_reload_successful,
+            config_reloads: counter(
+                "tollgate_config_reloads_total",
+                "Reloads of the configuration file (file watcher, SIGHUP, POST /reload), by result (applied, refused).",
+                &["result"],
+            )?,
             quota_store_up,
             quota_store_errors: counter(
                 "tollgate_quota_store_errors_total",
@@ -182,6 +198,12 @@ impl Metrics {
             )?,
             registry,
         })
+    }
+
+    /// Counts one reload of the configuration file.
+    pub fn observe_reload(&self, applied: bool) {
+        self.config_reloads.with_label_values(&[if applied { "applied" } else { "refused" }]).inc();
+        self.config_last_reload_successful.set(i64::from(applied));
     }
 
     /// Counts one finished, authenticated request.

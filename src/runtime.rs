@@ -35,9 +35,9 @@ pub enum StartError {
     #[error(transparent)]
     Metrics(#[from] MetricsError),
     #[error("cannot set up the control plane: {0}")]
-    Control(String),
+    Control(#[from] crate::control::OpenError),
     #[error("cannot set up TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot set up the quota store: {0}")]
     QuotaStore(#[from] StoreSetupError),
 }
@@ -130,6 +130,7 @@ impl RunningGateway {
             options.clock,
             public_url,
             tls.as_ref().map(|t| Arc::clone(&t.0)),
+            Arc::clone(&metrics),
         )
         .map_err(StartError::Control)?;
         if let Some(writer) = options.state_writer {

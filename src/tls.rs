@@ -11,6 +11,25 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+/// Why a certificate and key cannot be used; says which file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the TLS certificate {}: {reason}", path.display())]
+    ReadCertificate { path: PathBuf, reason: String },
+    #[error("the TLS certificate {} is not valid PEM: {reason}", path.display())]
+    InvalidPem { path: PathBuf, reason: String },
+    #[error("the TLS certificate file {} holds no certificate", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("cannot read a private key from {}: {reason}", path.display())]
+    ReadKey { path: PathBuf, reason: String },
+    #[error("the private key in {} is not usable: {reason}", path.display())]
+    UnusableKey { path: PathBuf, reason: String },
+    #[error("the private key {} does not belong to the certificate {} ({reason})", key.display(), cert.display())]
+    KeyMismatch { key: PathBuf, cert: PathBuf, reason: String },
+    #[error("TLS set-up failed: {0}")]
+    Setup(rustls::Error),
+}
+
 /// The certificate in use, swappable while connections are open.
 #[derive(Debug)]
 pub struct CertStore {
@@ -21,13 +40,13 @@ pub struct CertStore {
 
 impl CertStore {
     /// Reads and checks the certificate chain and key; the error says which file and what is wrong.
-    pub fn open(cert: &Path, key: &Path) -> Result<CertStore, String> {
+    pub fn open(cert: &Path, key: &Path) -> Result<CertStore, TlsError> {
         let loaded = load(cert, key)?;
         Ok(CertStore { cert: cert.to_owned(), key: key.to_owned(), current: ArcSwap::from_pointee(loaded) })
     }
 
     /// Re-reads the files; on error the current certificate stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         self.current.store(Arc::new(load(&self.cert, &self.key)?));
         Ok(())
     }
@@ -39,31 +58,33 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read the TLS certificate {}: {e}", cert.display()))?
+        .map_err(|e| TlsError::ReadCertificate { path: cert.to_owned(), reason: e.to_string() })?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("the TLS certificate {} is not valid PEM: {e}", cert.display()))?;
+        .map_err(|e| TlsError::InvalidPem { path: cert.to_owned(), reason: e.to_string() })?;
     if chain.is_empty() {
-        return Err(format!("the TLS certificate file {} holds no certificate", cert.display()));
+        return Err(TlsError::NoCertificate { path: cert.to_owned() });
     }
     let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+        .map_err(|e| TlsError::ReadKey { path: key.to_owned(), reason: e.to_string() })?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&private)
-        .map_err(|e| format!("the private key in {} is not usable: {e}", key.display()))?;
+        .map_err(|e| TlsError::UnusableKey { path: key.to_owned(), reason: e.to_string() })?;
     let certified = CertifiedKey::new(chain, signer);
-    certified.keys_match().map_err(|e| {
-        format!("the private key {} does not belong to the certificate {} ({e})", key.display(), cert.display())
+    certified.keys_match().map_err(|e| TlsError::KeyMismatch {
+        key: key.to_owned(),
+        cert: cert.to_owned(),
+        reason: e.to_string(),
     })?;
     Ok(certified)
 }
 
 /// The rustls server configuration over a [`CertStore`].
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("TLS set-up failed: {e}"))?
+        .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::*;
 use http::{Method, StatusCode};
+use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 const LLAMA_8B: &str = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct";
@@ -445,20 +446,14 @@ async fn deleting_a_deployment_lets_in_flight_streams_finish_and_then_404s() {
         .unwrap()
         .to_owned();
     let url = h.url("/openai/deployments/phi/chat/completions");
-    let stream = {
-        let (client, url, key) = (h.client.clone(), url.clone(), key.clone());
-        tokio::spawn(async move {
-            let headers =
-                [("api-key", key.as_str()), ("x-mock-tokens-per-second", "20"), ("x-mock-completion-tokens", "8")];
-            client.post(&url, &headers, STREAM_CHAT).await
-        })
-    };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The stream has begun (its head is here) when the deployment is deleted.
+    let headers = [("api-key", key.as_str()), ("x-mock-tokens-per-second", "20"), ("x-mock-completion-tokens", "8")];
+    let response = h.client.send(Method::POST, &url, &headers, STREAM_CHAT).await;
+    assert_eq!(response.status(), StatusCode::OK);
     h.owner(Method::DELETE, &format!("{p}/deployments/phi"), None).await;
     assert_eq!(h.chat("phi", &key).await, StatusCode::NOT_FOUND);
-    let reply = stream.await.unwrap();
-    assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply.text().ends_with("data: [DONE]\n\n"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
 }
 
 #[tokio::test]
@@ -585,6 +580,19 @@ async fn chat_status(h: &Harness, deployment: &str, key: &str) -> StatusCode {
     h.chat(deployment, key).await
 }
 
+/// Waits until the gateway has refused `n` reloads of its file.
+async fn refused_reloads_reach(h: &Harness, n: u64) {
+    for _ in 0..1000 {
+        let samples = parse_metrics(&h.client.call(Method::GET, &h.admin_url("/metrics"), &[], "").await.text());
+        if metric(&samples, "tollgate_config_reloads_total", &[("result", "refused")]) >= n as f64 {
+            assert_eq!(metric(&samples, "tollgate_config_last_reload_successful", &[]), 0.0);
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the watcher never refused reload {n}");
+}
+
 #[tokio::test]
 async fn a_config_file_written_in_place_is_never_loaded_half_written() {
     let h = start().await;
@@ -613,10 +621,11 @@ async fn a_config_file_written_in_place_is_never_loaded_half_written() {
             seen
         })
     };
+    // Each stage stays until the watcher has read it (and refused it: the reload counter says so).
     std::fs::write(&h.config_path, "").unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    refused_reloads_reach(&h, 1).await;
     std::fs::write(&h.config_path, cut).unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    refused_reloads_reach(&h, 2).await;
     // The complete file, with one more deployment so that its arrival shows the watcher ran.
     let complete = format!(
         "{text}\n[[deployments]]\nname = \"late\"\nmodel = \"{PHI}\"\nkeys = [\"{}\"]\n",
@@ -634,6 +643,10 @@ async fn a_config_file_written_in_place_is_never_loaded_half_written() {
     stop.store(true, Ordering::Relaxed);
     let seen = load.await.unwrap();
     assert!(arrived, "the watcher loaded the complete file");
+    let samples = parse_metrics(&h.client.call(Method::GET, &h.admin_url("/metrics"), &[], "").await.text());
+    assert_eq!(metric(&samples, "tollgate_config_reloads_total", &[("result", "refused")]), 2.0);
+    assert_eq!(metric(&samples, "tollgate_config_reloads_total", &[("result", "applied")]), 1.0);
+    assert_eq!(metric(&samples, "tollgate_config_last_reload_successful", &[]), 1.0);
     assert!(seen.len() > 20, "the load ran through the edit: {}", seen.len());
     for (what, status) in &seen {
         assert_eq!(*status, StatusCode::OK, "{what} failed while the file was being written");

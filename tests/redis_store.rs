@@ -240,22 +240,31 @@ async fn outage(mut redis: RedisServer, mode: &str, extra: &str, deployment: &st
 
     // A steady load from two clients, all through the outage.
     let running = Arc::new(AtomicBool::new(true));
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load: Vec<_> = (0..2)
         .map(|_| {
-            let (client, url, running) =
-                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running));
+            let (client, url, running, made) =
+                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running), Arc::clone(&made));
             tokio::spawn(async move {
                 let mut statuses = Vec::new();
                 while running.load(Ordering::Relaxed) {
                     let reply = client.try_post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
                     statuses.push(reply.map(|r| r.status));
+                    made.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 statuses
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The load has run a while (20 more requests) before each step.
+    let load_ran = || async {
+        let target = made.load(Ordering::Relaxed) + 20;
+        while made.load(Ordering::Relaxed) < target {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    load_ran().await;
     redis.kill();
     let mut down = Vec::new();
     for _ in 0..6 {
@@ -277,7 +286,7 @@ async fn outage(mut redis: RedisServer, mode: &str, extra: &str, deployment: &st
     }
     assert!(recovered, "the gateway never saw Redis come back");
     assert_eq!(metric(&metrics().await, "tollgate_quota_store_recoveries_total", &[]), 1.0);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    load_ran().await;
     running.store(false, Ordering::Relaxed);
     let mut answered = 0;
     for task in load {

@@ -10,6 +10,19 @@ use crate::keys::{KeyDigest, KeyPair};
 use crate::quota::Limits;
 use crate::quota::clock::Clock;
 
+/// The file and the admin state disagree.
+#[derive(Debug, thiserror::Error)]
+pub enum TableConflict {
+    #[error(
+        "deployment '{file}' is declared in the configuration file and was also created through the admin API (as '{api}'); rename one"
+    )]
+    NameClash { file: String, api: String },
+    #[error(
+        "model '{model}' is used by deployment '{deployment}' (project '{project}') but is no longer in [[models]]; delete the deployment first"
+    )]
+    ModelRemoved { model: String, deployment: String, project: String },
+}
+
 /// Builds the table; fails when the file and the admin state disagree (a name used twice, a
 /// catalog model removed while deployments use it).
 pub fn build_table(
@@ -18,7 +31,7 @@ pub fn build_table(
     secret: &KeySecret,
     previous: &DeploymentTable,
     clock: &Arc<dyn Clock>,
-) -> Result<DeploymentTable, String> {
+) -> Result<DeploymentTable, TableConflict> {
     let mut out: Vec<Arc<Deployment>> = Vec::with_capacity(config.deployments.len() + state.deployments.len());
     for file in &config.deployments {
         out.push(Arc::new(Deployment::build(
@@ -33,16 +46,12 @@ pub fn build_table(
     }
     for api in &state.deployments {
         if let Some(clash) = out.iter().find(|d| d.name.eq_ignore_ascii_case(&api.name)) {
-            return Err(format!(
-                "deployment '{}' is declared in the configuration file and was also created through the admin API (as '{}'); rename one",
-                clash.name, api.name
-            ));
+            return Err(TableConflict::NameClash { file: clash.name.clone(), api: api.name.clone() });
         }
-        let model = config.models.iter().find(|m| m.id == api.model_id).ok_or_else(|| {
-            format!(
-                "model '{}' is used by deployment '{}' (project '{}') but is no longer in [[models]]; delete the deployment first",
-                api.model_id, api.name, api.project
-            )
+        let model = config.models.iter().find(|m| m.id == api.model_id).ok_or_else(|| TableConflict::ModelRemoved {
+            model: api.model_id.clone(),
+            deployment: api.name.clone(),
+            project: api.project.clone(),
         })?;
         let (health, subscription) = match &model.offer {
             None => (Health::Online, None),

@@ -23,6 +23,7 @@ use http::StatusCode;
 use crate::config::Config;
 use crate::deployment::DeploymentTable;
 use crate::keys::KeyDigest;
+use crate::metrics::Metrics;
 use crate::quota::clock::Clock;
 use crate::tls::CertStore;
 use reload::{ReloadError, ReloadReport, Retired};
@@ -95,6 +96,17 @@ impl StateWriter for FileStateWriter {
 /// file): callers on the async runtime run them with `spawn_blocking`. They take the writer lock,
 /// compute and persist the next state, and then publish it with two `ArcSwap` stores; reads
 /// (admin GETs, token checks, the data plane) only load snapshots.
+/// Why the control plane cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    State(#[from] state::StateLoadError),
+    #[error("cannot read or create the key secret beside {}: {source}", beside.display())]
+    Secret { beside: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Table(#[from] build::TableConflict),
+}
+
 pub struct ControlPlane {
     writer: Mutex<Writer>,
     snapshot: ArcSwap<Snapshot>,
@@ -108,6 +120,7 @@ pub struct ControlPlane {
     pub public_url: String,
     /// The TLS certificate, re-read on every reload.
     tls: Option<Arc<CertStore>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ControlPlane {
@@ -119,13 +132,14 @@ impl ControlPlane {
         clock: Arc<dyn Clock>,
         public_url: String,
         tls: Option<Arc<CertStore>>,
-    ) -> Result<ControlPlane, String> {
+        metrics: Arc<Metrics>,
+    ) -> Result<ControlPlane, OpenError> {
         let state_path = config.admin.state_file.clone();
         let (state, secret) = match &state_path {
             Some(path) => (
                 ControlState::load(path)?,
                 KeySecret::load_or_create(&path.with_extension("secret"))
-                    .map_err(|e| format!("cannot read or create the key secret beside {}: {e}", path.display()))?,
+                    .map_err(|source| OpenError::Secret { beside: path.clone(), source })?,
             ),
             None => (ControlState::default(), KeySecret::random()),
         };
@@ -144,6 +158,7 @@ impl ControlPlane {
             state_path,
             public_url,
             tls,
+            metrics,
         })
     }
 
@@ -175,7 +190,7 @@ impl ControlPlane {
         let before = self.live.load_full();
         let previous = writer.retired.with_live(&before, now);
         let table = build::build_table(&current.config, &next, &self.secret, &previous, &self.clock)
-            .map_err(AdminError::conflict)?;
+            .map_err(|e| AdminError::conflict(e.to_string()))?;
         if let Some(path) = &self.state_path {
             self.state_writer.save(&next, path).map_err(|e| {
                 AdminError::internal(format!("cannot save {}: {e}; nothing was changed", path.display()))
@@ -197,6 +212,12 @@ impl ControlPlane {
     /// that would remove every deployment or every admin token, unless `force`. Settings bound at
     /// start keep their running values and are listed in the report as needing a restart.
     pub fn reload(&self, force: bool) -> Result<ReloadReport, ReloadError> {
+        let result = self.try_reload(force);
+        self.metrics.observe_reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self, force: bool) -> Result<ReloadReport, ReloadError> {
         let Some(path) = &self.config_path else {
             return Err(ReloadError::NoFile);
         };

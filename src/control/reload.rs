@@ -23,13 +23,13 @@ pub enum ReloadError {
     #[error("{0}")]
     Invalid(#[from] crate::config::ConfigError),
     /// The file and the admin state disagree (a name used twice, a model in use removed).
-    #[error("{0}")]
-    Conflict(String),
+    #[error(transparent)]
+    Conflict(#[from] super::build::TableConflict),
     /// The file would remove every deployment or admin token (`?force=true` to do it anyway).
     #[error("{0}")]
     Refused(String),
     #[error("the configuration was reloaded, but not the TLS certificate: {0}")]
-    Tls(String),
+    Tls(crate::tls::TlsError),
 }
 
 /// What a reload did.

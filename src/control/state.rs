@@ -69,13 +69,24 @@ pub struct StoredToken {
     pub digest: String,
 }
 
+/// Why the admin state file cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum StateLoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Parse { path: PathBuf, source: serde_json::Error },
+}
+
 impl ControlState {
     /// Reads the state file; a missing file is an empty state.
-    pub fn load(path: &Path) -> Result<ControlState, String> {
+    pub fn load(path: &Path) -> Result<ControlState, StateLoadError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|source| StateLoadError::Parse { path: path.to_owned(), source })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ControlState::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => Err(StateLoadError::Read { path: path.to_owned(), source }),
         }
     }
 

@@ -191,6 +191,11 @@ keys = ["{other}"]
         self.gateway.gateway_addr
     }
 
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.admin_addr)
+    }
+
     pub fn deployment_url(&self, path: &str) -> String {
         self.url(&format!("/openai/deployments/{DEPLOYMENT}{path}"))
     }
