@@ -263,15 +263,34 @@ async fn a_real_prometheus_scrapes_the_gateway() {
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
     std::fs::copy(format!("{root}/config/prometheus/tollgate-rules.yml"), dir.path().join("tollgate-rules.yml"))
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Port 0, held by Prometheus itself: it logs the address it got.
+    let log = dir.path().join("prometheus.log");
     let mut prometheus = Command::new("prometheus")
         .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
         .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let mut port = None;
+    for _ in 0..1500 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        port = text
+            .lines()
+            .filter(|l| l.contains("msg=\"Listening on\""))
+            .find_map(|l| l.split("address=127.0.0.1:").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|p| p.parse::<u16>().ok());
+        if port.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Some(port) = port else {
+        let _ = prometheus.kill();
+        panic!("Prometheus never said where it listens: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    };
     let query = format!("http://127.0.0.1:{port}/api/v1/query?query=tollgate_requests_total");
     let mut found = None;
     for _ in 0..300 {
