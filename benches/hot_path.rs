@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
 use http::Method;
-use tollgate::estimate::{Tokenizer, estimate};
-use tollgate::gateway::body::BodyFields;
-use tollgate::gateway::route::{ApiRoute, host_label, route};
-use tollgate::keys::{KeyDigest, KeyPair};
-use tollgate::meter::sse::SseScanner;
-use tollgate::quota::clock::MonotonicClock;
-use tollgate::quota::{DeploymentQuota, Limits};
+use tollgate::core::api::ApiRoute;
+use tollgate::core::clock::MonotonicClock;
+use tollgate::core::estimate::{Tokenizer, estimate};
+use tollgate::core::keys::{KeyDigest, KeyPair};
+use tollgate::core::meter::sse::SseScanner;
+use tollgate::core::quota::{DeploymentQuota, Limits};
+use tollgate::planes::data::body::BodyFields;
+use tollgate::planes::data::route::{host_label, route};
 
 /// A chat body of about `target_len` bytes: a system prompt and alternating turns of prose.
 fn chat_body(target_len: usize) -> Vec<u8> {

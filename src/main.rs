@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tollgate::bench::{self, BenchOptions, Load, Mix};
 use tollgate::config::{BackendUrl, Config};
-use tollgate::embedded;
-use tollgate::keys::{KeyDigest, generate_key};
-use tollgate::ledger::report::{self, GroupBy};
-use tollgate::mock_backend::{MockBackend, MockOptions};
-use tollgate::runtime::{RunningGateway, StartOptions};
+use tollgate::core::keys::{KeyDigest, generate_key};
+use tollgate::process::bench::{self, BenchOptions, Load, Mix};
+use tollgate::process::embedded;
+use tollgate::process::mock_backend::{MockBackend, MockOptions};
+use tollgate::process::runtime::{RunningGateway, StartOptions};
+use tollgate::state::ledger::report::{self, GroupBy};
 
 /// jemalloc, with background threads that give freed memory back to the system (glibc's malloc
 /// kept 1.2 GiB after a burst of 100 bodies of 16 MiB: its mmap threshold rises past them and

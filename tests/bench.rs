@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tollgate::bench::{BenchOptions, Load, Mix, Report, run};
-use tollgate::mock_backend::{MockBackend, MockOptions};
-use tollgate::quota::clock::ManualClock;
+use tollgate::core::clock::ManualClock;
+use tollgate::process::bench::{BenchOptions, Load, Mix, Report, run};
+use tollgate::process::mock_backend::{MockBackend, MockOptions};
 
 fn options(url: String, load: Load, requests: u64) -> BenchOptions {
     BenchOptions {

@@ -61,7 +61,7 @@ fn keys_generate_prints_a_key_and_its_digest() {
     let stored = field("stored:");
     assert_eq!(key.len(), 32);
     assert!(key.bytes().all(|b| b.is_ascii_alphanumeric()));
-    assert_eq!(stored, tollgate::keys::KeyDigest::of(key.as_bytes()).to_stored());
+    assert_eq!(stored, tollgate::core::keys::KeyDigest::of(key.as_bytes()).to_stored());
 }
 
 #[test]

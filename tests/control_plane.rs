@@ -409,7 +409,7 @@ async fn bad_input_is_refused_with_what_to_fix_and_nothing_half_applied() {
 
 #[tokio::test]
 async fn patched_limits_apply_at_once_and_keep_the_level() {
-    let clock = Arc::new(tollgate::quota::clock::ManualClock::new(0));
+    let clock = Arc::new(tollgate::core::clock::ManualClock::new(0));
     let h = Harness::with(Setup { tables: tables(), clock: Some(clock), ..Default::default() }).await;
     let p = "/projects/team-a";
     let keys = h
@@ -778,8 +778,12 @@ struct StuckDisk {
     entered: AtomicBool,
 }
 
-impl tollgate::control::StateWriter for StuckDisk {
-    fn save(&self, state: &tollgate::control::state::ControlState, path: &std::path::Path) -> std::io::Result<()> {
+impl tollgate::planes::control::StateWriter for StuckDisk {
+    fn save(
+        &self,
+        state: &tollgate::planes::control::state::ControlState,
+        path: &std::path::Path,
+    ) -> std::io::Result<()> {
         self.entered.store(true, Ordering::SeqCst);
         let mut released = self.released.lock().unwrap();
         while !*released {

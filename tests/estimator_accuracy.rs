@@ -2,8 +2,8 @@
 //! `tests/estimator/make_reference.mjs` with the `llama3-tokenizer-js` package).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
-use tollgate::estimate::{Tokenizer, estimate};
-use tollgate::gateway::route::ApiRoute;
+use tollgate::core::api::ApiRoute;
+use tollgate::core::estimate::{Tokenizer, estimate};
 
 struct Case {
     name: String,

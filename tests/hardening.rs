@@ -175,7 +175,7 @@ async fn a_stalled_stream_ends_cleanly_with_an_error_event_and_is_billed_for_wha
     still_serves(&h).await;
 }
 
-use tollgate::estimate::Tokenizer;
+use tollgate::core::estimate::Tokenizer;
 
 #[tokio::test]
 async fn a_stalled_whole_body_is_cut_after_the_response_timeout() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use http::{Method, StatusCode};
-use tollgate::quota::clock::ManualClock;
+use tollgate::core::clock::ManualClock;
 
 const KEY: (&str, &str) = ("api-key", PRIMARY_KEY);
 

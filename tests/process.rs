@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::process::*;
 use common::*;
 use http::StatusCode;
-use tollgate::mock_backend::{MockBackend, MockOptions};
+use tollgate::process::mock_backend::{MockBackend, MockOptions};
 
 fn write_config(dir: &Path, mock: &MockBackend, extra: &str) -> PathBuf {
     let config = format!(

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use common::*;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use tollgate::estimate::{Tokenizer, estimate};
-use tollgate::gateway::route::ApiRoute;
-use tollgate::mock_backend::MockOptions;
-use tollgate::quota::clock::ManualClock;
+use tollgate::core::api::ApiRoute;
+use tollgate::core::clock::ManualClock;
+use tollgate::core::estimate::{Tokenizer, estimate};
+use tollgate::process::mock_backend::MockOptions;
 
 const KEY: (&str, &str) = ("api-key", PRIMARY_KEY);
 
@@ -373,7 +373,7 @@ async fn info_is_not_charged_to_the_request_bucket_and_the_backend_is_asked_once
     // And /info still answers with the request bucket empty.
     assert_eq!(h.client.call(Method::GET, &info, &[KEY], "").await.status, StatusCode::OK);
     // After the TTL, one fetch again, however many ask at once (a slow backend holds them all).
-    clock.advance_ms(tollgate::gateway::info::INFO_TTL.as_millis() as u64);
+    clock.advance_ms(tollgate::planes::data::info::INFO_TTL.as_millis() as u64);
     let calls: Vec<_> = (0..20)
         .map(|_| {
             let (client, info) = (h.client.clone(), info.clone());

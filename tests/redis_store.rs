@@ -15,7 +15,7 @@ use common::process::{self, stop};
 use common::redis_server::RedisServer;
 use common::*;
 use http::{Method, StatusCode};
-use tollgate::mock_backend::{MockBackend, MockOptions};
+use tollgate::process::mock_backend::{MockBackend, MockOptions};
 
 fn limits(redis: &RedisServer, extra: &str) -> String {
     format!("store = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"test{}:\"\n{extra}", redis.url(), redis.port)
@@ -358,7 +358,7 @@ async fn local_holds_each_replica_to_its_share_while_redis_is_down() {
 /// exact integers in 1/60,000 units, written back without rounding.
 #[test]
 fn the_scripts_are_exact_at_the_largest_limits() {
-    use tollgate::quota::store::scripts;
+    use tollgate::state::quota_store::scripts;
     let Some(redis) = RedisServer::start("the_scripts_are_exact_at_the_largest_limits") else { return };
     let mut con = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let (admit, reconcile) = (redis::Script::new(&scripts::admit()), redis::Script::new(&scripts::reconcile()));
@@ -558,10 +558,10 @@ async fn retry_after_from_the_shared_buckets_is_exact() {
     let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], body).await;
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     let reserved = 100
-        + tollgate::estimate::estimate(
-            tollgate::gateway::route::ApiRoute::ChatCompletions,
+        + tollgate::core::estimate::estimate(
+            tollgate::core::api::ApiRoute::ChatCompletions,
             body.as_bytes(),
-            tollgate::estimate::Tokenizer::Bpe,
+            tollgate::core::estimate::Tokenizer::Bpe,
         )
         .unwrap()
         .prompt_tokens;
@@ -573,7 +573,7 @@ async fn retry_after_from_the_shared_buckets_is_exact() {
 #[tokio::test]
 async fn retry_after_from_the_local_fallback_is_exact() {
     let Some(mut redis) = RedisServer::start("retry_after_from_the_local_fallback_is_exact") else { return };
-    let clock = Arc::new(tollgate::quota::clock::ManualClock::new(0));
+    let clock = Arc::new(tollgate::core::clock::ManualClock::new(0));
     let h = Harness::with(Setup {
         deployment: "requests_per_minute = 8\ntokens_per_minute = 4000".into(),
         limits: limits(&redis, "on_store_error = \"local\"\nreplicas = 4\nstore_timeout_ms = 200"),

@@ -163,7 +163,10 @@ async fn query_and_extra_parameters_pass_through_keys_and_hop_headers_do_not() {
 
 #[tokio::test]
 async fn the_backend_key_from_the_environment_is_sent_instead_of_the_clients() {
-    let mock = tollgate::mock_backend::MockOptions { require_key: Some("backend-secret".into()), ..Default::default() };
+    let mock = tollgate::process::mock_backend::MockOptions {
+        require_key: Some("backend-secret".into()),
+        ..Default::default()
+    };
     let h = Harness::with(Setup {
         mock,
         deployment: "backend_key_env = \"LLAMA_BACKEND_KEY\"".into(),

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use tollgate::config::Config;
-use tollgate::runtime::RunningGateway;
+use tollgate::process::runtime::RunningGateway;
 
 fn tls_lines(dir: &Path) -> String {
     format!(
@@ -153,18 +153,21 @@ async fn https_backends_are_verified_against_a_private_ca_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let backend_pki = pki("backend");
     write(dir.path(), &backend_pki);
-    let mock = tollgate::mock_backend::MockOptions {
+    let mock = tollgate::process::mock_backend::MockOptions {
         tls: Some((dir.path().join("cert.pem"), dir.path().join("key.pem"))),
         ..Default::default()
     };
     let port = {
-        let probe = tollgate::mock_backend::MockBackend::start(([127, 0, 0, 1], 0).into(), mock.clone()).await.unwrap();
+        let probe = tollgate::process::mock_backend::MockBackend::start(([127, 0, 0, 1], 0).into(), mock.clone())
+            .await
+            .unwrap();
         assert!(probe.url().starts_with("https://"));
         let port = probe.addr.port();
         probe.stop().await;
         port
     };
-    let backend = tollgate::mock_backend::MockBackend::start(([127, 0, 0, 1], port).into(), mock).await.unwrap();
+    let backend =
+        tollgate::process::mock_backend::MockBackend::start(([127, 0, 0, 1], port).into(), mock).await.unwrap();
     let ca = dir.path().join("ca.pem").display().to_string();
     let url = format!("https://localhost:{port}");
     let more = format!(

@@ -4,8 +4,8 @@
 //! than serde: for malformed documents only "no panic" is checked.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollgate::meter::json_scan::JsonAnswerScanner;
-use tollgate::meter::usage::{Answer, body_usage};
+use tollgate::core::meter::json_scan::JsonAnswerScanner;
+use tollgate::core::meter::usage::{Answer, body_usage};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, body)) = data.split_first() else { return };

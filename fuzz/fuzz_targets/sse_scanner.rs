@@ -2,7 +2,7 @@
 //! cut never changes what it finds.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollgate::meter::sse::SseScanner;
+use tollgate::core::meter::sse::SseScanner;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cut, stream)) = data.split_first() else { return };

@@ -2,7 +2,7 @@
 //! completion tokens.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollgate::meter::usage::Answer;
+use tollgate::core::meter::usage::Answer;
 
 fuzz_target!(|data: &[u8]| {
     if let Some(answer) = Answer::parse(data) {

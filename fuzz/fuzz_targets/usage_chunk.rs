@@ -4,8 +4,8 @@
 #![no_main]
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tollgate::meter::usage_chunk::{Rewritten, UsageChunk};
-use tollgate::meter::{CountSource, Counts};
+use tollgate::core::meter::usage_chunk::{Rewritten, UsageChunk};
+use tollgate::core::meter::{CountSource, Counts};
 
 const COUNTS: Counts = Counts { prompt: 1, completion: 2, total: 3, source: CountSource::Estimated };
 

@@ -10,7 +10,7 @@ pub struct CatalogModel {
     /// When set, a project must subscribe to this offer before deploying the model.
     pub offer: Option<String>,
     pub backend: BackendUrl,
-    pub backend_key: Option<crate::secret::Secret>,
+    pub backend_key: Option<crate::core::secret::Secret>,
     pub backend_http2: bool,
     /// A private CA the backend's certificate is verified against (instead of the webpki roots).
     pub backend_ca: Option<BackendCa>,

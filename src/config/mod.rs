@@ -5,6 +5,7 @@
 
 mod backend_url;
 mod catalog;
+pub mod ledger;
 mod raw;
 mod store;
 mod validate;
@@ -19,11 +20,11 @@ use raw::RawConfig;
 use toml::Spanned;
 pub use validate::{check_deployment_name, check_project_name};
 
-use crate::control::roles::AdminToken;
-use crate::estimate::Tokenizer;
-use crate::keys::KeyPair;
-use crate::ledger::LedgerConfig;
-use crate::quota::Limits;
+use crate::config::ledger::LedgerConfig;
+use crate::core::estimate::Tokenizer;
+use crate::core::keys::KeyPair;
+use crate::core::quota::Limits;
+use crate::core::roles::AdminToken;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -68,7 +69,7 @@ pub enum StoreConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisStoreConfig {
     /// `redis://` or `rediss://` URL; may hold a password, so it is never logged or printed.
-    pub url: crate::secret::Secret,
+    pub url: crate::core::secret::Secret,
     /// PEM roots that verify a `rediss://` server (instead of the system roots).
     pub ca_file: Option<PathBuf>,
     /// Prepended to every key (`{prefix}{deployment}`).
@@ -128,7 +129,7 @@ pub struct AdminConfig {
     /// Where admin API changes are persisted; `None` keeps them in memory only.
     pub state_file: Option<PathBuf>,
     /// When set, `GET /metrics` needs `Authorization: Bearer` with this token (or an admin token).
-    pub metrics_token: Option<crate::keys::KeyDigest>,
+    pub metrics_token: Option<crate::core::keys::KeyDigest>,
 }
 
 /// What a client connection may take, and how long shutdown waits for it.
@@ -195,7 +196,7 @@ pub struct DeploymentConfig {
     pub project: String,
     pub backend: BackendUrl,
     /// The key sent to the backend, read from the environment variable named in the file.
-    pub backend_key: Option<crate::secret::Secret>,
+    pub backend_key: Option<crate::core::secret::Secret>,
     pub keys: KeyPair,
     pub backend_http2: bool,
     pub backend_ca: Option<BackendCa>,

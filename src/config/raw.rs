@@ -6,8 +6,8 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::control::roles::Role;
-use crate::estimate::Tokenizer;
+use crate::core::estimate::Tokenizer;
+use crate::core::roles::Role;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

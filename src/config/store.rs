@@ -72,7 +72,7 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
                     "is not a valid Redis URL; write redis://[user:password@]host[:port][/db]",
                 ));
             }
-            crate::secret::Secret::new(url.clone())
+            crate::core::secret::Secret::new(url.clone())
         }
     };
     let key_prefix = match &raw.key_prefix {

@@ -80,7 +80,7 @@ fn backend_key_env_is_resolved_or_named_when_missing() {
     assert!(err.message.contains("LLAMA_BACKEND_KEY"));
     let env = |name: &str| (name == "LLAMA_BACKEND_KEY").then(|| "k".to_owned());
     let config = Config::parse(&text, "t.toml", &env).unwrap();
-    assert_eq!(config.deployments[0].backend_key.as_ref().map(crate::secret::Secret::expose), Some("k"));
+    assert_eq!(config.deployments[0].backend_key.as_ref().map(crate::core::secret::Secret::expose), Some("k"));
 }
 
 #[test]

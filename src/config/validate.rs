@@ -7,10 +7,10 @@ use toml::Spanned;
 
 use super::raw::{self, RawConfig, RawDeployment};
 use super::*;
-use crate::control::roles::AdminToken;
-use crate::keys::{KeyDigest, KeyPair};
-use crate::quota::{DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE, Limits};
-use crate::secret::Secret;
+use crate::core::keys::{KeyDigest, KeyPair};
+use crate::core::quota::{DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE, Limits};
+use crate::core::roles::AdminToken;
+use crate::core::secret::Secret;
 
 pub(super) fn validate(
     raw: RawConfig,

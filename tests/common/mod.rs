@@ -17,10 +17,10 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tollgate::config::Config;
-use tollgate::keys::KeyDigest;
-use tollgate::mock_backend::{MockBackend, MockOptions};
-use tollgate::quota::clock::ManualClock;
-use tollgate::runtime::RunningGateway;
+use tollgate::core::clock::ManualClock;
+use tollgate::core::keys::KeyDigest;
+use tollgate::process::mock_backend::{MockBackend, MockOptions};
+use tollgate::process::runtime::RunningGateway;
 
 pub const DEPLOYMENT: &str = "meta-llama3-8b-qwerty";
 pub const PRIMARY_KEY: &str = "PrimaryKey0123456789abcdefghijkl";
@@ -109,7 +109,7 @@ pub struct Setup {
     /// Lines for a `[limits]` table (none when empty).
     pub limits: String,
     /// How the admin state is written (the file when `None`).
-    pub state_writer: Option<Arc<dyn tollgate::control::StateWriter>>,
+    pub state_writer: Option<Arc<dyn tollgate::planes::control::StateWriter>>,
 }
 
 impl Harness {
@@ -169,11 +169,11 @@ keys = ["{other}"]
         if config.admin.state_file.is_none() {
             config.admin.state_file = Some(dir.path().join("tollgate.state.json"));
         }
-        let clock: Arc<dyn tollgate::quota::clock::Clock> = match setup.clock {
+        let clock: Arc<dyn tollgate::core::clock::Clock> = match setup.clock {
             Some(clock) => clock,
-            None => Arc::new(tollgate::quota::clock::MonotonicClock::new()),
+            None => Arc::new(tollgate::core::clock::MonotonicClock::new()),
         };
-        let options = tollgate::runtime::StartOptions {
+        let options = tollgate::process::runtime::StartOptions {
             clock,
             config_path: Some(config_path.clone()),
             file_listen: None,

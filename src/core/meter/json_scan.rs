@@ -1,0 +1,528 @@
+//! An incremental reader of non-streamed JSON answers: fed each frame as it passes (nothing is
+//! kept but what is needed), it finds the top-level `usage` at any size and, for answers that
+//! report none, keeps only the completion text (`choices[].message.content`, `.delta.content`,
+//! `choices[].text`, and the raw `tool_calls`).
+//!
+//! Written by hand because no crate reads JSON incrementally across frame boundaries while
+//! skipping everything but a few paths: serde needs the whole document in one slice (which is
+//! what buffering every answer did), and streaming tokenizers yield every token, which is the
+//! allocation and copying this avoids. It tracks strings (with escapes), nesting and the current
+//! key at each level; it validates no more than it needs, and a document that does not close
+//! properly reports no usage (as the serde parse did).
+
+use super::usage::{Usage, parse_usage};
+
+/// Deeper documents are not tracked (serde's default recursion limit is 128).
+const MAX_DEPTH: usize = 64;
+/// A `usage` object is a few dozen bytes.
+const MAX_USAGE: usize = 64 * 1024;
+/// Completion text kept for counting when no usage is reported.
+const MAX_TEXT: usize = 8 << 20;
+/// Keys are compared with the few this reads; longer ones are none of them.
+const MAX_KEY: usize = 16;
+
+/// The bytes that change the reader's state outside strings.
+const STRUCTURAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    let bytes = *b"\"{}[],:";
+    while i < bytes.len() {
+        table[bytes[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    Choices,
+    Message,
+    Delta,
+    Content,
+    Text,
+    ToolCalls,
+    Usage,
+    Other,
+}
+
+fn key_of(bytes: &[u8]) -> Key {
+    match bytes {
+        b"choices" => Key::Choices,
+        b"message" => Key::Message,
+        b"delta" => Key::Delta,
+        b"content" => Key::Content,
+        b"text" => Key::Text,
+        b"tool_calls" => Key::ToolCalls,
+        b"usage" => Key::Usage,
+        _ => Key::Other,
+    }
+}
+
+/// A JSON string's raw contents (between the quotes, escapes and all), decoded.
+fn unescape(raw: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Level {
+    object: bool,
+    /// The member being read (objects).
+    key: Key,
+    /// After the `:` of a member (objects).
+    in_value: bool,
+}
+
+/// What the string being read is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Str {
+    Key,
+    Text,
+    Skip,
+}
+
+/// A value copied raw (the usage object, or tool calls) until it ends at `depth`.
+#[derive(Debug)]
+struct Capture {
+    usage: bool,
+    depth: usize,
+    bytes: Vec<u8>,
+}
+
+/// One piece of the completion: a JSON string's raw (escaped) contents, or raw JSON.
+#[derive(Debug)]
+enum Piece {
+    Escaped(Vec<u8>),
+    Raw(Vec<u8>),
+}
+
+#[derive(Debug, Default)]
+pub struct JsonAnswerScanner {
+    stack: Vec<Level>,
+    in_string: bool,
+    escape: bool,
+    string: Option<Str>,
+    key: Vec<u8>,
+    /// A value may start here (after `:`, `[` or `,` in an array, or at the root).
+    expect_value: bool,
+    started: bool,
+    capture: Option<Capture>,
+    usage: Option<Vec<u8>>,
+    /// `usage` appeared twice at the top level: neither is trusted (serde refuses such a body).
+    usage_twice: bool,
+    pieces: Vec<Piece>,
+    text_len: usize,
+    /// The root value ended (and nothing but whitespace may follow).
+    closed: bool,
+    broken: bool,
+}
+
+impl JsonAnswerScanner {
+    pub fn new() -> JsonAnswerScanner {
+        JsonAnswerScanner { expect_value: true, ..JsonAnswerScanner::default() }
+    }
+
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while let Some((&b, rest)) = bytes.split_first() {
+            if self.broken {
+                return;
+            }
+            if self.in_string && !self.escape && b != b'"' && b != b'\\' {
+                // Inside a string only a quote or a backslash matters: take the run up to one
+                // at once (most of an answer's bytes are string contents).
+                let end = memchr::memchr2(b'"', b'\\', bytes).unwrap_or(bytes.len());
+                self.string_run(&bytes[..end]);
+                bytes = &bytes[end..];
+                continue;
+            }
+            if !self.in_string && !self.expect_value && !STRUCTURAL[usize::from(b)] && self.in_a_value() {
+                // The rest of a number or literal (or whitespace) inside a value: nothing to
+                // track until the next structural byte.
+                let end = bytes.iter().position(|b| STRUCTURAL[usize::from(*b)]).unwrap_or(bytes.len());
+                self.capture_run(&bytes[..end]);
+                bytes = &bytes[end..];
+                continue;
+            }
+            self.byte(b);
+            bytes = rest;
+        }
+    }
+
+    /// Inside an array, or after the `:` of an object member: where scalar bytes may run.
+    fn in_a_value(&self) -> bool {
+        self.stack.last().is_some_and(|l| !l.object || l.in_value)
+    }
+
+    /// Plain string contents (no quote, no backslash).
+    fn string_run(&mut self, run: &[u8]) {
+        self.capture_run(run);
+        match self.string {
+            Some(Str::Key) => {
+                let room = (MAX_KEY + 1).saturating_sub(self.key.len());
+                self.key.extend_from_slice(&run[..run.len().min(room)]);
+            }
+            Some(Str::Text) if self.text_len < MAX_TEXT => {
+                let take = run.len().min(MAX_TEXT - self.text_len);
+                self.text_len += take;
+                if let Some(Piece::Escaped(raw)) = self.pieces.last_mut() {
+                    raw.extend_from_slice(&run[..take]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The top-level `usage`, when the document closed properly and it holds counts.
+    pub fn usage(&self) -> Option<Usage> {
+        if !self.closed || self.broken || self.usage_twice {
+            return None;
+        }
+        let raw = self.usage.as_deref()?;
+        let raw: &serde_json::value::RawValue = serde_json::from_slice(raw).ok()?;
+        parse_usage(raw)
+    }
+
+    /// The completion text, in document order (empty when the document is broken).
+    pub fn completion(&self) -> String {
+        let mut out = String::new();
+        if self.broken {
+            return out;
+        }
+        for piece in &self.pieces {
+            match piece {
+                Piece::Escaped(raw) => {
+                    if let Some(text) = unescape(raw) {
+                        out.push_str(&text);
+                    }
+                }
+                Piece::Raw(raw) => {
+                    if raw.as_slice() != b"null" {
+                        out.push_str(&String::from_utf8_lossy(raw));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn byte(&mut self, b: u8) {
+        let capturing = self.capture.is_some();
+        if capturing {
+            self.capture_byte(b);
+        }
+        self.dispatch(b);
+        // A capture opened by this byte (the first byte of the value) starts with it.
+        if !capturing && self.capture.is_some() {
+            self.capture_byte(b);
+        }
+    }
+
+    fn capture_byte(&mut self, b: u8) {
+        self.capture_run(&[b]);
+    }
+
+    /// Bytes of a value being copied (dropped, and the value with them, past its bound).
+    fn capture_run(&mut self, run: &[u8]) {
+        if let Some(capture) = &mut self.capture {
+            capture.bytes.extend_from_slice(run);
+            let limit = if capture.usage { MAX_USAGE } else { MAX_TEXT };
+            if capture.bytes.len() > limit {
+                self.capture = None;
+            }
+        }
+    }
+
+    fn dispatch(&mut self, b: u8) {
+        if self.in_string {
+            self.string_byte(b);
+            return;
+        }
+        match b {
+            b' ' | b'\n' | b'\r' | b'\t' => {}
+            b'"' => {
+                self.string = Some(self.string_start());
+                self.in_string = true;
+                self.escape = false;
+                if self.string == Some(Str::Text) {
+                    self.pieces.push(Piece::Escaped(Vec::new()));
+                }
+            }
+            b'{' | b'[' => {
+                self.value_start();
+                if self.stack.len() >= MAX_DEPTH {
+                    self.broken = true;
+                    return;
+                }
+                self.stack.push(Level { object: b == b'{', key: Key::Other, in_value: false });
+                self.expect_value = b == b'[';
+            }
+            b'}' | b']' => {
+                // A scalar value being captured ends at the bracket.
+                self.scalar_end();
+                match self.stack.pop() {
+                    Some(level) if level.object == (b == b'}') => {}
+                    _ => {
+                        self.broken = true;
+                        return;
+                    }
+                }
+                self.expect_value = false;
+                self.value_end();
+            }
+            b':' => match self.stack.last_mut() {
+                Some(level) if level.object && !level.in_value => {
+                    level.in_value = true;
+                    self.expect_value = true;
+                }
+                _ => self.broken = true,
+            },
+            b',' => {
+                self.scalar_end();
+                match self.stack.last_mut() {
+                    Some(level) if level.object => {
+                        level.in_value = false;
+                        level.key = Key::Other;
+                    }
+                    Some(_) => self.expect_value = true,
+                    None => self.broken = true,
+                }
+            }
+            _ => {
+                if self.expect_value {
+                    self.value_start();
+                } else if self.closed || self.stack.last().is_some_and(|l| l.object && !l.in_value) {
+                    self.broken = true;
+                }
+            }
+        }
+    }
+
+    fn string_byte(&mut self, b: u8) {
+        let ended = if self.escape {
+            self.escape = false;
+            false
+        } else if b == b'\\' {
+            self.escape = true;
+            false
+        } else {
+            b == b'"'
+        };
+        if ended {
+            self.in_string = false;
+            match self.string.take() {
+                Some(Str::Key) => {
+                    let key = if self.key.len() > MAX_KEY {
+                        Key::Other
+                    } else if self.key.contains(&b'\\') {
+                        // An escaped name (`"us\u0061ge"`) is the name it decodes to.
+                        unescape(&self.key).map_or(Key::Other, |k| key_of(k.as_bytes()))
+                    } else {
+                        key_of(&self.key)
+                    };
+                    self.key.clear();
+                    if let Some(level) = self.stack.last_mut() {
+                        level.key = key;
+                    }
+                }
+                Some(_) => self.value_end(),
+                None => {}
+            }
+            return;
+        }
+        match self.string {
+            Some(Str::Key) if self.key.len() <= MAX_KEY => self.key.push(b),
+            Some(Str::Text) if self.text_len < MAX_TEXT => {
+                self.text_len += 1;
+                if let Some(Piece::Escaped(raw)) = self.pieces.last_mut() {
+                    raw.push(b);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What a string starting now is: a member name, completion text, or neither.
+    fn string_start(&mut self) -> Str {
+        if self.stack.last().is_some_and(|l| l.object && !l.in_value) {
+            return Str::Key;
+        }
+        let text = self.value_start();
+        if text { Str::Text } else { Str::Skip }
+    }
+
+    /// A value starts: decides from the path whether it is kept. Returns whether it is
+    /// completion text (for strings).
+    fn value_start(&mut self) -> bool {
+        if !self.expect_value {
+            self.broken = true;
+            return false;
+        }
+        self.expect_value = false;
+        if self.closed {
+            self.broken = true;
+            return false;
+        }
+        self.started = true;
+        let s = &self.stack;
+        let in_choice = s.len() >= 3 && s[0].key == Key::Choices && !s[1].object;
+        match s.len() {
+            1 if s[0].key == Key::Usage && self.capture.is_none() => {
+                self.usage_twice |= self.usage.is_some();
+                self.capture = Some(Capture { usage: true, depth: 1, bytes: Vec::new() });
+                false
+            }
+            3 if in_choice && s[2].key == Key::Text => true,
+            4 if in_choice && matches!(s[2].key, Key::Message | Key::Delta) => match s[3].key {
+                Key::Content => true,
+                Key::ToolCalls if self.capture.is_none() && self.text_len < MAX_TEXT => {
+                    self.capture = Some(Capture { usage: false, depth: 4, bytes: Vec::new() });
+                    false
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// A value ended (a container closed, or a string): closes a capture that ends here.
+    fn value_end(&mut self) {
+        if self.stack.is_empty() {
+            self.closed = self.started;
+        }
+        let depth = self.stack.len();
+        if self.capture.as_ref().is_some_and(|c| c.depth == depth) {
+            self.finish_capture(None);
+        }
+    }
+
+    /// A scalar (number, literal) ends at a `,` or a closing bracket.
+    fn scalar_end(&mut self) {
+        let depth = self.stack.len();
+        if self.capture.as_ref().is_some_and(|c| {
+            c.depth == depth && !c.bytes.starts_with(b"{") && !c.bytes.starts_with(b"[") && !c.bytes.starts_with(b"\"")
+        }) {
+            // The delimiter was pushed into the capture: drop it.
+            self.finish_capture(Some(1));
+        }
+    }
+
+    fn finish_capture(&mut self, drop_last: Option<usize>) {
+        if let Some(mut capture) = self.capture.take() {
+            if let Some(n) = drop_last {
+                let keep = capture.bytes.len().saturating_sub(n);
+                capture.bytes.truncate(keep);
+            }
+            if capture.usage {
+                self.usage = Some(capture.bytes);
+            } else {
+                self.text_len += capture.bytes.len();
+                self.pieces.push(Piece::Raw(capture.bytes));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::meter::usage::{Answer, body_usage};
+    use proptest::prelude::*;
+
+    fn scan(parts: &[&[u8]]) -> JsonAnswerScanner {
+        let mut s = JsonAnswerScanner::new();
+        for p in parts {
+            s.feed(p);
+        }
+        s
+    }
+
+    fn old_text(body: &[u8]) -> String {
+        let mut out = String::new();
+        if let Some(answer) = Answer::parse(body) {
+            answer.append_completion(&mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn agrees_with_the_whole_body_parse_on_known_shapes() {
+        for json in [
+            r#"{"choices":[{"message":{"content":"Hi \u00e9 \"q\""}}],"usage":{"prompt_tokens":19,"completion_tokens":72}}"#,
+            r#"{"usage":{"total_tokens":7},"data":[{"embedding":[0.1,0.2]}]}"#,
+            r#"{"usage":null,"choices":[]}"#,
+            r#"{"choices":[{"text":"x"},{"text":"y"}]}"#,
+            r#"{"usage":{"prompt_tokens":1}"#,
+            r#"[1,2]"#,
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"a\":1}"}}]}}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+            r#"{"id":"x","choices":[{"message":{"content":"a","tool_calls":null}}]} "#,
+            r#"{"a":{"usage":{"total_tokens":5}},"usage":{"total_tokens":6}}"#,
+            r#"{"usage":{"total_tokens":6}} trailing"#,
+            r#"{"usage":{"total_tokens":6},"usage":{"total_tokens":7}}"#,
+            r#"{"us\u0061ge":{"total_tokens":8}}"#,
+        ] {
+            let bytes = json.as_bytes();
+            for cut in 0..=bytes.len() {
+                let s = scan(&[&bytes[..cut], &bytes[cut..]]);
+                assert_eq!(s.usage(), body_usage(bytes), "{json} cut at {cut}");
+                assert_eq!(s.completion(), old_text(bytes), "{json} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_answer_keeps_only_its_usage() {
+        let mut s = JsonAnswerScanner::new();
+        s.feed(br#"{"object":"list","data":["#);
+        let item = br#"{"index":0,"object":"embedding","embedding":[0.125,-0.5,0.25,0.75]},"#;
+        for _ in 0..200_000 {
+            s.feed(item);
+        }
+        s.feed(br#"{"index":1}],"usage":{"prompt_tokens":12,"total_tokens":12}}"#);
+        assert_eq!(s.usage(), Some(Usage { prompt_tokens: 12, completion_tokens: 0, total_tokens: 12 }));
+        assert!(s.pieces.is_empty() && s.usage.as_ref().is_some_and(|u| u.len() < 64));
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("[a-z \"\\\\\n\u{e9}\u{1F600}]{0,12}").unwrap()
+    }
+
+    proptest! {
+        /// Any answer, in any key order, with noise around it, cut anywhere: the same usage and
+        /// completion text as parsing the whole body.
+        #[test]
+        fn cut_anywhere_it_reads_what_the_whole_body_says(
+            contents in proptest::collection::vec(text(), 0..3),
+            texts in proptest::collection::vec(text(), 0..2),
+            usage in proptest::option::of((0u64..1000, 0u64..1000)),
+            noise in text(),
+            usage_first in any::<bool>(),
+            cuts in proptest::collection::vec(0usize..400, 0..4),
+        ) {
+            let mut choices: Vec<serde_json::Value> = contents
+                .iter()
+                .map(|c| serde_json::json!({"index": 0, "message": {"role": "assistant", "content": c}, "logprobs": null}))
+                .collect();
+            choices.extend(texts.iter().map(|t| serde_json::json!({"text": t, "extra": {"deep": [[{"text": "no"}]]}})));
+            let usage = usage.map(|(p, c)| serde_json::json!({"prompt_tokens": p, "completion_tokens": c}));
+            let body = if usage_first {
+                serde_json::json!({"usage": usage, "noise": noise, "choices": choices})
+            } else {
+                serde_json::json!({"choices": choices, "noise": [noise, {"usage": 1}], "usage": usage})
+            };
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut s = JsonAnswerScanner::new();
+            let mut last = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                s.feed(&bytes[last..cut]);
+                last = cut;
+            }
+            prop_assert_eq!(s.usage(), body_usage(&bytes));
+            prop_assert_eq!(s.completion(), old_text(&bytes));
+        }
+    }
+}

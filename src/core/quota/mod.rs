@@ -1,0 +1,199 @@
+//! Stage "admit": per-deployment quotas, a requests bucket and a tokens bucket taken together.
+//!
+//! Admission takes one request and the request's reserved tokens atomically (both or neither);
+//! reconciliation later refunds or charges the difference to the real usage. The two buckets sit
+//! under one mutex because they must change together; the critical section is a few integer
+//! operations and is never held across an await (a lock-free pair would need a rollback protocol
+//! that lets other requests see a half-taken state).
+
+pub mod bucket;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use crate::core::clock::Clock;
+use bucket::TokenBucket;
+
+/// The seed's quota for every serverless deployment.
+pub const DEFAULT_REQUESTS_PER_MINUTE: u64 = 1_000;
+pub const DEFAULT_TOKENS_PER_MINUTE: u64 = 200_000;
+
+/// A deployment's limits, per minute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_minute: u64,
+    pub tokens_per_minute: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE, tokens_per_minute: DEFAULT_TOKENS_PER_MINUTE }
+    }
+}
+
+/// Which of the two limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitKind {
+    Requests,
+    Tokens,
+}
+
+impl LimitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Requests => "requests",
+            LimitKind::Tokens => "tokens",
+        }
+    }
+}
+
+/// The buckets as a response reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuotaState {
+    pub limit_requests: u64,
+    pub remaining_requests: u64,
+    pub limit_tokens: u64,
+    pub remaining_tokens: u64,
+    /// Nanoseconds until each bucket is full again; in a [`Denial`], for a bucket without room for
+    /// the request, until it has room (so `RateLimit`'s `t` agrees with `retry-after`).
+    pub requests_full_in_ns: u64,
+    pub tokens_full_in_ns: u64,
+}
+
+/// Why a request was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// Not now: `retry_after_ns` is exactly when both buckets will hold this request's reservation.
+    Exhausted { limit: LimitKind, retry_after_ns: u64, state: QuotaState },
+    /// Never: the reservation is larger than the tokens bucket's whole capacity.
+    ExceedsCapacity { reserved: u64, capacity: u64 },
+}
+
+/// A deployment's two buckets, read together.
+#[derive(Debug)]
+pub struct Buckets {
+    pub requests: TokenBucket,
+    pub tokens: TokenBucket,
+}
+
+impl Buckets {
+    /// What the response headers report.
+    pub fn state(&self) -> QuotaState {
+        state_of(self)
+    }
+
+    /// Why `tokens` (with one request) cannot be taken now, and when they could be.
+    pub fn denial(&self, tokens: u64) -> Denial {
+        let request_ok = self.requests.has(1);
+        let tokens_ok = self.tokens.has(tokens);
+        let wait_requests = self.requests.wait_ns_for(1).unwrap_or(u64::MAX);
+        let wait_tokens = self.tokens.wait_ns_for(tokens).unwrap_or(u64::MAX);
+        let limit = match (request_ok, tokens_ok) {
+            (false, true) => LimitKind::Requests,
+            (true, false) => LimitKind::Tokens,
+            _ if wait_requests >= wait_tokens => LimitKind::Requests,
+            _ => LimitKind::Tokens,
+        };
+        // For a bucket without room for this request, the headers' reset time (`t` of the IETF
+        // `RateLimit` field) is when it will have room, so that it agrees with `retry-after`
+        // rather than saying when the bucket is full again.
+        let mut state = state_of(self);
+        if !request_ok {
+            state.requests_full_in_ns = wait_requests;
+        }
+        if !tokens_ok {
+            state.tokens_full_in_ns = wait_tokens;
+        }
+        Denial::Exhausted { limit, retry_after_ns: wait_requests.max(wait_tokens), state }
+    }
+}
+
+/// One deployment's two buckets.
+#[derive(Debug)]
+pub struct DeploymentQuota {
+    buckets: Mutex<Buckets>,
+    clock: Arc<dyn Clock>,
+}
+
+impl DeploymentQuota {
+    /// Full buckets: a fresh deployment can burst its whole minute.
+    pub fn new(limits: Limits, clock: Arc<dyn Clock>) -> DeploymentQuota {
+        let now = clock.now_ns();
+        DeploymentQuota {
+            buckets: Mutex::new(Buckets {
+                requests: TokenBucket::full(limits.requests_per_minute, now),
+                tokens: TokenBucket::full(limits.tokens_per_minute, now),
+            }),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Buckets> {
+        // The critical sections cannot panic midway; a poisoned lock still holds consistent state.
+        self.buckets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn refilled(&self) -> MutexGuard<'_, Buckets> {
+        let now = self.clock.now_ns();
+        let mut b = self.lock();
+        b.requests.refill(now);
+        b.tokens.refill(now);
+        b
+    }
+
+    /// Takes one request and `tokens` together, or neither.
+    pub fn admit(&self, tokens: u64) -> Result<QuotaState, Denial> {
+        let mut b = self.refilled();
+        let capacity = b.tokens.per_minute();
+        if tokens > capacity {
+            return Err(Denial::ExceedsCapacity { reserved: tokens, capacity });
+        }
+        if b.requests.has(1) && b.tokens.has(tokens) {
+            b.requests.take(1);
+            b.tokens.take(tokens);
+            return Ok(state_of(&b));
+        }
+        Err(b.denial(tokens))
+    }
+
+    /// Settles a reservation: refunds `reserved - actual`, or charges `actual - reserved` (which
+    /// may take the bucket below zero).
+    pub fn reconcile(&self, reserved: u64, actual: u64) {
+        let mut b = self.refilled();
+        if actual < reserved {
+            b.tokens.give(reserved - actual);
+        } else {
+            b.tokens.take(actual - reserved);
+        }
+    }
+
+    pub fn state(&self) -> QuotaState {
+        state_of(&self.refilled())
+    }
+
+    pub fn limits(&self) -> Limits {
+        let b = self.lock();
+        Limits { requests_per_minute: b.requests.per_minute(), tokens_per_minute: b.tokens.per_minute() }
+    }
+
+    /// New limits, keeping the current levels (clamped to the new capacities): no free refill.
+    pub fn set_limits(&self, limits: Limits) {
+        let now = self.clock.now_ns();
+        let mut b = self.lock();
+        b.requests.set_per_minute(limits.requests_per_minute, now);
+        b.tokens.set_per_minute(limits.tokens_per_minute, now);
+    }
+}
+
+fn state_of(b: &Buckets) -> QuotaState {
+    QuotaState {
+        limit_requests: b.requests.per_minute(),
+        remaining_requests: b.requests.remaining(),
+        limit_tokens: b.tokens.per_minute(),
+        remaining_tokens: b.tokens.remaining(),
+        requests_full_in_ns: b.requests.ns_until_full(),
+        tokens_full_in_ns: b.tokens.ns_until_full(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+//! The admin listener: liveness, readiness, Prometheus metrics, usage totals and quota levels
+//! (the control plane API hangs here later).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::core::quota::QuotaState;
+use crate::core::roles::Action;
+use crate::planes::control::AdminBody;
+use crate::planes::control::{AdminError, ControlPlane, api};
+use crate::planes::respond::error_response;
+use crate::state::deployment::{Deployment, DeploymentTable};
+use crate::state::ledger::Ledger;
+use crate::state::metrics::Metrics;
+use crate::state::quota_store::QuotaStore;
+
+/// What the admin routes read.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub quota: QuotaStore,
+    pub control: Arc<ControlPlane>,
+    pub ledger: Option<Arc<Ledger>>,
+    /// False once shutdown has started.
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const ROUTES: &str = "admin routes: GET /healthz, /readyz (no token), /metrics (no token unless [admin] metrics_token is set), /usage, /quotas (any admin token, e.g. a reader's); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
+
+impl Admin {
+    /// Answers one admin request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<AdminBody> {
+        if let Some(reason) = crate::planes::respond::host_problem(request.version(), request.headers()) {
+            return error_response(StatusCode::BAD_REQUEST, "InvalidHost", reason);
+        }
+        let path = request.uri().path();
+        let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/usage" | "/quotas");
+        if !known {
+            if api::is_api_path(path) {
+                return api::handle(&self.control, self.ledger.as_ref(), request).await;
+            }
+            return error_response(StatusCode::NOT_FOUND, "NotFound", ROUTES);
+        }
+        if request.method() != Method::GET {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "admin routes take GET");
+        }
+        // Totals and quota levels say how each customer uses the gateway: an admin token is
+        // needed (any role; a token confined to projects sees those). Metrics stay open for
+        // scrapers unless a metrics token is configured.
+        let token = match path {
+            "/usage" | "/quotas" => match api::authorize(&self.control, &request, Action::ReadUsage, None) {
+                Ok(token) => Some(token),
+                Err(error) => return api::error_reply(&error),
+            },
+            "/metrics" => {
+                let presented = bearer(&request);
+                let metrics_token = self.control.metrics_token_matches(presented);
+                let admin_token = || presented.and_then(|p| self.control.authenticate(p)).is_some();
+                if metrics_token == Some(false) && !admin_token() {
+                    let error = AdminError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "Unauthorized",
+                        "/metrics needs 'Authorization: Bearer <token>' with the [admin] metrics_token (or an admin token)",
+                    );
+                    return api::error_reply(&error);
+                }
+                None
+            }
+            _ => None,
+        };
+        let visible = |d: &Deployment| token.as_ref().is_none_or(|t| t.may_use_project(&d.project));
+        match path {
+            "/healthz" => json(r#"{"status":"ok"}"#.into()),
+            "/readyz" if self.ready.load(std::sync::atomic::Ordering::SeqCst) => json(r#"{"status":"ready"}"#.into()),
+            "/readyz" => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ShuttingDown",
+                "this gateway is shutting down: route new traffic elsewhere",
+            ),
+            "/usage" => match self.usage(&visible) {
+                Ok(body) => json(body),
+                Err(error) => error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    &format!("the usage totals could not be written as JSON: {error}"),
+                ),
+            },
+            "/metrics" => {
+                let table = self.control.live().load_full();
+                let states = self.quota_states(&table).await;
+                let text = self.metrics.render(&table, &states);
+                let mut response = Response::new(AdminBody::from(Bytes::from(text)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                response
+            }
+            _ => json(self.quotas(&visible).await),
+        }
+    }
+
+    /// Each deployment's usage totals since start.
+    fn usage(&self, visible: &(dyn Fn(&Deployment) -> bool + Sync)) -> Result<String, serde_json::Error> {
+        let table = self.control.live().load_full();
+        let totals: std::collections::BTreeMap<&str, _> =
+            table.iter().filter(|d| visible(d)).map(|d| (d.name.as_str(), d.usage.read())).collect();
+        serde_json::to_string(&totals)
+    }
+
+    /// Each deployment's buckets now (from the shared store with `store = "redis"`; `None` for a
+    /// deployment whose buckets cannot be read while the store is down).
+    async fn quota_states(&self, table: &DeploymentTable) -> Vec<Option<QuotaState>> {
+        let mut states = Vec::with_capacity(table.len());
+        for deployment in table.iter() {
+            states.push(self.quota.state(deployment).await);
+        }
+        states
+    }
+
+    /// Each deployment's buckets now: limits and what remains (null while they cannot be read).
+    async fn quotas(&self, visible: &(dyn Fn(&Deployment) -> bool + Sync)) -> String {
+        let table = self.control.live().load_full();
+        let states = self.quota_states(&table).await;
+        let mut out = serde_json::Map::new();
+        for (deployment, state) in table.iter().zip(states).filter(|(d, _)| visible(d)) {
+            let value = match state {
+                Some(s) => json!({
+                    "requestsPerMinute": s.limit_requests, "remainingRequests": s.remaining_requests,
+                    "tokensPerMinute": s.limit_tokens, "remainingTokens": s.remaining_tokens,
+                }),
+                None => serde_json::Value::Null,
+            };
+            out.insert(deployment.name.clone(), value);
+        }
+        serde_json::Value::Object(out).to_string()
+    }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(request: &Request<Incoming>) -> Option<&[u8]> {
+    let value = request.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let token = value.strip_prefix(b"Bearer ").or_else(|| value.strip_prefix(b"bearer "))?.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+fn json(body: String) -> Response<AdminBody> {
+    let mut response = Response::new(AdminBody::from(Bytes::from(body)));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,103 @@
+//! The live deployment table from the configuration file and the admin state. Built whole and
+//! swapped in at once; deployments that existed before keep their buckets and totals.
+
+use std::sync::Arc;
+
+use super::state::{ApiDeployment, ControlState, KeySecret};
+use crate::config::{Config, DEFAULT_MAX_TOKENS, DeploymentConfig};
+use crate::core::clock::Clock;
+use crate::core::keys::{KeyDigest, KeyPair};
+use crate::core::quota::Limits;
+use crate::state::deployment::{Deployment, DeploymentTable, Health, Origin};
+
+/// The file and the admin state disagree.
+#[derive(Debug, thiserror::Error)]
+pub enum TableConflict {
+    #[error(
+        "deployment '{file}' is declared in the configuration file and was also created through the admin API (as '{api}'); rename one"
+    )]
+    NameClash { file: String, api: String },
+    #[error(
+        "model '{model}' is used by deployment '{deployment}' (project '{project}') but is no longer in [[models]]; delete the deployment first"
+    )]
+    ModelRemoved { model: String, deployment: String, project: String },
+}
+
+/// Builds the table; fails when the file and the admin state disagree (a name used twice, a
+/// catalog model removed while deployments use it).
+pub fn build_table(
+    config: &Config,
+    state: &ControlState,
+    secret: &KeySecret,
+    previous: &DeploymentTable,
+    clock: &Arc<dyn Clock>,
+) -> Result<DeploymentTable, TableConflict> {
+    let mut out: Vec<Arc<Deployment>> = Vec::with_capacity(config.deployments.len() + state.deployments.len());
+    for file in &config.deployments {
+        out.push(Arc::new(Deployment::build(
+            file,
+            Origin::File,
+            Health::Online,
+            None,
+            previous.get(&file.name).map(|d| &**d),
+            clock,
+            &config.backend,
+        )));
+    }
+    for api in &state.deployments {
+        if let Some(clash) = out.iter().find(|d| d.name.eq_ignore_ascii_case(&api.name)) {
+            return Err(TableConflict::NameClash { file: clash.name.clone(), api: api.name.clone() });
+        }
+        let model = config.models.iter().find(|m| m.id == api.model_id).ok_or_else(|| TableConflict::ModelRemoved {
+            model: api.model_id.clone(),
+            deployment: api.name.clone(),
+            project: api.project.clone(),
+        })?;
+        let (health, subscription) = match &model.offer {
+            None => (Health::Online, None),
+            Some(offer) => match state.subscriptions.iter().find(|s| s.project == api.project && s.offer == *offer) {
+                Some(sub) => (Health::Online, Some(format!("/projects/{}/subscriptions/{}", sub.project, sub.name))),
+                None => (
+                    Health::Unhealthy(format!(
+                        "deployment '{}' is unhealthy: project '{}' no longer has a subscription to offer '{}' (it was deleted); PUT /projects/{}/subscriptions/{{name}} with {{\"modelId\": \"{}\"}} to bring it back",
+                        api.name, api.project, offer, api.project, api.model_id
+                    )),
+                    None,
+                ),
+            },
+        };
+        let deployment_config = DeploymentConfig {
+            name: api.name.clone(),
+            model: model.id.clone(),
+            project: api.project.clone(),
+            backend: model.backend.clone(),
+            backend_key: model.backend_key.clone(),
+            keys: key_pair(secret, api),
+            backend_http2: model.backend_http2,
+            backend_ca: model.backend_ca.clone(),
+            first_byte_timeout: config.backend.first_byte_timeout,
+            limits: api.limits.map(Limits::from).unwrap_or_default(),
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            tokenizer: Default::default(),
+        };
+        let before = previous.get(&api.name).map(|d| &**d);
+        out.push(Arc::new(Deployment::build(
+            &deployment_config,
+            Origin::Api,
+            health,
+            subscription,
+            before,
+            clock,
+            &config.backend,
+        )));
+    }
+    Ok(DeploymentTable::from_deployments(out))
+}
+
+/// The digests of an API deployment's two derived keys.
+pub fn key_pair(secret: &KeySecret, deployment: &ApiDeployment) -> KeyPair {
+    KeyPair {
+        primary: KeyDigest::of(secret.derive_key(deployment, 0).as_bytes()),
+        secondary: Some(KeyDigest::of(secret.derive_key(deployment, 1).as_bytes())),
+    }
+}

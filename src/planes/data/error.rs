@@ -1,0 +1,215 @@
+//! Per-request errors and the one place that turns them into the API's error JSON.
+//!
+//! Every rejection the gateway makes is an [`ApiError`]. Its status, error code and metric label are
+//! exhaustive matches, so a new variant forces a decision about each. The body is always
+//! `{"error":{"code","message","status"}}` with the same code in `x-ms-error-code`.
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+
+use crate::core::quota::{LimitKind, QuotaState};
+use crate::planes::data::body::ProxyBody;
+use crate::planes::data::quota_headers::{ceil_millis, set_retry_after};
+use crate::planes::respond::error_response;
+
+fn rate_limited_message(
+    deployment: &str,
+    limit: LimitKind,
+    reserved: u64,
+    retry_after_ns: u64,
+    state: &QuotaState,
+) -> String {
+    let (per_minute, remaining) = match limit {
+        LimitKind::Requests => (state.limit_requests, state.remaining_requests),
+        LimitKind::Tokens => (state.limit_tokens, state.remaining_tokens),
+    };
+    format!(
+        "You have hit your assigned rate limit and your request need to be paced: deployment '{deployment}' allows {per_minute} {kind} per minute and has {remaining} left; this request needs 1 request and {reserved} tokens. Retry after {ms} ms.",
+        kind = limit.as_str(),
+        ms = ceil_millis(retry_after_ns),
+    )
+}
+
+/// Why a request was not served (or not served completely) by a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "no deployment named '{name}' exists on this gateway; check the deployment name in the URL, the host name, the 'azureml-model-deployment' header or the body's 'model' field"
+    )]
+    DeploymentNotFound { name: String },
+    #[error(
+        "the request names no deployment: call /openai/deployments/{{name}}/..., use the host {{name}}.<gateway host>, or send the deployment name in the 'azureml-model-deployment' header or the body's 'model' field"
+    )]
+    DeploymentMissing,
+    #[error(
+        "no route {path}: supported routes are GET /info and POST /chat/completions, /completions, /embeddings, /images/embeddings (optionally under /openai/deployments/{{name}}, /models or /v1)"
+    )]
+    RouteNotFound { path: String },
+    #[error("method {method} is not allowed on {route}; use {allowed}")]
+    MethodNotAllowed { method: Method, route: &'static str, allowed: Method },
+    #[error(
+        "access denied due to a missing or invalid key for deployment '{deployment}': send one of the deployment's keys as 'api-key: <key>' or 'Authorization: Bearer <key>'"
+    )]
+    Unauthorized { deployment: String },
+    #[error(
+        "access denied due to a missing or invalid key: this request names no deployment (in the URL, the 'azureml-model-deployment' header or the body's 'model'), so it is found from the key, and this key is not one of any deployment's keys; send one as 'api-key: <key>' or 'Authorization: Bearer <key>'"
+    )]
+    KeyNotRecognized,
+    #[error("{reason}")]
+    InvalidHost { reason: &'static str },
+    #[error("the request body is larger than this gateway's limit of {limit} bytes; send a smaller body")]
+    BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {timeout_ms} ms; send the whole body promptly")]
+    BodyTimeout { timeout_ms: u64 },
+    #[error("the request body could not be read: {reason}")]
+    BodyRead { reason: String },
+    #[error("the request body must be a JSON object: {reason}")]
+    InvalidJson { reason: String },
+    #[error("{}", rate_limited_message(deployment, *limit, *reserved_tokens, *retry_after_ns, state))]
+    RateLimited { deployment: String, limit: LimitKind, reserved_tokens: u64, retry_after_ns: u64, state: QuotaState },
+    #[error(
+        "this request reserves {reserved} tokens ({prompt} estimated for the prompt + {completion} for the completion) but deployment '{deployment}' allows {capacity} tokens per minute, so it can never be admitted: lower max_tokens or shorten the prompt"
+    )]
+    TokenLimitExceeded { deployment: String, reserved: u64, prompt: u64, completion: u64, capacity: u64 },
+    #[error("{reason}")]
+    DeploymentUnhealthy { reason: String },
+    #[error(
+        "the quota store of this gateway cannot be reached, and it is configured to refuse requests it cannot count (on_store_error = \"fail-closed\"); retry in a second"
+    )]
+    QuotaStoreUnavailable,
+    #[error("the backend of deployment '{deployment}' could not be reached ({reason}); try again later")]
+    BackendUnreachable { deployment: String, reason: String },
+    #[error("the backend of deployment '{deployment}' did not {what} within {timeout_ms} ms; try again later")]
+    BackendTimeout { deployment: String, what: &'static str, timeout_ms: u64 },
+    #[error("the backend of deployment '{deployment}' failed: {reason}")]
+    BackendProtocol { deployment: String, reason: String },
+}
+
+impl From<crate::core::estimate::EstimateError> for ApiError {
+    fn from(error: crate::core::estimate::EstimateError) -> ApiError {
+        ApiError::InvalidJson { reason: error.reason }
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::DeploymentNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::DeploymentMissing => StatusCode::BAD_REQUEST,
+            ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::KeyNotRecognized => StatusCode::UNAUTHORIZED,
+            ApiError::InvalidHost { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyRead { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
+            ApiError::DeploymentUnhealthy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::QuotaStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BackendUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The API error code, sent in the body and in `x-ms-error-code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::DeploymentNotFound { .. } => "DeploymentNotFound",
+            ApiError::DeploymentMissing => "DeploymentMissing",
+            ApiError::RouteNotFound { .. } => "NotFound",
+            ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
+            ApiError::Unauthorized { .. } => "Unauthorized",
+            ApiError::KeyNotRecognized => "Unauthorized",
+            ApiError::InvalidHost { .. } => "InvalidHost",
+            ApiError::BodyTooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::BodyTimeout { .. } => "RequestTimeout",
+            ApiError::BodyRead { .. } => "InvalidRequestBody",
+            ApiError::InvalidJson { .. } => "InvalidJson",
+            ApiError::RateLimited { .. } => "TooManyRequests",
+            ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
+            ApiError::DeploymentUnhealthy { .. } => "ServiceUnavailable",
+            ApiError::QuotaStoreUnavailable => "ServiceUnavailable",
+            ApiError::BackendUnreachable { .. } => "BadGateway",
+            ApiError::BackendTimeout { .. } => "GatewayTimeout",
+            ApiError::BackendProtocol { .. } => "BadGateway",
+        }
+    }
+
+    /// A bounded label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ApiError::DeploymentNotFound { .. } => "deployment_not_found",
+            ApiError::DeploymentMissing => "deployment_missing",
+            ApiError::RouteNotFound { .. } => "route_not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::KeyNotRecognized => "unauthorized",
+            ApiError::InvalidHost { .. } => "invalid_host",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
+            ApiError::BodyTimeout { .. } => "body_timeout",
+            ApiError::BodyRead { .. } => "body_read",
+            ApiError::InvalidJson { .. } => "invalid_json",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
+            ApiError::DeploymentUnhealthy { .. } => "deployment_unhealthy",
+            ApiError::QuotaStoreUnavailable => "quota_store_unavailable",
+            ApiError::BackendUnreachable { .. } => "backend_connect",
+            ApiError::BackendTimeout { .. } => "backend_timeout",
+            ApiError::BackendProtocol { .. } => "backend_protocol",
+        }
+    }
+
+    /// The error as the API's JSON response.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut response = error_response(status, self.code(), &self.to_string());
+        match &self {
+            ApiError::MethodNotAllowed { allowed, .. } => {
+                if let Ok(value) = HeaderValue::from_str(allowed.as_str()) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+            }
+            ApiError::RateLimited { retry_after_ns, .. } => set_retry_after(response.headers_mut(), *retry_after_ns),
+            ApiError::QuotaStoreUnavailable => set_retry_after(response.headers_mut(), 1_000_000_000),
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_body_has_code_message_status_and_header() {
+        let response = ApiError::BodyTooLarge { limit: 10 }.into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()["x-ms-error-code"], "RequestEntityTooLarge");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["error"]["code"], "RequestEntityTooLarge");
+        assert_eq!(json["error"]["status"], 413);
+        assert!(json["error"]["message"].as_str().unwrap().contains("10 bytes"));
+    }
+
+    #[tokio::test]
+    async fn messages_with_quotes_stay_valid_json() {
+        let response = ApiError::DeploymentNotFound { name: "a\"b\\c".into() }.into_response();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert!(json["error"]["message"].as_str().unwrap().contains("a\"b\\c"));
+    }
+
+    #[test]
+    fn method_not_allowed_sets_allow() {
+        let response =
+            ApiError::MethodNotAllowed { method: Method::GET, route: "/chat/completions", allowed: Method::POST }
+                .into_response();
+        assert_eq!(response.headers()[header::ALLOW], "POST");
+    }
+}

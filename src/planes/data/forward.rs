@@ -1,0 +1,158 @@
+//! Stage 5, forward: a request to the deployment's backend through its pooled client
+//! ([`BackendClient`], held in the state layer), and the header rewriting around it.
+
+use std::error::Error as _;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, request};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::core::api::ApiRoute;
+use crate::planes::data::error::ApiError;
+use crate::state::deployment::Deployment;
+pub use crate::state::upstream::BackendClient;
+
+impl BackendClient {
+    /// Sends the request to the deployment's backend and waits (up to the first-byte timeout) for
+    /// the response head. The body is not read here.
+    pub async fn forward(
+        &self,
+        deployment: &Deployment,
+        route: ApiRoute,
+        mut parts: request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, ApiError> {
+        let uri =
+            deployment.backend.uri_for(route.path(), parts.uri.query()).map_err(|e| ApiError::BackendProtocol {
+                deployment: deployment.name.clone(),
+                reason: format!("cannot address the backend: {e}"),
+            })?;
+        prepare_backend_headers(&mut parts.headers, deployment, body.len());
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = parts.headers;
+        let client = self.pool(deployment.backend_http2);
+        let response = tokio::time::timeout(deployment.first_byte_timeout, client.request(request))
+            .await
+            .map_err(|_| ApiError::BackendTimeout {
+                deployment: deployment.name.clone(),
+                what: "send a response",
+                timeout_ms: deployment.first_byte_timeout.as_millis() as u64,
+            })?
+            .map_err(|e| self.classify(deployment, e))?;
+        let (mut head, body) = response.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        Ok(Response::from_parts(head, body))
+    }
+
+    fn classify(&self, deployment: &Deployment, error: hyper_util::client::legacy::Error) -> ApiError {
+        let reason = error_chain(&error);
+        if error.is_connect() {
+            if has_timed_out(&error) {
+                ApiError::BackendTimeout {
+                    deployment: deployment.name.clone(),
+                    what: "accept a connection",
+                    timeout_ms: self.connect_timeout().as_millis() as u64,
+                }
+            } else {
+                ApiError::BackendUnreachable { deployment: deployment.name.clone(), reason }
+            }
+        } else {
+            ApiError::BackendProtocol { deployment: deployment.name.clone(), reason }
+        }
+    }
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header lists.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Client headers as the backend should see them: no client key, no routing header, no hop-by-hop
+/// headers, the backend's own key when configured, and the exact body length.
+fn prepare_backend_headers(headers: &mut HeaderMap, deployment: &Deployment, body_len: usize) {
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    headers.remove("api-key");
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("azureml-model-deployment");
+    if let Some(auth) = &deployment.backend_auth {
+        headers.insert("api-key", auth.api_key.clone());
+        headers.insert(header::AUTHORIZATION, auth.bearer.clone());
+    }
+    if body_len > 0 || headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(body_len));
+    }
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn has_timed_out(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("extra-parameters", HeaderValue::from_static("pass-through"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h["extra-parameters"], "pass-through");
+    }
+}

@@ -1,0 +1,538 @@
+//! The request pipeline. Each stage lives in its own module; this one wires them in order:
+//!
+//! 0. **check the head**: exactly one `Host` on HTTP/1.1, never two (400 `InvalidHost`).
+//!    `GET /v1/models` and `/openai/models` are answered here from the key's deployments.
+//! 1. **route** ([`route`]): method + path → API operation and addressing mode. Unknown path 404,
+//!    wrong method 405.
+//! 2. **find the deployment**: host label, `/openai/deployments/{name}`, `azureml-model-deployment`
+//!    header; when none names one, the presented key's digest is looked up in the table
+//!    ([`DeploymentTable::for_key`]): a key that is nobody's is a 401 before any body byte is read;
+//!    otherwise the body's `model` (read now) or, without one, the key's only deployment. 404 / 400.
+//! 3. **authenticate** ([`auth`]): `api-key` or `Authorization: Bearer` against the deployment's two
+//!    key digests, constant-time. Adds the key slot. 401. `GET /info` leaves the pipeline here
+//!    ([`info`]): not admitted, answered from a copy kept for 10 s.
+//! 4. **read the body** ([`body`]): bounded by `server.max_body_bytes` (413), validated as a JSON
+//!    object in one pass that also reads `model` and `stream` (400).
+//!    The same pass **estimates** the prompt tokens ([`crate::core::estimate`]).
+//! 5. **admit** ([`crate::core::quota`]): one request and prompt + completion reservation taken from the
+//!    deployment's two buckets together, or 429 with an exact `retry-after-ms` (400 when the
+//!    reservation exceeds the whole capacity). Adds the quota state for the response headers and
+//!    a [`Reservation`] that must be settled.
+//! 6. **forward** ([`forward`]): pooled hyper client, client key and hop-by-hop headers removed,
+//!    backend key set; waits for the response head up to the first-byte timeout (502/504, the
+//!    reservation refunded).
+//! 7. **stream back and reconcile** ([`metered_body::MeteredBody`]): the backend body passes
+//!    through frame by frame while a scanner reads `usage` (or the streamed text); at the end, on a
+//!    break or when the client goes away the reservation is settled to the real count. A client
+//!    that asked for `include_usage` from a backend that sends none gets the gateway's usage chunk
+//!    before `[DONE]` ([`crate::core::meter::usage_chunk`]).
+//! 8. **record**: the [`UsageSink`] gets one record per authenticated request; one access log
+//!    line per request. Responses get `x-request-id` / `apim-request-id`, the client's
+//!    `x-ms-client-request-id` echoed, and the `x-ratelimit-*` / `RateLimit` headers. An HTTP/2
+//!    body left unread by a refusal is drained in the background ([`body::drain_after_refusal`]).
+
+pub mod auth;
+pub mod body;
+pub mod count;
+pub mod error;
+pub mod forward;
+pub mod info;
+pub mod metered_body;
+pub mod quota_headers;
+pub mod reconcile;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, request};
+use hyper::body::Incoming;
+
+use crate::config::Config;
+use arc_swap::ArcSwap;
+
+use crate::core::api::ApiRoute;
+use crate::core::estimate::{self, Estimate, Tokenizer};
+use crate::core::keys::KeySlot;
+use crate::core::meter::Counts;
+use crate::core::meter::usage_chunk::UsageChunk;
+use crate::core::quota::{Denial, LimitKind, QuotaState};
+use crate::planes::data::count::Counter;
+use crate::planes::data::error::ApiError;
+use crate::planes::data::metered_body::{MeteredBody, Metering, StreamLimits};
+use crate::planes::data::quota_headers::set_quota_headers;
+use crate::planes::data::reconcile::{RequestFacts, Reservation};
+use crate::state::deployment::{Deployment, DeploymentTable, Health};
+use crate::state::metrics::{Metrics, metric_status};
+use crate::state::quota_store::{QuotaStore, Refusal};
+use crate::state::record::{Outcome, UsageSink};
+use crate::state::request_id::RequestId;
+use body::{BodyFields, ProxyBody};
+use forward::BackendClient;
+use route::Addressing;
+
+/// The data plane: everything a request needs, shared by all connections.
+pub struct Gateway {
+    /// Published by the control plane; swapped whole on every change, read without a lock.
+    deployments: Arc<ArcSwap<DeploymentTable>>,
+    backend: BackendClient,
+    max_body_bytes: usize,
+    body_read_timeout: std::time::Duration,
+    metering: Metering,
+    sink: Arc<dyn UsageSink>,
+    metrics: Arc<Metrics>,
+    quota: QuotaStore,
+}
+
+/// Stage 4's estimate: in place for a short body, on the blocking pool for a long one (a
+/// 100 KB prompt is ~1.7 ms of BPE counting, too long to hold a runtime worker).
+async fn estimate_off_worker(
+    route: ApiRoute,
+    body: &Bytes,
+    tokenizer: Tokenizer,
+) -> Result<Estimate, estimate::EstimateError> {
+    if body.len() <= tokenizer.inline_limit() {
+        return estimate::estimate(route, body, tokenizer);
+    }
+    let owned = body.clone();
+    match tokio::task::spawn_blocking(move || estimate::estimate(route, &owned, tokenizer)).await {
+        Ok(estimate) => estimate,
+        Err(error) => {
+            tracing::error!(%error, "the prompt estimate on the blocking pool did not finish; estimating in place");
+            estimate::estimate(route, body, tokenizer)
+        }
+    }
+}
+
+/// What is known about a request so far, filled in as it goes through the stages.
+#[derive(Default)]
+struct Trace {
+    route: Option<ApiRoute>,
+    deployment: Option<Arc<Deployment>>,
+    key_slot: Option<KeySlot>,
+    estimated_prompt_tokens: u64,
+    /// The buckets after admission (or at the denial), for the response headers.
+    quota: Option<QuotaState>,
+    /// A reservation was made: it records the request when settled.
+    reserved: bool,
+    /// The limit a 429 was for.
+    limited_by: Option<LimitKind>,
+    /// How a request that was never admitted ended, when not a rejection (`/info` is served
+    /// without admission).
+    outcome: Option<Outcome>,
+    /// The request body while not read to its end (a refusal may come before or midway).
+    unread: Option<Incoming>,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        deployments: Arc<ArcSwap<DeploymentTable>>,
+        sink: Arc<dyn UsageSink>,
+        metrics: Arc<Metrics>,
+        quota: QuotaStore,
+    ) -> Gateway {
+        crate::core::estimate::Tokenizer::Bpe.warm_up();
+        Gateway {
+            deployments,
+            backend: BackendClient::new(&config.backend),
+            max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: config.server.limits.body_read_timeout,
+            metering: Metering {
+                limits: StreamLimits {
+                    idle: config.backend.stream_idle_timeout,
+                    total: config.backend.response_timeout,
+                },
+                counter: Counter::new(),
+            },
+            sink,
+            metrics,
+            quota,
+        }
+    }
+
+    /// Where the completion text of answers without `usage` is counted (shutdown waits for it).
+    pub fn counter(&self) -> &Counter {
+        &self.metering.counter
+    }
+
+    /// Where admission takes from.
+    pub fn quota_store(&self) -> &QuotaStore {
+        &self.quota
+    }
+
+    /// The current deployment table, owned (callers may hold it across awaits: the admin
+    /// listener reads the shared store for each deployment).
+    pub fn deployments(&self) -> Arc<DeploymentTable> {
+        self.deployments.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves one request. Never fails: every error becomes the API's error response.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let request_id = RequestId::generate();
+        let client_request_id = request.headers().get("x-ms-client-request-id").cloned();
+        let version = request.version();
+        let mut trace = Trace::default();
+        let (mut response, error_label) =
+            match self.serve(request, &request_id, (started, started_at), &mut trace).await {
+                Ok(response) => (response, None),
+                Err(error) => {
+                    let label = error.metric_label();
+                    (error.into_response(), Some(label))
+                }
+            };
+        let headers = response.headers_mut();
+        headers.insert("x-request-id", request_id.header().clone());
+        headers.insert("apim-request-id", request_id.header().clone());
+        if let Some(id) = client_request_id {
+            headers.entry("x-ms-client-request-id").or_insert(id);
+        }
+        if let Some(state) = &trace.quota {
+            set_quota_headers(headers, state);
+        }
+        if let Some(body) = trace.unread.take() {
+            body::drain_after_refusal(version, body, self.max_body_bytes, self.body_read_timeout);
+        }
+        let status = response.status().as_u16();
+        match (trace.reserved, &trace.deployment, trace.key_slot, trace.route) {
+            // Admitted: the reservation records the request when it settles.
+            (true, ..) => {}
+            // Authenticated but never admitted (bad body, 429, ...): recorded here.
+            (false, Some(deployment), Some(key_slot), Some(route)) => {
+                let facts = RequestFacts {
+                    deployment: Arc::clone(deployment),
+                    key_slot,
+                    route,
+                    request_id: request_id.clone(),
+                    started,
+                    started_at,
+                    estimated_prompt_tokens: trace.estimated_prompt_tokens,
+                    limited_by: trace.limited_by,
+                };
+                self.sink.record(facts.unbilled(status, trace.outcome.unwrap_or(Outcome::Rejected)));
+            }
+            // Not authenticated: no usage record, only metrics and the access log.
+            _ => {
+                if let (Some(deployment), Some(route)) = (&trace.deployment, trace.route) {
+                    let name = deployment.name.as_str();
+                    self.metrics.requests.with_label_values(&[name, route.label(), metric_status(status)]).inc();
+                    if status == 401 {
+                        self.metrics.auth_failures.with_label_values(&[name]).inc();
+                    }
+                } else if status == 401 {
+                    // A key that is nobody's on a request that named no deployment.
+                    self.metrics.auth_failures.with_label_values(&["-"]).inc();
+                }
+                tracing::info!(
+                    target: "tollgate::access",
+                    request_id = request_id.as_str(),
+                    deployment = trace.deployment.as_deref().map_or("-", |d| d.name.as_str()),
+                    route = trace.route.map_or("-", ApiRoute::label),
+                    status,
+                    error = error_label.unwrap_or("-"),
+                    duration_us = started.elapsed().as_micros() as u64,
+                );
+            }
+        }
+        response
+    }
+
+    async fn serve(
+        &self,
+        request: Request<Incoming>,
+        request_id: &RequestId,
+        (started, started_at): (Instant, SystemTime),
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ApiError> {
+        let (parts, incoming) = request.into_parts();
+        trace.unread = Some(incoming);
+        route::check_host(parts.version, &parts.headers)?;
+        if let Some(query) = route::models_query(&parts.method, parts.uri.path())? {
+            return self.models(&parts.headers, query);
+        }
+        let routed = route::route(&parts.method, parts.uri.path())?;
+        let route = routed.route;
+        trace.route = Some(route);
+
+        // Stage 2: the deployment, from the URL or headers when they name it, else from the key
+        // (and the body's `model`, read only once the key is known to be some deployment's). The
+        // table guard is dropped before any await.
+        let mut body: Option<Bytes> = None;
+        let mut digest = None;
+        let found = {
+            let table = self.deployments.load();
+            let named = match routed.addressing {
+                Addressing::Path(name) => Some(lookup(&table, name)?),
+                Addressing::Root => match host_of(&parts).and_then(route::host_label) {
+                    Some(label) => table.get(label).cloned(),
+                    None => None,
+                },
+                Addressing::Unified => None,
+            };
+            match named {
+                Some(d) => Found::Named(d),
+                None => match parts.headers.get("azureml-model-deployment") {
+                    Some(value) => Found::Named(lookup(&table, value.to_str().unwrap_or(""))?),
+                    None => {
+                        digest = auth::presented_digest(&parts.headers);
+                        match digest.as_ref().map_or(&[][..], |d| table.for_key(d)) {
+                            // Nothing names a deployment and the key is nobody's: refused before
+                            // a byte of the body is read (no unauthenticated buffering).
+                            [] => return Err(self.unnamed_refusal(&parts)),
+                            [only] => Found::ByKey(Some(Arc::clone(only))),
+                            _ => Found::ByKey(None),
+                        }
+                    }
+                },
+            }
+        };
+        let deployment = match found {
+            Found::Named(deployment) => deployment,
+            // Found by the key: the body's `model` decides when given, else the key's only one.
+            Found::ByKey(only) => {
+                let model = if route.has_json_body() {
+                    let bytes = self.read_body(&parts, &mut trace.unread).await?;
+                    let model =
+                        BodyFields::parse(&bytes)?.model.map(|m| lookup(&self.deployments.load(), &m)).transpose()?;
+                    body = Some(bytes);
+                    model
+                } else {
+                    None
+                };
+                match (model, only) {
+                    (Some(found), _) => found,
+                    (None, Some(only)) => only,
+                    (None, None) => return Err(ApiError::DeploymentMissing),
+                }
+            }
+        };
+        trace.deployment = Some(Arc::clone(&deployment));
+
+        // Stage 3: authenticate before reading a body we have not read yet.
+        let key_slot = auth::authenticate(&deployment, &parts.headers, digest)?;
+        trace.key_slot = Some(key_slot);
+        if let Health::Unhealthy(reason) = &deployment.health {
+            return Err(ApiError::DeploymentUnhealthy { reason: reason.clone() });
+        }
+
+        // `/info` is metadata: not charged to the quota, answered from a short-lived copy.
+        if route == ApiRoute::Info {
+            trace.unread = None;
+            return self.info(&deployment, parts, trace).await;
+        }
+
+        // Stage 4: the body, bounded, validated and estimated in one pass.
+        let body = match body {
+            Some(bytes) => bytes,
+            None if route.has_json_body() => self.read_body(&parts, &mut trace.unread).await?,
+            None => Bytes::new(),
+        };
+        trace.unread = None;
+        let estimate = if route.has_json_body() {
+            estimate_off_worker(route, &body, deployment.tokenizer).await?
+        } else {
+            Estimate::default()
+        };
+        trace.estimated_prompt_tokens = estimate.prompt_tokens;
+
+        // Stage 5: admission.
+        let completion = estimate.completion_reservation(route, deployment.default_max_tokens);
+        let reserved = estimate.prompt_tokens.saturating_add(completion);
+        let hold = match self.quota.admit(&deployment, reserved).await {
+            Ok((state, hold)) => {
+                trace.quota = state;
+                hold
+            }
+            Err(Refusal::Denied(Denial::Exhausted { limit, retry_after_ns, state })) => {
+                trace.quota = Some(state);
+                trace.limited_by = Some(limit);
+                return Err(ApiError::RateLimited {
+                    deployment: deployment.name.clone(),
+                    limit,
+                    reserved_tokens: reserved,
+                    retry_after_ns,
+                    state,
+                });
+            }
+            Err(Refusal::Denied(Denial::ExceedsCapacity { reserved, capacity })) => {
+                trace.quota = self.quota.state(&deployment).await;
+                return Err(ApiError::TokenLimitExceeded {
+                    deployment: deployment.name.clone(),
+                    reserved,
+                    prompt: estimate.prompt_tokens,
+                    completion,
+                    capacity,
+                });
+            }
+            Err(Refusal::StoreUnavailable) => return Err(ApiError::QuotaStoreUnavailable),
+        };
+        let facts = RequestFacts {
+            deployment: Arc::clone(&deployment),
+            key_slot,
+            route,
+            request_id: request_id.clone(),
+            started,
+            started_at,
+            estimated_prompt_tokens: estimate.prompt_tokens,
+            limited_by: None,
+        };
+        let reservation = Reservation::new(facts, reserved, hold, Arc::clone(&self.sink));
+        trace.reserved = true;
+
+        // Stages 6 and 7: forward, and stream the answer back as it comes, metering it.
+        let forwarded = Instant::now();
+        let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
+        match backend.forward(&deployment, route, parts, body).await {
+            Ok(response) => {
+                let first_byte = forwarded.elapsed();
+                let overhead = started.elapsed().saturating_sub(first_byte);
+                let name = deployment.name.as_str();
+                self.metrics.backend_first_byte.with_label_values(&[name]).observe(first_byte.as_secs_f64());
+                self.metrics.overhead.with_label_values(&[name]).observe(overhead.as_secs_f64());
+                let status = response.status();
+                let event_stream = response
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                let usage_chunk = match route {
+                    _ if !(estimate.stream && estimate.include_usage) => None,
+                    ApiRoute::ChatCompletions => Some("chat.completion.chunk"),
+                    ApiRoute::Completions => Some("text_completion"),
+                    _ => None,
+                }
+                .map(|object| UsageChunk::new(object, name, request_id.as_str()));
+                Ok(response.map(|b| {
+                    ProxyBody::Backend(MeteredBody::new(
+                        b,
+                        status,
+                        event_stream,
+                        reservation,
+                        &self.metering,
+                        usage_chunk,
+                    ))
+                }))
+            }
+            Err(error) => {
+                let kind = backend_error_kind(&error);
+                self.metrics.backend_errors.with_label_values(&[deployment.name.as_str(), kind]).inc();
+                reservation.settle(error.status().as_u16(), Outcome::BackendFailed, Counts::NONE);
+                Err(error)
+            }
+        }
+    }
+
+    /// `GET /info` for an authenticated caller: the backend's answer, kept for
+    /// [`info::INFO_TTL`]; no admission (the buckets are read for the headers only).
+    async fn info(
+        &self,
+        deployment: &Arc<Deployment>,
+        parts: request::Parts,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ApiError> {
+        let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
+        let fetch = backend.forward(deployment, ApiRoute::Info, parts, Bytes::new());
+        let answer = deployment.info.get_or_fetch(&deployment.name, self.metering.limits.total, fetch).await;
+        trace.quota = self.quota.state(deployment).await;
+        match answer {
+            Ok(response) => {
+                trace.outcome = Some(Outcome::Completed);
+                Ok(response)
+            }
+            Err(error) => {
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&[deployment.name.as_str(), backend_error_kind(&error)])
+                    .inc();
+                trace.outcome = Some(Outcome::BackendFailed);
+                Err(error)
+            }
+        }
+    }
+
+    /// `GET /v1/models` and `/openai/models`: the deployments the presented key may call, in the
+    /// OpenAI list shape (the name is the `model` to send). Answered here, never forwarded or
+    /// charged to a quota.
+    fn models(
+        &self,
+        headers: &http::HeaderMap,
+        query: route::ModelsQuery<'_>,
+    ) -> Result<Response<ProxyBody>, ApiError> {
+        let table = self.deployments.load();
+        let owners = auth::presented_digest(headers).map_or(&[][..], |d| table.for_key(&d));
+        if owners.is_empty() {
+            return Err(ApiError::KeyNotRecognized);
+        }
+        let model = |d: &Deployment| serde_json::json!({"id": d.name, "object": "model", "created": d.created_unix, "owned_by": d.project});
+        let body = match query {
+            route::ModelsQuery::List => {
+                serde_json::json!({"object": "list", "data": owners.iter().map(|d| model(d)).collect::<Vec<_>>()})
+            }
+            route::ModelsQuery::One(id) => match owners.iter().find(|d| d.name == id) {
+                Some(d) => model(d),
+                None => return Err(ApiError::DeploymentNotFound { name: route::truncate(id, 100).to_owned() }),
+            },
+        };
+        let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        Ok(response)
+    }
+
+    /// Nothing named a deployment and the key identified none: a host label that matched nothing
+    /// is the likeliest typo to report; otherwise the key is what is wrong (or missing).
+    fn unnamed_refusal(&self, parts: &request::Parts) -> ApiError {
+        match host_of(parts).and_then(route::host_label) {
+            Some(label) => ApiError::DeploymentNotFound { name: route::truncate(label, 100).to_owned() },
+            None => ApiError::KeyNotRecognized,
+        }
+    }
+
+    /// Reads the request body whole (bounded, timed). The body stays in `incoming` until it has
+    /// been read to its end, so that a refused one can be drained after the answer (HTTP/2).
+    async fn read_body(&self, parts: &request::Parts, incoming: &mut Option<Incoming>) -> Result<Bytes, ApiError> {
+        let Some(body) = incoming.as_mut() else { return Ok(Bytes::new()) };
+        let read = body::read_limited(&parts.headers, body, self.max_body_bytes);
+        let bytes = match tokio::time::timeout(self.body_read_timeout, read).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ApiError::BodyTimeout { timeout_ms: self.body_read_timeout.as_millis() as u64 }),
+        };
+        *incoming = None;
+        Ok(bytes)
+    }
+}
+
+/// How stage 2 found the deployment before any body is read.
+enum Found {
+    /// Named by the URL, the host or the header.
+    Named(Arc<Deployment>),
+    /// Named by nothing; the key is some deployment's: this one when it is exactly one's.
+    ByKey(Option<Arc<Deployment>>),
+}
+
+/// The `kind` label of `tollgate_backend_errors_total` for a failed forward.
+fn backend_error_kind(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::BackendUnreachable { .. } => "connect",
+        ApiError::BackendTimeout { .. } => "timeout",
+        _ => "protocol",
+    }
+}
+
+fn lookup(table: &DeploymentTable, name: &str) -> Result<Arc<Deployment>, ApiError> {
+    table.get(name).cloned().ok_or_else(|| ApiError::DeploymentNotFound { name: route::truncate(name, 100).to_owned() })
+}
+
+/// The host the client addressed: the URI's authority (HTTP/2, absolute-form) or the `Host` header.
+fn host_of(parts: &request::Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h: &HeaderValue| h.to_str().ok()))
+}

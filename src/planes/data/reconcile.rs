@@ -1,0 +1,110 @@
+//! Stage "reconcile": the reservation a request holds while it is in flight.
+//!
+//! A [`Reservation`] is made at admission and settled exactly once: when the response body ends,
+//! when the backend breaks, when the client goes away (the body is dropped), or when the request
+//! fails before reaching the backend. Settling charges the real usage to the tokens bucket (refund
+//! or debt) and hands a [`UsageRecord`] to the [`UsageSink`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use crate::core::api::ApiRoute;
+use crate::core::estimate::Tokenizer;
+use crate::core::keys::KeySlot;
+use crate::core::meter::Counts;
+use crate::core::quota::LimitKind;
+use crate::state::deployment::Deployment;
+use crate::state::quota_store::Hold;
+use crate::state::record::{Outcome, UsageRecord, UsageSink};
+use crate::state::request_id::RequestId;
+
+/// What a request is, for its record.
+#[derive(Clone)]
+pub struct RequestFacts {
+    pub deployment: Arc<Deployment>,
+    pub key_slot: KeySlot,
+    pub route: ApiRoute,
+    pub request_id: RequestId,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub estimated_prompt_tokens: u64,
+    pub limited_by: Option<LimitKind>,
+}
+
+impl RequestFacts {
+    /// The record of a request that billed nothing.
+    pub fn unbilled(&self, status: u16, outcome: Outcome) -> UsageRecord {
+        self.record(status, outcome, Counts::NONE, 0)
+    }
+
+    fn record(&self, status: u16, outcome: Outcome, counts: Counts, reserved_tokens: u64) -> UsageRecord {
+        UsageRecord {
+            deployment: Arc::clone(&self.deployment),
+            key_slot: self.key_slot,
+            route: self.route,
+            status,
+            outcome,
+            prompt_tokens: counts.prompt,
+            completion_tokens: counts.completion,
+            total_tokens: counts.total,
+            source: counts.source,
+            reserved_tokens,
+            estimated_prompt_tokens: self.estimated_prompt_tokens,
+            request_id: self.request_id.clone(),
+            started_at: self.started_at,
+            duration: self.started.elapsed(),
+            limited_by: self.limited_by,
+        }
+    }
+}
+
+/// Tokens held for an admitted request until it is settled. Settles exactly once; dropping it
+/// unsettled (the client went away before the response head) charges the prompt estimate.
+#[must_use = "a reservation must be settled, or it is settled on drop as a client that went away"]
+pub struct Reservation {
+    facts: RequestFacts,
+    reserved_tokens: u64,
+    /// Where the tokens were taken from, and so where the difference is settled.
+    hold: Hold,
+    sink: Arc<dyn UsageSink>,
+    settled: bool,
+}
+
+impl Reservation {
+    pub fn new(facts: RequestFacts, reserved_tokens: u64, hold: Hold, sink: Arc<dyn UsageSink>) -> Reservation {
+        facts.deployment.usage.inflight.fetch_add(1, Ordering::Relaxed);
+        Reservation { facts, reserved_tokens, hold, sink, settled: false }
+    }
+
+    pub fn facts(&self) -> &RequestFacts {
+        &self.facts
+    }
+
+    pub fn tokenizer(&self) -> Tokenizer {
+        self.facts.deployment.tokenizer
+    }
+
+    /// Charges `counts` in place of the reservation and records the request.
+    pub fn settle(mut self, status: u16, outcome: Outcome, counts: Counts) {
+        self.finish(status, outcome, counts);
+    }
+
+    fn finish(&mut self, status: u16, outcome: Outcome, counts: Counts) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        self.hold.settle(&self.facts.deployment, self.reserved_tokens, counts.total);
+        self.facts.deployment.usage.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.sink.record(self.facts.record(status, outcome, counts, self.reserved_tokens));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            let prompt = self.facts.estimated_prompt_tokens;
+            self.finish(499, Outcome::ClientGone, Counts::estimated(prompt, 0));
+        }
+    }
+}

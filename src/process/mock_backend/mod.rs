@@ -1,0 +1,284 @@
+//! The built-in mock backend: a real HTTP server speaking the Model Inference API like a Llama
+//! serverless endpoint. The embedded demo forwards to it, tests and benchmarks use it as upstream.
+//!
+//! Behaviour is set by [`MockOptions`] (the `mock-backend` command's flags) and, per request, by
+//! test-control headers that pass through the gateway untouched:
+//! `x-mock-latency-ms`, `x-mock-completion-tokens`, `x-mock-tokens-per-second`,
+//! `x-mock-status` (answer with that error status), `x-mock-die-after` (cut the connection after
+//! that many streamed content chunks, or midway through a non-streamed body), `x-mock-echo`
+//! `x-mock-stall-after` (stop sending, without closing, after that many streamed events, or
+//! midway through a non-streamed body), `x-mock-no-usage` (answer without `usage`, streamed or
+//! not), `x-mock-echo`
+//! (add `x-mock-echo-query` and `x-mock-echo-headers`, the sorted names of the headers received, and `x-mock-echo-version`).
+//!
+//! Token counts are deterministic: a text counts `ceil(chars / 4)` tokens; a chat message adds 4
+//! tokens of template, a chat prompt 3 more; an image counts 85.
+
+mod body;
+mod inference;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use body::MockBody;
+
+/// How the mock behaves unless a request's control headers say otherwise.
+#[derive(Clone, Debug)]
+pub struct MockOptions {
+    pub model_name: String,
+    /// Delay before the response head.
+    pub latency: Duration,
+    /// Pace of streamed chunks; 0 streams as fast as possible.
+    pub tokens_per_second: u32,
+    /// Length of every completion (before `max_tokens` cuts it).
+    pub completion_tokens: u32,
+    /// Whether the last streamed chunk carries `usage`.
+    pub stream_usage: bool,
+    /// When set, requests must present this key (`api-key` or Bearer).
+    pub require_key: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain and key.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            model_name: "Meta-Llama-3-8B-Instruct".into(),
+            latency: Duration::ZERO,
+            tokens_per_second: 0,
+            completion_tokens: 16,
+            stream_usage: true,
+            require_key: None,
+            tls: None,
+        }
+    }
+}
+
+/// The routes the mock serves, in the order [`MockBackend::served`] counts them.
+const ROUTES: [&str; 5] = ["/info", "/chat/completions", "/completions", "/embeddings", "/images/embeddings"];
+
+/// How many requests each route has answered (for tests that check what reached the backend).
+#[derive(Debug, Default)]
+struct Served([std::sync::atomic::AtomicU64; 5]);
+
+impl Served {
+    fn count(&self, path: &str) {
+        if let Some(i) = ROUTES.iter().position(|r| *r == path) {
+            self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// A running mock backend.
+pub struct MockBackend {
+    pub addr: SocketAddr,
+    scheme: &'static str,
+    served: Arc<Served>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl MockBackend {
+    /// Binds `addr` (port 0 for any free port) and serves until stopped or dropped.
+    pub async fn start(addr: SocketAddr, options: MockOptions) -> std::io::Result<MockBackend> {
+        let tls = match &options.tls {
+            None => None,
+            Some((cert, key)) => {
+                let store = Arc::new(crate::process::tls::CertStore::open(cert, key).map_err(std::io::Error::other)?);
+                Some(tokio_rustls::TlsAcceptor::from(
+                    crate::process::tls::server_config(store).map_err(std::io::Error::other)?,
+                ))
+            }
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let options = Arc::new(options);
+        let served = Arc::new(Served::default());
+        let counter = Arc::clone(&served);
+        let handler = move |request: Request<Incoming>| {
+            let options = Arc::clone(&options);
+            counter.count(request.uri().path());
+            async move { handle(&options, request).await }
+        };
+        let serve_options =
+            crate::process::server::ServeOptions { tls, ..crate::process::server::ServeOptions::default() };
+        let task = tokio::spawn(crate::process::server::serve(listener, handler, serve_options, stopped));
+        Ok(MockBackend { addr, scheme, served, stop, task })
+    }
+
+    /// How many requests for `path` (`/info`, `/chat/completions`, ...) reached the mock.
+    pub fn served(&self, path: &str) -> u64 {
+        ROUTES.iter().position(|r| *r == path).map_or(0, |i| self.served_at(i))
+    }
+
+    fn served_at(&self, i: usize) -> u64 {
+        self.served.0[i].load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The root URL to configure as a deployment's `backend`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// Stops accepting and waits for open connections to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Per-request behaviour: the options, overridden by control headers.
+#[derive(Clone, Debug)]
+struct Behaviour {
+    latency: Duration,
+    tokens_per_second: u32,
+    completion_tokens: u32,
+    stream_usage: bool,
+    /// Whether a non-streamed answer carries `usage`.
+    body_usage: bool,
+    die_after: Option<u32>,
+    stall_after: Option<u32>,
+}
+
+impl Behaviour {
+    fn new(options: &MockOptions, headers: &HeaderMap) -> Behaviour {
+        let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        Behaviour {
+            latency: number("x-mock-latency-ms").map_or(options.latency, Duration::from_millis),
+            tokens_per_second: number("x-mock-tokens-per-second").map_or(options.tokens_per_second, |n| n as u32),
+            completion_tokens: number("x-mock-completion-tokens")
+                .map_or(options.completion_tokens, |n| n.min(100_000) as u32),
+            stream_usage: options.stream_usage && !headers.contains_key("x-mock-no-usage"),
+            body_usage: !headers.contains_key("x-mock-no-usage"),
+            die_after: number("x-mock-die-after").map(|n| n as u32),
+            stall_after: number("x-mock-stall-after").map(|n| n as u32),
+        }
+    }
+}
+
+async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<MockBody> {
+    let (parts, incoming) = request.into_parts();
+    if let Some(required) = &options.require_key {
+        let presented =
+            parts.headers.get("api-key").map(HeaderValue::as_bytes).or_else(|| {
+                parts.headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            });
+        if presented != Some(required.as_bytes()) {
+            return error(StatusCode::UNAUTHORIZED, "Unauthorized", "the mock backend wants its key");
+        }
+    }
+    let behaviour = Behaviour::new(options, &parts.headers);
+    let echo = parts.headers.contains_key("x-mock-echo").then(|| echo_headers(&parts));
+    let parts_version = parts.version;
+    let parts_headers = parts.headers.clone();
+    if let Some(status) =
+        parts.headers.get("x-mock-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u16>().ok())
+    {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        tokio::time::sleep(behaviour.latency).await;
+        return error(status, "MockError", "the mock backend was asked to fail");
+    }
+    let body = match incoming.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error(StatusCode::BAD_REQUEST, "InvalidRequestBody", "the body could not be read");
+        }
+    };
+    let response = match (&parts.method, parts.uri.path()) {
+        (&Method::GET, "/info") => Ok(json_response(inference::info(options))),
+        (&Method::POST, "/chat/completions") => inference::chat(options, &behaviour, &body),
+        (&Method::POST, "/completions") => inference::completions(options, &behaviour, &body),
+        (&Method::POST, "/embeddings") => inference::embeddings(options, &body).map(json_response),
+        (&Method::POST, "/images/embeddings") => inference::image_embeddings(options, &body).map(json_response),
+        (_, "/info" | "/chat/completions" | "/completions" | "/embeddings" | "/images/embeddings") => {
+            Err((StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "wrong method".to_owned()))
+        }
+        _ => Err((StatusCode::NOT_FOUND, "NotFound", "no such route".to_owned())),
+    };
+    tokio::time::sleep(behaviour.latency).await;
+    let mut response = match response {
+        Ok(mut response) => {
+            if let (Some(_), MockBody::Full(Some(bytes))) = (behaviour.stall_after, response.body_mut()) {
+                // A non-streamed body that stops halfway and never ends.
+                let full_len = bytes.len();
+                let half = bytes.slice(..full_len / 2);
+                *response.body_mut() = MockBody::Stalled(Some(half));
+                response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
+            } else if let (Some(_), MockBody::Full(Some(bytes))) = (behaviour.die_after, response.body_mut()) {
+                // A non-streamed body cut short: announce the full length, send half, then fail.
+                let full_len = bytes.len();
+                let half = bytes.slice(..full_len / 2);
+                *response.body_mut() = MockBody::truncated(half);
+                response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
+            }
+            response
+        }
+        Err((status, code, message)) => error(status, code, &message),
+    };
+    if let Some((query, names)) = echo {
+        if let Some(required) = &options.require_key {
+            response.headers_mut().insert("x-mock-echo-keys", key_echo(&parts_headers, required));
+        }
+        response.headers_mut().insert("x-mock-echo-query", query);
+        response.headers_mut().insert("x-mock-echo-headers", names);
+        response.headers_mut().insert("x-mock-echo-version", HeaderValue::from_static(version_name(parts_version)));
+    }
+    response
+}
+
+/// For `x-mock-echo` with a required key: what each key header carried, as
+/// `api-key=<required|other|absent>,authorization=<...>` (never the keys themselves).
+fn key_echo(headers: &HeaderMap, required: &str) -> HeaderValue {
+    let what = |value: Option<&[u8]>| match value {
+        None => "absent",
+        Some(v) if v == required.as_bytes() => "required",
+        Some(_) => "other",
+    };
+    let api_key = what(headers.get("api-key").map(HeaderValue::as_bytes));
+    let bearer =
+        what(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes().strip_prefix(b"Bearer ").unwrap_or(v.as_bytes())));
+    HeaderValue::from_str(&format!("api-key={api_key},authorization={bearer}")).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        _ => "other",
+    }
+}
+
+/// The query string and the sorted names of the headers a request arrived with.
+fn echo_headers(parts: &http::request::Parts) -> (HeaderValue, HeaderValue) {
+    let mut names: Vec<&str> = parts.headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let query = HeaderValue::from_str(parts.uri.query().unwrap_or("")).unwrap_or(HeaderValue::from_static(""));
+    let names = HeaderValue::from_str(&names.join(",")).unwrap_or(HeaderValue::from_static(""));
+    (query, names)
+}
+
+fn json_response(body: Bytes) -> Response<MockBody> {
+    let mut response = Response::new(MockBody::Full(Some(body)));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response<MockBody> {
+    let body = serde_json::json!({"error": {"code": code, "message": message, "status": status.as_u16()}});
+    let mut response = json_response(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert("x-ms-error-code", HeaderValue::from_static(code));
+    response
+}

@@ -1,0 +1,187 @@
+//! The deployments a gateway serves, ready for the hot path: looked up by name, keys as digests,
+//! backend credentials as pre-built header values.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::config::{BackendCa, BackendSettings, BackendUrl, DeploymentConfig};
+use crate::core::clock::Clock;
+use crate::core::estimate::Tokenizer;
+use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
+use crate::core::quota::DeploymentQuota;
+use crate::state::info_cache::InfoCache;
+use crate::state::totals::UsageCounters;
+use crate::state::upstream::BackendClient;
+
+/// Where a deployment was declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `[[deployments]]` in the configuration file: changed there.
+    File,
+    /// Created through the admin API.
+    Api,
+}
+
+/// Whether a deployment can serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    Online,
+    /// Calls get 503 with this reason.
+    Unhealthy(String),
+}
+
+/// One serverless-style endpoint: a name, its keys and the backend behind it.
+#[derive(Debug)]
+pub struct Deployment {
+    pub name: String,
+    pub model: String,
+    pub project: String,
+    pub origin: Origin,
+    pub health: Health,
+    /// `/projects/{p}/subscriptions/{name}` the deployment depends on, if any.
+    pub subscription: Option<String>,
+    pub backend: BackendUrl,
+    pub backend_auth: Option<BackendAuth>,
+    pub keys: KeyPair,
+    pub backend_http2: bool,
+    pub backend_ca: Option<BackendCa>,
+    /// Pools for a backend behind a private CA; `None` uses the gateway's shared pools.
+    pub backend_client: Option<Arc<BackendClient>>,
+    pub first_byte_timeout: Duration,
+    pub quota: Arc<DeploymentQuota>,
+    pub default_max_tokens: u64,
+    pub tokenizer: Tokenizer,
+    /// Running usage totals (see [`crate::state::totals`]); kept across reloads.
+    pub usage: Arc<UsageCounters>,
+    /// When this gateway first served the deployment (Unix seconds; `created` in `/v1/models`).
+    pub created_unix: u64,
+    /// The backend's last `/info` answer (started afresh by a reload, which may change the backend).
+    pub info: InfoCache,
+}
+
+/// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
+#[derive(Debug)]
+pub struct BackendAuth {
+    pub api_key: HeaderValue,
+    pub bearer: HeaderValue,
+}
+
+impl BackendAuth {
+    fn new(key: &str) -> Option<BackendAuth> {
+        let mut api_key = HeaderValue::from_str(key).ok()?;
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+        api_key.set_sensitive(true);
+        bearer.set_sensitive(true);
+        Some(BackendAuth { api_key, bearer })
+    }
+}
+
+impl Deployment {
+    pub fn from_config(config: &DeploymentConfig, clock: &Arc<dyn Clock>) -> Deployment {
+        Deployment::build(config, Origin::File, Health::Online, None, None, clock, &BackendSettings::default())
+    }
+
+    /// A deployment from its configuration. With `previous` (the same name before a reload or an
+    /// admin change) the quota buckets and usage totals carry on: levels are kept, limits updated.
+    pub fn build(
+        config: &DeploymentConfig,
+        origin: Origin,
+        health: Health,
+        subscription: Option<String>,
+        previous: Option<&Deployment>,
+        clock: &Arc<dyn Clock>,
+        settings: &BackendSettings,
+    ) -> Deployment {
+        // A private CA gets its own pools; the same CA as before keeps them (and their connections).
+        let backend_client = config.backend_ca.as_ref().map(|ca| match previous {
+            Some(p) if p.backend_ca.as_ref() == Some(ca) && p.backend_client.is_some() => p
+                .backend_client
+                .clone()
+                .unwrap_or_else(|| Arc::new(BackendClient::with_roots(settings, Some(ca.roots())))),
+            _ => Arc::new(BackendClient::with_roots(settings, Some(ca.roots()))),
+        });
+        let quota = match previous {
+            Some(previous) => {
+                previous.quota.set_limits(config.limits);
+                Arc::clone(&previous.quota)
+            }
+            None => Arc::new(DeploymentQuota::new(config.limits, Arc::clone(clock))),
+        };
+        Deployment {
+            name: config.name.clone(),
+            model: config.model.clone(),
+            project: config.project.clone(),
+            origin,
+            health,
+            subscription,
+            backend: config.backend.clone(),
+            backend_auth: config.backend_key.as_ref().and_then(|k| BackendAuth::new(k.expose())),
+            keys: config.keys.clone(),
+            backend_http2: config.backend_http2,
+            backend_ca: config.backend_ca.clone(),
+            backend_client,
+            first_byte_timeout: config.first_byte_timeout,
+            quota,
+            default_max_tokens: config.default_max_tokens,
+            tokenizer: config.tokenizer,
+            usage: previous.map_or_else(|| Arc::new(UsageCounters::default()), |p| Arc::clone(&p.usage)),
+            created_unix: previous.map_or_else(
+                || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                |p| p.created_unix,
+            ),
+            info: InfoCache::new(Arc::clone(clock)),
+        }
+    }
+}
+
+/// All deployments by name, and by key digest (for requests that name no deployment: the key
+/// alone then says which one is meant).
+#[derive(Debug, Default)]
+pub struct DeploymentTable {
+    by_name: HashMap<String, Arc<Deployment>>,
+    by_key: HashMap<IndexedDigest, Vec<Arc<Deployment>>>,
+}
+
+impl DeploymentTable {
+    pub fn from_deployments(deployments: Vec<Arc<Deployment>>) -> DeploymentTable {
+        let by_name: HashMap<String, Arc<Deployment>> = deployments.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let mut by_key: HashMap<IndexedDigest, Vec<Arc<Deployment>>> = HashMap::new();
+        for deployment in by_name.values() {
+            let keys = &deployment.keys;
+            for digest in std::iter::once(keys.primary).chain(keys.secondary) {
+                let owners = by_key.entry(IndexedDigest(digest)).or_default();
+                if !owners.iter().any(|d| Arc::ptr_eq(d, deployment)) {
+                    owners.push(Arc::clone(deployment));
+                }
+            }
+        }
+        for owners in by_key.values_mut() {
+            owners.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        DeploymentTable { by_name, by_key }
+    }
+
+    /// The deployments whose keys include this digest (sorted by name; usually one).
+    pub fn for_key(&self, digest: &KeyDigest) -> &[Arc<Deployment>] {
+        self.by_key.get(&IndexedDigest(*digest)).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.by_name.values()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Deployment>> {
+        self.by_name.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}

@@ -1,0 +1,80 @@
+//! One ledger line: the billing record of one request, as JSON on a single `\n`-terminated line.
+
+use std::borrow::Cow;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::state::record::UsageRecord;
+
+/// The meter a record is billed under (the seed's cost view: inference, fine-tuning, ...).
+pub const METER_INFERENCE: &str = "inference";
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct LedgerLine<'a> {
+    /// When the request arrived, RFC 3339 UTC.
+    #[serde(borrow)]
+    pub time: Cow<'a, str>,
+    #[serde(borrow)]
+    pub deployment: Cow<'a, str>,
+    #[serde(borrow)]
+    pub model: Cow<'a, str>,
+    #[serde(borrow)]
+    pub key_slot: Cow<'a, str>,
+    #[serde(borrow)]
+    pub meter: Cow<'a, str>,
+    #[serde(borrow)]
+    pub route: Cow<'a, str>,
+    pub status: u16,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// `reported` (the backend's usage), `estimated` (tollgate's count) or `none`.
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+    #[serde(borrow)]
+    pub outcome: Cow<'a, str>,
+    #[serde(borrow)]
+    pub request_id: Cow<'a, str>,
+    pub duration_ms: f64,
+    pub reserved_tokens: u64,
+    pub estimated_prompt_tokens: u64,
+}
+
+pub fn format_time(at: SystemTime) -> String {
+    OffsetDateTime::from(at).format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+impl<'a> LedgerLine<'a> {
+    pub fn from_record(record: &'a UsageRecord) -> LedgerLine<'a> {
+        LedgerLine {
+            time: Cow::Owned(format_time(record.started_at)),
+            deployment: Cow::Borrowed(&record.deployment.name),
+            model: Cow::Borrowed(&record.deployment.model),
+            key_slot: Cow::Borrowed(record.key_slot.as_str()),
+            meter: Cow::Borrowed(METER_INFERENCE),
+            route: Cow::Borrowed(record.route.label()),
+            status: record.status,
+            prompt_tokens: record.prompt_tokens,
+            completion_tokens: record.completion_tokens,
+            total_tokens: record.total_tokens,
+            source: Cow::Borrowed(record.source.as_str()),
+            outcome: Cow::Borrowed(record.outcome.as_str()),
+            request_id: Cow::Borrowed(record.request_id.as_str()),
+            duration_ms: (record.duration.as_secs_f64() * 1e6).round() / 1e3,
+            reserved_tokens: record.reserved_tokens,
+            estimated_prompt_tokens: record.estimated_prompt_tokens,
+        }
+    }
+
+    /// The UTC day of the record, `YYYY-MM-DD`.
+    pub fn day(&self) -> &str {
+        self.time.get(..10).unwrap_or("")
+    }
+
+    pub fn parse(line: &'a str) -> Result<LedgerLine<'a>, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+}

@@ -1,0 +1,309 @@
+//! Prometheus metrics, registered once on a registry that is passed in (no globals).
+//!
+//! Names follow Prometheus conventions (base units, `_total` counters, `_seconds` histograms) and
+//! label sets stay bounded: deployments (from the configuration), routes, status codes, limit
+//! kinds. Never keys, never request ids.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::core::meter::CountSource;
+use crate::core::quota::{LimitKind, QuotaState};
+use crate::state::deployment::DeploymentTable;
+use crate::state::record::{Outcome, UsageRecord};
+
+/// Latency buckets from 10 µs to 5 minutes, fine enough to see the gateway's own tens of
+/// microseconds and wide enough for long completions.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+/// Estimated / reported prompt tokens around 1.
+const RATIO_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub ratelimit_rejections: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub ratelimit_limit: IntGaugeVec,
+    pub ratelimit_remaining: IntGaugeVec,
+    pub request_duration: HistogramVec,
+    pub backend_first_byte: HistogramVec,
+    pub overhead: HistogramVec,
+    pub inflight: IntGaugeVec,
+    pub open_connections: IntGauge,
+    pub backend_errors: IntCounterVec,
+    pub prompt_estimate_ratio: HistogramVec,
+    pub ledger_records: IntCounter,
+    pub ledger_dropped: IntCounter,
+    pub ledger_write_errors: IntCounter,
+    /// 1 while the shared quota store (Redis) answers, 0 while it does not; always 1 with the memory store.
+    pub quota_store_up: IntGauge,
+    pub quota_store_errors: IntCounterVec,
+    pub quota_store_fallbacks: IntCounterVec,
+    pub quota_store_recoveries: IntCounter,
+    pub quota_store_duration: HistogramVec,
+    /// Reloads of the configuration file (watcher, SIGHUP, `POST /reload`), by result.
+    pub config_reloads: IntCounterVec,
+    /// 1 when the last reload was applied (or none was tried), 0 when it was refused.
+    pub config_last_reload_successful: IntGauge,
+}
+
+/// A metric could not be registered (a name clash: a programming error caught at start-up).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    pub fn new(registry: Registry) -> Result<Metrics, MetricsError> {
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, MetricsError> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, MetricsError> {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
+                let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let single = |name: &str, help: &str| -> Result<IntCounter, MetricsError> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let open_connections =
+            IntGauge::new("tollgate_open_connections", "Client connections open on the gateway listener.")?;
+        registry.register(Box::new(open_connections.clone()))?;
+        let quota_store_up = IntGauge::new(
+            "tollgate_quota_store_up",
+            "1 while the shared quota store (Redis) answers, 0 while it does not (always 1 with the memory store).",
+        )?;
+        quota_store_up.set(1);
+        registry.register(Box::new(quota_store_up.clone()))?;
+        let config_last_reload_successful = IntGauge::new(
+            "tollgate_config_last_reload_successful",
+            "1 when the last reload of the configuration file was applied (or none was tried), 0 when it was refused.",
+        )?;
+        config_last_reload_successful.set(1);
+        registry.register(Box::new(config_last_reload_successful.clone()))?;
+        Ok(Metrics {
+            config_last_reload_successful,
+            config_reloads: counter(
+                "tollgate_config_reloads_total",
+                "Reloads of the configuration file (file watcher, SIGHUP, POST /reload), by result (applied, refused).",
+                &["result"],
+            )?,
+            quota_store_up,
+            quota_store_errors: counter(
+                "tollgate_quota_store_errors_total",
+                "Failed or timed-out round trips to the shared quota store, by operation (admit, reconcile, read, connect).",
+                &["op"],
+            )?,
+            quota_store_fallbacks: counter(
+                "tollgate_quota_store_fallbacks_total",
+                "Requests decided without the shared quota store, by on_store_error mode (fail-open, fail-closed, local).",
+                &["mode"],
+            )?,
+            quota_store_recoveries: single(
+                "tollgate_quota_store_recoveries_total",
+                "Times the shared quota store answered again after an outage.",
+            )?,
+            quota_store_duration: histogram(
+                "tollgate_quota_store_duration_seconds",
+                "Round trips to the shared quota store, by operation (admit, read, reconcile).",
+                &["op"],
+                LATENCY_BUCKETS,
+            )?,
+            requests: counter(
+                "tollgate_requests_total",
+                "Requests that reached a deployment, by route and final status code.",
+                &["deployment", "route", "code"],
+            )?,
+            ratelimit_rejections: counter(
+                "tollgate_ratelimit_rejections_total",
+                "Requests answered 429 because a quota bucket lacked room, by the limit that was hit.",
+                &["deployment", "limit"],
+            )?,
+            auth_failures: counter(
+                "tollgate_auth_failures_total",
+                "Requests to a deployment with a missing or wrong key.",
+                &["deployment"],
+            )?,
+            tokens: counter(
+                "tollgate_tokens_total",
+                "Tokens billed, by kind (prompt, completion) and source (reported by the backend, estimated by tollgate).",
+                &["deployment", "kind", "source"],
+            )?,
+            ratelimit_limit: gauge(
+                "tollgate_ratelimit_limit",
+                "Quota per minute of each bucket (requests, tokens).",
+                &["deployment", "limit"],
+            )?,
+            ratelimit_remaining: gauge(
+                "tollgate_ratelimit_remaining",
+                "What each bucket holds now (never negative), read at scrape time.",
+                &["deployment", "limit"],
+            )?,
+            request_duration: histogram(
+                "tollgate_request_duration_seconds",
+                "Time from a request's arrival to the end of its response body.",
+                &["deployment", "route"],
+                LATENCY_BUCKETS,
+            )?,
+            backend_first_byte: histogram(
+                "tollgate_backend_first_byte_seconds",
+                "Time from forwarding a request to the backend's response head.",
+                &["deployment"],
+                LATENCY_BUCKETS,
+            )?,
+            overhead: histogram(
+                "tollgate_overhead_seconds",
+                "Time tollgate itself adds before the response head: routing, body read, estimation, admission, proxying (request time to head minus the backend's time to first byte).",
+                &["deployment"],
+                LATENCY_BUCKETS,
+            )?,
+            inflight: gauge(
+                "tollgate_inflight_requests",
+                "Admitted requests whose response has not finished.",
+                &["deployment"],
+            )?,
+            open_connections,
+            backend_errors: counter(
+                "tollgate_backend_errors_total",
+                "Backend failures by kind: connect, timeout, protocol (including streams broken midway).",
+                &["deployment", "kind"],
+            )?,
+            prompt_estimate_ratio: histogram(
+                "tollgate_prompt_estimate_ratio",
+                "Estimated / reported prompt tokens, per response that reported usage.",
+                &["deployment"],
+                RATIO_BUCKETS,
+            )?,
+            ledger_records: single("tollgate_ledger_records_total", "Usage records written to the ledger.")?,
+            ledger_dropped: single(
+                "tollgate_ledger_records_dropped_total",
+                "Usage records that could not be queued because the ledger buffer was full (each is also logged).",
+            )?,
+            ledger_write_errors: single(
+                "tollgate_ledger_write_errors_total",
+                "Failed writes or syncs of the ledger file.",
+            )?,
+            registry,
+        })
+    }
+
+    /// Counts one reload of the configuration file.
+    pub fn observe_reload(&self, applied: bool) {
+        self.config_reloads.with_label_values(&[if applied { "applied" } else { "refused" }]).inc();
+        self.config_last_reload_successful.set(i64::from(applied));
+    }
+
+    /// Counts one finished, authenticated request.
+    pub fn observe(&self, record: &UsageRecord) {
+        let deployment = record.deployment.name.as_str();
+        let route = record.route.label();
+        self.requests.with_label_values(&[deployment, route, metric_status(record.status)]).inc();
+        self.request_duration.with_label_values(&[deployment, route]).observe(record.duration.as_secs_f64());
+        match record.outcome {
+            Outcome::BackendBroke => self.backend_errors.with_label_values(&[deployment, "protocol"]).inc(),
+            Outcome::BackendStalled => self.backend_errors.with_label_values(&[deployment, "timeout"]).inc(),
+            _ => {}
+        }
+        if let Some(limit) = record.limited_by {
+            self.ratelimit_rejections.with_label_values(&[deployment, limit.as_str()]).inc();
+        }
+        let source = match record.source {
+            CountSource::Reported => "reported",
+            CountSource::Estimated => "estimated",
+            CountSource::None => return,
+        };
+        if record.prompt_tokens > 0 {
+            self.tokens.with_label_values(&[deployment, "prompt", source]).inc_by(record.prompt_tokens);
+        }
+        if record.completion_tokens > 0 {
+            self.tokens.with_label_values(&[deployment, "completion", source]).inc_by(record.completion_tokens);
+        }
+        if record.source == CountSource::Reported && record.prompt_tokens > 0 && record.estimated_prompt_tokens > 0 {
+            let ratio = record.estimated_prompt_tokens as f64 / record.prompt_tokens as f64;
+            self.prompt_estimate_ratio.with_label_values(&[deployment]).observe(ratio);
+        }
+    }
+
+    /// The text exposition, with the quota gauges from `states` (read from the buckets now, one
+    /// per deployment of the table, in order; `None` while a shared store cannot be read, which
+    /// removes that deployment's gauges rather than report stale levels).
+    pub fn render(&self, deployments: &DeploymentTable, states: &[Option<QuotaState>]) -> String {
+        for (deployment, state) in deployments.iter().zip(states) {
+            let name = deployment.name.as_str();
+            match state {
+                Some(state) => {
+                    for (limit, per_minute, remaining) in [
+                        (LimitKind::Requests, state.limit_requests, state.remaining_requests),
+                        (LimitKind::Tokens, state.limit_tokens, state.remaining_tokens),
+                    ] {
+                        self.ratelimit_limit.with_label_values(&[name, limit.as_str()]).set(clamp(per_minute));
+                        self.ratelimit_remaining.with_label_values(&[name, limit.as_str()]).set(clamp(remaining));
+                    }
+                }
+                None => {
+                    for limit in [LimitKind::Requests, LimitKind::Tokens] {
+                        let _ = self.ratelimit_remaining.remove_label_values(&[name, limit.as_str()]);
+                    }
+                }
+            }
+            self.inflight
+                .with_label_values(&[name])
+                .set(deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        let mut out = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn clamp(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Status codes as static label values (no allocation per request).
+pub fn metric_status(status: u16) -> &'static str {
+    const EXACT: [(u16, &str); 16] = [
+        (200, "200"),
+        (201, "201"),
+        (204, "204"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (408, "408"),
+        (413, "413"),
+        (422, "422"),
+        (429, "429"),
+        (499, "499"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    if let Some((_, label)) = EXACT.iter().find(|(code, _)| *code == status) {
+        return label;
+    }
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,15 @@
+//! Layer 3, **state**: what a running gateway holds. The deployment table and each deployment's
+//! backend client and caches, the quota store (memory or Redis), the usage totals, records and
+//! their recorder, the Prometheus metrics, and the usage ledger. Imports core and config only.
+
+pub mod certificate;
+pub mod deployment;
+pub mod info_cache;
+pub mod ledger;
+pub mod metrics;
+pub mod quota_store;
+pub mod record;
+pub mod recorder;
+pub mod request_id;
+pub mod totals;
+pub mod upstream;

@@ -1,0 +1,479 @@
+//! Quota buckets shared by every replica, in Redis.
+//!
+//! - **Admission** is one round trip: `EVALSHA` of the admit script (see [`super::scripts`]),
+//!   which refills both buckets from Redis's clock and takes from both or neither. On `NOSCRIPT`
+//!   (a restarted or flushed Redis) the `redis` crate loads the script and calls it again.
+//! - **Reconciliation** never waits on Redis: settled reservations go to a background task that
+//!   adds them up per deployment and sends one pipelined script call per deployment per batch.
+//!   While Redis is away the sums wait (one entry per deployment, so bounded) and are sent when
+//!   it returns.
+//! - **One multiplexed connection** ([`ConnectionManager`]) carries every call, pipelined by the
+//!   crate; it reconnects by itself. Each call is bounded by `store_timeout_ms`.
+//! - **Outages**: the first failed call marks the store down (logged once, counted in
+//!   `tollgate_quota_store_errors_total`, `tollgate_quota_store_up` 0); requests then go straight
+//!   to the `on_store_error` fallback without waiting on Redis, and a probe (`PING`) every
+//!   [`PROBE_INTERVAL`] brings the store back up when Redis answers (logged, counted in
+//!   `tollgate_quota_store_recoveries_total`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script, ServerErrorKind, Value};
+use tokio::sync::oneshot;
+
+use super::scripts::{self, LEVEL_TO_SCALED};
+use crate::config::{OnStoreError, RedisStoreConfig};
+use crate::core::clock::Clock;
+use crate::core::quota::bucket::TokenBucket;
+use crate::core::quota::{Buckets, Denial, DeploymentQuota, Limits, QuotaState};
+use crate::state::deployment::Deployment;
+use crate::state::metrics::Metrics;
+
+/// How often an unreachable store is probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreSetupError {
+    #[error("cannot read limits.redis_ca_file {path}: {error}")]
+    CaFile { path: String, error: std::io::Error },
+    #[error("limits.redis_url: {0}")]
+    Url(String),
+}
+
+/// The shared store did not answer (an error, or no answer within `store_timeout_ms`): already
+/// counted in the metrics, logged once and the store marked down; the caller falls back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the quota store did not answer {op}")]
+pub struct StoreUnreachable {
+    pub op: &'static str,
+}
+
+/// Token differences per deployment name, with the limits to refill by.
+type Sums = HashMap<String, (Limits, i64)>;
+
+/// Settled differences not yet sent, summed per deployment: memory is bounded by the number of
+/// deployments however long Redis is away (no queue of individual settlements).
+#[derive(Default)]
+struct Pending {
+    sums: Sums,
+    /// `flush()` callers waiting for what was pending when they asked to be sent.
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+pub struct RedisStore {
+    settings: RedisStoreConfig,
+    client: Client,
+    connection: ArcSwapOption<ConnectionManager>,
+    up: AtomicBool,
+    admit_script: Script,
+    reconcile_script: Script,
+    pending: Mutex<Pending>,
+    /// Wakes the reconciler when something is pending (and when the store is dropped, so that it
+    /// ends).
+    wake: Arc<tokio::sync::Notify>,
+    /// Names this process in the scripts' record of applied batches (`q:<replica>` in a
+    /// deployment's hash), so that a batch sent again after a timeout is not applied twice.
+    replica: String,
+    /// `local` fallback buckets (limit / replicas), created on first use and kept across outages.
+    fallback: Mutex<HashMap<String, Arc<DeploymentQuota>>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("settings", &self.settings).field("up", &self.is_up()).finish()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        // The reconciler holds only a weak reference: woken, it finds the store gone and ends.
+        self.wake.notify_one();
+    }
+}
+
+impl RedisStore {
+    /// Connects (or, when Redis cannot be reached yet, starts down and keeps trying) and starts
+    /// the reconciler and the probe. Must run inside a Tokio runtime.
+    pub async fn start(
+        settings: RedisStoreConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<RedisStore>, StoreSetupError> {
+        let client = match &settings.ca_file {
+            None => Client::open(settings.url.expose()),
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|error| StoreSetupError::CaFile { path: path.display().to_string(), error })?;
+                Client::build_with_tls(
+                    settings.url.expose(),
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
+                )
+            }
+        }
+        .map_err(|e| StoreSetupError::Url(e.to_string()))?;
+        let store = Arc::new(RedisStore {
+            client,
+            connection: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            admit_script: Script::new(&scripts::admit()),
+            reconcile_script: Script::new(&scripts::reconcile()),
+            pending: Mutex::new(Pending::default()),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            replica: format!("{:016x}", rand::random::<u64>()),
+            fallback: Mutex::new(HashMap::new()),
+            clock,
+            metrics,
+            settings,
+        });
+        store.metrics.quota_store_up.set(0);
+        if store.connect().await {
+            store.mark_up(false);
+        } else {
+            tracing::warn!(
+                on_store_error = store.settings.on_error.as_str(),
+                "quota store (Redis) unreachable at start; deciding admissions by on_store_error until it answers"
+            );
+        }
+        tokio::spawn(probe(Arc::downgrade(&store)));
+        tokio::spawn(reconciler(Arc::downgrade(&store), Arc::clone(&store.wake)));
+        Ok(store)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn on_error(&self) -> OnStoreError {
+        self.settings.on_error
+    }
+
+    fn key(&self, deployment: &str) -> String {
+        let mut key = String::with_capacity(self.settings.key_prefix.len() + deployment.len());
+        key.push_str(&self.settings.key_prefix);
+        key.push_str(deployment);
+        key
+    }
+
+    /// Admission in one round trip: `Ok(Ok(state))` admitted, `Ok(Err(denial))` refused by the
+    /// shared buckets, `Err(StoreUnreachable)` the store failed (already counted, logged and
+    /// marked down).
+    pub async fn admit(
+        &self,
+        deployment: &str,
+        limits: Limits,
+        tokens: u64,
+    ) -> Result<Result<QuotaState, Denial>, StoreUnreachable> {
+        let (admitted, buckets) = self.call_admit(deployment, limits, tokens, true, "admit").await?;
+        if admitted { Ok(Ok(buckets.state())) } else { Ok(Err(buckets.denial(tokens))) }
+    }
+
+    /// The shared buckets now (no change), `None` when the store cannot be read.
+    pub async fn read(&self, deployment: &str, limits: Limits) -> Option<QuotaState> {
+        if !self.is_up() {
+            return None;
+        }
+        self.call_admit(deployment, limits, 0, false, "read").await.ok().map(|(_, buckets)| buckets.state())
+    }
+
+    async fn call_admit(
+        &self,
+        deployment: &str,
+        limits: Limits,
+        tokens: u64,
+        take: bool,
+        op: &'static str,
+    ) -> Result<(bool, Buckets), StoreUnreachable> {
+        let Some(connection) = self.connection.load_full() else {
+            self.failed(op, "not connected");
+            return Err(StoreUnreachable { op });
+        };
+        let mut connection = ConnectionManager::clone(&connection);
+        let mut invocation = self.admit_script.key(self.key(deployment));
+        invocation.arg(limits.requests_per_minute).arg(limits.tokens_per_minute).arg(tokens).arg(if take {
+            "1"
+        } else {
+            "0"
+        });
+        let started = Instant::now();
+        let reply =
+            tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<(i64, i64, i64)>(&mut connection))
+                .await;
+        match reply {
+            Ok(Ok((admitted, requests, tokens_level))) => {
+                self.metrics.quota_store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+                let buckets = Buckets {
+                    requests: TokenBucket::at_level(limits.requests_per_minute, requests as i128 * LEVEL_TO_SCALED),
+                    tokens: TokenBucket::at_level(limits.tokens_per_minute, tokens_level as i128 * LEVEL_TO_SCALED),
+                };
+                Ok((admitted == 1, buckets))
+            }
+            Ok(Err(error)) => {
+                self.failed(op, &error.to_string());
+                Err(StoreUnreachable { op })
+            }
+            Err(_) => {
+                self.failed(op, "timed out");
+                Err(StoreUnreachable { op })
+            }
+        }
+    }
+
+    /// Queues a settled reservation's difference for the reconciler.
+    pub fn reconcile(&self, deployment: &Arc<Deployment>, reserved: u64, actual: u64) {
+        let tokens =
+            i64::try_from(reserved).unwrap_or(i64::MAX).saturating_sub(i64::try_from(actual).unwrap_or(i64::MAX));
+        if tokens != 0 {
+            let limits = deployment.quota.limits();
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            match pending.sums.get_mut(deployment.name.as_str()) {
+                Some(entry) => *entry = (limits, entry.1.saturating_add(tokens)),
+                None => {
+                    pending.sums.insert(deployment.name.clone(), (limits, tokens));
+                }
+            }
+            drop(pending);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Sends what is pending now, waiting (bounded) for it.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).waiting.push(done);
+        self.wake.notify_one();
+        let _ = tokio::time::timeout(self.settings.timeout * 4, wait).await;
+    }
+
+    /// What is pending, taken for a new batch, and who waits for it.
+    fn take_pending(&self) -> (Sums, Vec<oneshot::Sender<()>>) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        (std::mem::take(&mut pending.sums), std::mem::take(&mut pending.waiting))
+    }
+
+    /// The `local` fallback bucket of a deployment: limit / replicas (at least 1), full when first
+    /// used, kept (levels and all) across outages; its limits follow reloads.
+    pub fn local_quota(&self, deployment: &str, limits: Limits) -> Arc<DeploymentQuota> {
+        let replicas = self.settings.replicas.max(1);
+        let share = Limits {
+            requests_per_minute: limits.requests_per_minute.div_ceil(replicas),
+            tokens_per_minute: limits.tokens_per_minute.div_ceil(replicas),
+        };
+        let mut map = self.fallback.lock().unwrap_or_else(PoisonError::into_inner);
+        let quota = map
+            .entry(deployment.to_owned())
+            .or_insert_with(|| Arc::new(DeploymentQuota::new(share, Arc::clone(&self.clock))));
+        if quota.limits() != share {
+            quota.set_limits(share);
+        }
+        Arc::clone(quota)
+    }
+
+    pub fn count_fallback(&self, mode: OnStoreError) {
+        self.metrics.quota_store_fallbacks.with_label_values(&[mode.as_str()]).inc();
+    }
+
+    /// Counts a failed call and, on the first one, marks the store down (logged once per outage).
+    fn failed(&self, op: &'static str, error: &str) {
+        self.metrics.quota_store_errors.with_label_values(&[op]).inc();
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.metrics.quota_store_up.set(0);
+            tracing::warn!(
+                op,
+                error,
+                on_store_error = self.settings.on_error.as_str(),
+                "quota store (Redis) unreachable; deciding admissions by on_store_error until it answers"
+            );
+        }
+    }
+
+    fn mark_up(&self, recovered: bool) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            self.metrics.quota_store_up.set(1);
+            if recovered {
+                self.metrics.quota_store_recoveries.inc();
+                tracing::info!("quota store (Redis) answers again; admissions use the shared buckets");
+            } else {
+                tracing::info!(key_prefix = %self.settings.key_prefix, "quota store: Redis");
+            }
+        }
+    }
+
+    /// Makes the connection if there is none yet, then checks that Redis answers.
+    async fn connect(&self) -> bool {
+        if self.connection.load().is_none() {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.settings.timeout))
+                .set_response_timeout(Some(self.settings.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(PROBE_INTERVAL);
+            let made = tokio::time::timeout(
+                self.settings.timeout * 2,
+                ConnectionManager::new_with_config(self.client.clone(), config),
+            )
+            .await;
+            match made {
+                Ok(Ok(connection)) => self.connection.store(Some(Arc::new(connection))),
+                Ok(Err(error)) => {
+                    self.metrics.quota_store_errors.with_label_values(&["connect"]).inc();
+                    tracing::debug!(error = %error, "quota store: cannot connect");
+                    return false;
+                }
+                Err(_) => {
+                    self.metrics.quota_store_errors.with_label_values(&["connect"]).inc();
+                    return false;
+                }
+            }
+        }
+        self.ping().await
+    }
+
+    async fn ping(&self) -> bool {
+        let Some(connection) = self.connection.load_full() else { return false };
+        let mut connection = ConnectionManager::clone(&connection);
+        let pong =
+            tokio::time::timeout(self.settings.timeout, redis::cmd("PING").query_async::<String>(&mut connection))
+                .await;
+        matches!(pong, Ok(Ok(_)))
+    }
+
+    /// Sends one batch of summed reconciliations, one script call per deployment, pipelined,
+    /// each carrying this replica's id and the batch's sequence number. Calls answered `NOSCRIPT`
+    /// (Redis restarted and lost its script cache) did not run: the script is loaded and exactly
+    /// those are sent again. Returns false (keep the batch, and send it again with the same
+    /// number) when Redis could not be reached or did not answer in time; Redis may have run it
+    /// anyway, and then the script sees the number it recorded and does not apply it twice.
+    async fn send(&self, seq: u64, batch: &Sums) -> bool {
+        let Some(connection) = self.connection.load_full() else { return false };
+        let mut connection = ConnectionManager::clone(&connection);
+        let mut todo: Vec<(&String, &(Limits, i64))> = batch.iter().collect();
+        let started = Instant::now();
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for (deployment, (limits, tokens)) in &todo {
+                pipe.cmd("EVALSHA")
+                    .arg(self.reconcile_script.get_hash())
+                    .arg(1)
+                    .arg(self.key(deployment))
+                    .arg(limits.requests_per_minute)
+                    .arg(limits.tokens_per_minute)
+                    .arg(*tokens)
+                    .arg(&self.replica)
+                    .arg(seq);
+            }
+            let replies = match tokio::time::timeout(
+                self.settings.timeout,
+                pipe.query_async::<Vec<Value>>(&mut connection),
+            )
+            .await
+            {
+                Ok(Ok(replies)) => replies,
+                Ok(Err(error)) => {
+                    self.failed("reconcile", &error.to_string());
+                    return false;
+                }
+                Err(_) => {
+                    self.failed("reconcile", "timed out");
+                    return false;
+                }
+            };
+            let mut again = Vec::new();
+            for (entry, reply) in todo.into_iter().zip(replies) {
+                match reply {
+                    Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoScript) && attempt == 0 => {
+                        again.push(entry);
+                    }
+                    Value::ServerError(error) => {
+                        // A script error is a bug, not an outage: counted and logged, not retried.
+                        self.metrics.quota_store_errors.with_label_values(&["reconcile"]).inc();
+                        tracing::error!(deployment = %entry.0, error = error.code(), "quota store: reconcile script failed");
+                    }
+                    _ => {}
+                }
+            }
+            if again.is_empty() {
+                self.metrics
+                    .quota_store_duration
+                    .with_label_values(&["reconcile"])
+                    .observe(started.elapsed().as_secs_f64());
+                return true;
+            }
+            let loaded = tokio::time::timeout(
+                self.settings.timeout,
+                self.reconcile_script.prepare_invoke().load_async(&mut connection),
+            )
+            .await;
+            if !matches!(loaded, Ok(Ok(_))) {
+                self.failed("reconcile", "cannot load the script");
+                return false;
+            }
+            todo = again;
+        }
+        true
+    }
+}
+
+/// While the store is down, tries to reach it every [`PROBE_INTERVAL`].
+async fn probe(store: Weak<RedisStore>) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        if !store.is_up() && store.connect().await {
+            store.mark_up(true);
+        }
+    }
+}
+
+/// Sends what is pending in numbered batches (see [`RedisStore::send`]). A batch that failed is
+/// kept as it is, number and all, and sent again (on the probe's rhythm) before anything newer:
+/// differences settled meanwhile wait in `pending` for the next number.
+async fn reconciler(store: Weak<RedisStore>, wake: Arc<tokio::sync::Notify>) {
+    let mut seq: u64 = 0;
+    let mut in_flight: Option<(u64, Sums)> = None;
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        {
+            let Some(store) = store.upgrade() else { return };
+            if in_flight.is_none() {
+                let (mut sums, callers) = store.take_pending();
+                waiting.extend(callers);
+                sums.retain(|_, (_, tokens)| *tokens != 0);
+                if !sums.is_empty() {
+                    seq += 1;
+                    in_flight = Some((seq, sums));
+                }
+            } else {
+                // Callers asking while a batch waits to be sent again are answered once it is
+                // (what they wait for may be in it); newer sums stay pending for the next number.
+                waiting.append(&mut store.pending.lock().unwrap_or_else(PoisonError::into_inner).waiting);
+            }
+            if let Some((number, batch)) = &in_flight {
+                if store.is_up() && store.send(*number, batch).await {
+                    in_flight = None;
+                }
+            }
+            if in_flight.is_none() {
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        }
+        // Wait for work; with a batch still to send (the store is down or slow) retry on the
+        // probe's rhythm.
+        let notified = wake.notified();
+        if in_flight.is_some() || !waiting.is_empty() {
+            let _ = tokio::time::timeout(PROBE_INTERVAL, notified).await;
+        } else {
+            notified.await;
+        }
+    }
+}

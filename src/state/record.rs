@@ -1,0 +1,72 @@
+//! The one accounting record each request yields, and where records go.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::core::api::ApiRoute;
+use crate::core::keys::KeySlot;
+use crate::core::meter::CountSource;
+use crate::core::quota::LimitKind;
+use crate::state::deployment::Deployment;
+use crate::state::request_id::RequestId;
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was delivered whole.
+    Completed,
+    /// The gateway answered without reaching the backend (rejections, bad requests).
+    Rejected,
+    /// The backend failed before sending a response.
+    BackendFailed,
+    /// The backend broke off in the middle of the body.
+    BackendBroke,
+    /// The backend went silent (stream idle timeout) or took too long (response timeout); the
+    /// gateway ended the response.
+    BackendStalled,
+    /// The client went away before the response was complete.
+    ClientGone,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Rejected => "rejected",
+            Outcome::BackendFailed => "backend_failed",
+            Outcome::BackendBroke => "backend_broke",
+            Outcome::BackendStalled => "backend_stalled",
+            Outcome::ClientGone => "client_gone",
+        }
+    }
+}
+
+/// One request's accounting record.
+#[derive(Clone, Debug)]
+pub struct UsageRecord {
+    pub deployment: Arc<Deployment>,
+    pub key_slot: KeySlot,
+    pub route: ApiRoute,
+    pub status: u16,
+    pub outcome: Outcome,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub source: CountSource,
+    /// What admission reserved (0 when not admitted).
+    pub reserved_tokens: u64,
+    /// tollgate's own prompt estimate, kept beside reported counts to measure the estimator.
+    pub estimated_prompt_tokens: u64,
+    pub request_id: RequestId,
+    /// Wall-clock time the request arrived.
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    /// For a 429: the limit that was hit.
+    pub limited_by: Option<LimitKind>,
+}
+
+/// Whatever records usage (totals, metrics, the ledger). Called once per finished request, on the
+/// request's task: implementations must not block.
+pub trait UsageSink: Send + Sync {
+    fn record(&self, record: UsageRecord);
+}
