@@ -1,7 +1,7 @@
 //! Routing of client paths and host names: no panic, and a routed path names a known operation.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tollgate::planes::data::route::{host_label, route, truncate};
+use tollgate::planes::data::route::{RouteMethod, host_label, route, truncate};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -13,9 +13,15 @@ use http::Method;
 use crate::core::api::ApiRoute;
 use crate::planes::data::error::ApiError;
 
-/// The HTTP method a route takes.
-pub fn method_of(route: ApiRoute) -> Method {
-    if route.has_json_body() { Method::POST } else { Method::GET }
+/// The HTTP method of a route (core's [`ApiRoute`] knows no HTTP types).
+pub trait RouteMethod {
+    fn method(self) -> Method;
+}
+
+impl RouteMethod for ApiRoute {
+    fn method(self) -> Method {
+        if self.has_json_body() { Method::POST } else { Method::GET }
+    }
 }
 
 /// Where the deployment's name is to be found.
@@ -49,11 +55,11 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Routed<'a>, ApiError>
     };
     let route =
         ApiRoute::from_path(rest).ok_or_else(|| ApiError::RouteNotFound { path: truncate(path, 200).to_owned() })?;
-    if *method != method_of(route) {
+    if *method != route.method() {
         return Err(ApiError::MethodNotAllowed {
             method: method.clone(),
             route: route.path(),
-            allowed: method_of(route),
+            allowed: route.method(),
         });
     }
     Ok(Routed { route, addressing })
@@ -133,7 +139,7 @@ mod tests {
             ("/embeddings", ApiRoute::Embeddings),
             ("/images/embeddings", ApiRoute::ImageEmbeddings),
         ] {
-            let m = method_of(route);
+            let m = route.method();
             assert_eq!(super::route(&m, path).unwrap(), Routed { route, addressing: Addressing::Root });
             assert_eq!(super::route(&m, &format!("/models{path}")).unwrap().addressing, Addressing::Unified);
             assert_eq!(super::route(&m, &format!("/v1{path}")).unwrap().addressing, Addressing::Unified);
