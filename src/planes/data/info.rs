@@ -5,13 +5,20 @@
 
 use std::time::Duration;
 
-use http::{HeaderValue, Response, StatusCode, header};
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header, request};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::body::ProxyBody;
+use std::sync::Arc;
+
+use super::{Gateway, Trace, backend_error_kind};
+use crate::core::api::ApiRoute;
 use crate::planes::data::error::ApiError;
+use crate::state::deployment::Deployment;
 use crate::state::info_cache::{InfoCache, Kept};
+use crate::state::record::Outcome;
 
 /// How long a backend's `/info` answer is served from memory.
 pub const INFO_TTL: Duration = Duration::from_secs(10);
@@ -80,5 +87,35 @@ impl InfoCache {
             }
         }
         Ok(response)
+    }
+}
+
+impl Gateway {
+    /// `GET /info` for an authenticated caller: the backend's answer, kept for
+    /// [`INFO_TTL`]; no admission (the buckets are read for the headers only).
+    pub(super) async fn info(
+        &self,
+        deployment: &Arc<Deployment>,
+        parts: request::Parts,
+        trace: &mut Trace,
+    ) -> Result<Response<ProxyBody>, ApiError> {
+        let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
+        let fetch = backend.forward(deployment, ApiRoute::Info, parts, Bytes::new());
+        let answer = deployment.info.get_or_fetch(&deployment.name, self.metering.limits.total, fetch).await;
+        trace.quota = self.quota.state(deployment).await;
+        match answer {
+            Ok(response) => {
+                trace.outcome = Some(Outcome::Completed);
+                Ok(response)
+            }
+            Err(error) => {
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&[deployment.name.as_str(), backend_error_kind(&error)])
+                    .inc();
+                trace.outcome = Some(Outcome::BackendFailed);
+                Err(error)
+            }
+        }
     }
 }

@@ -38,6 +38,7 @@ pub mod error;
 pub mod forward;
 pub mod info;
 pub mod metered_body;
+pub mod models;
 pub mod quota_headers;
 pub mod reconcile;
 pub mod route;
@@ -53,7 +54,7 @@ use crate::config::Config;
 use arc_swap::ArcSwap;
 
 use crate::core::api::ApiRoute;
-use crate::core::estimate::{self, Estimate, Tokenizer};
+use crate::core::estimate::Estimate;
 use crate::core::keys::KeySlot;
 use crate::core::meter::Counts;
 use crate::core::meter::usage_chunk::UsageChunk;
@@ -83,26 +84,6 @@ pub struct Gateway {
     sink: Arc<dyn UsageSink>,
     metrics: Arc<Metrics>,
     quota: QuotaStore,
-}
-
-/// Stage 4's estimate: in place for a short body, on the blocking pool for a long one (a
-/// 100 KB prompt is ~1.7 ms of BPE counting, too long to hold a runtime worker).
-async fn estimate_off_worker(
-    route: ApiRoute,
-    body: &Bytes,
-    tokenizer: Tokenizer,
-) -> Result<Estimate, estimate::EstimateError> {
-    if body.len() <= tokenizer.inline_limit() {
-        return estimate::estimate(route, body, tokenizer);
-    }
-    let owned = body.clone();
-    match tokio::task::spawn_blocking(move || estimate::estimate(route, &owned, tokenizer)).await {
-        Ok(estimate) => estimate,
-        Err(error) => {
-            tracing::error!(%error, "the prompt estimate on the blocking pool did not finish; estimating in place");
-            estimate::estimate(route, body, tokenizer)
-        }
-    }
 }
 
 /// What is known about a request so far, filled in as it goes through the stages.
@@ -336,7 +317,7 @@ impl Gateway {
         };
         trace.unread = None;
         let estimate = if route.has_json_body() {
-            estimate_off_worker(route, &body, deployment.tokenizer).await?
+            body::estimate_off_worker(route, &body, deployment.tokenizer).await?
         } else {
             Estimate::default()
         };
@@ -428,62 +409,6 @@ impl Gateway {
         }
     }
 
-    /// `GET /info` for an authenticated caller: the backend's answer, kept for
-    /// [`info::INFO_TTL`]; no admission (the buckets are read for the headers only).
-    async fn info(
-        &self,
-        deployment: &Arc<Deployment>,
-        parts: request::Parts,
-        trace: &mut Trace,
-    ) -> Result<Response<ProxyBody>, ApiError> {
-        let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
-        let fetch = backend.forward(deployment, ApiRoute::Info, parts, Bytes::new());
-        let answer = deployment.info.get_or_fetch(&deployment.name, self.metering.limits.total, fetch).await;
-        trace.quota = self.quota.state(deployment).await;
-        match answer {
-            Ok(response) => {
-                trace.outcome = Some(Outcome::Completed);
-                Ok(response)
-            }
-            Err(error) => {
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&[deployment.name.as_str(), backend_error_kind(&error)])
-                    .inc();
-                trace.outcome = Some(Outcome::BackendFailed);
-                Err(error)
-            }
-        }
-    }
-
-    /// `GET /v1/models` and `/openai/models`: the deployments the presented key may call, in the
-    /// OpenAI list shape (the name is the `model` to send). Answered here, never forwarded or
-    /// charged to a quota.
-    fn models(
-        &self,
-        headers: &http::HeaderMap,
-        query: route::ModelsQuery<'_>,
-    ) -> Result<Response<ProxyBody>, ApiError> {
-        let table = self.deployments.load();
-        let owners = auth::presented_digest(headers).map_or(&[][..], |d| table.for_key(&d));
-        if owners.is_empty() {
-            return Err(ApiError::KeyNotRecognized);
-        }
-        let model = |d: &Deployment| serde_json::json!({"id": d.name, "object": "model", "created": d.created_unix, "owned_by": d.project});
-        let body = match query {
-            route::ModelsQuery::List => {
-                serde_json::json!({"object": "list", "data": owners.iter().map(|d| model(d)).collect::<Vec<_>>()})
-            }
-            route::ModelsQuery::One(id) => match owners.iter().find(|d| d.name == id) {
-                Some(d) => model(d),
-                None => return Err(ApiError::DeploymentNotFound { name: route::truncate(id, 100).to_owned() }),
-            },
-        };
-        let mut response = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
-        response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        Ok(response)
-    }
-
     /// Nothing named a deployment and the key identified none: a host label that matched nothing
     /// is the likeliest typo to report; otherwise the key is what is wrong (or missing).
     fn unnamed_refusal(&self, parts: &request::Parts) -> ApiError {
@@ -491,19 +416,6 @@ impl Gateway {
             Some(label) => ApiError::DeploymentNotFound { name: route::truncate(label, 100).to_owned() },
             None => ApiError::KeyNotRecognized,
         }
-    }
-
-    /// Reads the request body whole (bounded, timed). The body stays in `incoming` until it has
-    /// been read to its end, so that a refused one can be drained after the answer (HTTP/2).
-    async fn read_body(&self, parts: &request::Parts, incoming: &mut Option<Incoming>) -> Result<Bytes, ApiError> {
-        let Some(body) = incoming.as_mut() else { return Ok(Bytes::new()) };
-        let read = body::read_limited(&parts.headers, body, self.max_body_bytes);
-        let bytes = match tokio::time::timeout(self.body_read_timeout, read).await {
-            Ok(result) => result?,
-            Err(_) => return Err(ApiError::BodyTimeout { timeout_ms: self.body_read_timeout.as_millis() as u64 }),
-        };
-        *incoming = None;
-        Ok(bytes)
     }
 }
 
