@@ -9,6 +9,7 @@ pub mod ledger;
 mod raw;
 mod store;
 mod validate;
+mod validate_deployment;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,7 @@ pub use backend_url::BackendUrl;
 pub use catalog::{BackendCa, CatalogModel, check_model_id};
 use raw::RawConfig;
 use toml::Spanned;
-pub use validate::{check_deployment_name, check_project_name};
+pub use validate_deployment::{check_deployment_name, check_project_name};
 
 use crate::config::ledger::LedgerConfig;
 use crate::core::estimate::Tokenizer;
