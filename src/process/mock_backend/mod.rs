@@ -15,6 +15,7 @@
 //! tokens of template, a chat prompt 3 more; an image counts 85.
 
 mod body;
+mod embeddings;
 mod inference;
 
 use std::net::SocketAddr;
@@ -199,8 +200,8 @@ async fn handle(options: &MockOptions, request: Request<Incoming>) -> Response<M
         (&Method::GET, "/info") => Ok(json_response(inference::info(options))),
         (&Method::POST, "/chat/completions") => inference::chat(options, &behaviour, &body),
         (&Method::POST, "/completions") => inference::completions(options, &behaviour, &body),
-        (&Method::POST, "/embeddings") => inference::embeddings(options, &body).map(json_response),
-        (&Method::POST, "/images/embeddings") => inference::image_embeddings(options, &body).map(json_response),
+        (&Method::POST, "/embeddings") => embeddings::embeddings(options, &body).map(json_response),
+        (&Method::POST, "/images/embeddings") => embeddings::image_embeddings(options, &body).map(json_response),
         (_, "/info" | "/chat/completions" | "/completions" | "/embeddings" | "/images/embeddings") => {
             Err((StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "wrong method".to_owned()))
         }
