@@ -18,6 +18,7 @@
 //! deployment's default when the request sets none; embeddings reserve no completion.
 
 mod scan;
+mod scan_inputs;
 pub mod tokenizer;
 
 use crate::core::api::ApiRoute;
