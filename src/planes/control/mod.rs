@@ -16,6 +16,8 @@ mod build;
 pub mod reload;
 mod resources;
 pub mod state;
+mod subscriptions;
+mod tokens;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -4,19 +4,11 @@
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::state::{ApiDeployment, StoredLimits, StoredToken, Subscription};
+use super::state::{ApiDeployment, StoredLimits};
 use super::{AdminError, ControlPlane};
 use crate::config::{MAX_PER_MINUTE, check_deployment_name, check_model_id, check_project_name};
-use crate::core::keys::{KeyDigest, generate_key};
 use crate::core::quota::Limits;
-use crate::core::roles::Role;
 use crate::state::deployment::{Deployment, Health, Origin};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SubscriptionBody {
-    pub model_id: String,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -50,13 +42,6 @@ pub struct RegenerateBody {
     pub key_type: KeyType,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TokenBody {
-    pub role: Role,
-    pub projects: Option<Vec<String>>,
-}
-
 fn checked_limits(body: &LimitsBody, base: Limits) -> Result<Limits, AdminError> {
     let check = |value: Option<u64>, field: &str, default: u64| match value {
         None => Ok(default),
@@ -75,80 +60,12 @@ fn stored(limits: Limits) -> StoredLimits {
     StoredLimits { requests_per_minute: limits.requests_per_minute, tokens_per_minute: limits.tokens_per_minute }
 }
 
-fn check_names(project: &str, name: &str) -> Result<(), AdminError> {
+pub(super) fn check_names(project: &str, name: &str) -> Result<(), AdminError> {
     check_project_name(project).map_err(AdminError::bad_request)?;
     check_deployment_name(name).map_err(AdminError::bad_request)
 }
 
 impl ControlPlane {
-    pub fn catalog_json(&self) -> Value {
-        self.read(|config, _| {
-            let models: Vec<Value> = config
-                .models
-                .iter()
-                .map(|m| json!({"id": m.id, "version": m.version, "offer": m.offer, "requiresSubscription": m.offer.is_some()}))
-                .collect();
-            json!({"value": models})
-        })
-    }
-
-    pub fn subscriptions_json(&self, project: &str) -> Value {
-        self.read(|_, state| {
-            let subs: Vec<Value> =
-                state.subscriptions.iter().filter(|s| s.project == project).map(subscription_json).collect();
-            json!({"value": subs})
-        })
-    }
-
-    pub fn subscription_json(&self, project: &str, name: &str) -> Result<Value, AdminError> {
-        self.read(|_, state| {
-            state
-                .subscriptions
-                .iter()
-                .find(|s| s.project == project && s.name == name)
-                .map(subscription_json)
-                .ok_or_else(|| AdminError::not_found(format!("project '{project}' has no subscription '{name}'")))
-        })
-    }
-
-    /// PUT a subscription: accepts the offer of the model's catalog entry. `true` when created.
-    pub fn subscribe(&self, project: &str, name: &str, body: SubscriptionBody) -> Result<(bool, Value), AdminError> {
-        check_names(project, name)?;
-        check_model_id(&body.model_id).map_err(AdminError::bad_request)?;
-        self.change(|config, state| {
-            let model = config.models.iter().find(|m| m.id == body.model_id).ok_or_else(|| {
-                AdminError::not_found(format!("model '{}' is not in the catalog; GET /models lists the models", body.model_id))
-            })?;
-            let offer = model.offer.clone().ok_or_else(|| {
-                AdminError::unprocessable(format!("model '{}' has no marketplace offer: deploy it without a subscription", model.id))
-            })?;
-            if let Some(existing) = state.subscriptions.iter().find(|s| s.project == project && s.name == name) {
-                if existing.offer != offer {
-                    return Err(AdminError::conflict(format!(
-                        "subscription '{name}' in project '{project}' is to offer '{}', not '{offer}'; use another name",
-                        existing.offer
-                    )));
-                }
-                return Ok((false, subscription_json(existing)));
-            }
-            let sub = Subscription { project: project.into(), name: name.into(), model_id: model.id.clone(), offer };
-            let answer = subscription_json(&sub);
-            state.subscriptions.push(sub);
-            Ok((true, answer))
-        })
-    }
-
-    pub fn unsubscribe(&self, project: &str, name: &str) -> Result<(), AdminError> {
-        self.change(|_, state| {
-            let before = state.subscriptions.len();
-            state.subscriptions.retain(|s| !(s.project == project && s.name == name));
-            if state.subscriptions.len() == before {
-                return Err(AdminError::not_found(format!("project '{project}' has no subscription '{name}'")));
-            }
-            Ok(())
-        })
-    }
-
     pub fn deployments_json(&self, project: &str) -> Value {
         let table = self.live.load();
         let mut list: Vec<&std::sync::Arc<Deployment>> = table.iter().filter(|d| d.project == project).collect();
@@ -348,71 +265,4 @@ impl ControlPlane {
         })?;
         Ok(self.keys_json(&d))
     }
-
-    pub fn tokens_json(&self) -> Value {
-        self.read(|config, state| {
-            let file = config.admin.tokens.iter().map(
-                |t| json!({"name": t.name, "role": t.role, "projects": t.projects, "declaredIn": "configuration"}),
-            );
-            let api = state
-                .tokens
-                .iter()
-                .map(|t| json!({"name": t.name, "role": t.role, "projects": t.projects, "declaredIn": "api"}));
-            json!({"value": file.chain(api).collect::<Vec<_>>()})
-        })
-    }
-
-    /// Creates or replaces an admin token; the plain token is in this answer only.
-    pub fn put_token(&self, name: &str, body: TokenBody) -> Result<Value, AdminError> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(AdminError::bad_request("token names are 1 to 64 letters, digits, '-' or '_'"));
-        }
-        for project in body.projects.iter().flatten() {
-            check_project_name(project).map_err(AdminError::bad_request)?;
-        }
-        let plain = format!("tga_{}", generate_key());
-        self.change(|config, state| {
-            if config.admin.tokens.iter().any(|t| t.name == name) {
-                return Err(AdminError::conflict(format!(
-                    "admin token '{name}' is declared in the configuration file: change it there"
-                )));
-            }
-            state.tokens.retain(|t| t.name != name);
-            state.tokens.push(StoredToken {
-                name: name.into(),
-                role: body.role,
-                projects: body.projects.clone(),
-                digest: KeyDigest::of(plain.as_bytes()).to_stored(),
-            });
-            Ok(())
-        })?;
-        Ok(json!({"name": name, "role": body.role, "projects": body.projects, "token": plain}))
-    }
-
-    pub fn delete_token(&self, name: &str) -> Result<(), AdminError> {
-        self.change(|config, state| {
-            if config.admin.tokens.iter().any(|t| t.name == name) {
-                return Err(AdminError::conflict(format!(
-                    "admin token '{name}' is declared in the configuration file: remove it there"
-                )));
-            }
-            let before = state.tokens.len();
-            state.tokens.retain(|t| t.name != name);
-            if before == state.tokens.len() {
-                return Err(AdminError::not_found(format!("no admin token '{name}'")));
-            }
-            Ok(())
-        })
-    }
-}
-
-fn subscription_json(s: &Subscription) -> Value {
-    json!({
-        "name": s.name,
-        "id": format!("/projects/{}/subscriptions/{}", s.project, s.name),
-        "properties": {"modelId": s.model_id, "offer": s.offer, "provisioningState": "Succeeded"},
-    })
 }
