@@ -13,6 +13,9 @@
 use super::usage::{Usage, parse_usage};
 
 /// Deeper documents are not tracked (serde's default recursion limit is 128).
+mod strings;
+use strings::unescape;
+
 const MAX_DEPTH: usize = 64;
 /// A `usage` object is a few dozen bytes.
 const MAX_USAGE: usize = 64 * 1024;
@@ -34,7 +37,7 @@ const STRUCTURAL: [bool; 256] = {
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Key {
+pub(super) enum Key {
     Choices,
     Message,
     Delta,
@@ -43,28 +46,6 @@ enum Key {
     ToolCalls,
     Usage,
     Other,
-}
-
-fn key_of(bytes: &[u8]) -> Key {
-    match bytes {
-        b"choices" => Key::Choices,
-        b"message" => Key::Message,
-        b"delta" => Key::Delta,
-        b"content" => Key::Content,
-        b"text" => Key::Text,
-        b"tool_calls" => Key::ToolCalls,
-        b"usage" => Key::Usage,
-        _ => Key::Other,
-    }
-}
-
-/// A JSON string's raw contents (between the quotes, escapes and all), decoded.
-fn unescape(raw: &[u8]) -> Option<String> {
-    let mut quoted = Vec::with_capacity(raw.len() + 2);
-    quoted.push(b'"');
-    quoted.extend_from_slice(raw);
-    quoted.push(b'"');
-    serde_json::from_slice(&quoted).ok()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -78,7 +59,7 @@ struct Level {
 
 /// What the string being read is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Str {
+pub(super) enum Str {
     Key,
     Text,
     Skip,
@@ -154,25 +135,6 @@ impl JsonAnswerScanner {
     /// Inside an array, or after the `:` of an object member: where scalar bytes may run.
     fn in_a_value(&self) -> bool {
         self.stack.last().is_some_and(|l| !l.object || l.in_value)
-    }
-
-    /// Plain string contents (no quote, no backslash).
-    fn string_run(&mut self, run: &[u8]) {
-        self.capture_run(run);
-        match self.string {
-            Some(Str::Key) => {
-                let room = (MAX_KEY + 1).saturating_sub(self.key.len());
-                self.key.extend_from_slice(&run[..run.len().min(room)]);
-            }
-            Some(Str::Text) if self.text_len < MAX_TEXT => {
-                let take = run.len().min(MAX_TEXT - self.text_len);
-                self.text_len += take;
-                if let Some(Piece::Escaped(raw)) = self.pieces.last_mut() {
-                    raw.extend_from_slice(&run[..take]);
-                }
-            }
-            _ => {}
-        }
     }
 
     /// The top-level `usage`, when the document closed properly and it holds counts.
@@ -298,59 +260,6 @@ impl JsonAnswerScanner {
                 }
             }
         }
-    }
-
-    fn string_byte(&mut self, b: u8) {
-        let ended = if self.escape {
-            self.escape = false;
-            false
-        } else if b == b'\\' {
-            self.escape = true;
-            false
-        } else {
-            b == b'"'
-        };
-        if ended {
-            self.in_string = false;
-            match self.string.take() {
-                Some(Str::Key) => {
-                    let key = if self.key.len() > MAX_KEY {
-                        Key::Other
-                    } else if self.key.contains(&b'\\') {
-                        // An escaped name (`"us\u0061ge"`) is the name it decodes to.
-                        unescape(&self.key).map_or(Key::Other, |k| key_of(k.as_bytes()))
-                    } else {
-                        key_of(&self.key)
-                    };
-                    self.key.clear();
-                    if let Some(level) = self.stack.last_mut() {
-                        level.key = key;
-                    }
-                }
-                Some(_) => self.value_end(),
-                None => {}
-            }
-            return;
-        }
-        match self.string {
-            Some(Str::Key) if self.key.len() <= MAX_KEY => self.key.push(b),
-            Some(Str::Text) if self.text_len < MAX_TEXT => {
-                self.text_len += 1;
-                if let Some(Piece::Escaped(raw)) = self.pieces.last_mut() {
-                    raw.push(b);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// What a string starting now is: a member name, completion text, or neither.
-    fn string_start(&mut self) -> Str {
-        if self.stack.last().is_some_and(|l| l.object && !l.in_value) {
-            return Str::Key;
-        }
-        let text = self.value_start();
-        if text { Str::Text } else { Str::Skip }
     }
 
     /// A value starts: decides from the path whether it is kept. Returns whether it is
