@@ -11,11 +11,11 @@
 //! properly reports no usage (as the serde parse did).
 
 use super::usage::{Usage, parse_usage};
-
-/// Deeper documents are not tracked (serde's default recursion limit is 128).
-mod strings;
 use strings::unescape;
 
+mod strings;
+
+/// Deeper documents are not tracked (serde's default recursion limit is 128).
 const MAX_DEPTH: usize = 64;
 /// A `usage` object is a few dozen bytes.
 const MAX_USAGE: usize = 64 * 1024;
