@@ -4,7 +4,7 @@
 //!    `GET /v1/models` and `/openai/models` are answered here from the key's deployments.
 //! 1. **route** ([`route`]): method + path → API operation and addressing mode. Unknown path 404,
 //!    wrong method 405.
-//! 2. **find the deployment**: host label, `/openai/deployments/{name}`, `azureml-model-deployment`
+//! 2. **find the deployment** ([`find`]): host label, `/openai/deployments/{name}`, `azureml-model-deployment`
 //!    header; when none names one, the presented key's digest is looked up in the table
 //!    ([`DeploymentTable::for_key`]): a key that is nobody's is a 401 before any body byte is read;
 //!    otherwise the body's `model` (read now) or, without one, the key's only deployment. 404 / 400.
@@ -35,6 +35,7 @@ pub mod auth;
 pub mod body;
 pub mod count;
 pub mod error;
+pub mod find;
 pub mod forward;
 pub mod info;
 pub mod metered_body;
@@ -47,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, request};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::Config;
@@ -69,9 +70,8 @@ use crate::state::metrics::{Metrics, metric_status};
 use crate::state::quota_store::{QuotaStore, Refusal};
 use crate::state::record::{Outcome, UsageSink};
 use crate::state::request_id::RequestId;
-use body::{BodyFields, ProxyBody};
+use body::ProxyBody;
 use forward::BackendClient;
-use route::Addressing;
 
 /// The data plane: everything a request needs, shared by all connections.
 pub struct Gateway {
@@ -242,58 +242,9 @@ impl Gateway {
         let route = routed.route;
         trace.route = Some(route);
 
-        // Stage 2: the deployment, from the URL or headers when they name it, else from the key
-        // (and the body's `model`, read only once the key is known to be some deployment's). The
-        // table guard is dropped before any await.
-        let mut body: Option<Bytes> = None;
-        let mut digest = None;
-        let found = {
-            let table = self.deployments.load();
-            let named = match routed.addressing {
-                Addressing::Path(name) => Some(lookup(&table, name)?),
-                Addressing::Root => match host_of(&parts).and_then(route::host_label) {
-                    Some(label) => table.get(label).cloned(),
-                    None => None,
-                },
-                Addressing::Unified => None,
-            };
-            match named {
-                Some(d) => Found::Named(d),
-                None => match parts.headers.get("azureml-model-deployment") {
-                    Some(value) => Found::Named(lookup(&table, value.to_str().unwrap_or(""))?),
-                    None => {
-                        digest = auth::presented_digest(&parts.headers);
-                        match digest.as_ref().map_or(&[][..], |d| table.for_key(d)) {
-                            // Nothing names a deployment and the key is nobody's: refused before
-                            // a byte of the body is read (no unauthenticated buffering).
-                            [] => return Err(self.unnamed_refusal(&parts)),
-                            [only] => Found::ByKey(Some(Arc::clone(only))),
-                            _ => Found::ByKey(None),
-                        }
-                    }
-                },
-            }
-        };
-        let deployment = match found {
-            Found::Named(deployment) => deployment,
-            // Found by the key: the body's `model` decides when given, else the key's only one.
-            Found::ByKey(only) => {
-                let model = if route.has_json_body() {
-                    let bytes = self.read_body(&parts, &mut trace.unread).await?;
-                    let model =
-                        BodyFields::parse(&bytes)?.model.map(|m| lookup(&self.deployments.load(), &m)).transpose()?;
-                    body = Some(bytes);
-                    model
-                } else {
-                    None
-                };
-                match (model, only) {
-                    (Some(found), _) => found,
-                    (None, Some(only)) => only,
-                    (None, None) => return Err(ApiError::DeploymentMissing),
-                }
-            }
-        };
+        // Stage 2: the deployment ([`find`]).
+        let find::Found { deployment, digest, body } =
+            self.find_deployment(&parts, routed.addressing, route, trace).await?;
         trace.deployment = Some(Arc::clone(&deployment));
 
         // Stage 3: authenticate before reading a body we have not read yet.
@@ -408,23 +359,6 @@ impl Gateway {
             }
         }
     }
-
-    /// Nothing named a deployment and the key identified none: a host label that matched nothing
-    /// is the likeliest typo to report; otherwise the key is what is wrong (or missing).
-    fn unnamed_refusal(&self, parts: &request::Parts) -> ApiError {
-        match host_of(parts).and_then(route::host_label) {
-            Some(label) => ApiError::DeploymentNotFound { name: route::truncate(label, 100).to_owned() },
-            None => ApiError::KeyNotRecognized,
-        }
-    }
-}
-
-/// How stage 2 found the deployment before any body is read.
-enum Found {
-    /// Named by the URL, the host or the header.
-    Named(Arc<Deployment>),
-    /// Named by nothing; the key is some deployment's: this one when it is exactly one's.
-    ByKey(Option<Arc<Deployment>>),
 }
 
 /// The `kind` label of `tollgate_backend_errors_total` for a failed forward.
@@ -434,17 +368,4 @@ fn backend_error_kind(error: &ApiError) -> &'static str {
         ApiError::BackendTimeout { .. } => "timeout",
         _ => "protocol",
     }
-}
-
-fn lookup(table: &DeploymentTable, name: &str) -> Result<Arc<Deployment>, ApiError> {
-    table.get(name).cloned().ok_or_else(|| ApiError::DeploymentNotFound { name: route::truncate(name, 100).to_owned() })
-}
-
-/// The host the client addressed: the URI's authority (HTTP/2, absolute-form) or the `Host` header.
-fn host_of(parts: &request::Parts) -> Option<&str> {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(http::header::HOST).and_then(|h: &HeaderValue| h.to_str().ok()))
 }
