@@ -6,4 +6,3 @@ pub mod embedded;
 pub mod mock_backend;
 pub mod runtime;
 pub mod server;
-pub mod tls;

@@ -17,12 +17,12 @@ use crate::core::clock::{Clock, MonotonicClock};
 use crate::planes::control::ControlPlane;
 use crate::planes::data::Gateway;
 use crate::process::server::ServeOptions;
-use crate::process::tls::CertStore;
+use crate::state::certificate::CertStore;
 use crate::state::ledger::Ledger;
 use crate::state::metrics::{Metrics, MetricsError};
 use crate::state::quota_store::QuotaStore;
 use crate::state::quota_store::redis::{RedisStore, StoreSetupError};
-use crate::state::recorder::Recorder;
+use crate::state::record::Recorder;
 use tokio_rustls::TlsAcceptor;
 
 /// A start-up failure, saying what could not be done.
@@ -37,7 +37,7 @@ pub enum StartError {
     #[error("cannot set up the control plane: {0}")]
     Control(#[from] crate::planes::control::OpenError),
     #[error("cannot set up TLS: {0}")]
-    Tls(#[from] crate::process::tls::TlsError),
+    Tls(#[from] crate::state::certificate::TlsError),
     #[error("cannot set up the quota store: {0}")]
     QuotaStore(#[from] StoreSetupError),
 }
@@ -99,7 +99,7 @@ impl RunningGateway {
             Some(settings) => {
                 let store = Arc::new(CertStore::open(&settings.cert, &settings.key).map_err(StartError::Tls)?);
                 let acceptor =
-                    TlsAcceptor::from(crate::process::tls::server_config(Arc::clone(&store)).map_err(StartError::Tls)?);
+                    TlsAcceptor::from(crate::process::server::tls_config(Arc::clone(&store)).map_err(StartError::Tls)?);
                 let listener = bind(settings.listen, "gateway TLS").await?;
                 let addr = local_addr(&listener, settings.listen, "gateway TLS")?;
                 Some((store, acceptor, listener, addr))

@@ -1,4 +1,5 @@
-//! Stage 0, listen: the accept loop shared by the gateway, admin and mock-backend listeners.
+//! Stage 0, listen: the accept loop shared by the gateway, admin and mock-backend listeners, and
+//! the TLS configuration of the ones that terminate TLS.
 //!
 //! Plain TCP, HTTP/1.1 and HTTP/2 (prior knowledge) on the same port via hyper-util's auto builder,
 //! with the client limits applied: header read timeout (slowloris, and idle keep-alive for
@@ -24,6 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientLimits;
+use crate::state::certificate::{CertStore, TlsError};
 
 /// How a listener serves.
 #[derive(Clone, Default)]
@@ -162,4 +164,17 @@ pub async fn serve<F, Fut, B>(
 /// Resolves when shutdown is asked for (or the sender is gone).
 async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// TLS termination with rustls: TLS 1.2 and 1.3 only, ALPN `h2` and `http/1.1`, over the
+/// certificate in use ([`CertStore`], state that reloads swap).
+pub fn tls_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Setup)?
+        .with_no_client_auth()
+        .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

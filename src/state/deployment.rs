@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::config::{BackendCa, BackendSettings, BackendUrl, DeploymentConfig};
@@ -12,7 +13,6 @@ use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
 use crate::core::quota::DeploymentQuota;
-use crate::state::info_cache::InfoCache;
 use crate::state::totals::UsageCounters;
 use crate::state::upstream::BackendClient;
 
@@ -183,5 +183,26 @@ impl DeploymentTable {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+}
+
+/// One deployment's last `/info` answer.
+#[derive(Debug)]
+pub struct InfoCache {
+    pub clock: Arc<dyn Clock>,
+    /// Held across the fetch: concurrent misses wait for the one fetch instead of each forwarding.
+    pub slot: tokio::sync::Mutex<Option<Kept>>,
+}
+
+#[derive(Debug)]
+pub struct Kept {
+    pub at_ns: u64,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+impl InfoCache {
+    pub fn new(clock: Arc<dyn Clock>) -> InfoCache {
+        InfoCache { clock, slot: tokio::sync::Mutex::new(None) }
     }
 }

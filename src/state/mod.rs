@@ -4,12 +4,10 @@
 
 pub mod certificate;
 pub mod deployment;
-pub mod info_cache;
 pub mod ledger;
 pub mod metrics;
 pub mod quota_store;
 pub mod record;
-pub mod recorder;
 pub mod request_id;
 pub mod totals;
 pub mod upstream;

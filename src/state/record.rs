@@ -1,4 +1,5 @@
-//! The one accounting record each request yields, and where records go.
+//! The one accounting record each request yields, and where records go: the [`UsageSink`]
+//! trait and the gateway's [`Recorder`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -8,7 +9,10 @@ use crate::core::keys::KeySlot;
 use crate::core::meter::CountSource;
 use crate::core::quota::LimitKind;
 use crate::state::deployment::Deployment;
+use crate::state::ledger::Ledger;
+use crate::state::metrics::Metrics;
 use crate::state::request_id::RequestId;
+use crate::state::totals;
 
 /// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,4 +73,35 @@ pub struct UsageRecord {
 /// request's task: implementations must not block.
 pub trait UsageSink: Send + Sync {
     fn record(&self, record: UsageRecord);
+}
+
+/// The [`UsageSink`] the gateway runs with: every record goes to the per-deployment totals, the
+/// Prometheus metrics, the durable ledger (when configured) and one access log line.
+pub struct Recorder {
+    pub metrics: Arc<Metrics>,
+    pub ledger: Option<Arc<Ledger>>,
+}
+
+impl UsageSink for Recorder {
+    fn record(&self, record: UsageRecord) {
+        totals::add(&record);
+        self.metrics.observe(&record);
+        tracing::info!(
+            target: "tollgate::access",
+            request_id = record.request_id.as_str(),
+            deployment = record.deployment.name.as_str(),
+            route = record.route.label(),
+            key_slot = record.key_slot.as_str(),
+            status = record.status,
+            outcome = record.outcome.as_str(),
+            prompt_tokens = record.prompt_tokens,
+            completion_tokens = record.completion_tokens,
+            total_tokens = record.total_tokens,
+            source = record.source.as_str(),
+            duration_us = record.duration.as_micros() as u64,
+        );
+        if let Some(ledger) = &self.ledger {
+            ledger.append(record);
+        }
+    }
 }

@@ -17,7 +17,7 @@ use super::{Gateway, Trace, backend_error_kind};
 use crate::core::api::ApiRoute;
 use crate::planes::data::error::ApiError;
 use crate::state::deployment::Deployment;
-use crate::state::info_cache::{InfoCache, Kept};
+use crate::state::deployment::{InfoCache, Kept};
 use crate::state::record::Outcome;
 
 /// How long a backend's `/info` answer is served from memory.

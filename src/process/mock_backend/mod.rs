@@ -94,9 +94,10 @@ impl MockBackend {
         let tls = match &options.tls {
             None => None,
             Some((cert, key)) => {
-                let store = Arc::new(crate::process::tls::CertStore::open(cert, key).map_err(std::io::Error::other)?);
+                let store =
+                    Arc::new(crate::state::certificate::CertStore::open(cert, key).map_err(std::io::Error::other)?);
                 Some(tokio_rustls::TlsAcceptor::from(
-                    crate::process::tls::server_config(store).map_err(std::io::Error::other)?,
+                    crate::process::server::tls_config(store).map_err(std::io::Error::other)?,
                 ))
             }
         };
