@@ -34,51 +34,86 @@ fn violations(path: &str, text: &str) -> Vec<String> {
     let layer = parts.next().unwrap_or_default();
     let Some(own) = rank(layer) else { return Vec::new() }; // lib.rs and main.rs: the crate's roots
     let plane = if layer == "planes" { parts.next().map(|p| p.trim_end_matches(".rs")) } else { None };
+    // Comment lines blanked (doc links name paths without importing them); line numbers kept.
+    let code: String =
+        text.lines().map(|l| if l.trim_start().starts_with("//") { "" } else { l }).collect::<Vec<_>>().join("\n");
+    let line_of = |i: usize| code[..i].matches('\n').count() + 1;
+    let shown = |i: usize| code.lines().nth(line_of(i) - 1).unwrap_or_default().trim().to_owned();
     let mut found = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let code = line.trim_start();
-        if code.starts_with("//") {
+    for (i, _) in code.match_indices("crate::") {
+        // `$crate::` in macros is not an import of ours.
+        if code[..i].ends_with('$') {
             continue;
         }
-        let at = format!("{path}:{}", n + 1);
-        for (i, _) in code.match_indices("crate::") {
-            // `tollgate::crate::` cannot occur; skip `$crate::` in macros.
-            if code[..i].ends_with('$') {
-                continue;
-            }
-            let mut names = code[i + "crate::".len()..]
-                .split("::")
-                .map(|s| s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next().unwrap_or_default());
+        let at = format!("{path}:{}", line_of(i));
+        for written in paths_after(&code[i + "crate::".len()..]) {
+            let mut names = written.split("::");
             let target = names.next().unwrap_or_default();
             let Some(theirs) = rank(target) else { continue };
             if theirs > own {
-                found.push(format!("{at}: {layer} imports {target}, a layer above it: {}", code.trim()));
+                found.push(format!("{at}: {layer} imports {target}, a layer above it: {}", shown(i)));
             }
             if let (Some(mine), "planes") = (plane, target) {
                 let other = names.next().unwrap_or_default();
                 if matches!((mine, other), ("data", "control") | ("control", "data")) {
                     found.push(format!(
                         "{at}: planes::{mine} imports planes::{other}; the planes do not import each other: {}",
-                        code.trim()
+                        shown(i)
                     ));
                 }
             }
         }
-        if layer == "core" {
+    }
+    // `super::super::` climbs out of a layer's module without naming where to: not used, banned.
+    for (i, _) in code.match_indices("super::super") {
+        found.push(format!("{path}:{}: `super::super` hides which layer is imported; write `crate::...`", line_of(i)));
+    }
+    if layer == "core" {
+        for (n, line) in code.lines().enumerate() {
             for name in NOT_IN_CORE {
-                let used = code.match_indices(name).any(|(i, _)| {
-                    let before = code[..i].chars().next_back();
-                    let after = &code[i + name.len()..];
+                let used = line.match_indices(name).any(|(i, _)| {
+                    let before = line[..i].chars().next_back();
+                    let after = &line[i + name.len()..];
                     !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-                        && (after.starts_with("::") || (code.starts_with("use ") && after.starts_with(';')))
+                        && (after.starts_with("::")
+                            || (line.trim_start().starts_with("use ") && after.starts_with(';')))
                 });
                 if used {
-                    found.push(format!("{at}: core uses `{name}`: {}", code.trim()));
+                    found.push(format!("{path}:{}: core uses `{name}`: {}", n + 1, line.trim()));
                 }
             }
         }
     }
     found
+}
+
+/// The paths written after one `crate::`: `a::b` gives `a::b`; a group `{a::b, c::{d, e}}`
+/// (on one line or many) gives `a::b` and `c::` (the first names are what the rules look at).
+fn paths_after(rest: &str) -> Vec<String> {
+    let path = |s: &str| -> String {
+        s.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':').collect()
+    };
+    let Some(group) = rest.strip_prefix('{') else { return vec![path(rest)] };
+    let mut paths = Vec::new();
+    let mut depth = 0;
+    let mut start = 0;
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                paths.push(path(&group[start..i]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                paths.push(path(&group[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    paths.retain(|p| !p.is_empty());
+    paths
 }
 
 fn source_files(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
@@ -142,6 +177,24 @@ fn the_check_fails_on_a_planted_upward_import() {
     // Downward and same-layer imports pass.
     assert!(planted("planes/data/mod.rs", "use crate::state::metrics::Metrics;").is_empty());
     assert!(planted("state/deployment.rs", "use crate::state::metrics::Metrics;").is_empty());
+}
+
+#[test]
+fn the_check_reads_grouped_imports_and_refuses_super_super() {
+    let found = planted("core/keys.rs", "use crate::{core::api::ApiRoute, state::metrics::Metrics};");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("core imports state"), "{found:?}");
+    // As rustfmt writes a long group: over several lines.
+    let found = planted(
+        "planes/data/auth.rs",
+        "use crate::{\n    state::record::Outcome,\n    planes::control::ControlPlane,\n};",
+    );
+    assert!(found.iter().any(|f| f.contains("the planes do not import each other")), "{found:?}");
+    assert!(
+        planted("planes/data/auth.rs", "use crate::{core::api::ApiRoute, state::record::{Outcome, UsageRecord}};")
+            .is_empty()
+    );
+    assert!(!planted("state/ledger/writer.rs", "use super::super::metrics::Metrics;").is_empty());
 }
 
 #[test]
