@@ -89,13 +89,7 @@ async fn sigterm_drains_in_flight_streams_and_the_ledger_counts_every_request() 
 async fn after_kill_9_every_ledger_line_is_whole_and_was_served() {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
-    let config = write_config(dir.path(), &mock, "requests_per_minute = 1000000\ntokens_per_minute = 100000000");
-    // A small queue and batch, so that the loss bound below is tight.
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "flush_interval_ms = 50",
-        &format!("flush_interval_ms = 50\nflush_records = {FLUSH_RECORDS}\nbuffer_records = {BUFFER_RECORDS}"),
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = small_queue_config(dir.path(), &mock);
     let gw = start(dir.path(), &config, &[], &[]).await;
     let url = format!("http://{}/openai/deployments/{DEPLOYMENT}/chat/completions", gw.addr);
     let (served_tx, mut served_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -182,12 +176,7 @@ async fn kill_9_with_the_ledger_writer_stalled_loses_at_most_the_queue_and_a_bat
     // the queue, then are dropped, each counted and logged. Then kill -9.
     let dir = tempfile::tempdir().unwrap();
     let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
-    let config = write_config(dir.path(), &mock, "requests_per_minute = 1000000\ntokens_per_minute = 100000000");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "flush_interval_ms = 50",
-        &format!("flush_interval_ms = 50\nflush_records = {FLUSH_RECORDS}\nbuffer_records = {BUFFER_RECORDS}"),
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = small_queue_config(dir.path(), &mock);
     let gw = start(dir.path(), &config, &["--log-format", "json"], &[]).await;
     let _reaper = Reaper(vec![gw.child.id()]);
     let client = Client::new();
@@ -262,7 +251,19 @@ async fn kill_9_with_the_ledger_writer_stalled_loses_at_most_the_queue_and_a_bat
     assert!(in_ledger.len() >= 100, "what was synced before the stall is kept");
 }
 
-/// The kill -9 test's ledger: queue and batch sizes, which bound what a kill may lose.
+/// The kill -9 tests' configuration: no quota in the way, and a small queue and batch, so that
+/// the loss bounds are tight.
+fn small_queue_config(dir: &Path, mock: &MockBackend) -> PathBuf {
+    let config = write_config(dir, mock, "requests_per_minute = 1000000\ntokens_per_minute = 100000000");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "flush_interval_ms = 50",
+        &format!("flush_interval_ms = 50\nflush_records = {FLUSH_RECORDS}\nbuffer_records = {BUFFER_RECORDS}"),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// The kill -9 tests' ledger: queue and batch sizes, which bound what a kill may lose.
 const BUFFER_RECORDS: usize = 200;
 const FLUSH_RECORDS: usize = 50;
 

@@ -200,15 +200,12 @@ pub fn chat(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result
     let choices: Vec<Value> = (0..n)
         .map(|index| json!({"index": index, "finish_reason": finish, "message": message, "logprobs": null}))
         .collect();
-    let mut answer = json!({
+    let answer = json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "choices": choices,
         "usage": usage(prompt, completion),
     });
-    if !behaviour.body_usage {
-        answer.as_object_mut().map(|a| a.remove("usage"));
-    }
-    Ok(json_ok(answer))
+    Ok(whole_answer(answer, behaviour))
 }
 
 pub fn completions(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result<Response<MockBody>, Failure> {
@@ -250,15 +247,20 @@ pub fn completions(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) ->
     let text = completion_text(tokens);
     let choices: Vec<Value> =
         (0..n).map(|index| json!({"index": index, "text": text, "finish_reason": finish, "logprobs": null})).collect();
-    let mut answer = json!({
+    let answer = json!({
         "id": id, "object": "text_completion", "created": created, "model": model,
         "choices": choices,
         "usage": usage(prompt, completion),
     });
+    Ok(whole_answer(answer, behaviour))
+}
+
+/// A non-streamed answer, without its `usage` when `x-mock-no-usage` asked for none.
+fn whole_answer(mut answer: Value, behaviour: &Behaviour) -> Response<MockBody> {
     if !behaviour.body_usage {
         answer.as_object_mut().map(|a| a.remove("usage"));
     }
-    Ok(json_ok(answer))
+    json_ok(answer)
 }
 
 fn json_ok(value: Value) -> Response<MockBody> {
