@@ -195,14 +195,7 @@ async fn streams_without_usage_are_counted_from_the_deltas() {
     let body = r#"{"messages":[{"role":"user","content":"Stream please."}],"stream":true}"#;
     let reply = h.client.post(&h.deployment_url("/chat/completions"), &[KEY], body).await;
     assert!(!reply.text().contains("\"usage\""));
-    let streamed: String = reply
-        .text()
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|l| *l != "[DONE]")
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
+    let streamed = streamed_text(&reply.text());
     let completion = Tokenizer::Bpe.count(&streamed);
     let prompt = estimated_prompt(body);
     let recorded = h.usage_after(1).await;
@@ -226,12 +219,7 @@ async fn a_client_leaving_mid_stream_is_charged_the_prompt_and_what_was_streamed
         received.push_str(&String::from_utf8_lossy(frame.data_ref().unwrap()));
     }
     drop(stream);
-    let received_text: String = received
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
+    let received_text = streamed_text(&received);
     let received_tokens = Tokenizer::Bpe.count(&received_text);
     let recorded = h.usage_after(1).await;
     let completion = recorded["completion_tokens"].as_u64().unwrap();
@@ -461,7 +449,7 @@ fn streamed_text(text: &str) -> String {
 #[tokio::test]
 async fn long_answers_without_usage_are_counted_exactly_however_they_come() {
     // 3,000 tokens of text is ~16 KB, past what is counted on a runtime worker: these counts
-    // run on the blocking pool (`meter::count`) and must bill the same as a count in place.
+    // run on the blocking pool (`planes::data::count`) and must bill the same as a count in place.
     let (setup, _clock) = frozen("tokens_per_minute = 1000000");
     let h = Harness::with(setup).await;
     let url = h.deployment_url("/chat/completions");

@@ -1,5 +1,5 @@
 //! Running usage totals per deployment, served on the admin listener at
-//! `GET /usage`. The counters live in each [`Deployment`] (atomics, no lock and no map lookup on
+//! `GET /usage`. The counters live in each [`Deployment`](crate::state::deployment::Deployment) (atomics, no lock and no map lookup on
 //! the request path); metrics and the durable ledger are further sinks.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

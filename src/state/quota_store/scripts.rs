@@ -79,7 +79,7 @@ pub fn reconcile() -> String {
     [PRELUDE, RECONCILE].concat()
 }
 
-/// The scripts' units per request or token (`local U` in [`PRELUDE`]): milliseconds in a minute.
+/// The scripts' units per request or token (`local U` in `PRELUDE`): milliseconds in a minute.
 pub const LEVEL_UNITS: i128 = 60_000;
 
 /// Scaled units of the in-process buckets (1/60e9, [`crate::core::quota::bucket::SCALE`]) per unit of
