@@ -1,0 +1,90 @@
+//! The floor for gateway benchmarks: a bare pass-through proxy built from the crates tollgate
+//! uses (hyper, hyper-util's auto server and pooled client, tokio's multi-thread runtime), with
+//! nothing on top: no auth, no quota, no body read, no parsing, no metrics. What tollgate costs
+//! above this is what its features cost (`benches/fast_backend.sh`).
+//!
+//!   floor_proxy --listen 127.0.0.1:18720 --upstream 127.0.0.1:18700
+//!
+//! Without `--listen` (as under `cargo test --all-targets`) it only checks that it can build
+//! its client, and exits.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+type Pool = Client<HttpConnector, Incoming>;
+
+fn arg(name: &str) -> Option<String> {
+    let mut args = std::env::args().skip_while(|a| a != name);
+    args.next()?;
+    args.next()
+}
+
+type Answer = Response<Either<Incoming, Empty<Bytes>>>;
+
+fn status(code: StatusCode) -> Answer {
+    let mut response = Response::new(Either::Right(Empty::new()));
+    *response.status_mut() = code;
+    response
+}
+
+async fn forward(pool: Pool, upstream: SocketAddr, mut request: Request<Incoming>) -> Answer {
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = format!("http://{upstream}{path}").parse() else { return status(StatusCode::BAD_REQUEST) };
+    *request.uri_mut() = uri;
+    match pool.request(request).await {
+        Ok(response) => response.map(Either::Left),
+        Err(_) => status(StatusCode::BAD_GATEWAY),
+    }
+}
+
+fn main() {
+    let Some(listen) = arg("--listen").and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        let _: Pool = Client::builder(TokioExecutor::new()).build_http();
+        return;
+    };
+    let Some(upstream) = arg("--upstream").and_then(|a| a.parse::<SocketAddr>().ok()) else {
+        eprintln!("floor_proxy: --upstream HOST:PORT is required");
+        std::process::exit(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("floor_proxy: {error}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("floor_proxy: cannot listen on {listen}: {error}");
+                std::process::exit(1);
+            }
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let pool: Pool = Client::builder(TokioExecutor::new()).build(connector);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let pool = pool.clone();
+                    async move { Ok::<_, Infallible>(forward(pool, upstream, request).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+}
