@@ -3,7 +3,7 @@
 //! nothing on top: no auth, no quota, no body read, no parsing, no metrics. What tollgate costs
 //! above this is what its features cost (`benches/fast_backend.sh`).
 //!
-//!   floor_proxy --listen 127.0.0.1:18720 --upstream 127.0.0.1:18700
+//!   floor_proxy --listen 127.0.0.1:18720 --upstream 127.0.0.1:18700 [--http1-only] [--current-thread]
 //!
 //! Without `--listen` (as under `cargo test --all-targets`) it only checks that it can build
 //! its client, and exits.
@@ -56,7 +56,15 @@ fn main() {
         eprintln!("floor_proxy: --upstream HOST:PORT is required");
         std::process::exit(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `--http1-only`: hyper's HTTP/1.1 server alone, without hyper-util's version detection.
+    let http1_only = std::env::args().any(|a| a == "--http1-only");
+    // `--current-thread`: one single-threaded runtime (a lower bound on scheduling cost).
+    let runtime = if std::env::args().any(|a| a == "--current-thread") {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("floor_proxy: {error}");
@@ -83,7 +91,12 @@ fn main() {
                     let pool = pool.clone();
                     async move { Ok::<_, Infallible>(forward(pool, upstream, request).await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                let io = TokioIo::new(stream);
+                if http1_only {
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                } else {
+                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+                }
             });
         }
     });
