@@ -46,13 +46,18 @@ impl Counter {
         Counter::default()
     }
 
+    /// The runtime to hand a count of `len` bytes to, when it is too long to make here.
+    fn pool(tokenizer: Tokenizer, len: usize) -> Option<tokio::runtime::Handle> {
+        if len <= tokenizer.inline_limit() {
+            return None;
+        }
+        tokio::runtime::Handle::try_current().ok()
+    }
+
     /// Counts `text` and calls `then` with the count: here when the text is short (or there is
     /// no runtime to hand it to), on the blocking pool otherwise.
     pub fn count_then(&self, tokenizer: Tokenizer, text: String, then: impl FnOnce(u64) + Send + 'static) {
-        let handle = match tokio::runtime::Handle::try_current() {
-            Ok(handle) if text.len() > tokenizer.inline_limit() => handle,
-            _ => return then(tokenizer.count(&text)),
-        };
+        let Some(handle) = Counter::pool(tokenizer, text.len()) else { return then(tokenizer.count(&text)) };
         let running = self.enter();
         handle.spawn_blocking(move || {
             let _running = running;
@@ -60,15 +65,12 @@ impl Counter {
         });
     }
 
-    /// The count of `text`, as a future: ready at once for a short text.
-    pub fn count(&self, tokenizer: Tokenizer, text: String) -> CountJob {
-        if text.len() <= tokenizer.inline_limit() {
-            return CountJob::Ready(tokenizer.count(&text));
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return CountJob::Ready(tokenizer.count(&text));
-        };
+    /// The count of `text`, as a future: ready at once for a short text (counted in place, not
+    /// copied); a long one is copied to the blocking pool.
+    pub fn count(&self, tokenizer: Tokenizer, text: &str) -> CountJob {
+        let Some(handle) = Counter::pool(tokenizer, text.len()) else { return CountJob::Ready(tokenizer.count(text)) };
         let running = self.enter();
+        let text = text.to_owned();
         CountJob::Running(handle.spawn_blocking(move || {
             let _running = running;
             tokenizer.count(&text)
@@ -168,10 +170,10 @@ mod tests {
         let counter = Counter::new();
         let long = long_text();
         let expected = Tokenizer::Bpe.count(&long);
-        let job = counter.count(Tokenizer::Bpe, long);
+        let job = counter.count(Tokenizer::Bpe, &long);
         assert!(matches!(job, CountJob::Running(_)));
         assert_eq!(job.await, expected);
-        let job = counter.count(Tokenizer::Chars, "abcde".to_owned());
+        let job = counter.count(Tokenizer::Chars, "abcde");
         assert!(matches!(job, CountJob::Ready(2)));
         assert_eq!(job.await, 2);
     }

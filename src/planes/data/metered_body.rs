@@ -223,10 +223,9 @@ impl MeteredBody {
                 Rewritten::Changed(bytes) => (Some(bytes), false),
                 Rewritten::Done { bytes, at } => {
                     let (prompt, job) = match &self.reservation {
-                        Some(r) => (
-                            r.facts().estimated_prompt_tokens,
-                            self.counter.count(r.tokenizer(), scanner.completion().to_owned()),
-                        ),
+                        Some(r) => {
+                            (r.facts().estimated_prompt_tokens, self.counter.count(r.tokenizer(), scanner.completion()))
+                        }
                         None => (0, CountJob::Ready(0)),
                     };
                     self.splice = Some(Splice { bytes, at, prompt, job });
