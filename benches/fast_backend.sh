@@ -8,12 +8,14 @@
 # it served) and the ratio to nginx.
 #
 #   benches/fast_backend.sh [seconds per round, default 10] [rounds, default 3] [tollgate binary]
+#                           [an older tollgate binary, measured beside it as "tollgate-old"]
 #
 # Load: wrk -t1 -c32 posting a short chat body. Needs nginx and wrk (Debian packages).
 set -euo pipefail
 SECONDS_PER_ROUND=${1:-10} ROUNDS=${2:-3}
 cd "$(dirname "$0")/.."
 if [ -n "${3:-}" ]; then GIVEN=$(realpath "$3"); SKIP_BUILD=1; fi
+OLD=${4:+$(realpath "$4")}
 source benches/common.sh
 BIN=${GIVEN:-$BIN}
 for tool in nginx wrk; do command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install $tool)" >&2; exit 1; }; done
@@ -28,23 +30,7 @@ BACKEND=127.0.0.1:18700 NGINX=127.0.0.1:18710 FLOORADDR=127.0.0.1:18720 GATEWAY=
 
 # The static backend: two workers, an answer shaped like the API's, `usage` included.
 ANSWER='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"Meta-Llama-3-8B-Instruct","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"Hello! How can I help you today?","tool_calls":null},"logprobs":null}],"usage":{"prompt_tokens":19,"completion_tokens":9,"total_tokens":28}}'
-mkdir -p "$WORK/backend" "$WORK/nginx"
-cat > "$WORK/backend.conf" <<NGINX
-worker_processes 2;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/backend; proxy_temp_path $WORK/backend;
-  fastcgi_temp_path $WORK/backend; uwsgi_temp_path $WORK/backend; scgi_temp_path $WORK/backend;
-  keepalive_requests 1000000;
-  server {
-    listen $BACKEND;
-    location / { default_type application/json; return 200 '$ANSWER'; }
-  }
-}
-NGINX
+static_nginx_config "$WORK/backend.conf" "$BACKEND" "$ANSWER"
 nginx -c "$WORK/backend.conf" -g 'daemon off;' >/dev/null 2>&1 &
 
 # nginx as the peer: two workers (one per core, as tollgate's runtime), keep-alive upstream.
@@ -59,7 +45,15 @@ gateway_config "$WORK/g.toml" "$GATEWAY" 127.0.0.1:18731 "$BACKEND" "$KEY" bench
 path = \"$WORK/usage.jsonl\""
 "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
 GATEWAY_PID=$!
-for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18731/healthz" && break; sleep 0.1; done
+if [ -n "$OLD" ]; then
+  gateway_config "$WORK/old.toml" 127.0.0.1:18740 127.0.0.1:18741 "$BACKEND" "$KEY" bench "[ledger]
+path = \"$WORK/usage-old.jsonl\""
+  "$OLD" serve --config "$WORK/old.toml" >/dev/null 2>"$WORK/tollgate-old.log" &
+  OLD_PID=$!
+fi
+for admin in 18731 ${OLD:+18741}; do
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$admin/healthz" && break; sleep 0.1; done
+done
 sleep 0.5
 
 cat > "$WORK/post.lua" <<'LUA'
@@ -76,6 +70,7 @@ targets=(
   "floor $FLOOR_PID http://$FLOORADDR/chat/completions"
   "tollgate $GATEWAY_PID http://$GATEWAY/openai/deployments/bench/chat/completions"
 )
+[ -z "$OLD" ] || targets+=("tollgate-old $OLD_PID http://127.0.0.1:18740/openai/deployments/bench/chat/completions")
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 echo "machine: $(nproc) cores, $(uname -r); $SECONDS_PER_ROUND s per round, wrk -t1 -c32"
@@ -95,7 +90,7 @@ p99 = re.search(r"99%\s+([\d.]+\w+)", out).group(1)
 non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
 bad = f"  NON-2XX {non2xx.group(1)}" if non2xx else ""
 cpu_us = (after - before) / hz * 1e6 / max(requests, 1)
-print(f"round {rnd} {name:9s} {rate:9.0f} req/s  p99 {p99:>8s}  CPU {cpu_us:6.1f} us/request{bad}")
+print(f"round {rnd} {name:12s} {rate:9.0f} req/s  p99 {p99:>8s}  CPU {cpu_us:6.1f} us/request{bad}")
 PY
   done
 done 2>&1 | tee "$WORK/results.txt"
@@ -111,5 +106,5 @@ ng_rate = mean([r for r, _ in rows["nginx"]]); ng_cpu = mean([c for _, c in rows
 print("mean over rounds (ratio to nginx as a proxy):")
 for name, vals in rows.items():
     rate, cpu = mean([r for r, _ in vals]), mean([c for _, c in vals])
-    print(f"  {name:9s} {rate:9.0f} req/s ({rate / ng_rate:4.2f}x)  CPU {cpu:6.1f} us/request ({cpu / ng_cpu:4.2f}x)")
+    print(f"  {name:12s} {rate:9.0f} req/s ({rate / ng_rate:4.2f}x)  CPU {cpu:6.1f} us/request ({cpu / ng_cpu:4.2f}x)")
 PY
