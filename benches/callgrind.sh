@@ -3,7 +3,10 @@
 # on a shared 2-core VM): the mock backend and the load generator run outside valgrind, and
 # instrumentation is on only while REQUESTS short chat requests pass (after a warm-up).
 #
-#   [BODY=file.json] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
+#   [BODY=file.json] [TOLLGATE_LOG=info] [KEEP=dir] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
+#
+# TOLLGATE_LOG defaults to warn (no access log); KEEP copies the callgrind output there (for
+# callgrind_annotate --inclusive=yes).
 set -euo pipefail
 GIVEN=$(realpath "$1") REQUESTS=${2:-5000} ROUTE=${3:-/openai/deployments/bench}
 [ -z "${BODY:-}" ] || BODY=$(realpath "$BODY")
@@ -13,7 +16,7 @@ BIN=$GIVEN
 KEY=BenchKey0123456789abcdefghijklmn MOCK=127.0.0.1:18600
 gateway_config "$WORK/g.toml" 127.0.0.1:18610 127.0.0.1:18611 "$MOCK" "$KEY" bench
 "$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
-TOLLGATE_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
+TOLLGATE_LOG=${TOLLGATE_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
   "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/vg.log" &
 VG=$!
 for _ in $(seq 300); do curl -s -o /dev/null http://127.0.0.1:18611/healthz && break; sleep 0.1; done
@@ -24,5 +27,6 @@ callgrind_control -i on "$VG" >/dev/null
 callgrind_control -i off "$VG" >/dev/null
 callgrind_control -d "$VG" >/dev/null
 kill -INT "$VG"; wait "$VG" 2>/dev/null || true
+[ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$WORK"/cg.out* "$KEEP"/; }
 total=$(cat "$WORK"/cg.out* | awk '/^(summary|totals):/ {s += $2} END {print s}')
 echo "instructions: $total total, $((total / REQUESTS)) per request ($BIN, $REQUESTS requests on $ROUTE)"

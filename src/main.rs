@@ -11,6 +11,7 @@ use tollgate::config::{BackendUrl, Config};
 use tollgate::core::keys::{KeyDigest, generate_key};
 use tollgate::process::bench::{self, BenchOptions, Load, Mix};
 use tollgate::process::embedded;
+use tollgate::process::logging;
 use tollgate::process::mock_backend::{MockBackend, MockOptions};
 use tollgate::process::runtime::{RunningGateway, StartOptions};
 use tollgate::state::ledger::report::{self, GroupBy};
@@ -155,7 +156,8 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Held to the end of `main`: dropping it writes out the buffered log lines.
+    let _log = init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
@@ -252,16 +254,16 @@ fn say(text: &str) -> Result<(), String> {
     out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat) -> logging::LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Compact => builder.compact().init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let format = match format {
+        LogFormat::Compact => logging::LogFormat::Compact,
+        LogFormat::Json => logging::LogFormat::Json,
+    };
+    logging::init(format, filter, ansi, Box::new(std::io::stderr()))
 }
 
 fn usage(

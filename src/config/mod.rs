@@ -112,6 +112,17 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// A TLS listener beside the plain one (`[server.tls]`).
     pub tls: Option<TlsSettings>,
+    /// Worker threads, each a single-threaded runtime serving its connections start to end
+    /// (default: one per core, [`default_workers`]).
+    pub workers: usize,
+}
+
+/// Most `server.workers`.
+pub const MAX_WORKERS: u64 = 256;
+
+/// One worker per core this process may run on (1 when that cannot be read).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(MAX_WORKERS as usize)
 }
 
 /// `[server.tls]`: where to listen with TLS and the PEM files to use.
@@ -175,6 +186,9 @@ pub struct BackendSettings {
     pub stream_idle_timeout: Duration,
     /// Longest time for a whole non-streamed response body.
     pub response_timeout: Duration,
+    /// How many sets of pools a client keeps: one per data-plane worker (`server.workers`), so a
+    /// worker's requests use connections that live on its own thread.
+    pub workers: usize,
 }
 
 impl Default for BackendSettings {
@@ -185,6 +199,7 @@ impl Default for BackendSettings {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             stream_idle_timeout: Duration::from_secs(60),
             response_timeout: Duration::from_secs(600),
+            workers: 1,
         }
     }
 }

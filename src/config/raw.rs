@@ -85,6 +85,8 @@ pub struct RawServer {
     pub max_headers: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<u64>>,
     pub shutdown_grace_ms: Option<Spanned<u64>>,
+    /// Worker threads serving connections (default: one per core).
+    pub workers: Option<Spanned<u64>>,
     pub tls: Option<RawTls>,
 }
 

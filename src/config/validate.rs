@@ -26,6 +26,17 @@ pub(super) fn validate(
             Some(v) => *v.get_ref() as usize,
         },
         limits: validate_limits(&raw.server, at)?,
+        workers: match &raw.server.workers {
+            None => default_workers(),
+            Some(v) if *v.get_ref() == 0 || *v.get_ref() > MAX_WORKERS => {
+                return Err(at.error(
+                    v,
+                    "server.workers",
+                    format!("must be between 1 and {MAX_WORKERS} (leave it out for one per core)"),
+                ));
+            }
+            Some(v) => *v.get_ref() as usize,
+        },
         tls: match &raw.server.tls {
             None => None,
             Some(tls) => Some(TlsSettings {
@@ -91,6 +102,7 @@ pub(super) fn validate(
             "backend.response_timeout_ms",
             BackendSettings::default().response_timeout,
         )?,
+        workers: server.workers,
     };
     let models = validate_models(&raw.models, at, env)?;
     let mut deployments: Vec<DeploymentConfig> = Vec::with_capacity(raw.deployments.len());

@@ -11,3 +11,4 @@ pub mod meter;
 pub mod quota;
 pub mod roles;
 pub mod secret;
+pub mod worker;

@@ -40,6 +40,7 @@ pub fn demo_config(
             limits: ClientLimits::default(),
             public_url: None,
             tls: None,
+            workers: crate::config::default_workers(),
         },
         admin: AdminConfig {
             listen: admin_listen,
@@ -62,7 +63,7 @@ pub fn demo_config(
             backend_http2: false,
             backend_ca: None,
         }],
-        backend: BackendSettings::default(),
+        backend: BackendSettings { workers: crate::config::default_workers(), ..BackendSettings::default() },
         deployments: vec![DeploymentConfig {
             name: DEMO_DEPLOYMENT.into(),
             model: DEMO_MODEL.into(),

@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod embedded;
+pub mod logging;
 pub mod mock_backend;
 pub mod runtime;
 pub mod server;
+pub mod workers;

@@ -17,6 +17,7 @@ use crate::core::clock::{Clock, MonotonicClock};
 use crate::planes::control::ControlPlane;
 use crate::planes::data::Gateway;
 use crate::process::server::ServeOptions;
+use crate::process::workers::Workers;
 use crate::state::certificate::CertStore;
 use crate::state::ledger::Ledger;
 use crate::state::metrics::{Metrics, MetricsError};
@@ -38,6 +39,8 @@ pub enum StartError {
     Control(#[from] crate::planes::control::OpenError),
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::state::certificate::TlsError),
+    #[error("cannot start {count} worker threads: {source}")]
+    Workers { count: usize, source: std::io::Error },
     #[error("cannot set up the quota store: {0}")]
     QuotaStore(#[from] StoreSetupError),
 }
@@ -80,6 +83,8 @@ pub struct RunningGateway {
     stop: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     data_tasks: Vec<JoinHandle<()>>,
+    /// The data plane's worker runtimes.
+    workers: Arc<Workers>,
     admin_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -147,16 +152,20 @@ impl RunningGateway {
             ledger: ledger.clone(),
             ready: Arc::clone(&ready),
         });
+        let workers = Arc::new(
+            Workers::start(config.server.workers)
+                .map_err(|source| StartError::Workers { count: config.server.workers, source })?,
+        );
         let (stop, stopped) = watch::channel(false);
         let (stop_admin, admin_stopped) = watch::channel(false);
         let handler = {
             let gateway = Arc::clone(&gateway);
-            move |request| {
+            move |request, worker| {
                 let gateway = Arc::clone(&gateway);
-                async move { gateway.handle(request).await }
+                async move { gateway.handle(request, worker).await }
             }
         };
-        let admin_handler = move |request| {
+        let admin_handler = move |request, _worker| {
             let admin = Arc::clone(&admin_state);
             async move { admin.handle(request).await }
         };
@@ -164,8 +173,10 @@ impl RunningGateway {
             limits: config.server.limits.clone(),
             connections: Some(metrics.open_connections.clone()),
             tls: None,
+            workers: Some(Arc::clone(&workers)),
         };
-        let admin_options = ServeOptions { limits: config.server.limits.clone(), connections: None, tls: None };
+        let admin_options =
+            ServeOptions { limits: config.server.limits.clone(), connections: None, tls: None, workers: None };
         let mut data_tasks = Vec::new();
         let tls_addr = match tls {
             None => None,
@@ -196,6 +207,7 @@ impl RunningGateway {
             stop,
             stop_admin,
             data_tasks,
+            workers,
             admin_tasks,
         })
     }
@@ -215,6 +227,11 @@ impl RunningGateway {
         self.gateway.quota_store().flush().await;
         if let Some(ledger) = self.ledger {
             let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
+        }
+        // The serve loops are done, so this is the last reference: the workers end (idle
+        // backend connections close) and their threads are joined.
+        if let Ok(workers) = Arc::try_unwrap(self.workers) {
+            let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
         }
         let _ = self.stop_admin.send(true);
         for task in self.admin_tasks {

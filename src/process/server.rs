@@ -20,11 +20,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientLimits;
+use crate::process::workers::{Worker, Workers};
 use crate::state::certificate::{CertStore, TlsError};
 
 /// How a listener serves.
@@ -35,6 +36,9 @@ pub struct ServeOptions {
     pub connections: Option<IntGauge>,
     /// Terminate TLS on this listener.
     pub tls: Option<TlsAcceptor>,
+    /// Serve each connection on one of these worker runtimes (the data plane); without them,
+    /// on the runtime the accept loop runs on.
+    pub workers: Option<Arc<Workers>>,
 }
 
 /// Serves HTTP on `listener` with `handler` until `shutdown` turns true.
@@ -44,7 +48,7 @@ pub async fn serve<F, Fut, B>(
     options: ServeOptions,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Worker) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
@@ -86,64 +90,55 @@ pub async fn serve<F, Fut, B>(
         match accepted {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |request| {
-                    let response = handler(request);
-                    async move { Ok::<_, Infallible>(response.await) }
-                });
-                let open = options.connections.clone();
-                if let Some(gauge) = &open {
+                if let Some(gauge) = &options.connections {
                     gauge.inc();
                 }
-                let (builder, watcher, tls) = (Arc::clone(&builder), graceful.watcher(), options.tls.clone());
-                let mut cut_off = cut_off.clone();
-                let mut stop = shutdown.clone();
-                let handshake_timeout = limits.header_read_timeout;
-                tokio::spawn(async move {
-                    // Until its first byte, a connection costs only this small task (no hyper
-                    // state yet), and one that sends nothing is closed after the header read
-                    // timeout (hyper's own timeout only starts with the first request). At
-                    // shutdown it closes at once, giving its graceful-shutdown watcher back.
-                    let mut first = [0u8; 1];
-                    let first_byte = tokio::select! {
-                        peeked = tokio::time::timeout(handshake_timeout, stream.peek(&mut first)) => matches!(peeked, Ok(Ok(1))),
-                        () = stop_requested(&mut stop) => false,
-                    };
-                    if first_byte {
-                        // Boxed: the connection's state (HTTP/1.1 or HTTP/2, plain or TLS) is
-                        // only allocated for connections that talk.
-                        let served = Box::pin(async move {
-                            match tls {
-                                None => {
-                                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                                    watcher.watch(connection.into_owned()).await
-                                }
-                                Some(acceptor) => {
-                                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                                    let stream = match handshake.await {
-                                        Ok(Ok(stream)) => stream,
-                                        Ok(Err(error)) => return Err(format!("TLS handshake failed: {error}").into()),
-                                        Err(_) => return Err("TLS handshake timed out".into()),
-                                    };
-                                    let connection = builder.serve_connection(TokioIo::new(stream), service);
-                                    watcher.watch(connection.into_owned()).await
-                                }
+                let connection = Connection {
+                    builder: Arc::clone(&builder),
+                    watcher: graceful.watcher(),
+                    tls: options.tls.clone(),
+                    cut_off: cut_off.clone(),
+                    stop: shutdown.clone(),
+                    handshake_timeout: limits.header_read_timeout,
+                };
+                let open = options.connections.clone();
+                let handler = handler.clone();
+                match &options.workers {
+                    None => {
+                        tokio::spawn(async move {
+                            connection.serve(stream, handler, Worker::default()).await;
+                            if let Some(gauge) = open {
+                                gauge.dec();
                             }
+                            drop(permit);
                         });
-                        tokio::select! {
-                            result = served => {
-                                if let Err(error) = result {
-                                    tracing::debug!(%error, "connection ended with an error");
+                    }
+                    Some(workers) => {
+                        // The socket moves to the worker's own reactor.
+                        let stream = match stream.into_std() {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                tracing::debug!(%error, "cannot hand a connection to a worker");
+                                if let Some(gauge) = open {
+                                    gauge.dec();
                                 }
+                                continue;
                             }
-                            () = stop_requested(&mut cut_off) => tracing::debug!("connection cut at the end of the shutdown grace period"),
-                        }
+                        };
+                        let assigned = workers.assign();
+                        let worker = assigned.worker;
+                        workers.spawn(worker, async move {
+                            match tokio::net::TcpStream::from_std(stream) {
+                                Ok(stream) => connection.serve(stream, handler, worker).await,
+                                Err(error) => tracing::debug!(%error, "a worker cannot take a connection"),
+                            }
+                            if let Some(gauge) = open {
+                                gauge.dec();
+                            }
+                            drop((assigned, permit));
+                        });
                     }
-                    if let Some(gauge) = open {
-                        gauge.dec();
-                    }
-                    drop(permit);
-                });
+                }
             }
             Err(error) => {
                 // Out of file descriptors and similar: wait a little instead of spinning.
@@ -158,6 +153,73 @@ pub async fn serve<F, Fut, B>(
         let _ = cut.send(true);
         // Every cut connection gives its slot back once its task has dropped it.
         let _ = slots.acquire_many(u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX)).await;
+    }
+}
+
+/// One accepted connection and what serving it needs.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    tls: Option<TlsAcceptor>,
+    cut_off: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    handshake_timeout: Duration,
+}
+
+impl Connection {
+    async fn serve<F, Fut, B>(self, stream: TcpStream, handler: F, worker: Worker)
+    where
+        F: Fn(Request<Incoming>, Worker) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<B>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Connection { builder, watcher, tls, mut cut_off, mut stop, handshake_timeout } = self;
+        let service = service_fn(move |request| {
+            let response = handler(request, worker);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        // Until its first byte, a connection costs only this small task (no hyper state yet), and
+        // one that sends nothing is closed after the header read timeout (hyper's own timeout
+        // only starts with the first request). At shutdown it closes at once, giving its
+        // graceful-shutdown watcher back.
+        let mut first = [0u8; 1];
+        let first_byte = tokio::select! {
+            peeked = tokio::time::timeout(handshake_timeout, stream.peek(&mut first)) => matches!(peeked, Ok(Ok(1))),
+            () = stop_requested(&mut stop) => false,
+        };
+        if !first_byte {
+            return;
+        }
+        // Boxed: the connection's state (HTTP/1.1 or HTTP/2, plain or TLS) is only allocated
+        // for connections that talk.
+        let served = Box::pin(async move {
+            match tls {
+                None => {
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => return Err(format!("TLS handshake failed: {error}").into()),
+                        Err(_) => return Err("TLS handshake timed out".into()),
+                    };
+                    let connection = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            }
+        });
+        tokio::select! {
+            result = served => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            }
+            () = stop_requested(&mut cut_off) => tracing::debug!("connection cut at the end of the shutdown grace period"),
+        }
     }
 }
 

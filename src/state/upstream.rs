@@ -11,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::BackendSettings;
+use crate::core::worker::Worker;
 
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -23,9 +24,15 @@ impl std::fmt::Debug for BackendClient {
 }
 
 pub struct BackendClient {
+    /// One pair of pools per data-plane worker (HTTP/1.1 negotiated, HTTP/2 only): a worker's
+    /// requests go through connections whose tasks run on that worker's own thread.
+    pools: Vec<Pools>,
+    connect_timeout: Duration,
+}
+
+struct Pools {
     negotiated: HttpsClient,
     http2_only: HttpsClient,
-    connect_timeout: Duration,
 }
 
 impl BackendClient {
@@ -36,16 +43,19 @@ impl BackendClient {
 
     /// Pools that verify `https` backends against `roots` (a private CA) instead.
     pub fn with_roots(settings: &BackendSettings, roots: Option<rustls::RootCertStore>) -> BackendClient {
-        BackendClient {
-            negotiated: build(settings, false, roots.clone()),
-            http2_only: build(settings, true, roots),
-            connect_timeout: settings.connect_timeout,
-        }
+        let pools = (0..settings.workers.max(1))
+            .map(|_| Pools {
+                negotiated: build(settings, false, roots.clone()),
+                http2_only: build(settings, true, roots.clone()),
+            })
+            .collect();
+        BackendClient { pools, connect_timeout: settings.connect_timeout }
     }
 
-    /// The pool a deployment's requests go through.
-    pub fn pool(&self, http2_only: bool) -> &HttpsClient {
-        if http2_only { &self.http2_only } else { &self.negotiated }
+    /// The pool a deployment's requests go through on `worker`.
+    pub fn pool(&self, http2_only: bool, worker: Worker) -> &HttpsClient {
+        let pools = &self.pools[worker.0 % self.pools.len()];
+        if http2_only { &pools.http2_only } else { &pools.negotiated }
     }
 
     pub fn connect_timeout(&self) -> Duration {

@@ -115,13 +115,19 @@ pub fn keep_start_settings(
         )),
         _ => {}
     }
-    if old.max_body_bytes != new.max_body_bytes || old.limits != new.limits || old.public_url != new.public_url {
+    if old.max_body_bytes != new.max_body_bytes
+        || old.limits != new.limits
+        || old.public_url != new.public_url
+        || old.workers != new.workers
+    {
         note(
-            "[server] body size, client limits or public_url changed: they are set at start, restart to apply them"
+            "[server] body size, client limits, public_url or workers changed: they are set at start, restart to apply them"
                 .into(),
         );
     }
     *new = old.clone();
+    // The pools per deployment follow the running workers, not the file's new count.
+    next.backend.workers = running.backend.workers;
     if file_listen.1 != next.admin.listen {
         note(format!(
             "[admin] listen changed from {} to {}: restart to apply it (still listening on {})",

@@ -10,6 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::core::api::ApiRoute;
+use crate::core::worker::Worker;
 use crate::planes::data::error::ApiError;
 use crate::state::deployment::Deployment;
 pub use crate::state::upstream::BackendClient;
@@ -23,6 +24,7 @@ impl BackendClient {
         route: ApiRoute,
         mut parts: request::Parts,
         body: Bytes,
+        worker: Worker,
     ) -> Result<Response<Incoming>, ApiError> {
         let uri =
             deployment.backend.uri_for(route.path(), parts.uri.query()).map_err(|e| ApiError::BackendProtocol {
@@ -34,7 +36,7 @@ impl BackendClient {
         *request.method_mut() = parts.method;
         *request.uri_mut() = uri;
         *request.headers_mut() = parts.headers;
-        let client = self.pool(deployment.backend_http2);
+        let client = self.pool(deployment.backend_http2, worker);
         let response = tokio::time::timeout(deployment.first_byte_timeout, client.request(request))
             .await
             .map_err(|_| ApiError::BackendTimeout {

@@ -97,10 +97,11 @@ impl Gateway {
         &self,
         deployment: &Arc<Deployment>,
         parts: request::Parts,
+        worker: crate::core::worker::Worker,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ApiError> {
         let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
-        let fetch = backend.forward(deployment, ApiRoute::Info, parts, Bytes::new());
+        let fetch = backend.forward(deployment, ApiRoute::Info, parts, Bytes::new(), worker);
         let answer = deployment.info.get_or_fetch(&deployment.name, self.metering.limits.total, fetch).await;
         trace.quota = self.quota.state(deployment).await;
         match answer {

@@ -122,6 +122,8 @@ impl MeteredBody {
     fn read(&mut self, data: &Bytes) {
         match &mut self.scan {
             Scan::Sse(scanner) => scanner.feed(data),
+            // An answer that is all in this frame (the usual short one) is parsed at once.
+            Scan::Json(scanner) if self.inner.is_end_stream() => scanner.feed_whole(data),
             Scan::Json(scanner) => scanner.feed(data),
         }
     }

@@ -60,6 +60,7 @@ use crate::core::keys::KeySlot;
 use crate::core::meter::Counts;
 use crate::core::meter::usage_chunk::UsageChunk;
 use crate::core::quota::{Denial, LimitKind, QuotaState};
+use crate::core::worker::Worker;
 use crate::planes::data::count::Counter;
 use crate::planes::data::error::ApiError;
 use crate::planes::data::metered_body::{MeteredBody, Metering, StreamLimits};
@@ -154,7 +155,8 @@ impl Gateway {
     }
 
     /// Serves one request. Never fails: every error becomes the API's error response.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ProxyBody> {
+    /// `worker` is the data-plane worker the connection is served on (its backend pools are used).
+    pub async fn handle(&self, request: Request<Incoming>, worker: Worker) -> Response<ProxyBody> {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let request_id = RequestId::generate();
@@ -162,7 +164,7 @@ impl Gateway {
         let version = request.version();
         let mut trace = Trace::default();
         let (mut response, error_label) =
-            match self.serve(request, &request_id, (started, started_at), &mut trace).await {
+            match self.serve(request, worker, &request_id, (started, started_at), &mut trace).await {
                 Ok(response) => (response, None),
                 Err(error) => {
                     let label = error.metric_label();
@@ -228,6 +230,7 @@ impl Gateway {
     async fn serve(
         &self,
         request: Request<Incoming>,
+        worker: Worker,
         request_id: &RequestId,
         (started, started_at): (Instant, SystemTime),
         trace: &mut Trace,
@@ -257,7 +260,7 @@ impl Gateway {
         // `/info` is metadata: not charged to the quota, answered from a short-lived copy.
         if route == ApiRoute::Info {
             trace.unread = None;
-            return self.info(&deployment, parts, trace).await;
+            return self.info(&deployment, parts, worker, trace).await;
         }
 
         // Stage 4: the body, bounded, validated and estimated in one pass.
@@ -321,7 +324,7 @@ impl Gateway {
         // Stages 6 and 7: forward, and stream the answer back as it comes, metering it.
         let forwarded = Instant::now();
         let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
-        match backend.forward(&deployment, route, parts, body).await {
+        match backend.forward(&deployment, route, parts, body, worker).await {
             Ok(response) => {
                 let first_byte = forwarded.elapsed();
                 let overhead = started.elapsed().saturating_sub(first_byte);

@@ -108,7 +108,7 @@ impl MockBackend {
         let options = Arc::new(options);
         let served = Arc::new(Served::default());
         let counter = Arc::clone(&served);
-        let handler = move |request: Request<Incoming>| {
+        let handler = move |request: Request<Incoming>, _worker: crate::process::workers::Worker| {
             let options = Arc::clone(&options);
             counter.count(request.uri().path());
             async move { handle(&options, request).await }

@@ -40,7 +40,25 @@ fn agrees_with_the_whole_body_parse_on_known_shapes() {
             assert_eq!(s.usage(), body_usage(bytes), "{json} cut at {cut}");
             assert_eq!(s.completion(), old_text(bytes), "{json} cut at {cut}");
         }
+        let mut whole = JsonAnswerScanner::new();
+        whole.feed_whole(bytes);
+        assert_eq!(whole.usage(), body_usage(bytes), "{json} whole");
+        if whole.usage().is_none() {
+            assert_eq!(whole.completion(), old_text(bytes), "{json} whole: the text of an answer without usage");
+        }
     }
+}
+
+#[test]
+fn a_whole_answer_with_usage_is_not_read_byte_by_byte() {
+    let mut s = JsonAnswerScanner::new();
+    s.feed_whole(br#"{"choices":[{"message":{"content":"Hello"}}],"usage":{"prompt_tokens":2,"completion_tokens":1}}"#);
+    assert_eq!(s.usage(), Some(Usage { prompt_tokens: 2, completion_tokens: 1, total_tokens: 3 }));
+    assert!(!s.started && s.pieces.is_empty(), "parsed at once, nothing kept");
+    // Without usage the text is kept, as fed byte by byte.
+    let mut s = JsonAnswerScanner::new();
+    s.feed_whole(br#"{"choices":[{"message":{"content":"Hello"}}]}"#);
+    assert_eq!((s.usage(), s.completion()), (None, "Hello".to_owned()));
 }
 
 #[test]
@@ -94,5 +112,11 @@ proptest! {
         }
         prop_assert_eq!(s.usage(), body_usage(&bytes));
         prop_assert_eq!(s.completion(), old_text(&bytes));
+        let mut whole = JsonAnswerScanner::new();
+        whole.feed_whole(&bytes);
+        prop_assert_eq!(whole.usage(), body_usage(&bytes));
+        if whole.usage().is_none() {
+            prop_assert_eq!(whole.completion(), old_text(&bytes));
+        }
     }
 }
