@@ -60,6 +60,8 @@ pub struct Deployment {
     pub created_unix: u64,
     /// The backend's last `/info` answer (started afresh by a reload, which may change the backend).
     pub info: InfoCache,
+    /// Its busiest metric series, resolved once ([`crate::state::metrics::DeploymentSeries`]).
+    pub series: crate::state::metrics::DeploymentSeries,
 }
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
@@ -133,6 +135,7 @@ impl Deployment {
                 |p| p.created_unix,
             ),
             info: InfoCache::new(Arc::clone(clock)),
+            series: Default::default(),
         }
     }
 }

@@ -24,6 +24,12 @@ impl Tokenizer {
             return 0;
         }
         match self {
+            // ASCII is split by hand, exactly as the regex would ([`super::pretokenize`]).
+            Tokenizer::Bpe if text.is_ascii() => {
+                let mut total = 0;
+                super::pretokenize::split_ascii(text.as_bytes(), |piece| total += CL100K.bpe.count(piece));
+                total as u64
+            }
             Tokenizer::Bpe => CL100K.count(text) as u64,
             Tokenizer::Chars => {
                 let ascii = text.bytes().filter(u8::is_ascii).count() as u64;

@@ -329,8 +329,7 @@ impl Gateway {
                 let first_byte = forwarded.elapsed();
                 let overhead = started.elapsed().saturating_sub(first_byte);
                 let name = deployment.name.as_str();
-                self.metrics.backend_first_byte.with_label_values(&[name]).observe(first_byte.as_secs_f64());
-                self.metrics.overhead.with_label_values(&[name]).observe(overhead.as_secs_f64());
+                self.metrics.observe_forwarded(&deployment, first_byte, overhead);
                 let status = response.status();
                 let event_stream = response
                     .headers()
