@@ -64,7 +64,7 @@ pub struct Metrics {
 pub struct DeploymentSeries {
     first_byte: OnceLock<Histogram>,
     overhead: OnceLock<Histogram>,
-    /// By route: `requests_total{status="2xx"}` and the request duration.
+    /// By route: `requests_total{code="200"}` and the request duration.
     ok: [OnceLock<(IntCounter, Histogram)>; ROUTES],
     /// Reported prompt and completion tokens.
     reported_prompt: OnceLock<IntCounter>,
@@ -253,11 +253,11 @@ impl Metrics {
         let deployment = record.deployment.name.as_str();
         let route = record.route.label();
         let duration = record.duration.as_secs_f64();
-        match series.ok.get(record.route as usize).filter(|_| (200..300).contains(&record.status)) {
+        match series.ok.get(record.route as usize).filter(|_| record.status == 200) {
             Some(ok) => {
                 let (requests, durations) = ok.get_or_init(|| {
                     (
-                        self.requests.with_label_values(&[deployment, route, "2xx"]),
+                        self.requests.with_label_values(&[deployment, route, "200"]),
                         self.request_duration.with_label_values(&[deployment, route]),
                     )
                 });
@@ -405,8 +405,44 @@ mod tests {
         for _ in 0..2 {
             metrics.observe_forwarded(&deployment, Duration::from_millis(1), Duration::from_micros(5));
         }
+        let deployment = std::sync::Arc::new(deployment);
+        for status in [200, 200, 201] {
+            metrics.observe(&UsageRecord {
+                deployment: std::sync::Arc::clone(&deployment),
+                key_slot: crate::core::keys::KeySlot::Primary,
+                route: ApiRoute::ChatCompletions,
+                status,
+                outcome: Outcome::Completed,
+                prompt_tokens: 10,
+                completion_tokens: 0,
+                total_tokens: 10,
+                source: CountSource::Reported,
+                reserved_tokens: 20,
+                estimated_prompt_tokens: 10,
+                request_id: crate::state::request_id::RequestId::generate(),
+                started_at: std::time::SystemTime::now(),
+                duration: Duration::from_millis(2),
+                limited_by: None,
+            });
+        }
         let text = metrics.render(&DeploymentTable::default(), &[]);
         assert!(text.contains("tollgate_backend_first_byte_seconds_count{deployment=\"cached\"} 2"), "{text}");
+        let requests = |code: &str| {
+            format!("tollgate_requests_total{{code=\"{code}\",deployment=\"cached\",route=\"chat_completions\"}}")
+        };
+        assert!(text.contains(&format!("{} 2", requests("200"))), "{text}");
+        assert!(text.contains(&format!("{} 1", requests("201"))), "{text}");
+        assert!(
+            text.contains(
+                "tollgate_request_duration_seconds_count{deployment=\"cached\",route=\"chat_completions\"} 3"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_tokens_total{deployment=\"cached\",kind=\"prompt\",source=\"reported\"} 30"),
+            "{text}"
+        );
+        assert!(!text.contains("kind=\"completion\""), "no series for zero tokens: {text}");
         assert!(text.contains("tollgate_overhead_seconds_count{deployment=\"cached\"} 2"), "{text}");
     }
 }

@@ -10,7 +10,7 @@ use crate::state::deployment::Deployment;
 /// The key a client presented: `api-key: K` wins over `Authorization: Bearer K` (the Azure SDK sends
 /// both with the same key; a client sending only one is served either way).
 pub fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
-    if let Some(value) = headers.get("api-key") {
+    if let Some(value) = headers.get(super::names::API_KEY) {
         return Some(value.as_bytes().trim_ascii());
     }
     let value = headers.get(AUTHORIZATION)?.as_bytes();

@@ -55,7 +55,7 @@ impl Gateway {
             };
             match named {
                 Some(d) => Lookup::Named(d),
-                None => match parts.headers.get("azureml-model-deployment") {
+                None => match parts.headers.get(super::names::AZUREML_MODEL_DEPLOYMENT) {
                     Some(value) => Lookup::Named(lookup(&table, value.to_str().unwrap_or(""))?),
                     None => {
                         digest = auth::presented_digest(&parts.headers);

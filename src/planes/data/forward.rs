@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use crate::core::api::ApiRoute;
 use crate::core::worker::Worker;
 use crate::planes::data::error::ApiError;
+use crate::planes::data::names;
 use crate::state::deployment::Deployment;
 pub use crate::state::upstream::BackendClient;
 
@@ -110,11 +111,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn prepare_backend_headers(headers: &mut HeaderMap, deployment: &Deployment, body_len: usize) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
-    headers.remove("api-key");
+    headers.remove(names::API_KEY);
     headers.remove(header::AUTHORIZATION);
-    headers.remove("azureml-model-deployment");
+    headers.remove(names::AZUREML_MODEL_DEPLOYMENT);
     if let Some(auth) = &deployment.backend_auth {
-        headers.insert("api-key", auth.api_key.clone());
+        headers.insert(names::API_KEY, auth.api_key.clone());
         headers.insert(header::AUTHORIZATION, auth.bearer.clone());
     }
     if body_len > 0 || headers.contains_key(header::CONTENT_LENGTH) {

@@ -40,6 +40,7 @@ pub mod forward;
 pub mod info;
 pub mod metered_body;
 pub mod models;
+pub mod names;
 pub mod quota_headers;
 pub mod reconcile;
 pub mod route;
@@ -160,7 +161,7 @@ impl Gateway {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let request_id = RequestId::generate();
-        let client_request_id = request.headers().get("x-ms-client-request-id").cloned();
+        let client_request_id = request.headers().get(names::X_MS_CLIENT_REQUEST_ID).cloned();
         let version = request.version();
         let mut trace = Trace::default();
         let (mut response, error_label) =
@@ -172,10 +173,10 @@ impl Gateway {
                 }
             };
         let headers = response.headers_mut();
-        headers.insert("x-request-id", request_id.header().clone());
-        headers.insert("apim-request-id", request_id.header().clone());
+        headers.insert(names::X_REQUEST_ID, request_id.header().clone());
+        headers.insert(names::APIM_REQUEST_ID, request_id.header().clone());
         if let Some(id) = client_request_id {
-            headers.entry("x-ms-client-request-id").or_insert(id);
+            headers.entry(names::X_MS_CLIENT_REQUEST_ID).or_insert(id);
         }
         if let Some(state) = &trace.quota {
             set_quota_headers(headers, state);
