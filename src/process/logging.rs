@@ -246,7 +246,7 @@ fn format_event(
             line.push(b' ');
             line.extend_from_slice(meta.target().as_bytes());
             line.push(b':');
-            record(&mut CompactFields { line });
+            record(&mut Fields { line, format, first: true });
         }
         LogFormat::Json => {
             line.extend_from_slice(b"{\"timestamp\":\"");
@@ -254,8 +254,7 @@ fn format_event(
             line.extend_from_slice(b"\",\"level\":\"");
             line.extend_from_slice(level.as_bytes());
             line.extend_from_slice(b"\",\"fields\":{");
-            let mut fields = JsonFields { line, first: true };
-            record(&mut fields);
+            record(&mut Fields { line, format, first: true });
             line.extend_from_slice(b"},\"target\":");
             json_str(line, meta.target());
             line.push(b'}');
@@ -311,95 +310,71 @@ fn json_str(line: &mut Vec<u8>, value: &str) {
     }
 }
 
-/// `name="value"` (strings as `Debug` writes them), `name=123`, a message without its name.
-struct CompactFields<'a> {
+/// An event's fields: compact `name="value"` (strings as `Debug` writes them), `name=123`, a
+/// message without its name; or JSON `"name":"value"`, `"name":123`, comma-separated.
+struct Fields<'a> {
     line: &'a mut Vec<u8>,
-}
-
-impl CompactFields<'_> {
-    fn name(&mut self, field: &Field) {
-        self.line.push(b' ');
-        self.line.extend_from_slice(field.name().as_bytes());
-        self.line.push(b'=');
-    }
-}
-
-impl Visit for CompactFields<'_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.line.push(b' ');
-            self.line.extend_from_slice(value.as_bytes());
-            return;
-        }
-        self.name(field);
-        if plain(value) {
-            self.line.push(b'"');
-            self.line.extend_from_slice(value.as_bytes());
-            self.line.push(b'"');
-        } else {
-            let mut text = String::new();
-            let _ = write!(text, "{value:?}");
-            self.line.extend_from_slice(text.as_bytes());
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        self.line.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
-        self.line.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.name(field);
-        self.line.extend_from_slice(if value { b"true" } else { b"false" });
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        let mut text = String::new();
-        if field.name() == "message" {
-            let _ = write!(text, " {value:?}");
-        } else {
-            let _ = write!(text, " {}={value:?}", field.name());
-        }
-        self.line.extend_from_slice(text.as_bytes());
-    }
-}
-
-/// `"name":"value"`, `"name":123`, comma-separated.
-struct JsonFields<'a> {
-    line: &'a mut Vec<u8>,
+    format: LogFormat,
     first: bool,
 }
 
-impl JsonFields<'_> {
+impl Fields<'_> {
     fn name(&mut self, field: &Field) {
-        if !self.first {
-            self.line.push(b',');
+        match self.format {
+            LogFormat::Compact => {
+                self.line.push(b' ');
+                self.line.extend_from_slice(field.name().as_bytes());
+                self.line.push(b'=');
+            }
+            LogFormat::Json => {
+                if !self.first {
+                    self.line.push(b',');
+                }
+                self.first = false;
+                json_str(self.line, field.name());
+                self.line.push(b':');
+            }
         }
-        self.first = false;
-        json_str(self.line, field.name());
-        self.line.push(b':');
+    }
+
+    fn number(&mut self, field: &Field, value: impl itoa::Integer) {
+        self.name(field);
+        self.line.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 }
 
-impl Visit for JsonFields<'_> {
+impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.name(field);
-        json_str(self.line, value);
+        match self.format {
+            LogFormat::Compact if field.name() == "message" => {
+                self.line.push(b' ');
+                self.line.extend_from_slice(value.as_bytes());
+            }
+            LogFormat::Compact => {
+                self.name(field);
+                if plain(value) {
+                    self.line.push(b'"');
+                    self.line.extend_from_slice(value.as_bytes());
+                    self.line.push(b'"');
+                } else {
+                    let mut text = String::new();
+                    let _ = write!(text, "{value:?}");
+                    self.line.extend_from_slice(text.as_bytes());
+                }
+            }
+            LogFormat::Json => {
+                self.name(field);
+                json_str(self.line, value);
+            }
+        }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.name(field);
-        self.line.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self.number(field, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.name(field);
-        self.line.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self.number(field, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -408,8 +383,21 @@ impl Visit for JsonFields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.name(field);
-        json_str(self.line, &format!("{value:?}"));
+        match self.format {
+            LogFormat::Compact => {
+                let mut text = String::new();
+                if field.name() == "message" {
+                    let _ = write!(text, " {value:?}");
+                } else {
+                    let _ = write!(text, " {}={value:?}", field.name());
+                }
+                self.line.extend_from_slice(text.as_bytes());
+            }
+            LogFormat::Json => {
+                self.name(field);
+                json_str(self.line, &format!("{value:?}"));
+            }
+        }
     }
 }
 
