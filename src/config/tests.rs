@@ -223,3 +223,20 @@ fn bad_quota_store_settings_name_their_line_and_say_what_to_write() {
         assert!(!err.to_string().contains("secret"), "{err}");
     }
 }
+
+#[test]
+fn workers_default_to_one_per_core_and_are_checked() {
+    let config = Config::parse(&example(""), "t.toml", &no_env).unwrap();
+    assert_eq!(config.server.workers, default_workers());
+    assert_eq!(config.backend.workers, config.server.workers, "one set of pools per worker");
+    let text = example("").replace("listen = \"127.0.0.1:8080\"", "listen = \"127.0.0.1:8080\"\nworkers = 3");
+    let config = Config::parse(&text, "t.toml", &no_env).unwrap();
+    assert_eq!((config.server.workers, config.backend.workers), (3, 3));
+    for bad in ["0", "257"] {
+        let text = example("")
+            .replace("listen = \"127.0.0.1:8080\"", &format!("listen = \"127.0.0.1:8080\"\nworkers = {bad}"));
+        let err = Config::parse(&text, "t.toml", &no_env).unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (3, "server.workers"), "{err}");
+        assert!(err.to_string().contains("between 1 and 256"), "{err}");
+    }
+}
