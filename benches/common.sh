@@ -29,20 +29,27 @@ tokens_per_minute = 1000000000
 TOML
 }
 
-# nginx_config FILE LISTEN_ADDR MOCK_ADDR: nginx (one worker, keep-alive upstream, no buffering)
-# in front of the mock backend, its files under $WORK/nginx; run it with
-# `nginx -c FILE -g 'daemon off;'`.
-nginx_config() {
-  mkdir -p "$WORK/nginx"
-  cat > "$1" <<NGINX
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log;
+# nginx_head DIR WORKERS: the part of an nginx config every one here shares (its pid, logs and
+# temp files under DIR, no access log).
+nginx_head() {
+  mkdir -p "$1"
+  cat <<NGINX
+worker_processes $2;
+pid $1/nginx.pid;
+error_log $1/error.log;
 events { worker_connections 20000; }
 http {
   access_log off;
-  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  client_body_temp_path $1; proxy_temp_path $1;
+  fastcgi_temp_path $1; uwsgi_temp_path $1; scgi_temp_path $1;
+NGINX
+}
+
+# nginx_config FILE LISTEN_ADDR MOCK_ADDR [WORKERS, default 1]: nginx (keep-alive upstream, no
+# buffering) in front of the mock backend, its files under $WORK/nginx; run it with
+# `nginx -c FILE -g 'daemon off;'`.
+nginx_config() {
+  { nginx_head "$WORK/nginx" "${4:-1}"; cat <<NGINX
   upstream mock { server $3; keepalive 64; }
   server {
     listen $2;
@@ -50,21 +57,13 @@ http {
   }
 }
 NGINX
+  } > "$1"
 }
 
 # static_nginx_config FILE LISTEN_ADDR BODY: nginx (two workers) answering every request at once
 # with BODY as JSON, its files under $WORK/backend: a backend faster than any proxy.
 static_nginx_config() {
-  mkdir -p "$WORK/backend"
-  cat > "$1" <<NGINX
-worker_processes 2;
-pid $WORK/backend/nginx.pid;
-error_log $WORK/backend/error.log;
-events { worker_connections 20000; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/backend; proxy_temp_path $WORK/backend;
-  fastcgi_temp_path $WORK/backend; uwsgi_temp_path $WORK/backend; scgi_temp_path $WORK/backend;
+  { nginx_head "$WORK/backend" 2; cat <<NGINX
   keepalive_requests 1000000;
   server {
     listen $2;
@@ -72,4 +71,5 @@ http {
   }
 }
 NGINX
+  } > "$1"
 }

@@ -34,8 +34,7 @@ static_nginx_config "$WORK/backend.conf" "$BACKEND" "$ANSWER"
 nginx -c "$WORK/backend.conf" -g 'daemon off;' >/dev/null 2>&1 &
 
 # nginx as the peer: two workers (one per core, as tollgate's runtime), keep-alive upstream.
-nginx_config "$WORK/nginx.conf" "$NGINX" "$BACKEND"
-sed -i 's/worker_processes 1;/worker_processes 2;/' "$WORK/nginx.conf"
+nginx_config "$WORK/nginx.conf" "$NGINX" "$BACKEND" 2
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
 
 "$FLOOR" --listen "$FLOORADDR" --upstream "$BACKEND" &

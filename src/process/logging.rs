@@ -12,6 +12,7 @@
 //! logging thread waits for the writer (nothing is dropped). tracing-appender's non-blocking
 //! writer was not used: it allocates per line and drops lines when full unless it blocks per line.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -220,11 +221,33 @@ struct AccessLayer {
     format: LogFormat,
 }
 
+thread_local! {
+    /// Each logging thread's line, reused: a fresh one was an allocation per request.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 impl<S: Subscriber> Layer<S> for AccessLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut line = Vec::with_capacity(384);
-        format_event(&mut line, self.format, SystemTime::now(), event.metadata(), |visit| event.record(visit));
-        self.sink.append(&line, *event.metadata().level() <= Level::WARN);
+        let write = |line: &mut Vec<u8>| {
+            line.clear();
+            format_event(line, self.format, SystemTime::now(), event.metadata(), |visit| event.record(visit));
+            self.sink.append(line, *event.metadata().level() <= Level::WARN);
+        };
+        // A thread's line is in use only if formatting a field logged (or the thread is ending):
+        // then a line of its own.
+        let reused = LINE.try_with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                write(&mut line);
+                if line.capacity() > 64 * 1024 {
+                    *line = Vec::new();
+                }
+                true
+            }
+            Err(_) => false,
+        });
+        if reused != Ok(true) {
+            write(&mut Vec::new());
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ClientLimits;
@@ -90,9 +90,7 @@ pub async fn serve<F, Fut, B>(
         match accepted {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                if let Some(gauge) = &options.connections {
-                    gauge.inc();
-                }
+                let open = Open::new(options.connections.clone(), permit);
                 let connection = Connection {
                     builder: Arc::clone(&builder),
                     watcher: graceful.watcher(),
@@ -101,16 +99,12 @@ pub async fn serve<F, Fut, B>(
                     stop: shutdown.clone(),
                     handshake_timeout: limits.header_read_timeout,
                 };
-                let open = options.connections.clone();
                 let handler = handler.clone();
                 match &options.workers {
                     None => {
                         tokio::spawn(async move {
                             connection.serve(stream, handler, Worker::default()).await;
-                            if let Some(gauge) = open {
-                                gauge.dec();
-                            }
-                            drop(permit);
+                            drop(open);
                         });
                     }
                     Some(workers) => {
@@ -119,9 +113,6 @@ pub async fn serve<F, Fut, B>(
                             Ok(stream) => stream,
                             Err(error) => {
                                 tracing::debug!(%error, "cannot hand a connection to a worker");
-                                if let Some(gauge) = open {
-                                    gauge.dec();
-                                }
                                 continue;
                             }
                         };
@@ -132,10 +123,7 @@ pub async fn serve<F, Fut, B>(
                                 Ok(stream) => connection.serve(stream, handler, worker).await,
                                 Err(error) => tracing::debug!(%error, "a worker cannot take a connection"),
                             }
-                            if let Some(gauge) = open {
-                                gauge.dec();
-                            }
-                            drop((assigned, permit));
+                            drop((assigned, open));
                         });
                     }
                 }
@@ -153,6 +141,29 @@ pub async fn serve<F, Fut, B>(
         let _ = cut.send(true);
         // Every cut connection gives its slot back once its task has dropped it.
         let _ = slots.acquire_many(u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX)).await;
+    }
+}
+
+/// An open client connection: counted in the gauge and holding its slot until dropped.
+struct Open {
+    gauge: Option<IntGauge>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(gauge: Option<IntGauge>, slot: OwnedSemaphorePermit) -> Open {
+        if let Some(gauge) = &gauge {
+            gauge.inc();
+        }
+        Open { gauge, _slot: slot }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
     }
 }
 

@@ -74,14 +74,6 @@ impl Workers {
         Ok(Workers { workers })
     }
 
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
-    }
-
     /// The worker with the fewest open connections (the first of equals), counted until the
     /// returned guard is dropped.
     pub fn assign(&self) -> Assigned {
