@@ -37,7 +37,8 @@ nginx -c "$WORK/backend.conf" -g 'daemon off;' >/dev/null 2>&1 &
 nginx_config "$WORK/nginx.conf" "$NGINX" "$BACKEND" 2
 nginx -c "$WORK/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
 
-"$FLOOR" --listen "$FLOORADDR" --upstream "$BACKEND" &
+# The floor on tollgate's runtime design: two workers, a current-thread runtime and a pool each.
+"$FLOOR" --listen "$FLOORADDR" --upstream "$BACKEND" --workers 2 &
 FLOOR_PID=$!
 
 gateway_config "$WORK/g.toml" "$GATEWAY" 127.0.0.1:18731 "$BACKEND" "$KEY" bench "[ledger]

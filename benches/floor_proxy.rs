@@ -1,9 +1,15 @@
 //! The floor for gateway benchmarks: a bare pass-through proxy built from the crates tollgate
-//! uses (hyper, hyper-util's auto server and pooled client, tokio's multi-thread runtime), with
-//! nothing on top: no auth, no quota, no body read, no parsing, no metrics. What tollgate costs
-//! above this is what its features cost (`benches/fast_backend.sh`).
+//! uses (hyper, hyper-util's auto server and pooled client, tokio), with nothing on top: no
+//! auth, no quota, no body read, no parsing, no metrics. What tollgate costs above this is what
+//! its features cost (`benches/fast_backend.sh`).
 //!
-//!   floor_proxy --listen 127.0.0.1:18720 --upstream 127.0.0.1:18700 [--http1-only] [--current-thread]
+//!   floor_proxy --listen 127.0.0.1:18720 --upstream 127.0.0.1:18700 [--http1-only]
+//!               [--current-thread | --workers N]
+//!
+//! The runtime: tokio's multi-thread runtime by default; `--current-thread` one single-threaded
+//! runtime; `--workers N` tollgate's design (`src/process/workers.rs`): N threads with a
+//! current-thread runtime each, the accept loop handing each connection to the next in turn, and
+//! one client pool per worker.
 //!
 //! Without `--listen` (as under `cargo test --all-targets`) it only checks that it can build
 //! its client, and exits.
@@ -64,6 +70,7 @@ fn main() {
     } else {
         tokio::runtime::Builder::new_multi_thread().enable_all().build()
     };
+    let workers = arg("--workers").and_then(|n| n.parse::<usize>().ok()).filter(|n| *n > 0);
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -79,25 +86,61 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let pool: Pool = Client::builder(TokioExecutor::new()).build(connector);
+        let Some(count) = workers else {
+            let pool = pool();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(serve(stream, pool.clone(), upstream, http1_only));
+            }
+        };
+        // One current-thread runtime per worker thread, each with its own pool; the runtimes
+        // are kept alive by the threads parked in `block_on(pending)`.
+        let handles: Vec<tokio::runtime::Handle> = (0..count)
+            .map(|_| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                    let Ok(runtime) = runtime else { std::process::exit(1) };
+                    let _ = tx.send(runtime.handle().clone());
+                    runtime.block_on(std::future::pending::<()>());
+                });
+                rx.recv().unwrap_or_else(|_| std::process::exit(1))
+            })
+            .collect();
+        // A pool per worker: its connections are spawned (and stay) on the worker that made them.
+        let pools: Vec<Pool> = (0..count).map(|_| pool()).collect();
+        let mut next = 0;
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let _ = stream.set_nodelay(true);
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let pool = pool.clone();
-                    async move { Ok::<_, Infallible>(forward(pool, upstream, request).await) }
-                });
-                let io = TokioIo::new(stream);
-                if http1_only {
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
-                } else {
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+            let Ok(stream) = stream.into_std() else { continue };
+            let (handle, pool) = (&handles[next % count], pools[next % count].clone());
+            next += 1;
+            handle.spawn(async move {
+                if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                    serve(stream, pool, upstream, http1_only).await;
                 }
             });
         }
     });
+}
+
+/// The pooled client (keep-alive, no Nagle).
+fn pool() -> Pool {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+async fn serve(stream: tokio::net::TcpStream, pool: Pool, upstream: SocketAddr, http1_only: bool) {
+    let _ = stream.set_nodelay(true);
+    let service = service_fn(move |request| {
+        let pool = pool.clone();
+        async move { Ok::<_, Infallible>(forward(pool, upstream, request).await) }
+    });
+    let io = TokioIo::new(stream);
+    if http1_only {
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+    } else {
+        let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+    }
 }

@@ -94,6 +94,29 @@ fn group_commit_syncs_within_the_interval_without_close() {
 }
 
 #[test]
+fn flush_records_queued_wake_the_sleeping_writer_to_sync() {
+    // Appends do not wake the writer; with an hour's interval, only reaching `flush_records`
+    // gets these synced before close.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.jsonl");
+    let mut config = LedgerConfig::at(path.clone());
+    config.flush_interval = Duration::from_secs(3600);
+    config.flush_records = 3;
+    let ledger = Ledger::open(config, metrics()).unwrap();
+    let dep = deployment();
+    for i in 0..3 {
+        ledger.append(record(&dep, i, SystemTime::now()));
+    }
+    // Not an assertion on time: wait (bounded) for the sync to happen at all.
+    let started = Instant::now();
+    while lines(&path).len() < 3 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(lines(&path).len(), 3, "three records reached flush_records and were synced without a flush");
+    ledger.close();
+}
+
+#[test]
 fn a_torn_last_line_is_cut_when_the_ledger_is_opened() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("usage.jsonl");

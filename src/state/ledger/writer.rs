@@ -4,7 +4,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Instant, SystemTime};
 
 use super::line::{LedgerLine, format_time};
@@ -196,15 +197,52 @@ fn last_day(path: &Path) -> Option<String> {
     LedgerLine::parse(last).ok().map(|l| l.day().to_owned())
 }
 
-pub fn run(mut file: LedgerFile, queue: Receiver<Message>, config: LedgerConfig, metrics: Arc<Metrics>) {
+/// The writer's end of the queue.
+pub(super) struct Queue {
+    pub(super) messages: Receiver<Message>,
+    /// Records appended and not yet synced, nor dropped (the senders wake the writer when it
+    /// reaches their mark); the writer takes off what each sync covered.
+    pub(super) pending: Arc<AtomicUsize>,
+    /// Records handled (written or dropped) since the last sync.
+    pub(super) taken: usize,
+}
+
+impl Queue {
+    /// The next message. With nothing to sync, it waits for one (the first record after an idle
+    /// spell wakes it); with records to sync, it takes what has queued and otherwise sleeps until
+    /// the sync is due (`Timeout`), woken early by a flush, closing, or `flush_records` records.
+    fn next(
+        &self,
+        oldest_unsynced: Option<Instant>,
+        interval: std::time::Duration,
+    ) -> Result<Message, RecvTimeoutError> {
+        match oldest_unsynced {
+            None => self.messages.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(since) => match self.messages.try_recv() {
+                Ok(message) => Ok(message),
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => {
+                    let wait = interval.saturating_sub(since.elapsed());
+                    if !wait.is_zero() {
+                        std::thread::park_timeout(wait);
+                    }
+                    Err(RecvTimeoutError::Timeout)
+                }
+            },
+        }
+    }
+
+    /// After a sync: the records taken so far are no longer pending.
+    fn synced(&mut self) {
+        self.pending.fetch_sub(std::mem::take(&mut self.taken), Ordering::Relaxed);
+    }
+}
+
+pub(super) fn run(mut file: LedgerFile, mut queue: Queue, config: LedgerConfig, metrics: Arc<Metrics>) {
     let mut unsynced = 0usize;
     let mut oldest_unsynced: Option<Instant> = None;
     loop {
-        let wait = match oldest_unsynced {
-            Some(since) => config.flush_interval.saturating_sub(since.elapsed()),
-            None => std::time::Duration::from_secs(3600),
-        };
-        let message = queue.recv_timeout(wait);
+        let message = queue.next(oldest_unsynced, config.flush_interval);
         let mut answer = None;
         let mut stop = false;
         match message {
@@ -219,11 +257,13 @@ pub fn run(mut file: LedgerFile, queue: Receiver<Message>, config: LedgerConfig,
                     waiting = unsynced,
                     "ledger cannot sync: usage record not written"
                 );
+                queue.taken += 1;
             }
             Ok(Message::Record(record)) => {
                 let line = LedgerLine::from_record(&record);
                 if file.needs_rotation(&config, line.day()) {
                     sync(&mut file, &mut unsynced, &mut oldest_unsynced, &metrics);
+                    queue.synced();
                 }
                 // Only a file whose lines are all synced is rotated.
                 if unsynced == 0 && file.needs_rotation(&config, line.day()) {
@@ -245,6 +285,7 @@ pub fn run(mut file: LedgerFile, queue: Receiver<Message>, config: LedgerConfig,
                         tracing::error!(%error, request_id = line.request_id.as_ref(), "ledger write failed");
                     }
                 }
+                queue.taken += 1;
             }
             Ok(Message::Flush(ack)) => answer = Some(ack),
             Ok(Message::Close(ack)) => {
@@ -257,6 +298,7 @@ pub fn run(mut file: LedgerFile, queue: Receiver<Message>, config: LedgerConfig,
         let due = oldest_unsynced.is_some_and(|since| since.elapsed() >= config.flush_interval);
         if unsynced >= config.flush_records || due || answer.is_some() || stop {
             sync(&mut file, &mut unsynced, &mut oldest_unsynced, &metrics);
+            queue.synced();
         }
         if let Some(ack) = answer {
             let _ = ack.send(());
