@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per request of a tollgate binary under callgrind (deterministic, unlike CPU time
 # on a shared 2-core VM): the mock backend and the load generator run outside valgrind, and
-# instrumentation is on only while REQUESTS short chat requests pass (after a warm-up).
+# instrumentation is on only while REQUESTS short chat requests pass (after a warm-up). The ledger
+# is on (its writer thread counts too).
 #
 #   [BODY=file.json] [TOLLGATE_LOG=info] [KEEP=dir] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
 #
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 SKIP_BUILD=1 source benches/common.sh
 BIN=$GIVEN
 KEY=BenchKey0123456789abcdefghijklmn MOCK=127.0.0.1:18600
-gateway_config "$WORK/g.toml" 127.0.0.1:18610 127.0.0.1:18611 "$MOCK" "$KEY" bench
+gateway_config "$WORK/g.toml" 127.0.0.1:18610 127.0.0.1:18611 "$MOCK" "$KEY" bench "[ledger]
+path = \"$WORK/usage.jsonl\""
 "$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
 TOLLGATE_LOG=${TOLLGATE_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
   "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/vg.log" &

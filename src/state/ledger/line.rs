@@ -5,7 +5,6 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::state::record::UsageRecord;
 
@@ -43,8 +42,50 @@ pub struct LedgerLine<'a> {
     pub estimated_prompt_tokens: u64,
 }
 
+/// RFC 3339 in UTC, the fraction without trailing zeros (`2026-12-02T19:50:01.1234Z`), exactly
+/// as `time`'s `Rfc3339` writes it (a test compares the two). Written by hand because `time`'s
+/// formatter cost ~2,100 instructions and five allocations a record, a sixth of the ledger
+/// writer's work per request.
 pub fn format_time(at: SystemTime) -> String {
-    OffsetDateTime::from(at).format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+    const OUT_OF_RANGE: &str = "1970-01-01T00:00:00Z";
+    // Not `OffsetDateTime::from`, which panics past year 9999.
+    let nanos = match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => i128::try_from(since.as_nanos()).unwrap_or(i128::MAX),
+        Err(before) => i128::try_from(before.duration().as_nanos()).map_or(i128::MIN, |n| -n),
+    };
+    let Ok(at) = OffsetDateTime::from_unix_timestamp_nanos(nanos) else { return OUT_OF_RANGE.to_owned() };
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        return OUT_OF_RANGE.to_owned();
+    }
+    let mut out = String::with_capacity(30);
+    let mut pad = |value: u32, width: usize, after: char| {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(value);
+        for _ in digits.len()..width {
+            out.push('0');
+        }
+        out.push_str(digits);
+        out.push(after);
+    };
+    pad(year as u32, 4, '-');
+    pad(u32::from(u8::from(at.month())), 2, '-');
+    pad(u32::from(at.day()), 2, 'T');
+    pad(u32::from(at.hour()), 2, ':');
+    pad(u32::from(at.minute()), 2, ':');
+    let nanos = at.nanosecond();
+    if nanos == 0 {
+        pad(u32::from(at.second()), 2, 'Z');
+        return out;
+    }
+    pad(u32::from(at.second()), 2, '.');
+    let (mut fraction, mut width) = (nanos, 9);
+    while fraction % 10 == 0 {
+        fraction /= 10;
+        width -= 1;
+    }
+    pad(fraction, width, 'Z');
+    out
 }
 
 impl<'a> LedgerLine<'a> {

@@ -246,3 +246,42 @@ fn a_failed_fdatasync_is_not_trusted_the_records_are_written_again_once() {
     let report = summarize(&path, None, None, GroupBy::Deployment).unwrap();
     assert_eq!(report.rows.values().map(|s| s.requests).sum::<u64>(), 20);
 }
+
+/// `time`'s own RFC 3339, which `line::format_time` writes by hand.
+fn rfc3339_by_time(at: SystemTime) -> String {
+    time::OffsetDateTime::from(at)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+}
+
+#[test]
+fn record_times_are_written_as_time_writes_rfc3339() {
+    let epoch = SystemTime::UNIX_EPOCH;
+    for (secs, nanos) in [
+        (0, 0),
+        (1_764_705_001, 0),
+        (1_764_705_001, 100_000_000),
+        (1_764_705_001, 123_456_789),
+        (1_764_705_001, 1),
+        (951_782_400, 10),
+        (253_402_300_799, 999_999_999),
+    ] {
+        let at = epoch + Duration::new(secs, nanos);
+        assert_eq!(line::format_time(at), rfc3339_by_time(at), "{secs}.{nanos:09}");
+    }
+    let before = epoch - Duration::new(86_400 * 365, 5_000);
+    assert_eq!(line::format_time(before), rfc3339_by_time(before));
+    // Past year 9999 (where `time`'s `From<SystemTime>` panics) it falls back, as before.
+    let far = epoch + Duration::from_secs(253_402_300_800);
+    assert_eq!(line::format_time(far), "1970-01-01T00:00:00Z");
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_record_time_is_written_as_time_writes_rfc3339(secs in 0u64..253_402_300_800, nanos in 0u32..1_000_000_000, zeros in 0u32..9) {
+        // Trailing zeros in the fraction are where the two could differ: make them common.
+        let nanos = nanos - nanos % 10u32.pow(zeros);
+        let at = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        proptest::prop_assert_eq!(line::format_time(at), rfc3339_by_time(at));
+    }
+}

@@ -62,10 +62,18 @@ impl LedgerFile {
     }
 
     fn write(&mut self, line: &LedgerLine<'_>) -> io::Result<()> {
-        let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
-        bytes.push(b'\n');
-        self.out.write_all(&bytes)?;
-        self.pending.extend_from_slice(&bytes);
+        // Into the pending lines directly (they are kept until a sync covers them anyway).
+        let start = self.pending.len();
+        if let Err(error) = serde_json::to_writer(&mut self.pending, line) {
+            self.pending.truncate(start);
+            return Err(io::Error::other(error));
+        }
+        self.pending.push(b'\n');
+        let bytes = &self.pending[start..];
+        if let Err(error) = self.out.write_all(bytes) {
+            self.pending.truncate(start);
+            return Err(error);
+        }
         self.size += bytes.len() as u64;
         if self.day.is_none() {
             self.day = Some(line.day().to_owned());
@@ -88,6 +96,10 @@ impl LedgerFile {
         self.out.get_ref().sync_data()?;
         self.synced = self.size;
         self.pending.clear();
+        // Keep room for an ordinary batch, not what a long outage piled up.
+        if self.pending.capacity() > 4 << 20 {
+            self.pending = Vec::new();
+        }
         Ok(())
     }
 
