@@ -17,6 +17,7 @@
 //! The completion reservation is `max_tokens` (or `max_completion_tokens`) × `n`, or the
 //! deployment's default when the request sets none; embeddings reserve no completion.
 
+mod piece_cache;
 mod pretokenize;
 mod scan;
 mod scan_inputs;

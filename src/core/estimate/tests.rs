@@ -124,3 +124,34 @@ proptest::proptest! {
         }
     }
 }
+
+/// What `Tokenizer::Bpe` must count: bpe-openai's own cl100k count, no cache, no hand split.
+fn reference_count(text: &str) -> u64 {
+    bpe_openai::cl100k_base().count(text) as u64
+}
+
+#[test]
+fn cached_piece_counts_equal_the_encoders_on_prose_and_code_counted_again_and_again() {
+    let texts = [
+        "You are a helpful assistant. Say hello in one short sentence.",
+        "fn main() { println!(\"{}\", 40 + 2); } // the answer's   spacing\n\n\tindent",
+        "I'm sure they'll say it's fine; we've 1234567 reasons, don't we?",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa aaaaaaaaaaaaaaaaaaaaaaa a",
+    ];
+    for round in 0..3 {
+        for text in texts {
+            assert_eq!(Tokenizer::Bpe.count(text), reference_count(text), "round {round}: {text:?}");
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Through the per-thread piece cache (warm after the first cases, with slots replaced as
+    /// pieces collide), every ASCII text counts as the encoder counts it.
+    #[test]
+    fn ascii_counts_equal_the_encoders(text in "[ -~\n\t]{0,200}", words in proptest::collection::vec("(the|a|you| are|helpful|[A-Za-z]{1,12}|[0-9]{1,5}|'s| +|\n)", 0..40)) {
+        proptest::prop_assert_eq!(Tokenizer::Bpe.count(&text), reference_count(&text));
+        let joined = words.concat();
+        proptest::prop_assert_eq!(Tokenizer::Bpe.count(&joined), reference_count(&joined));
+    }
+}

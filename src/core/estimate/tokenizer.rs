@@ -27,7 +27,9 @@ impl Tokenizer {
             // ASCII is split by hand, exactly as the regex would ([`super::pretokenize`]).
             Tokenizer::Bpe if text.is_ascii() => {
                 let mut total = 0;
-                super::pretokenize::split_ascii(text.as_bytes(), |piece| total += CL100K.bpe.count(piece));
+                super::pretokenize::split_ascii(text.as_bytes(), |piece| {
+                    total += super::piece_cache::count(piece, |piece| CL100K.bpe.count(piece));
+                });
                 total as u64
             }
             Tokenizer::Bpe => CL100K.count(text) as u64,
