@@ -73,3 +73,41 @@ static_nginx_config() {
 NGINX
   } > "$1"
 }
+
+# start_lineup BASE_PORT: what `fast_backend.sh` and `syscalls.sh` measure, started in the
+# background on 127.0.0.1 from BASE_PORT up: the static backend (BACKEND, two workers, an answer
+# shaped like the API's with `usage`), nginx as a keep-alive proxy in front of it (NGINX, two
+# workers, one per core as tollgate's runtime), the bare hyper floor on tollgate's runtime design
+# (FLOORADDR, FLOOR_PID: two workers, a current-thread runtime and a pool each), and $BIN with
+# everything on and the ledger (GATEWAY, GATEWAY_PID, admin on the port after it); and
+# $WORK/post.lua, wrk posting a short chat with KEY. Waits until tollgate answers.
+start_lineup() {
+  local base=$1 floor
+  floor=$(cargo bench --bench floor_proxy --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floor_proxy" and m.get("executable"):
+        print(m["executable"])')
+  KEY=BenchKey0123456789abcdefghijklmn
+  BACKEND=127.0.0.1:$base NGINX=127.0.0.1:$((base + 10)) FLOORADDR=127.0.0.1:$((base + 20))
+  GATEWAY=127.0.0.1:$((base + 30))
+  local answer='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"Meta-Llama-3-8B-Instruct","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"Hello! How can I help you today?","tool_calls":null},"logprobs":null}],"usage":{"prompt_tokens":19,"completion_tokens":9,"total_tokens":28}}'
+  static_nginx_config "$WORK/backend.conf" "$BACKEND" "$answer"
+  nginx -c "$WORK/backend.conf" -g 'daemon off;' >/dev/null 2>&1 &
+  nginx_config "$WORK/nginx.conf" "$NGINX" "$BACKEND" 2
+  nginx -c "$WORK/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
+  "$floor" --listen "$FLOORADDR" --upstream "$BACKEND" --workers 2 &
+  FLOOR_PID=$!
+  gateway_config "$WORK/g.toml" "$GATEWAY" 127.0.0.1:$((base + 31)) "$BACKEND" "$KEY" bench "[ledger]
+path = \"$WORK/usage.jsonl\""
+  "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
+  GATEWAY_PID=$!
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$((base + 31))/healthz" && break; sleep 0.1; done
+  cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":16}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["api-key"] = "$KEY"
+LUA
+}

@@ -19,49 +19,15 @@ OLD=${4:+$(realpath "$4")}
 source benches/common.sh
 BIN=${GIVEN:-$BIN}
 for tool in nginx wrk; do command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install $tool)" >&2; exit 1; }; done
-FLOOR=$(cargo bench --bench floor_proxy --no-run --message-format=json 2>/dev/null \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floor_proxy" and m.get("executable"):
-        print(m["executable"])')
-KEY=BenchKey0123456789abcdefghijklmn
-BACKEND=127.0.0.1:18700 NGINX=127.0.0.1:18710 FLOORADDR=127.0.0.1:18720 GATEWAY=127.0.0.1:18730
-
-# The static backend: two workers, an answer shaped like the API's, `usage` included.
-ANSWER='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"Meta-Llama-3-8B-Instruct","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"Hello! How can I help you today?","tool_calls":null},"logprobs":null}],"usage":{"prompt_tokens":19,"completion_tokens":9,"total_tokens":28}}'
-static_nginx_config "$WORK/backend.conf" "$BACKEND" "$ANSWER"
-nginx -c "$WORK/backend.conf" -g 'daemon off;' >/dev/null 2>&1 &
-
-# nginx as the peer: two workers (one per core, as tollgate's runtime), keep-alive upstream.
-nginx_config "$WORK/nginx.conf" "$NGINX" "$BACKEND" 2
-nginx -c "$WORK/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
-
-# The floor on tollgate's runtime design: two workers, a current-thread runtime and a pool each.
-"$FLOOR" --listen "$FLOORADDR" --upstream "$BACKEND" --workers 2 &
-FLOOR_PID=$!
-
-gateway_config "$WORK/g.toml" "$GATEWAY" 127.0.0.1:18731 "$BACKEND" "$KEY" bench "[ledger]
-path = \"$WORK/usage.jsonl\""
-"$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
-GATEWAY_PID=$!
+start_lineup 18700
 if [ -n "$OLD" ]; then
   gateway_config "$WORK/old.toml" 127.0.0.1:18740 127.0.0.1:18741 "$BACKEND" "$KEY" bench "[ledger]
 path = \"$WORK/usage-old.jsonl\""
   "$OLD" serve --config "$WORK/old.toml" >/dev/null 2>"$WORK/tollgate-old.log" &
   OLD_PID=$!
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18741/healthz" && break; sleep 0.1; done
 fi
-for admin in 18731 ${OLD:+18741}; do
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$admin/healthz" && break; sleep 0.1; done
-done
 sleep 0.5
-
-cat > "$WORK/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":16}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["api-key"] = "BenchKey0123456789abcdefghijklmn"
-LUA
 
 master() { cat "$1" 2>/dev/null || true; }
 targets=(
