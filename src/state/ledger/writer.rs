@@ -244,9 +244,12 @@ impl Queue {
         }
     }
 
-    /// After a sync: the records taken so far are no longer pending.
-    fn synced(&mut self) {
-        self.pending.fetch_sub(std::mem::take(&mut self.taken), Ordering::Relaxed);
+    /// After a sync attempt: when it left nothing unsynced, the records taken so far are no
+    /// longer pending (after a failed one they still are, and it is retried).
+    fn synced(&mut self, unsynced: usize) {
+        if unsynced == 0 {
+            self.pending.fetch_sub(std::mem::take(&mut self.taken), Ordering::Relaxed);
+        }
     }
 }
 
@@ -275,7 +278,7 @@ pub(super) fn run(mut file: LedgerFile, mut queue: Queue, config: LedgerConfig, 
                 let line = LedgerLine::from_record(&record);
                 if file.needs_rotation(&config, line.day()) {
                     sync(&mut file, &mut unsynced, &mut oldest_unsynced, &metrics);
-                    queue.synced();
+                    queue.synced(unsynced);
                 }
                 // Only a file whose lines are all synced is rotated.
                 if unsynced == 0 && file.needs_rotation(&config, line.day()) {
@@ -310,7 +313,7 @@ pub(super) fn run(mut file: LedgerFile, mut queue: Queue, config: LedgerConfig, 
         let due = oldest_unsynced.is_some_and(|since| since.elapsed() >= config.flush_interval);
         if unsynced >= config.flush_records || due || answer.is_some() || stop {
             sync(&mut file, &mut unsynced, &mut oldest_unsynced, &metrics);
-            queue.synced();
+            queue.synced(unsynced);
         }
         if let Some(ack) = answer {
             let _ = ack.send(());
