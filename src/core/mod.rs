@@ -11,4 +11,5 @@ pub mod meter;
 pub mod quota;
 pub mod roles;
 pub mod secret;
+pub mod utc;
 pub mod worker;

@@ -26,6 +26,8 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::core::utc;
+
 /// The target of the access log's events.
 pub const ACCESS_TARGET: &str = "tollgate::access";
 /// Longest a line waits in the buffer.
@@ -300,22 +302,10 @@ fn level_str(level: Level) -> &'static str {
 /// writes it.
 fn timestamp(line: &mut Vec<u8>, now: SystemTime) {
     let at = time::OffsetDateTime::from(now);
-    let mut pad = |value: u32, width: usize, after: u8| {
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(value).as_bytes();
-        for _ in digits.len()..width {
-            line.push(b'0');
-        }
-        line.extend_from_slice(digits);
-        line.push(after);
-    };
-    pad(at.year().max(0) as u32, 4, b'-');
-    pad(u32::from(u8::from(at.month())), 2, b'-');
-    pad(u32::from(at.day()), 2, b'T');
-    pad(u32::from(at.hour()), 2, b':');
-    pad(u32::from(at.minute()), 2, b':');
-    pad(u32::from(at.second()), 2, b'.');
-    pad(at.microsecond(), 6, b'Z');
+    utc::push_date_time(line, &at);
+    line.push(b'.');
+    utc::push_padded(line, at.microsecond(), 6);
+    line.push(b'Z');
 }
 
 /// A string needs no escaping, in Rust's `Debug` or in JSON.

@@ -40,34 +40,47 @@ fn slot_of(piece: &[u8]) -> usize {
     (hash >> (64 - SLOTS.trailing_zeros())) as usize
 }
 
+impl Slot {
+    fn holds(&self, piece: &[u8]) -> bool {
+        usize::from(self.len) == piece.len() && &self.bytes[..piece.len()] == piece
+    }
+}
+
+/// Runs `f` on this thread's slots (made on first use); `None` when the thread is ending.
+fn with_slots<R>(f: impl FnOnce(&mut [Slot; SLOTS]) -> R) -> Option<R> {
+    CACHE
+        .try_with(|cache| {
+            let mut cache = cache.try_borrow_mut().ok()?;
+            Some(f(cache.get_or_insert_with(|| Box::new([EMPTY; SLOTS]))))
+        })
+        .ok()
+        .flatten()
+}
+
 /// The count of `piece`: from the cache, or from `count` (then cached).
 pub fn count(piece: &[u8], count: impl FnOnce(&[u8]) -> usize) -> usize {
     if piece.is_empty() || piece.len() > MAX_PIECE {
         return count(piece);
     }
-    let mut count = Some(count);
-    let mut counter = |piece: &[u8]| count.take().map_or(0, |count| count(piece));
-    let cached = CACHE.try_with(|cache| {
-        let Ok(mut cache) = cache.try_borrow_mut() else { return None };
-        let slots = cache.get_or_insert_with(|| Box::new([EMPTY; SLOTS]));
-        let slot = &mut slots[slot_of(piece)];
-        if usize::from(slot.len) == piece.len() && &slot.bytes[..piece.len()] == piece {
-            return Some(usize::from(slot.count));
-        }
-        let counted = counter(piece);
-        // A piece of at most 22 bytes has at most 22 tokens: it always fits.
-        if let Ok(small) = u8::try_from(counted) {
+    let index = slot_of(piece);
+    let hit = with_slots(|slots| {
+        let slot = &slots[index];
+        slot.holds(piece).then_some(usize::from(slot.count))
+    });
+    if let Some(counted) = hit.flatten() {
+        return counted;
+    }
+    let counted = count(piece);
+    // A piece of at most 22 bytes has at most 22 tokens: it always fits.
+    if let Ok(small) = u8::try_from(counted) {
+        with_slots(|slots| {
+            let slot = &mut slots[index];
             slot.len = piece.len() as u8;
             slot.count = small;
             slot.bytes[..piece.len()].copy_from_slice(piece);
-        }
-        Some(counted)
-    });
-    match cached {
-        Ok(Some(counted)) => counted,
-        // The thread is ending, or a count is being cached further up this thread's stack.
-        _ => counter(piece),
+        });
     }
+    counted
 }
 
 #[cfg(test)]

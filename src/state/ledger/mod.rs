@@ -90,7 +90,7 @@ impl Ledger {
         let capacity = config.buffer_records.max(1);
         let (queue, receiver) = mpsc::sync_channel(capacity);
         let pending = Arc::new(AtomicUsize::new(0));
-        let writer_queue = writer::Queue { messages: receiver, pending: Arc::clone(&pending), taken: 0 };
+        let writer_queue = writer::Queue::new(receiver, Arc::clone(&pending));
         let thread_metrics = Arc::clone(&metrics);
         let thread_config = config.clone();
         let writer = std::thread::Builder::new()

@@ -211,12 +211,12 @@ fn last_day(path: &Path) -> Option<String> {
 
 /// The writer's end of the queue.
 pub(super) struct Queue {
-    pub(super) messages: Receiver<Message>,
+    messages: Receiver<Message>,
     /// Records appended and not yet synced, nor dropped (the senders wake the writer when it
     /// reaches their mark); the writer takes off what each sync covered.
-    pub(super) pending: Arc<AtomicUsize>,
+    pending: Arc<AtomicUsize>,
     /// Records handled (written or dropped) since the last sync.
-    pub(super) taken: usize,
+    taken: usize,
 }
 
 impl Queue {
@@ -242,6 +242,15 @@ impl Queue {
                 }
             },
         }
+    }
+
+    pub(super) fn new(messages: Receiver<Message>, pending: Arc<AtomicUsize>) -> Queue {
+        Queue { messages, pending, taken: 0 }
+    }
+
+    /// A record taken from the queue was written or dropped.
+    fn handled(&mut self) {
+        self.taken += 1;
     }
 
     /// After a sync attempt: when it left nothing unsynced, the records taken so far are no
@@ -272,7 +281,7 @@ pub(super) fn run(mut file: LedgerFile, mut queue: Queue, config: LedgerConfig, 
                     waiting = unsynced,
                     "ledger cannot sync: usage record not written"
                 );
-                queue.taken += 1;
+                queue.handled();
             }
             Ok(Message::Record(record)) => {
                 let line = LedgerLine::from_record(&record);
@@ -300,7 +309,7 @@ pub(super) fn run(mut file: LedgerFile, mut queue: Queue, config: LedgerConfig, 
                         tracing::error!(%error, request_id = line.request_id.as_ref(), "ledger write failed");
                     }
                 }
-                queue.taken += 1;
+                queue.handled();
             }
             Ok(Message::Flush(ack)) => answer = Some(ack),
             Ok(Message::Close(ack)) => {
