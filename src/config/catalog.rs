@@ -1,6 +1,6 @@
 //! The model catalog as configured: `[[models]]`.
 
-use super::BackendUrl;
+use super::BackendConfig;
 
 /// A catalog model. Deployments name it by `id` without a version and always get `version`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -9,11 +9,8 @@ pub struct CatalogModel {
     pub version: String,
     /// When set, a project must subscribe to this offer before deploying the model.
     pub offer: Option<String>,
-    pub backend: BackendUrl,
-    pub backend_key: Option<crate::core::secret::Secret>,
-    pub backend_http2: bool,
-    /// A private CA the backend's certificate is verified against (instead of the webpki roots).
-    pub backend_ca: Option<BackendCa>,
+    /// The model's backends (one, or a pool); deployments of it through the admin API use them.
+    pub backends: Vec<BackendConfig>,
 }
 
 /// A backend CA file, read and checked when the configuration is loaded.

@@ -210,17 +210,50 @@ pub struct DeploymentConfig {
     pub model: String,
     /// The project the deployment belongs to (`default` for file deployments unless set).
     pub project: String,
-    pub backend: BackendUrl,
-    /// The key sent to the backend, read from the environment variable named in the file.
-    pub backend_key: Option<crate::core::secret::Secret>,
+    /// Where requests go: one backend, or a pool (at most [`crate::core::pool::MAX_BACKENDS`]).
+    pub backends: Vec<BackendConfig>,
     pub keys: KeyPair,
-    pub backend_http2: bool,
-    pub backend_ca: Option<BackendCa>,
+    /// The longest one attempt waits for the backend's response head.
     pub first_byte_timeout: Duration,
+    /// Attempts a request may make over the pool (a backend is tried at most once a request).
+    pub max_attempts: u32,
+    /// The longest a request waits for a response head, all attempts together.
+    pub deadline: Duration,
     pub limits: Limits,
     /// Completion tokens reserved for a request that sets no `max_tokens`.
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
+}
+
+/// One backend of a deployment (or catalog model).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub url: BackendUrl,
+    /// How metrics, logs and the ledger name it: the `name` given, or the URL.
+    pub name: String,
+    /// The key sent to the backend, read from the environment variable named in the file.
+    pub key: Option<crate::core::secret::Secret>,
+    /// Speak HTTP/2 to it (ALPN `h2`, or prior knowledge over plain TCP).
+    pub http2: bool,
+    /// A private CA its certificate is verified against (instead of the webpki roots).
+    pub ca: Option<BackendCa>,
+    /// Its own quota, when it has one: tollgate never sends it more.
+    pub limits: Option<Limits>,
+    pub weight: u32,
+    /// Lower first: a higher one is used only when every backend of the lower ones is out.
+    pub priority: u32,
+}
+
+impl BackendConfig {
+    /// The one-backend shorthand (`backend = "..."`).
+    pub fn single(
+        url: BackendUrl,
+        key: Option<crate::core::secret::Secret>,
+        http2: bool,
+        ca: Option<BackendCa>,
+    ) -> BackendConfig {
+        BackendConfig { name: url.to_string(), url, key, http2, ca, limits: None, weight: 1, priority: 0 }
+    }
 }
 
 /// A configuration error, pointing at where in which file it is.

@@ -45,7 +45,9 @@ pub struct RawModel {
     pub id: Spanned<String>,
     pub version: Spanned<String>,
     pub offer: Option<Spanned<String>>,
-    pub backend: Spanned<String>,
+    /// One backend (the shorthand); or `backends`, a pool.
+    pub backend: Option<Spanned<String>>,
+    pub backends: Option<Spanned<Vec<Spanned<RawPoolBackend>>>>,
     pub backend_key_env: Option<Spanned<String>>,
     #[serde(default)]
     pub backend_http2: bool,
@@ -128,6 +130,12 @@ pub struct RawDeployment {
     pub project: Option<Spanned<String>>,
     /// Absent when `model` names a catalog entry, whose backend is then used.
     pub backend: Option<Spanned<String>>,
+    /// A pool of backends instead of one (`[[deployments.backends]]`).
+    pub backends: Option<Spanned<Vec<Spanned<RawPoolBackend>>>>,
+    /// Attempts a request may make over the pool's backends (default 3).
+    pub max_attempts: Option<Spanned<u64>>,
+    /// Longest wait for a response head, all attempts together (default: first_byte_timeout_ms).
+    pub deadline_ms: Option<Spanned<u64>>,
     pub backend_key_env: Option<Spanned<String>>,
     pub backend_ca_file: Option<Spanned<String>>,
     pub keys: Spanned<Vec<Spanned<String>>>,
@@ -138,4 +146,22 @@ pub struct RawDeployment {
     pub tokens_per_minute: Option<Spanned<u64>>,
     pub default_max_tokens: Option<Spanned<u64>>,
     pub tokenizer: Option<Tokenizer>,
+}
+
+/// One backend of a pool: `[[deployments.backends]]` or `[[models.backends]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoolBackend {
+    pub url: Spanned<String>,
+    /// How metrics, logs and the ledger name it (default: the URL).
+    pub name: Option<Spanned<String>>,
+    pub key_env: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    #[serde(default)]
+    pub http2: bool,
+    /// The backend's own quota: never sent more than it accepts.
+    pub requests_per_minute: Option<Spanned<u64>>,
+    pub tokens_per_minute: Option<Spanned<u64>>,
+    pub weight: Option<Spanned<u64>>,
+    pub priority: Option<Spanned<u64>>,
 }

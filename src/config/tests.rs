@@ -29,9 +29,9 @@ fn the_issue_example_parses() {
     assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9090");
     let d = &config.deployments[0];
     assert_eq!(d.name, "meta-llama3-8b-qwerty");
-    assert_eq!(d.backend.to_string(), "http://127.0.0.1:18000");
+    assert_eq!(d.backends[0].url.to_string(), "http://127.0.0.1:18000");
     assert!(d.keys.secondary.is_some());
-    assert_eq!(d.backend_key, None);
+    assert_eq!(d.backends[0].key, None);
     assert_eq!(config.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
 }
 
@@ -80,7 +80,7 @@ fn backend_key_env_is_resolved_or_named_when_missing() {
     assert!(err.message.contains("LLAMA_BACKEND_KEY"));
     let env = |name: &str| (name == "LLAMA_BACKEND_KEY").then(|| "k".to_owned());
     let config = Config::parse(&text, "t.toml", &env).unwrap();
-    assert_eq!(config.deployments[0].backend_key.as_ref().map(crate::core::secret::Secret::expose), Some("k"));
+    assert_eq!(config.deployments[0].backends[0].key.as_ref().map(crate::core::secret::Secret::expose), Some("k"));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::{self, RawConfig};
-use super::validate_deployment::{ca_file, env_key, validate_deployment};
+use super::validate_deployment::{RawBackends, validate_backends, validate_deployment};
 use super::*;
 use crate::core::keys::KeyDigest;
 use crate::core::roles::AdminToken;
@@ -176,11 +176,21 @@ fn validate_models(
             id: m.id.get_ref().clone(),
             version: m.version.get_ref().clone(),
             offer: m.offer.as_ref().map(|o| o.get_ref().clone()),
-            backend: BackendUrl::parse(m.backend.get_ref())
-                .map_err(|why| at.error(&m.backend, field("backend"), why))?,
-            backend_key: env_key(at, m.backend_key_env.as_ref(), field("backend_key_env"), env)?,
-            backend_http2: m.backend_http2,
-            backend_ca: ca_file(at, m.backend_ca_file.as_ref(), field("backend_ca_file"))?,
+            backends: validate_backends(
+                at,
+                &RawBackends {
+                    backend: m.backend.as_ref(),
+                    backends: m.backends.as_ref(),
+                    key_env: m.backend_key_env.as_ref(),
+                    http2: m.backend_http2,
+                    ca_file: m.backend_ca_file.as_ref(),
+                },
+                &format!("models[{index}]"),
+                env,
+            )?
+            .ok_or_else(|| {
+                at.error(&m.id, field("backend"), "give the model's `backend` URL, or a pool of [[models.backends]]")
+            })?,
         });
     }
     Ok(models)

@@ -3,7 +3,7 @@
 
 use toml::Spanned;
 
-use super::raw::RawDeployment;
+use super::raw::{RawDeployment, RawPoolBackend};
 use super::validate::{millis, per_minute};
 use super::*;
 use crate::core::keys::{KeyDigest, KeyPair};
@@ -55,6 +55,133 @@ fn sendable(key: &str) -> bool {
     http::HeaderValue::from_str(key).is_ok() && http::HeaderValue::from_str(&format!("Bearer {key}")).is_ok()
 }
 
+/// The backend fields of a deployment or a catalog model, as written.
+pub(super) struct RawBackends<'a> {
+    pub backend: Option<&'a Spanned<String>>,
+    pub backends: Option<&'a Spanned<Vec<Spanned<RawPoolBackend>>>>,
+    pub key_env: Option<&'a Spanned<String>>,
+    pub http2: bool,
+    pub ca_file: Option<&'a Spanned<String>>,
+}
+
+/// Most weight one backend can have (a typo guard; weights are relative).
+const MAX_WEIGHT: u64 = 10_000;
+/// Most priority tiers' number.
+const MAX_PRIORITY: u64 = 1_000;
+
+/// `backend` (one) or `[[...backends]]` (a pool), validated; `None` when neither is given.
+/// `table` is `deployments[i]` or `models[i]`.
+pub(super) fn validate_backends(
+    at: &Locator<'_>,
+    raw: &RawBackends<'_>,
+    table: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Vec<BackendConfig>>, ConfigError> {
+    let field = |name: &str| format!("{table}.{name}");
+    let pool = match (raw.backend, raw.backends) {
+        (None, None) => return Ok(None),
+        (Some(url), None) => {
+            let url = BackendUrl::parse(url.get_ref()).map_err(|why| at.error(url, field("backend"), why))?;
+            return Ok(Some(vec![BackendConfig::single(
+                url,
+                env_key(at, raw.key_env, field("backend_key_env"), env)?,
+                raw.http2,
+                ca_file(at, raw.ca_file, field("backend_ca_file"))?,
+            )]));
+        }
+        (Some(url), Some(_)) => {
+            return Err(at.error(
+                url,
+                field("backend"),
+                "give either `backend` (one backend) or [[backends]] (a pool), not both; move this URL into the pool",
+            ));
+        }
+        (None, Some(pool)) => pool,
+    };
+    if let Some(var) = raw.key_env {
+        return Err(at.error(
+            var,
+            field("backend_key_env"),
+            "a pool names each backend's key: set `key_env` in its [[backends]] entry instead",
+        ));
+    }
+    if let Some(path) = raw.ca_file {
+        return Err(at.error(
+            path,
+            field("backend_ca_file"),
+            "a pool names each backend's CA: set `ca_file` in its [[backends]] entry instead",
+        ));
+    }
+    let entries = pool.get_ref();
+    if entries.is_empty() || entries.len() > crate::core::pool::MAX_BACKENDS {
+        return Err(at.error(
+            pool,
+            field("backends"),
+            format!("give between 1 and {} backends", crate::core::pool::MAX_BACKENDS),
+        ));
+    }
+    let mut out: Vec<BackendConfig> = Vec::with_capacity(entries.len());
+    for (i, spanned) in entries.iter().enumerate() {
+        let entry = spanned.get_ref();
+        let field = |name: &str| format!("{table}.backends[{i}].{name}");
+        let url = BackendUrl::parse(entry.url.get_ref()).map_err(|why| at.error(&entry.url, field("url"), why))?;
+        if out.iter().any(|other| other.url == url) {
+            return Err(at.error(&entry.url, field("url"), format!("backend '{url}' is listed twice in this pool; list each backend once and use `weight` for a larger share")));
+        }
+        let name = match &entry.name {
+            None => url.to_string(),
+            Some(name) => {
+                let text = name.get_ref();
+                if text.is_empty() || text.len() > 100 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(at.error(
+                        name,
+                        field("name"),
+                        "a backend's name is 1 to 100 visible ASCII characters, no spaces (it becomes a metric label)",
+                    ));
+                }
+                if out.iter().any(|other| other.name == *text) {
+                    return Err(at.error(
+                        name,
+                        field("name"),
+                        format!("two backends of this pool are named '{text}'; give each its own name"),
+                    ));
+                }
+                text.clone()
+            }
+        };
+        let limits = match (&entry.requests_per_minute, &entry.tokens_per_minute) {
+            (None, None) => None,
+            (requests, tokens) => Some(Limits {
+                requests_per_minute: per_minute(
+                    at,
+                    requests,
+                    &field("requests_per_minute"),
+                    crate::config::MAX_PER_MINUTE,
+                )?,
+                tokens_per_minute: per_minute(at, tokens, &field("tokens_per_minute"), crate::config::MAX_PER_MINUTE)?,
+            }),
+        };
+        let bounded = |value: &Option<Spanned<u64>>, name: &str, low: u64, high: u64, default: u64| match value {
+            None => Ok(default),
+            Some(v) if *v.get_ref() < low || *v.get_ref() > high => {
+                Err(at.error(v, field(name), format!("must be between {low} and {high}")))
+            }
+            Some(v) => Ok(*v.get_ref()),
+        };
+        out.push(BackendConfig {
+            url,
+            name,
+            key: env_key(at, entry.key_env.as_ref(), field("key_env"), env)?,
+            http2: entry.http2,
+            ca: ca_file(at, entry.ca_file.as_ref(), field("ca_file"))?,
+            limits,
+            weight: bounded(&entry.weight, "weight", 1, MAX_WEIGHT, 1)? as u32,
+            priority: bounded(&entry.priority, "priority", 0, MAX_PRIORITY, 0)? as u32,
+        });
+    }
+    Ok(Some(out))
+}
+
 pub(super) fn validate_deployment(
     raw: &RawDeployment,
     index: usize,
@@ -70,15 +197,31 @@ pub(super) fn validate_deployment(
     }
     check_model_id(raw.model.get_ref()).map_err(|why| at.error(&raw.model, field("model"), why))?;
     let catalog = models.iter().find(|m| m.id == *raw.model.get_ref());
-    let (backend_url, backend_key, catalog_http2, catalog_ca) = match (&raw.backend, catalog) {
-        (Some(url), _) => (
-            BackendUrl::parse(url.get_ref()).map_err(|why| at.error(url, field("backend"), why))?,
-            env_key(at, raw.backend_key_env.as_ref(), field("backend_key_env"), env)?,
-            false,
-            None,
-        ),
+    let own = validate_backends(
+        at,
+        &RawBackends {
+            backend: raw.backend.as_ref(),
+            backends: raw.backends.as_ref(),
+            key_env: raw.backend_key_env.as_ref(),
+            http2: raw.backend_http2,
+            ca_file: raw.backend_ca_file.as_ref(),
+        },
+        &format!("deployments[{index}]"),
+        env,
+    )?;
+    let backends = match (own, catalog) {
+        (Some(own), _) => own,
         (None, Some(model)) => {
-            (model.backend.clone(), model.backend_key.clone(), model.backend_http2, model.backend_ca.clone())
+            let mut inherited = model.backends.clone();
+            // `backend_http2` / `backend_ca_file` on a deployment of a one-backend catalog
+            // model apply to that backend, as before pools.
+            if let [only] = inherited.as_mut_slice() {
+                only.http2 |= raw.backend_http2;
+                if let Some(ca) = ca_file(at, raw.backend_ca_file.as_ref(), field("backend_ca_file"))? {
+                    only.ca = Some(ca);
+                }
+            }
+            inherited
         }
         (None, None) => {
             return Err(at.error(
@@ -118,6 +261,21 @@ pub(super) fn validate_deployment(
     }
     let first_byte_timeout =
         millis(at, &raw.first_byte_timeout_ms, &field("first_byte_timeout_ms"), backend.first_byte_timeout)?;
+    let deadline = millis(at, &raw.deadline_ms, &field("deadline_ms"), first_byte_timeout)?;
+    let max_attempts = match &raw.max_attempts {
+        None => crate::core::pool::DEFAULT_MAX_ATTEMPTS,
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > crate::core::pool::MAX_BACKENDS as u64 => {
+            return Err(at.error(
+                v,
+                field("max_attempts"),
+                format!(
+                    "must be between 1 and {} (each attempt goes to another backend of the pool)",
+                    crate::core::pool::MAX_BACKENDS
+                ),
+            ));
+        }
+        Some(v) => *v.get_ref() as u32,
+    };
     let limits = Limits {
         requests_per_minute: per_minute(
             at,
@@ -147,15 +305,11 @@ pub(super) fn validate_deployment(
         name: name.clone(),
         model: raw.model.get_ref().clone(),
         project,
-        backend: backend_url,
-        backend_key,
+        backends,
         keys: KeyPair { primary: digests[0], secondary: digests.get(1).copied() },
-        backend_http2: raw.backend_http2 || catalog_http2,
-        backend_ca: match ca_file(at, raw.backend_ca_file.as_ref(), field("backend_ca_file"))? {
-            Some(ca) => Some(ca),
-            None => catalog_ca,
-        },
         first_byte_timeout,
+        max_attempts,
+        deadline,
         limits,
         default_max_tokens,
         tokenizer: raw.tokenizer.unwrap_or_default(),

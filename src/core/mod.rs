@@ -8,6 +8,7 @@ pub mod clock;
 pub mod estimate;
 pub mod keys;
 pub mod meter;
+pub mod pool;
 pub mod quota;
 pub mod roles;
 pub mod secret;

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 
 use crate::config::ledger::LedgerConfig;
 use crate::config::{
-    AdminConfig, BackendSettings, BackendUrl, CatalogModel, ClientLimits, Config, DEFAULT_FIRST_BYTE_TIMEOUT,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_PROJECT, DeploymentConfig, ServerConfig,
+    AdminConfig, BackendConfig, BackendSettings, BackendUrl, CatalogModel, ClientLimits, Config,
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_PROJECT, DeploymentConfig,
+    ServerConfig,
 };
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{KeyDigest, KeyPair};
@@ -58,22 +59,18 @@ pub fn demo_config(
             id: DEMO_MODEL.into(),
             version: "3".into(),
             offer: Some(DEMO_OFFER.into()),
-            backend: backend.clone(),
-            backend_key: None,
-            backend_http2: false,
-            backend_ca: None,
+            backends: vec![BackendConfig::single(backend.clone(), None, false, None)],
         }],
         backend: BackendSettings { workers: crate::config::default_workers(), ..BackendSettings::default() },
         deployments: vec![DeploymentConfig {
             name: DEMO_DEPLOYMENT.into(),
             model: DEMO_MODEL.into(),
             project: DEFAULT_PROJECT.into(),
-            backend,
-            backend_key: None,
+            backends: vec![BackendConfig::single(backend, None, false, None)],
             keys: KeyPair { primary: KeyDigest::of(key.as_bytes()), secondary: None },
-            backend_http2: false,
-            backend_ca: None,
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            max_attempts: crate::core::pool::DEFAULT_MAX_ATTEMPTS,
+            deadline: DEFAULT_FIRST_BYTE_TIMEOUT,
             limits: Limits::default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Tokenizer::default(),

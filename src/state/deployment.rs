@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::config::{BackendCa, BackendSettings, BackendUrl, DeploymentConfig};
+use crate::config::{BackendSettings, DeploymentConfig};
 use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
 use crate::core::quota::DeploymentQuota;
+use crate::state::pool::BackendPool;
 use crate::state::totals::UsageCounters;
-use crate::state::upstream::BackendClient;
 
 /// Where a deployment was declared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub enum Health {
     Unhealthy(String),
 }
 
-/// One serverless-style endpoint: a name, its keys and the backend behind it.
+/// One serverless-style endpoint: a name, its keys and the backends behind it.
 #[derive(Debug)]
 pub struct Deployment {
     pub name: String,
@@ -43,14 +43,14 @@ pub struct Deployment {
     pub health: Health,
     /// `/projects/{p}/subscriptions/{name}` the deployment depends on, if any.
     pub subscription: Option<String>,
-    pub backend: BackendUrl,
-    pub backend_auth: Option<BackendAuth>,
+    /// Its backends (one, or a pool), with their health and own buckets.
+    pub pool: BackendPool,
     pub keys: KeyPair,
-    pub backend_http2: bool,
-    pub backend_ca: Option<BackendCa>,
-    /// Pools for a backend behind a private CA; `None` uses the gateway's shared pools.
-    pub backend_client: Option<Arc<BackendClient>>,
+    /// The longest one attempt waits for a backend's response head.
     pub first_byte_timeout: Duration,
+    pub max_attempts: u32,
+    /// The longest a request waits for a response head, all attempts together.
+    pub deadline: Duration,
     pub quota: Arc<DeploymentQuota>,
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
@@ -72,7 +72,7 @@ pub struct BackendAuth {
 }
 
 impl BackendAuth {
-    fn new(key: &str) -> Option<BackendAuth> {
+    pub fn new(key: &str) -> Option<BackendAuth> {
         let mut api_key = HeaderValue::from_str(key).ok()?;
         let mut bearer = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
         api_key.set_sensitive(true);
@@ -97,14 +97,7 @@ impl Deployment {
         clock: &Arc<dyn Clock>,
         settings: &BackendSettings,
     ) -> Deployment {
-        // A private CA gets its own pools; the same CA as before keeps them (and their connections).
-        let backend_client = config.backend_ca.as_ref().map(|ca| match previous {
-            Some(p) if p.backend_ca.as_ref() == Some(ca) && p.backend_client.is_some() => p
-                .backend_client
-                .clone()
-                .unwrap_or_else(|| Arc::new(BackendClient::with_roots(settings, Some(ca.roots())))),
-            _ => Arc::new(BackendClient::with_roots(settings, Some(ca.roots()))),
-        });
+        let pool = BackendPool::build(&config.backends, previous.map(|p| &p.pool), clock, settings);
         let quota = match previous {
             Some(previous) => {
                 previous.quota.set_limits(config.limits);
@@ -119,13 +112,11 @@ impl Deployment {
             origin,
             health,
             subscription,
-            backend: config.backend.clone(),
-            backend_auth: config.backend_key.as_ref().and_then(|k| BackendAuth::new(k.expose())),
+            pool,
             keys: config.keys.clone(),
-            backend_http2: config.backend_http2,
-            backend_ca: config.backend_ca.clone(),
-            backend_client,
             first_byte_timeout: config.first_byte_timeout,
+            max_attempts: config.max_attempts,
+            deadline: config.deadline,
             quota,
             default_max_tokens: config.default_max_tokens,
             tokenizer: config.tokenizer,

@@ -13,8 +13,10 @@ use prometheus::{
 };
 
 use crate::core::meter::CountSource;
+use crate::core::pool::health::Status;
 use crate::core::quota::{LimitKind, QuotaState};
 use crate::state::deployment::{Deployment, DeploymentTable};
+use crate::state::pool::PoolBackend;
 use crate::state::record::{Outcome, UsageRecord};
 
 /// Latency buckets from 10 µs to 5 minutes, fine enough to see the gateway's own tens of
@@ -40,6 +42,13 @@ pub struct Metrics {
     pub inflight: IntGaugeVec,
     pub open_connections: IntGauge,
     pub backend_errors: IntCounterVec,
+    /// Per backend of a pool.
+    pub backend_attempts: IntCounterVec,
+    pub backend_ejections: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub backend_state: IntGaugeVec,
+    pub backend_inflight: IntGaugeVec,
+    pub backend_ratelimit_remaining: IntGaugeVec,
     pub prompt_estimate_ratio: HistogramVec,
     pub ledger_records: IntCounter,
     pub ledger_dropped: IntCounter,
@@ -206,6 +215,36 @@ impl Metrics {
                 &["deployment"],
             )?,
             open_connections,
+            backend_attempts: counter(
+                "tollgate_backend_attempts_total",
+                "Attempts sent to each backend of a deployment's pool, by result (ok, throttled, server_error, connect, timeout, protocol).",
+                &["deployment", "backend", "result"],
+            )?,
+            backend_ejections: counter(
+                "tollgate_backend_ejections_total",
+                "Times a backend was taken out of its pool by the circuit breaker (repeated failures, or a failed probe).",
+                &["deployment", "backend"],
+            )?,
+            retries: counter(
+                "tollgate_retries_total",
+                "Attempts beyond a request's first (sent to another backend after a 429, a 5xx or a failure).",
+                &["deployment"],
+            )?,
+            backend_state: gauge(
+                "tollgate_backend_state",
+                "1 for each backend's current state (healthy, cooling after a 429, ejected by the circuit breaker), 0 for the others.",
+                &["deployment", "backend", "state"],
+            )?,
+            backend_inflight: gauge(
+                "tollgate_backend_inflight_requests",
+                "Requests each backend is serving now (from the attempt until its response ends).",
+                &["deployment", "backend"],
+            )?,
+            backend_ratelimit_remaining: gauge(
+                "tollgate_backend_ratelimit_remaining",
+                "What is left in the own buckets of a backend with limits (requests, tokens).",
+                &["deployment", "backend", "limit"],
+            )?,
             backend_errors: counter(
                 "tollgate_backend_errors_total",
                 "Backend failures by kind: connect, timeout, protocol (including streams broken midway).",
@@ -245,6 +284,20 @@ impl Metrics {
             .get_or_init(|| self.backend_first_byte.with_label_values(&[name]))
             .observe(first_byte.as_secs_f64());
         series.overhead.get_or_init(|| self.overhead.with_label_values(&[name])).observe(overhead.as_secs_f64());
+    }
+
+    /// Counts one attempt sent to a backend of a pool, by its result.
+    pub fn observe_attempt(&self, deployment: &str, backend: &PoolBackend, result: &str) {
+        if result == "ok" {
+            let name = &*backend.name;
+            backend
+                .series()
+                .ok
+                .get_or_init(|| self.backend_attempts.with_label_values(&[deployment, name, "ok"]))
+                .inc();
+        } else {
+            self.backend_attempts.with_label_values(&[deployment, &backend.name, result]).inc();
+        }
     }
 
     /// Counts one finished, authenticated request.
@@ -331,6 +384,24 @@ impl Metrics {
             self.inflight
                 .with_label_values(&[name])
                 .set(deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed));
+            let now = deployment.pool.now_ns();
+            for backend in &deployment.pool.backends {
+                let label = &*backend.name;
+                let status = backend.status(now);
+                for each in Status::ALL {
+                    self.backend_state.with_label_values(&[name, label, each.as_str()]).set(i64::from(each == status));
+                }
+                self.backend_inflight.with_label_values(&[name, label]).set(backend.inflight());
+                if let Some(state) = backend.quota_state() {
+                    for (limit, remaining) in
+                        [(LimitKind::Requests, state.remaining_requests), (LimitKind::Tokens, state.remaining_tokens)]
+                    {
+                        self.backend_ratelimit_remaining
+                            .with_label_values(&[name, label, limit.as_str()])
+                            .set(clamp(remaining));
+                    }
+                }
+            }
         }
         let mut out = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
@@ -423,6 +494,8 @@ mod tests {
                 started_at: std::time::SystemTime::now(),
                 duration: Duration::from_millis(2),
                 limited_by: None,
+                backend: None,
+                attempts: 0,
             });
         }
         let text = metrics.render(&DeploymentTable::default(), &[]);

@@ -6,6 +6,7 @@ pub mod certificate;
 pub mod deployment;
 pub mod ledger;
 pub mod metrics;
+pub mod pool;
 pub mod quota_store;
 pub mod record;
 pub mod request_id;

@@ -67,6 +67,10 @@ pub struct UsageRecord {
     pub duration: Duration,
     /// For a 429: the limit that was hit.
     pub limited_by: Option<LimitKind>,
+    /// The backend of the pool that answered (`None` when none did).
+    pub backend: Option<Arc<str>>,
+    /// Attempts sent to backends (0 when none was sent).
+    pub attempts: u32,
 }
 
 /// Whatever records usage (totals, metrics, the ledger). Called once per finished request, on the

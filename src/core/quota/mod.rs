@@ -166,6 +166,24 @@ impl DeploymentQuota {
         }
     }
 
+    /// Nanoseconds until one request and `tokens` fit (0 when they do now); `None` when they
+    /// never can (more than the capacity).
+    pub fn wait_ns_for(&self, tokens: u64) -> Option<u64> {
+        let b = self.refilled();
+        if tokens > b.tokens.per_minute() {
+            return None;
+        }
+        Some(b.requests.wait_ns_for(1)?.max(b.tokens.wait_ns_for(tokens)?))
+    }
+
+    /// Gives back an admission whole, the request and its `reserved` tokens (an attempt a backend
+    /// refused or never saw).
+    pub fn refund(&self, reserved: u64) {
+        let mut b = self.refilled();
+        b.requests.give(1);
+        b.tokens.give(reserved);
+    }
+
     pub fn state(&self) -> QuotaState {
         state_of(&self.refilled())
     }

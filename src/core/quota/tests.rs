@@ -68,6 +68,30 @@ fn reconciliation_refunds_and_charges_debt() {
 }
 
 #[test]
+fn a_refund_gives_back_the_request_and_its_tokens() {
+    let (q, _) = quota(2, 100);
+    q.admit(70).unwrap();
+    q.refund(70);
+    assert_eq!((q.state().remaining_requests, q.state().remaining_tokens), (2, 100));
+    q.admit(70).unwrap();
+    q.admit(30).unwrap();
+    q.refund(30);
+    assert_eq!((q.state().remaining_requests, q.state().remaining_tokens), (1, 30));
+}
+
+#[test]
+fn the_wait_for_a_reservation_is_the_later_of_the_two_buckets() {
+    let (q, clock) = quota(60, 600);
+    assert_eq!(q.wait_ns_for(600), Some(0));
+    assert_eq!(q.wait_ns_for(601), None);
+    q.admit(600).unwrap();
+    // 600 tokens a minute: 10 a second, so 20 tokens in 2 s; the request bucket has room.
+    assert_eq!(q.wait_ns_for(20), Some(2_000_000_000));
+    clock.advance_ms(1_000);
+    assert_eq!(q.wait_ns_for(20), Some(1_000_000_000));
+}
+
+#[test]
 fn new_limits_keep_the_level() {
     let (q, _) = quota(10, 100);
     q.admit(90).unwrap();

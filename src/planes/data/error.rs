@@ -76,6 +76,18 @@ pub enum ApiError {
         "the quota store of this gateway cannot be reached, and it is configured to refuse requests it cannot count (on_store_error = \"fail-closed\"); retry in a second"
     )]
     QuotaStoreUnavailable,
+    #[error(
+        "every backend of deployment '{deployment}' is at its own rate limit or cooling down after answering 429 ({backends} in its pool); retry after {} ms", ceil_millis(*retry_after_ns)
+    )]
+    BackendsBusy { deployment: String, backends: usize, retry_after_ns: u64 },
+    #[error(
+        "every backend of deployment '{deployment}' is out after repeated failures ({backends} in its pool, all ejected); retry after {} ms", ceil_millis(*retry_after_ns)
+    )]
+    BackendsUnavailable { deployment: String, backends: usize, retry_after_ns: u64 },
+    #[error(
+        "this request reserves {reserved} tokens but the largest backend of deployment '{deployment}' allows {capacity} tokens per minute, so no backend can ever take it: lower max_tokens or shorten the prompt"
+    )]
+    BackendCapacityExceeded { deployment: String, reserved: u64, capacity: u64 },
     #[error("the backend of deployment '{deployment}' could not be reached ({reason}); try again later")]
     BackendUnreachable { deployment: String, reason: String },
     #[error("the backend of deployment '{deployment}' did not {what} within {timeout_ms} ms; try again later")]
@@ -108,6 +120,9 @@ impl ApiError {
             ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::DeploymentUnhealthy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QuotaStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BackendsBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BackendsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BackendCapacityExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::BackendUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::BackendProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -132,6 +147,9 @@ impl ApiError {
             ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
             ApiError::DeploymentUnhealthy { .. } => "ServiceUnavailable",
             ApiError::QuotaStoreUnavailable => "ServiceUnavailable",
+            ApiError::BackendsBusy { .. } => "TooManyRequests",
+            ApiError::BackendsUnavailable { .. } => "ServiceUnavailable",
+            ApiError::BackendCapacityExceeded { .. } => "TokenLimitExceeded",
             ApiError::BackendUnreachable { .. } => "BadGateway",
             ApiError::BackendTimeout { .. } => "GatewayTimeout",
             ApiError::BackendProtocol { .. } => "BadGateway",
@@ -156,6 +174,9 @@ impl ApiError {
             ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
             ApiError::DeploymentUnhealthy { .. } => "deployment_unhealthy",
             ApiError::QuotaStoreUnavailable => "quota_store_unavailable",
+            ApiError::BackendsBusy { .. } => "backends_busy",
+            ApiError::BackendsUnavailable { .. } => "backends_unavailable",
+            ApiError::BackendCapacityExceeded { .. } => "backend_capacity_exceeded",
             ApiError::BackendUnreachable { .. } => "backend_connect",
             ApiError::BackendTimeout { .. } => "backend_timeout",
             ApiError::BackendProtocol { .. } => "backend_protocol",
@@ -174,6 +195,9 @@ impl ApiError {
             }
             ApiError::RateLimited { retry_after_ns, .. } => set_retry_after(response.headers_mut(), *retry_after_ns),
             ApiError::QuotaStoreUnavailable => set_retry_after(response.headers_mut(), 1_000_000_000),
+            ApiError::BackendsBusy { retry_after_ns, .. } | ApiError::BackendsUnavailable { retry_after_ns, .. } => {
+                set_retry_after(response.headers_mut(), *retry_after_ns)
+            }
             _ => {}
         }
         response

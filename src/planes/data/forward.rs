@@ -1,11 +1,13 @@
-//! Stage 5, forward: a request to the deployment's backend through its pooled client
-//! ([`BackendClient`], held in the state layer), and the header rewriting around it.
+//! Stage 6, forward: one attempt to one backend of the deployment's pool through its pooled
+//! client ([`BackendClient`], held in the state layer), and the header rewriting around it. The
+//! attempts over the pool (retries, failover) are in [`super::failover`].
 
 use std::error::Error as _;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
-use http::{Request, Response, request};
+use http::{Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
@@ -13,58 +15,65 @@ use crate::core::api::ApiRoute;
 use crate::core::worker::Worker;
 use crate::planes::data::error::ApiError;
 use crate::planes::data::names;
-use crate::state::deployment::Deployment;
+use crate::state::pool::PoolBackend;
 pub use crate::state::upstream::BackendClient;
 
 impl BackendClient {
-    /// Sends the request to the deployment's backend and waits (up to the first-byte timeout) for
-    /// the response head. The body is not read here.
-    pub async fn forward(
+    /// Sends one attempt to `backend` and waits (up to `timeout`) for the response head. The
+    /// body is not read here. `headers` are the client's, as [`client_headers`] left them.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send(
         &self,
-        deployment: &Deployment,
+        deployment: &str,
+        backend: &PoolBackend,
         route: ApiRoute,
-        mut parts: request::Parts,
+        method: Method,
+        query: Option<&str>,
+        mut headers: HeaderMap,
         body: Bytes,
         worker: Worker,
+        timeout: Duration,
     ) -> Result<Response<Incoming>, ApiError> {
-        let uri =
-            deployment.backend.uri_for(route.path(), parts.uri.query()).map_err(|e| ApiError::BackendProtocol {
-                deployment: deployment.name.clone(),
-                reason: format!("cannot address the backend: {e}"),
-            })?;
-        prepare_backend_headers(&mut parts.headers, deployment, body.len());
+        let uri = backend.url.uri_for(route.path(), query).map_err(|e| ApiError::BackendProtocol {
+            deployment: deployment.to_owned(),
+            reason: format!("cannot address backend '{}': {e}", backend.name),
+        })?;
+        if let Some(auth) = &backend.auth {
+            headers.insert(names::API_KEY, auth.api_key.clone());
+            headers.insert(header::AUTHORIZATION, auth.bearer.clone());
+        }
         let mut request = Request::new(Full::new(body));
-        *request.method_mut() = parts.method;
+        *request.method_mut() = method;
         *request.uri_mut() = uri;
-        *request.headers_mut() = parts.headers;
-        let client = self.pool(deployment.backend_http2, worker);
-        let response = tokio::time::timeout(deployment.first_byte_timeout, client.request(request))
+        *request.headers_mut() = headers;
+        let client = self.pool(backend.http2, worker);
+        let response = tokio::time::timeout(timeout, client.request(request))
             .await
             .map_err(|_| ApiError::BackendTimeout {
-                deployment: deployment.name.clone(),
+                deployment: deployment.to_owned(),
                 what: "send a response",
-                timeout_ms: deployment.first_byte_timeout.as_millis() as u64,
+                timeout_ms: timeout.as_millis() as u64,
             })?
-            .map_err(|e| self.classify(deployment, e))?;
+            .map_err(|e| self.classify(deployment, backend, e))?;
         let (mut head, body) = response.into_parts();
         strip_hop_by_hop(&mut head.headers);
         Ok(Response::from_parts(head, body))
     }
 
-    fn classify(&self, deployment: &Deployment, error: hyper_util::client::legacy::Error) -> ApiError {
-        let reason = error_chain(&error);
+    fn classify(&self, deployment: &str, backend: &PoolBackend, error: hyper_util::client::legacy::Error) -> ApiError {
+        let reason = format!("backend '{}': {}", backend.name, error_chain(&error));
         if error.is_connect() {
             if has_timed_out(&error) {
                 ApiError::BackendTimeout {
-                    deployment: deployment.name.clone(),
+                    deployment: deployment.to_owned(),
                     what: "accept a connection",
                     timeout_ms: self.connect_timeout().as_millis() as u64,
                 }
             } else {
-                ApiError::BackendUnreachable { deployment: deployment.name.clone(), reason }
+                ApiError::BackendUnreachable { deployment: deployment.to_owned(), reason }
             }
         } else {
-            ApiError::BackendProtocol { deployment: deployment.name.clone(), reason }
+            ApiError::BackendProtocol { deployment: deployment.to_owned(), reason }
         }
     }
 }
@@ -108,18 +117,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-/// Client headers as the backend should see them: no client key, no routing header, no hop-by-hop
-/// headers, the backend's own key when configured, and the exact body length.
-fn prepare_backend_headers(headers: &mut HeaderMap, deployment: &Deployment, body_len: usize) {
+/// Client headers as every backend should see them: no client key, no routing header, no
+/// hop-by-hop headers, and the exact body length. Each attempt adds its backend's own key.
+pub fn client_headers(headers: &mut HeaderMap, body_len: usize) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     headers.remove(names::API_KEY);
     headers.remove(header::AUTHORIZATION);
     headers.remove(names::AZUREML_MODEL_DEPLOYMENT);
-    if let Some(auth) = &deployment.backend_auth {
-        headers.insert(names::API_KEY, auth.api_key.clone());
-        headers.insert(header::AUTHORIZATION, auth.bearer.clone());
-    }
     if body_len > 0 || headers.contains_key(header::CONTENT_LENGTH) {
         headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(body_len));
     }

@@ -100,8 +100,16 @@ impl Gateway {
         worker: crate::core::worker::Worker,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ApiError> {
-        let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
-        let fetch = backend.forward(deployment, ApiRoute::Info, parts, Bytes::new(), worker);
+        // Through the pool like any request (reserving no tokens); the attempt ends with the head.
+        let fetch = async {
+            match self.forward_over_pool(deployment, ApiRoute::Info, parts, Bytes::new(), worker, 0).await {
+                Ok(forwarded) => {
+                    forwarded.attempt.settle(0);
+                    Ok(forwarded.response)
+                }
+                Err(failed) => Err(failed.error),
+            }
+        };
         let answer = deployment.info.get_or_fetch(&deployment.name, self.metering.limits.total, fetch).await;
         trace.quota = self.quota.state(deployment).await;
         match answer {
@@ -110,10 +118,9 @@ impl Gateway {
                 Ok(response)
             }
             Err(error) => {
-                self.metrics
-                    .backend_errors
-                    .with_label_values(&[deployment.name.as_str(), backend_error_kind(&error)])
-                    .inc();
+                if let Some(kind) = backend_error_kind(&error) {
+                    self.metrics.backend_errors.with_label_values(&[deployment.name.as_str(), kind]).inc();
+                }
                 trace.outcome = Some(Outcome::BackendFailed);
                 Err(error)
             }

@@ -35,6 +35,7 @@ pub mod auth;
 pub mod body;
 pub mod count;
 pub mod error;
+pub mod failover;
 pub mod find;
 pub mod forward;
 pub mod info;
@@ -319,14 +320,14 @@ impl Gateway {
             estimated_prompt_tokens: estimate.prompt_tokens,
             limited_by: None,
         };
-        let reservation = Reservation::new(facts, reserved, hold, Arc::clone(&self.sink));
+        let mut reservation = Reservation::new(facts, reserved, hold, Arc::clone(&self.sink));
         trace.reserved = true;
 
-        // Stages 6 and 7: forward, and stream the answer back as it comes, metering it.
+        // Stages 6 and 7: forward over the pool, and stream the answer back as it comes, metering it.
         let forwarded = Instant::now();
-        let backend = deployment.backend_client.as_deref().unwrap_or(&self.backend);
-        match backend.forward(&deployment, route, parts, body, worker).await {
-            Ok(response) => {
+        match self.forward_over_pool(&deployment, route, parts, body, worker, reserved).await {
+            Ok(failover::Forwarded { response, attempt, backend, attempts }) => {
+                reservation.served_by(attempt, backend, attempts);
                 let first_byte = forwarded.elapsed();
                 let overhead = started.elapsed().saturating_sub(first_byte);
                 let name = deployment.name.as_str();
@@ -354,21 +355,28 @@ impl Gateway {
                     ))
                 }))
             }
-            Err(error) => {
+            Err(failover::Failed { error, attempts }) => {
                 let kind = backend_error_kind(&error);
-                self.metrics.backend_errors.with_label_values(&[deployment.name.as_str(), kind]).inc();
-                reservation.settle(error.status().as_u16(), Outcome::BackendFailed, Counts::NONE);
+                if let Some(kind) = kind {
+                    self.metrics.backend_errors.with_label_values(&[deployment.name.as_str(), kind]).inc();
+                }
+                reservation.attempted(attempts);
+                let outcome = if kind.is_some() { Outcome::BackendFailed } else { Outcome::Rejected };
+                reservation.settle(error.status().as_u16(), outcome, Counts::NONE);
                 Err(error)
             }
         }
     }
 }
 
-/// The `kind` label of `tollgate_backend_errors_total` for a failed forward.
-fn backend_error_kind(error: &ApiError) -> &'static str {
+/// The `kind` label of `tollgate_backend_errors_total` for a failed forward; `None` when the
+/// pool refused it without a failure (all busy, too small).
+fn backend_error_kind(error: &ApiError) -> Option<&'static str> {
     match error {
-        ApiError::BackendUnreachable { .. } => "connect",
-        ApiError::BackendTimeout { .. } => "timeout",
-        _ => "protocol",
+        ApiError::BackendUnreachable { .. } => Some("connect"),
+        ApiError::BackendTimeout { .. } => Some("timeout"),
+        ApiError::BackendsBusy { .. } | ApiError::BackendCapacityExceeded { .. } => None,
+        ApiError::BackendsUnavailable { .. } => Some("unavailable"),
+        _ => Some("protocol"),
     }
 }

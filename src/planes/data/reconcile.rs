@@ -15,6 +15,7 @@ use crate::core::keys::KeySlot;
 use crate::core::meter::Counts;
 use crate::core::quota::LimitKind;
 use crate::state::deployment::Deployment;
+use crate::state::pool::Attempt;
 use crate::state::quota_store::Hold;
 use crate::state::record::{Outcome, UsageRecord, UsageSink};
 use crate::state::request_id::RequestId;
@@ -35,10 +36,18 @@ pub struct RequestFacts {
 impl RequestFacts {
     /// The record of a request that billed nothing.
     pub fn unbilled(&self, status: u16, outcome: Outcome) -> UsageRecord {
-        self.record(status, outcome, Counts::NONE, 0)
+        self.record(status, outcome, Counts::NONE, 0, None, 0)
     }
 
-    fn record(&self, status: u16, outcome: Outcome, counts: Counts, reserved_tokens: u64) -> UsageRecord {
+    fn record(
+        &self,
+        status: u16,
+        outcome: Outcome,
+        counts: Counts,
+        reserved_tokens: u64,
+        backend: Option<Arc<str>>,
+        attempts: u32,
+    ) -> UsageRecord {
         UsageRecord {
             deployment: Arc::clone(&self.deployment),
             key_slot: self.key_slot,
@@ -55,6 +64,8 @@ impl RequestFacts {
             started_at: self.started_at,
             duration: self.started.elapsed(),
             limited_by: self.limited_by,
+            backend,
+            attempts,
         }
     }
 }
@@ -69,12 +80,27 @@ pub struct Reservation {
     hold: Hold,
     sink: Arc<dyn UsageSink>,
     settled: bool,
+    /// The pool's backend that answered, holding its in-flight slot and its own buckets'
+    /// reservation (settled with the same count).
+    served: Option<(Attempt, Arc<str>)>,
+    attempts: u32,
 }
 
 impl Reservation {
     pub fn new(facts: RequestFacts, reserved_tokens: u64, hold: Hold, sink: Arc<dyn UsageSink>) -> Reservation {
         facts.deployment.usage.inflight.fetch_add(1, Ordering::Relaxed);
-        Reservation { facts, reserved_tokens, hold, sink, settled: false }
+        Reservation { facts, reserved_tokens, hold, sink, settled: false, served: None, attempts: 0 }
+    }
+
+    /// The response comes from this backend, after `attempts` attempts.
+    pub fn served_by(&mut self, attempt: Attempt, backend: Arc<str>, attempts: u32) {
+        self.served = Some((attempt, backend));
+        self.attempts = attempts;
+    }
+
+    /// Attempts made when none answered.
+    pub fn attempted(&mut self, attempts: u32) {
+        self.attempts = attempts;
     }
 
     pub fn facts(&self) -> &RequestFacts {
@@ -96,7 +122,11 @@ impl Reservation {
         }
         self.hold.settle(&self.facts.deployment, self.reserved_tokens, counts.total);
         self.facts.deployment.usage.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.sink.record(self.facts.record(status, outcome, counts, self.reserved_tokens));
+        let backend = self.served.take().map(|(attempt, name)| {
+            attempt.settle(counts.total);
+            name
+        });
+        self.sink.record(self.facts.record(status, outcome, counts, self.reserved_tokens, backend, self.attempts));
     }
 }
 

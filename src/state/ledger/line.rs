@@ -41,6 +41,12 @@ pub struct LedgerLine<'a> {
     pub duration_ms: f64,
     pub reserved_tokens: u64,
     pub estimated_prompt_tokens: u64,
+    /// The backend of the pool that answered (absent when none did).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<Cow<'a, str>>,
+    /// Attempts sent to backends (more than 1 after retries; 0 when none was sent).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// RFC 3339 in UTC, the fraction without trailing zeros (`2026-12-02T19:50:01.1234Z`), exactly
@@ -93,6 +99,8 @@ impl<'a> LedgerLine<'a> {
             duration_ms: (record.duration.as_secs_f64() * 1e6).round() / 1e3,
             reserved_tokens: record.reserved_tokens,
             estimated_prompt_tokens: record.estimated_prompt_tokens,
+            backend: record.backend.as_deref().map(Cow::Borrowed),
+            attempts: record.attempts,
         }
     }
 
