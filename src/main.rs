@@ -145,6 +145,15 @@ enum Command {
         /// The PEM private key for --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Its own quota, like a serverless endpoint's: past it, 429 with retry-after-ms.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        requests_per_minute: Option<u64>,
+        /// Its own tokens-per-minute quota (each answer's prompt + completion tokens).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        tokens_per_minute: Option<u64>,
+        /// Answer this share of requests (percent, spread evenly) with 500.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+        fail_percent: u8,
     },
 }
 
@@ -204,6 +213,9 @@ fn main() -> ExitCode {
             require_key_env,
             tls_cert,
             tls_key,
+            requests_per_minute,
+            tokens_per_minute,
+            fail_percent,
         } => {
             let require_key = match require_key_env.map(|var| std::env::var(&var).map_err(|_| var)) {
                 None => None,
@@ -220,6 +232,10 @@ fn main() -> ExitCode {
                 stream_usage: !no_stream_usage,
                 require_key,
                 tls: tls_cert.zip(tls_key),
+                requests_per_minute,
+                tokens_per_minute,
+                fail_percent,
+                clock: None,
             };
             runtime.block_on(mock_backend(listen, options))
         }

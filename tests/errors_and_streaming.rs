@@ -167,7 +167,7 @@ async fn slow_backend_is_504_after_the_first_byte_timeout() {
     let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY), ("x-mock-latency-ms", "5000")], CHAT).await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(reply.error_code(), "GatewayTimeout");
-    assert!(reply.text().contains("200 ms"));
+    assert!(reply.text().contains("200 ms"), "{}", reply.text());
     still_serves(&h).await;
 }
 
@@ -179,7 +179,7 @@ async fn backend_errors_pass_through_with_their_status() {
         let reply =
             h.client.post(&url, &[("api-key", PRIMARY_KEY), ("x-mock-status", &status.to_string())], CHAT).await;
         assert_eq!(reply.status.as_u16(), status);
-        assert_eq!(reply.error_code(), "MockError");
+        assert_eq!(reply.error_code(), "MockError", "{}", reply.text());
         assert!(reply.headers.contains_key("x-request-id"));
     }
     still_serves(&h).await;

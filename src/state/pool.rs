@@ -104,6 +104,8 @@ pub struct Attempt {
     shared: Arc<Shared>,
     quota: Option<Arc<DeploymentQuota>>,
     clock: Arc<dyn Clock>,
+    /// The pool's only backend: its health is not tracked (there is nothing to fail over to).
+    solo: bool,
     done: bool,
 }
 
@@ -221,6 +223,7 @@ impl BackendPool {
                 shared: Arc::clone(&backend.shared),
                 quota: backend.quota.clone(),
                 clock: Arc::clone(&self.clock),
+                solo: self.backends.len() == 1,
                 done: false,
             });
         }
@@ -279,10 +282,13 @@ pub enum Availability {
 
 impl Attempt {
     /// Reports how the attempt ended. A backend that did not answer usefully gets its request
-    /// and tokens back; one that answered keeps the reservation until [`Attempt::settle`].
+    /// and tokens back; one that answered keeps the reservation until [`Attempt::settle`]. The
+    /// only backend of a pool keeps no health (it is never cooled down or ejected).
     pub fn report(&mut self, outcome: Outcome) -> Option<Change> {
         let now = self.clock.now_ns();
-        let change = {
+        let change = if self.solo {
+            None
+        } else {
             let mut health = self.shared.health.lock().unwrap_or_else(PoisonError::into_inner);
             match outcome {
                 Outcome::Answered => health.succeeded(now),

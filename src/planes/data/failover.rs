@@ -16,6 +16,16 @@
 //! When none failed but no backend could take the request (all throttled or out of room), the
 //! client gets the gateway's own 429 with `retry-after-ms` set to the earliest time any backend
 //! can take it; when all are ejected, a 503 with the time the first ejection ends.
+//!
+//! A deployment with one backend has nothing to fail over to: its backend's answers (429s and
+//! 5xx included) pass through as they are, and it is never cooled down nor ejected (that would
+//! only turn the backend's own answers into the gateway's refusals). Its own buckets, when it
+//! has limits, still hold it to them.
+//!
+//! A deployment with one backend has nothing to fail over to: its backend's answers (429s and
+//! 5xx included) pass through as they are, and it is never cooled down nor ejected (that would
+//! only turn the backend's own answers into the gateway's refusals). Its own buckets, when it
+//! has limits, still hold it to them.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,6 +103,8 @@ impl Gateway {
             let another = attempts < deployment.max_attempts && (tried.count_ones() as usize) < pool.len();
             let sent_headers = if another { headers.clone() } else { headers.take() }.unwrap_or_default();
             let client = backend.client.as_deref().unwrap_or(&self.backend);
+            // The first attempt gets the whole deadline (not less the microseconds spent here).
+            let left = if attempts == 1 { deployment.deadline } else { left };
             let timeout = left.min(deployment.first_byte_timeout);
             let sent = client
                 .send(
@@ -107,11 +119,29 @@ impl Gateway {
                     timeout,
                 )
                 .await;
+            let sent = match sent {
+                // Cut short by the deadline, not by its own first-byte timeout: say so.
+                Err(ApiError::BackendTimeout { what: "send a response", .. })
+                    if timeout < deployment.first_byte_timeout =>
+                {
+                    Err(ApiError::BackendTimeout {
+                        deployment: deployment.name.clone(),
+                        what: "answer within the deployment's deadline (deadline_ms, all attempts together)",
+                        timeout_ms: deployment.deadline.as_millis() as u64,
+                    })
+                }
+                sent => sent,
+            };
             match sent {
                 Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
                     let retry_ns = retry_headers(response.headers()).retry_ns();
                     let change = attempt.report(Outcome::Throttled { retry_ns });
                     self.observe_attempt(deployment, backend, "throttled", change);
+                    if pool.len() == 1 {
+                        // One backend: nothing to fail over to, so its own answer passes through.
+                        let backend = Arc::clone(&backend.name);
+                        last_failure = Some(LastFailure::Answer(Forwarded { response, attempt, backend, attempts }));
+                    }
                 }
                 Ok(response) if response.status().is_server_error() => {
                     failed |= bit;

@@ -191,7 +191,7 @@ pub fn chat(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result
                 last["usage"] = usage(prompt, completion);
             }
         }
-        return Ok(stream(events, behaviour));
+        return Ok(charged(stream(events, behaviour), prompt + u64::from(completion)));
     }
     let message = match &call {
         Some(call) => json!({"role": "assistant", "content": null, "tool_calls": [call]}),
@@ -205,7 +205,7 @@ pub fn chat(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result
         "choices": choices,
         "usage": usage(prompt, completion),
     });
-    Ok(whole_answer(answer, behaviour))
+    Ok(charged(whole_answer(answer, behaviour), prompt + u64::from(completion)))
 }
 
 pub fn completions(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) -> Result<Response<MockBody>, Failure> {
@@ -242,7 +242,7 @@ pub fn completions(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) ->
                 last["usage"] = usage(prompt, completion);
             }
         }
-        return Ok(stream(events, behaviour));
+        return Ok(charged(stream(events, behaviour), prompt + u64::from(completion)));
     }
     let text = completion_text(tokens);
     let choices: Vec<Value> =
@@ -252,7 +252,16 @@ pub fn completions(options: &MockOptions, behaviour: &Behaviour, body: &[u8]) ->
         "choices": choices,
         "usage": usage(prompt, completion),
     });
-    Ok(whole_answer(answer, behaviour))
+    Ok(charged(whole_answer(answer, behaviour), prompt + u64::from(completion)))
+}
+
+/// The tokens an answer bills, for the mock's own quota ([`super::MockQuota`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Charged(pub u64);
+
+fn charged(mut response: Response<MockBody>, tokens: u64) -> Response<MockBody> {
+    response.extensions_mut().insert(Charged(tokens));
+    response
 }
 
 /// A non-streamed answer, without its `usage` when `x-mock-no-usage` asked for none.

@@ -11,6 +11,10 @@
 //! not), `x-mock-echo`
 //! (add `x-mock-echo-query` and `x-mock-echo-headers`, the sorted names of the headers received, and `x-mock-echo-version`).
 //!
+//! With `requests_per_minute` / `tokens_per_minute` (`--requests-per-minute`,
+//! `--tokens-per-minute`) it keeps its own quota like a serverless endpoint and answers 429 with
+//! `retry-after-ms` past it; `fail_percent` (`--fail-percent`) answers that share of requests 500.
+//!
 //! Token counts are deterministic: a text counts `ceil(chars / 4)` tokens; a chat message adds 4
 //! tokens of template, a chat prompt 3 more; an image counts 85.
 
@@ -20,6 +24,7 @@ mod inference;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +36,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use body::MockBody;
+
+use crate::core::clock::{Clock, MonotonicClock};
+use crate::core::quota::{Denial, DeploymentQuota, Limits};
 
 /// How the mock behaves unless a request's control headers say otherwise.
 #[derive(Clone, Debug)]
@@ -48,6 +56,13 @@ pub struct MockOptions {
     pub require_key: Option<String>,
     /// Serve HTTPS with this PEM certificate chain and key.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Its own quota, as a serverless endpoint has: past it, 429 with `retry-after-ms`.
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    /// The share of requests (percent, spread evenly) answered 500.
+    pub fail_percent: u8,
+    /// The clock of its quota (the real one when `None`; tests share a manual one).
+    pub clock: Option<Arc<dyn Clock>>,
 }
 
 impl Default for MockOptions {
@@ -60,21 +75,84 @@ impl Default for MockOptions {
             stream_usage: true,
             require_key: None,
             tls: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            fail_percent: 0,
+            clock: None,
         }
+    }
+}
+
+/// The mock's own quota, kept like a serverless endpoint's: a request is refused with 429 when
+/// the requests bucket is empty or the tokens bucket is in debt; an answer's tokens are charged
+/// once it is made (so a long answer can take the bucket below zero, as the cloud's do).
+#[derive(Debug)]
+struct MockQuota {
+    buckets: Option<DeploymentQuota>,
+    fail_percent: u64,
+    seen: AtomicU64,
+}
+
+impl MockQuota {
+    fn new(options: &MockOptions) -> MockQuota {
+        let buckets = (options.requests_per_minute.is_some() || options.tokens_per_minute.is_some()).then(|| {
+            let clock = options.clock.clone().unwrap_or_else(|| Arc::new(MonotonicClock::new()));
+            let unlimited = crate::config::MAX_PER_MINUTE;
+            DeploymentQuota::new(
+                Limits {
+                    requests_per_minute: options.requests_per_minute.unwrap_or(unlimited),
+                    tokens_per_minute: options.tokens_per_minute.unwrap_or(unlimited),
+                },
+                clock,
+            )
+        });
+        MockQuota { buckets, fail_percent: u64::from(options.fail_percent.min(100)), seen: AtomicU64::new(0) }
+    }
+
+    /// `Err(wait_ns)` when the request is over the quota.
+    fn admit(&self) -> Result<(), u64> {
+        match &self.buckets {
+            None => Ok(()),
+            Some(buckets) => match buckets.admit(0) {
+                Ok(_) => Ok(()),
+                Err(Denial::Exhausted { retry_after_ns, .. }) => Err(retry_after_ns.max(1_000_000)),
+                Err(Denial::ExceedsCapacity { .. }) => Err(60_000_000_000),
+            },
+        }
+    }
+
+    fn charge(&self, tokens: u64) {
+        if let Some(buckets) = &self.buckets {
+            buckets.reconcile(0, tokens);
+        }
+    }
+
+    /// Whether this request is one of the `fail_percent` in a hundred, spread evenly.
+    fn fails(&self) -> bool {
+        if self.fail_percent == 0 {
+            return false;
+        }
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        (n + 1) * self.fail_percent / 100 > n * self.fail_percent / 100
     }
 }
 
 /// The routes the mock serves, in the order [`MockBackend::served`] counts them.
 const ROUTES: [&str; 5] = ["/info", "/chat/completions", "/completions", "/embeddings", "/images/embeddings"];
 
-/// How many requests each route has answered (for tests that check what reached the backend).
+/// How many requests each route has answered (for tests that check what reached the backend),
+/// and how many were refused over the mock's quota or failed on purpose.
 #[derive(Debug, Default)]
-struct Served([std::sync::atomic::AtomicU64; 5]);
+struct Served {
+    routes: [AtomicU64; 5],
+    throttled: AtomicU64,
+    failed: AtomicU64,
+}
 
 impl Served {
     fn count(&self, path: &str) {
         if let Some(i) = ROUTES.iter().position(|r| *r == path) {
-            self.0[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.routes[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -105,13 +183,34 @@ impl MockBackend {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
+        let quota = Arc::new(MockQuota::new(&options));
         let options = Arc::new(options);
         let served = Arc::new(Served::default());
         let counter = Arc::clone(&served);
         let handler = move |request: Request<Incoming>, _worker: crate::process::workers::Worker| {
             let options = Arc::clone(&options);
-            counter.count(request.uri().path());
-            async move { handle(&options, request).await }
+            let quota = Arc::clone(&quota);
+            let served = Arc::clone(&counter);
+            async move {
+                if let Err(wait_ns) = quota.admit() {
+                    served.throttled.fetch_add(1, Ordering::Relaxed);
+                    return throttled(wait_ns);
+                }
+                if quota.fails() {
+                    served.failed.fetch_add(1, Ordering::Relaxed);
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalServerError",
+                        "the mock backend failed this request on purpose (--fail-percent)",
+                    );
+                }
+                served.count(request.uri().path());
+                let response = handle(&options, request).await;
+                if let Some(inference::Charged(tokens)) = response.extensions().get::<inference::Charged>() {
+                    quota.charge(*tokens);
+                }
+                response
+            }
         };
         let serve_options =
             crate::process::server::ServeOptions { tls, ..crate::process::server::ServeOptions::default() };
@@ -125,7 +224,17 @@ impl MockBackend {
     }
 
     fn served_at(&self, i: usize) -> u64 {
-        self.served.0[i].load(std::sync::atomic::Ordering::Relaxed)
+        self.served.routes[i].load(Ordering::Relaxed)
+    }
+
+    /// Requests refused with 429 over the mock's own quota.
+    pub fn throttled(&self) -> u64 {
+        self.served.throttled.load(Ordering::Relaxed)
+    }
+
+    /// Requests failed with 500 by `fail_percent`.
+    pub fn failed(&self) -> u64 {
+        self.served.failed.load(Ordering::Relaxed)
     }
 
     /// The root URL to configure as a deployment's `backend`.
@@ -274,6 +383,19 @@ fn echo_headers(parts: &http::request::Parts) -> (HeaderValue, HeaderValue) {
 fn json_response(body: Bytes) -> Response<MockBody> {
     let mut response = Response::new(MockBody::Full(Some(body)));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A serverless endpoint's 429: the error JSON, `retry-after-ms` and `retry-after`.
+fn throttled(wait_ns: u64) -> Response<MockBody> {
+    let ms = wait_ns.div_ceil(1_000_000);
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        &format!("the mock backend is over its own rate limit; retry after {ms} ms"),
+    );
+    response.headers_mut().insert("retry-after-ms", HeaderValue::from(ms));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait_ns.div_ceil(1_000_000_000)));
     response
 }
 
