@@ -240,3 +240,135 @@ fn workers_default_to_one_per_core_and_are_checked() {
         assert!(err.to_string().contains("between 1 and 256"), "{err}");
     }
 }
+
+fn pool_config(pool: &str) -> String {
+    format!(
+        r#"[[deployments]]
+name = "llama-pool"
+model = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
+keys = ["{KEY_A}"]
+tokens_per_minute = 400000
+{pool}"#
+    )
+}
+
+const TWO_BACKENDS: &str = r#"max_attempts = 2
+deadline_ms = 9000
+[[deployments.backends]]
+url = "https://llama-east.example.net"
+key_env = "LLAMA_EAST_KEY"
+requests_per_minute = 1000
+tokens_per_minute = 200000
+weight = 3
+priority = 0
+[[deployments.backends]]
+url = "https://llama-west.example.net"
+name = "west"
+tokens_per_minute = 200000
+priority = 1
+"#;
+
+#[test]
+fn a_pool_of_backends_parses_with_its_own_limits_weights_and_priorities() {
+    let env = |name: &str| (name == "LLAMA_EAST_KEY").then(|| "east-secret".to_owned());
+    let config = Config::parse(&pool_config(TWO_BACKENDS), "t.toml", &env).unwrap();
+    let d = &config.deployments[0];
+    assert_eq!((d.max_attempts, d.deadline), (2, Duration::from_millis(9000)));
+    let [east, west] = d.backends.as_slice() else { panic!("two backends: {:?}", d.backends) };
+    assert_eq!(east.url.to_string(), "https://llama-east.example.net");
+    assert_eq!(east.name, "https://llama-east.example.net");
+    assert_eq!(east.key.as_ref().map(crate::core::secret::Secret::expose), Some("east-secret"));
+    assert_eq!(east.limits, Some(Limits { requests_per_minute: 1000, tokens_per_minute: 200_000 }));
+    assert_eq!((east.weight, east.priority), (3, 0));
+    assert_eq!(west.name, "west");
+    assert_eq!(west.key, None);
+    // Only tokens limited: requests as good as unlimited.
+    assert_eq!(west.limits, Some(Limits { requests_per_minute: MAX_PER_MINUTE, tokens_per_minute: 200_000 }));
+    assert_eq!((west.weight, west.priority), (1, 1));
+}
+
+#[test]
+fn one_backend_defaults_to_three_attempts_within_the_first_byte_timeout() {
+    let config = Config::parse(&example("first_byte_timeout_ms = 1500\n"), "t.toml", &no_env).unwrap();
+    let d = &config.deployments[0];
+    assert_eq!(d.backends.len(), 1);
+    assert_eq!((d.max_attempts, d.deadline), (3, Duration::from_millis(1500)));
+    assert_eq!((d.backends[0].weight, d.backends[0].priority, d.backends[0].limits), (1, 0, None));
+}
+
+#[test]
+fn pool_mistakes_name_their_field() {
+    let env = |_: &str| Some("k".to_owned());
+    let cases: [(String, &str, &str); 8] = [
+        (
+            pool_config("backend = \"http://a:1\"\n[[deployments.backends]]\nurl = \"http://b:1\"\n"),
+            "deployments[0].backend",
+            "not both",
+        ),
+        (pool_config("backends = []\n"), "deployments[0].backends", "between 1 and 64"),
+        (
+            pool_config(
+                "[[deployments.backends]]\nurl = \"http://a:1\"\n[[deployments.backends]]\nurl = \"http://a:1/\"\n",
+            ),
+            "deployments[0].backends[1].url",
+            "listed twice",
+        ),
+        (
+            pool_config("[[deployments.backends]]\nurl = \"http://a:1\"\nweight = 0\n"),
+            "deployments[0].backends[0].weight",
+            "between 1 and 10000",
+        ),
+        (pool_config("[[deployments.backends]]\nurl = \"ftp://a:1\"\n"), "deployments[0].backends[0].url", "http://"),
+        (
+            pool_config("max_attempts = 0\n[[deployments.backends]]\nurl = \"http://a:1\"\n"),
+            "deployments[0].max_attempts",
+            "between 1 and 64",
+        ),
+        (
+            pool_config("backend_key_env = \"K\"\n[[deployments.backends]]\nurl = \"http://a:1\"\n"),
+            "deployments[0].backend_key_env",
+            "key_env",
+        ),
+        (
+            pool_config("[[deployments.backends]]\nurl = \"http://a:1\"\nname = \"a b\"\n"),
+            "deployments[0].backends[0].name",
+            "no spaces",
+        ),
+    ];
+    for (text, field, says) in cases {
+        let err = Config::parse(&text, "t.toml", &env).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.message.contains(says), "{err}");
+        assert!(err.line > 0, "{err}");
+    }
+    let unknown = pool_config("[[deployments.backends]]\nurl = \"http://a:1\"\nwieght = 2\n");
+    let err = Config::parse(&unknown, "t.toml", &env).unwrap_err();
+    assert!(err.message.contains("wieght"), "{err}");
+}
+
+#[test]
+fn a_catalog_model_can_be_a_pool_its_deployments_inherit() {
+    let text = format!(
+        r#"[[models]]
+id = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
+version = "3"
+[[models.backends]]
+url = "http://a:1"
+weight = 2
+[[models.backends]]
+url = "http://b:1"
+[[deployments]]
+name = "from-catalog"
+model = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct"
+keys = ["{KEY_A}"]
+"#
+    );
+    let config = Config::parse(&text, "t.toml", &no_env).unwrap();
+    assert_eq!(config.models[0].backends.len(), 2);
+    let inherited: Vec<(String, u32)> =
+        config.deployments[0].backends.iter().map(|b| (b.url.to_string(), b.weight)).collect();
+    assert_eq!(inherited, vec![("http://a:1".to_owned(), 2), ("http://b:1".to_owned(), 1)]);
+    let missing = "[[models]]\nid = \"azureml://registries/x/models/y\"\nversion = \"1\"\n";
+    let err = Config::parse(missing, "t.toml", &no_env).unwrap_err();
+    assert_eq!(err.field, "models[0].backend");
+}

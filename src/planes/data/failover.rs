@@ -126,7 +126,7 @@ impl Gateway {
                 {
                     Err(ApiError::BackendTimeout {
                         deployment: deployment.name.clone(),
-                        what: "answer within the deployment's deadline (deadline_ms, all attempts together)",
+                        what: "answer, over all attempts (the deployment's deadline_ms),",
                         timeout_ms: deployment.deadline.as_millis() as u64,
                     })
                 }
@@ -187,7 +187,7 @@ impl Gateway {
             // Every backend failed this request (counted above), or the deadline passed first.
             None => ApiError::BackendTimeout {
                 deployment: name,
-                what: "answer within the deployment's deadline",
+                what: "answer, over all attempts (the deployment's deadline_ms),",
                 timeout_ms: deployment.deadline.as_millis() as u64,
             },
         };
