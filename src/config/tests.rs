@@ -372,3 +372,15 @@ keys = ["{KEY_A}"]
     let err = Config::parse(missing, "t.toml", &no_env).unwrap_err();
     assert_eq!(err.field, "models[0].backend");
 }
+
+#[test]
+fn one_backend_url_cannot_have_two_quotas() {
+    let first = pool_config("[[deployments.backends]]\nurl = \"http://a:1\"\nrequests_per_minute = 60\n");
+    let second =
+        first.replace("llama-pool", "other-pool").replace("requests_per_minute = 60\n", "requests_per_minute = 61\n");
+    let err = Config::parse(&format!("{first}{second}"), "t.toml", &no_env).unwrap_err();
+    assert_eq!(err.field, "deployments[1].backends");
+    assert!(err.message.contains("60 requests") && err.message.contains("61 requests"), "{err}");
+    let same = first.replace("llama-pool", "other-pool");
+    assert!(Config::parse(&format!("{first}{same}"), "t.toml", &no_env).is_ok());
+}

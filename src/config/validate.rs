@@ -115,6 +115,11 @@ pub(super) fn validate(
                 format!("deployment name '{}' is used twice; names are part of the URL and must be unique (case-insensitively)", deployment.name),
             ));
         }
+        // A backend is one endpoint with one quota, whichever deployments send to it.
+        let declared = models.iter().flat_map(|m| &m.backends).chain(deployments.iter().flat_map(|d| &d.backends));
+        if let Some(why) = conflicting_limits(&deployment.backends, declared) {
+            return Err(at.error(&spanned.get_ref().model, format!("deployments[{index}].backends"), why));
+        }
         deployments.push(deployment);
     }
     let ledger = match &raw.ledger {
@@ -123,6 +128,25 @@ pub(super) fn validate(
     };
     let store = super::store::validate_store(raw.limits.as_ref(), at)?;
     Ok(Config { server, admin, backend, deployments, models, ledger, store })
+}
+
+/// Why `mine` cannot stand beside `declared`: a backend URL given other limits than before.
+fn conflicting_limits<'a>(mine: &[BackendConfig], declared: impl Iterator<Item = &'a BackendConfig>) -> Option<String> {
+    let declared: Vec<&BackendConfig> = declared.collect();
+    let show = |l: Option<Limits>| {
+        l.map_or("no limits".to_owned(), |l| {
+            format!("{} requests and {} tokens a minute", l.requests_per_minute, l.tokens_per_minute)
+        })
+    };
+    mine.iter().find_map(|b| {
+        let other = declared.iter().find(|o| o.url == b.url && o.limits != b.limits)?;
+        Some(format!(
+            "backend '{}' has {} here but {} where it is declared before; it is one endpoint with one quota, so give it the same limits everywhere",
+            b.url,
+            show(b.limits),
+            show(other.limits)
+        ))
+    })
 }
 
 fn validate_limits(raw: &raw::RawServer, at: &Locator<'_>) -> Result<ClientLimits, ConfigError> {
@@ -172,25 +196,29 @@ fn validate_models(
                 "an offer needs a name; remove the field if the model needs no subscription",
             ));
         }
+        let backends = validate_backends(
+            at,
+            &RawBackends {
+                backend: m.backend.as_ref(),
+                backends: m.backends.as_ref(),
+                key_env: m.backend_key_env.as_ref(),
+                http2: m.backend_http2,
+                ca_file: m.backend_ca_file.as_ref(),
+            },
+            &format!("models[{index}]"),
+            env,
+        )?
+        .ok_or_else(|| {
+            at.error(&m.id, field("backend"), "give the model's `backend` URL, or a pool of [[models.backends]]")
+        })?;
+        if let Some(why) = conflicting_limits(&backends, models.iter().flat_map(|m| &m.backends)) {
+            return Err(at.error(&m.id, field("backends"), why));
+        }
         models.push(CatalogModel {
             id: m.id.get_ref().clone(),
             version: m.version.get_ref().clone(),
             offer: m.offer.as_ref().map(|o| o.get_ref().clone()),
-            backends: validate_backends(
-                at,
-                &RawBackends {
-                    backend: m.backend.as_ref(),
-                    backends: m.backends.as_ref(),
-                    key_env: m.backend_key_env.as_ref(),
-                    http2: m.backend_http2,
-                    ca_file: m.backend_ca_file.as_ref(),
-                },
-                &format!("models[{index}]"),
-                env,
-            )?
-            .ok_or_else(|| {
-                at.error(&m.id, field("backend"), "give the model's `backend` URL, or a pool of [[models.backends]]")
-            })?,
+            backends,
         });
     }
     Ok(models)

@@ -13,8 +13,17 @@ use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
 use crate::core::quota::DeploymentQuota;
-use crate::state::pool::BackendPool;
+use crate::state::pool::{BackendPool, BackendRegistry};
 use crate::state::totals::UsageCounters;
+
+/// What every deployment of one table build shares.
+#[derive(Clone, Copy)]
+pub struct BuildContext<'a> {
+    /// Backends' health and buckets by URL.
+    pub registry: &'a BackendRegistry,
+    pub clock: &'a Arc<dyn Clock>,
+    pub settings: &'a BackendSettings,
+}
 
 /// Where a deployment was declared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,21 +92,24 @@ impl BackendAuth {
 
 impl Deployment {
     pub fn from_config(config: &DeploymentConfig, clock: &Arc<dyn Clock>) -> Deployment {
-        Deployment::build(config, Origin::File, Health::Online, None, None, clock, &BackendSettings::default())
+        let (registry, settings) = (BackendRegistry::default(), BackendSettings::default());
+        let context = BuildContext { registry: &registry, clock, settings: &settings };
+        Deployment::build(config, Origin::File, Health::Online, None, None, &context)
     }
 
     /// A deployment from its configuration. With `previous` (the same name before a reload or an
     /// admin change) the quota buckets and usage totals carry on: levels are kept, limits updated.
+    /// Its backends' health and buckets come from `registry`, by URL.
     pub fn build(
         config: &DeploymentConfig,
         origin: Origin,
         health: Health,
         subscription: Option<String>,
         previous: Option<&Deployment>,
-        clock: &Arc<dyn Clock>,
-        settings: &BackendSettings,
+        context: &BuildContext<'_>,
     ) -> Deployment {
-        let pool = BackendPool::build(&config.backends, previous.map(|p| &p.pool), clock, settings);
+        let BuildContext { registry, clock, settings } = *context;
+        let pool = BackendPool::build(&config.backends, previous.map(|p| &p.pool), registry, clock, settings);
         let quota = match previous {
             Some(previous) => {
                 previous.quota.set_limits(config.limits);

@@ -65,6 +65,14 @@ pub struct Metrics {
     pub config_last_reload_successful: IntGauge,
 }
 
+/// A deployment's buckets as read for a scrape: its own, and each pool backend's (in pool order;
+/// `None` for a backend without limits, or for buckets a shared store cannot read now).
+#[derive(Clone, Debug, Default)]
+pub struct QuotaReading {
+    pub deployment: Option<QuotaState>,
+    pub backends: Vec<Option<QuotaState>>,
+}
+
 /// A deployment's busiest series, each resolved on its first use and kept with the deployment:
 /// a label lookup hashes every label value and probes a locked map (~170 instructions a label;
 /// a request made seven lookups). Series that are not cached here (errors, 429s, other statuses)
@@ -362,10 +370,10 @@ impl Metrics {
     /// The text exposition, with the quota gauges from `states` (read from the buckets now, one
     /// per deployment of the table, in order; `None` while a shared store cannot be read, which
     /// removes that deployment's gauges rather than report stale levels).
-    pub fn render(&self, deployments: &DeploymentTable, states: &[Option<QuotaState>]) -> String {
-        for (deployment, state) in deployments.iter().zip(states) {
+    pub fn render(&self, deployments: &DeploymentTable, readings: &[QuotaReading]) -> String {
+        for (deployment, reading) in deployments.iter().zip(readings) {
             let name = deployment.name.as_str();
-            match state {
+            match &reading.deployment {
                 Some(state) => {
                     for (limit, per_minute, remaining) in [
                         (LimitKind::Requests, state.limit_requests, state.remaining_requests),
@@ -385,20 +393,26 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed));
             let now = deployment.pool.now_ns();
-            for backend in &deployment.pool.backends {
+            for (i, backend) in deployment.pool.backends.iter().enumerate() {
                 let label = &*backend.name;
                 let status = backend.status(now);
                 for each in Status::ALL {
                     self.backend_state.with_label_values(&[name, label, each.as_str()]).set(i64::from(each == status));
                 }
                 self.backend_inflight.with_label_values(&[name, label]).set(backend.inflight());
-                if let Some(state) = backend.quota_state() {
-                    for (limit, remaining) in
-                        [(LimitKind::Requests, state.remaining_requests), (LimitKind::Tokens, state.remaining_tokens)]
-                    {
-                        self.backend_ratelimit_remaining
-                            .with_label_values(&[name, label, limit.as_str()])
-                            .set(clamp(remaining));
+                for limit in [LimitKind::Requests, LimitKind::Tokens] {
+                    let remaining = reading.backends.get(i).copied().flatten().map(|state| match limit {
+                        LimitKind::Requests => state.remaining_requests,
+                        LimitKind::Tokens => state.remaining_tokens,
+                    });
+                    let labels = [name, label, limit.as_str()];
+                    match remaining {
+                        Some(remaining) => {
+                            self.backend_ratelimit_remaining.with_label_values(&labels).set(clamp(remaining))
+                        }
+                        None => {
+                            let _ = self.backend_ratelimit_remaining.remove_label_values(&labels);
+                        }
                     }
                 }
             }

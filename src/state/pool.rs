@@ -2,10 +2,15 @@
 //! health and in-flight count, and the round robin that picks the next attempt's backend
 //! (the logic is in [`crate::core::pool`]; this holds it under its locks).
 //!
-//! Health, buckets and in-flight counts carry across reloads for a backend whose URL stays in
-//! the pool (like the deployment's own buckets), so a reload does not forgive a cooling or
-//! ejected backend nor refill its quota.
+//! A backend is one endpoint with one quota and one health, whichever deployments send to it:
+//! its buckets and its health are kept per URL in a [`BackendRegistry`] that every table build
+//! shares (two deployments over one endpoint cannot together send it more than its quota, and a
+//! dead endpoint is dead for both). They carry across reloads, like a deployment's own buckets,
+//! so a reload neither forgives a cooling or ejected backend nor refills its quota. With
+//! `store = "redis"` the buckets live in Redis under `{prefix}backend:{url}`, shared by every
+//! replica ([`QuotaStore::admit_backend`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
@@ -13,10 +18,12 @@ use prometheus::IntCounter;
 
 use crate::config::{BackendCa, BackendConfig, BackendSettings, BackendUrl};
 use crate::core::clock::Clock;
+use crate::core::pool::MAX_BACKENDS;
 use crate::core::pool::health::{Admission, Change, Health, Status};
 use crate::core::pool::select::{Member, SmoothWeighted};
-use crate::core::quota::{DeploymentQuota, QuotaState};
+use crate::core::quota::{DeploymentQuota, Limits};
 use crate::state::deployment::BackendAuth;
+use crate::state::quota_store::{BackendHold, BackendRefusal, QuotaStore};
 use crate::state::upstream::BackendClient;
 
 /// One backend of a pool.
@@ -25,28 +32,30 @@ pub struct PoolBackend {
     pub url: BackendUrl,
     /// How metrics, logs and the ledger name it.
     pub name: Arc<str>,
+    /// Where its shared buckets are kept (`backend:{url}`).
+    pub bucket_key: String,
     pub auth: Option<BackendAuth>,
     pub http2: bool,
     pub ca: Option<BackendCa>,
     /// Pools for a backend behind a private CA; `None` uses the gateway's shared pools.
     pub client: Option<Arc<BackendClient>>,
-    /// Its own buckets, when it has limits.
+    /// Its own limits and in-process buckets, when it has limits (shared per URL).
     pub quota: Option<Arc<DeploymentQuota>>,
     pub weight: u32,
     pub priority: u32,
-    shared: Arc<Shared>,
+    /// Shared per URL by every deployment sending to it.
+    health: Arc<Mutex<Health>>,
+    /// This deployment's view: requests in flight and metric series.
+    local: Arc<Local>,
 }
 
-/// What a backend keeps across reloads.
 #[derive(Debug, Default)]
-struct Shared {
-    health: Mutex<Health>,
+struct Local {
     inflight: AtomicI64,
-    /// Attempts by result, resolved on first use (see [`crate::state::metrics::DeploymentSeries`]).
     series: BackendSeries,
 }
 
-/// A backend's busiest metric series.
+/// A backend's busiest metric series (resolved once, see [`crate::state::metrics::DeploymentSeries`]).
 #[derive(Default)]
 pub struct BackendSeries {
     pub ok: OnceLock<IntCounter>,
@@ -60,8 +69,7 @@ impl std::fmt::Debug for BackendSeries {
 
 impl PoolBackend {
     fn health(&self) -> MutexGuard<'_, Health> {
-        // The critical sections cannot panic midway; a poisoned lock still holds consistent state.
-        self.shared.health.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.health)
     }
 
     pub fn status(&self, now_ns: u64) -> Status {
@@ -69,16 +77,66 @@ impl PoolBackend {
     }
 
     pub fn inflight(&self) -> i64 {
-        self.shared.inflight.load(Ordering::Relaxed)
+        self.local.inflight.load(Ordering::Relaxed)
     }
 
     pub fn series(&self) -> &BackendSeries {
-        &self.shared.series
+        &self.local.series
     }
 
-    /// Its buckets now, when it has limits.
-    pub fn quota_state(&self) -> Option<QuotaState> {
-        self.quota.as_ref().map(|q| q.state())
+    pub fn limits(&self) -> Option<Limits> {
+        self.quota.as_ref().map(|q| q.limits())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The critical sections cannot panic midway; a poisoned lock still holds consistent state.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Each backend's health and buckets by URL, shared by the deployments of one table and carried
+/// from the table before.
+#[derive(Debug, Default)]
+pub struct BackendRegistry {
+    by_url: Mutex<HashMap<String, Known>>,
+}
+
+#[derive(Debug, Clone)]
+struct Known {
+    health: Arc<Mutex<Health>>,
+    quota: Option<Arc<DeploymentQuota>>,
+}
+
+impl BackendRegistry {
+    /// A registry that knows every backend of these pools (the table being replaced).
+    pub fn seeded<'a>(pools: impl Iterator<Item = &'a BackendPool>) -> BackendRegistry {
+        let mut by_url = HashMap::new();
+        for pool in pools {
+            for b in &pool.backends {
+                by_url
+                    .entry(b.bucket_key.clone())
+                    .or_insert_with(|| Known { health: Arc::clone(&b.health), quota: b.quota.clone() });
+            }
+        }
+        BackendRegistry { by_url: Mutex::new(by_url) }
+    }
+
+    /// The health and buckets of the backend at `key`, new when unknown; buckets follow `limits`
+    /// (levels kept), or go when it has none.
+    fn get(&self, key: &str, limits: Option<Limits>, clock: &Arc<dyn Clock>) -> Known {
+        let mut by_url = lock(&self.by_url);
+        let known = by_url.entry(key.to_owned()).or_insert_with(|| Known { health: Arc::default(), quota: None });
+        known.quota = match (limits, known.quota.take()) {
+            (None, _) => None,
+            (Some(limits), Some(quota)) => {
+                if quota.limits() != limits {
+                    quota.set_limits(limits);
+                }
+                Some(quota)
+            }
+            (Some(limits), None) => Some(Arc::new(DeploymentQuota::new(limits, Arc::clone(clock)))),
+        };
+        known.clone()
     }
 }
 
@@ -99,10 +157,10 @@ pub struct BackendPool {
 pub struct Attempt {
     pub index: usize,
     pub admission: Admission,
-    /// Tokens reserved on the backend's own buckets (`None` when it has no limits).
-    pub reserved: Option<u64>,
-    shared: Arc<Shared>,
-    quota: Option<Arc<DeploymentQuota>>,
+    hold: BackendHold,
+    reserved: u64,
+    health: Arc<Mutex<Health>>,
+    local: Arc<Local>,
     clock: Arc<dyn Clock>,
     /// The pool's only backend: its health is not tracked (there is nothing to fail over to).
     solo: bool,
@@ -120,18 +178,42 @@ pub enum Outcome {
     Failed,
 }
 
+/// What the picks of one request learnt of the backends' own buckets: for each backend whose
+/// buckets refused, in how long they would take the reservation (`None`: never, too small).
+#[derive(Clone, Debug)]
+pub struct Waits {
+    quota: [Option<Option<u64>>; MAX_BACKENDS],
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits { quota: [None; MAX_BACKENDS] }
+    }
+}
+
+/// When a backend of the pool can take the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// In this long; `all_ejected` when every backend counted is ejected (not throttled).
+    At { in_ns: u64, all_ejected: bool },
+    /// Never: the reservation is larger than every backend's token capacity (the largest given).
+    Never { capacity: u64 },
+}
+
 impl BackendPool {
-    /// The pool from its configuration, keeping what `previous` knew of backends still in it.
+    /// The pool from its configuration. Health and buckets come from `registry` (by URL); the
+    /// in-flight count and metric series from `previous` (the same deployment before a reload),
+    /// for a backend still there under the same name.
     pub fn build(
         configs: &[BackendConfig],
         previous: Option<&BackendPool>,
+        registry: &BackendRegistry,
         clock: &Arc<dyn Clock>,
         settings: &BackendSettings,
     ) -> BackendPool {
         let backends: Vec<PoolBackend> = configs
             .iter()
             .map(|config| {
-                // The same backend under the same name (its metric series carry the name).
                 let before =
                     previous.and_then(|p| p.backends.iter().find(|b| b.url == config.url && *b.name == *config.name));
                 // A private CA gets its own pools; the same CA as before keeps them (and their connections).
@@ -142,24 +224,21 @@ impl BackendPool {
                         .unwrap_or_else(|| Arc::new(BackendClient::with_roots(settings, Some(ca.roots())))),
                     _ => Arc::new(BackendClient::with_roots(settings, Some(ca.roots()))),
                 });
-                let quota = config.limits.map(|limits| match before.and_then(|b| b.quota.as_ref()) {
-                    Some(quota) => {
-                        quota.set_limits(limits);
-                        Arc::clone(quota)
-                    }
-                    None => Arc::new(DeploymentQuota::new(limits, Arc::clone(clock))),
-                });
+                let bucket_key = format!("backend:{}", config.url);
+                let known = registry.get(&bucket_key, config.limits, clock);
                 PoolBackend {
                     url: config.url.clone(),
                     name: Arc::from(config.name.as_str()),
+                    bucket_key,
                     auth: config.key.as_ref().and_then(|k| BackendAuth::new(k.expose())),
                     http2: config.http2,
                     ca: config.ca.clone(),
                     client,
-                    quota,
+                    quota: known.quota,
                     weight: config.weight,
                     priority: config.priority,
-                    shared: before.map_or_else(Default::default, |b| Arc::clone(&b.shared)),
+                    health: known.health,
+                    local: before.map_or_else(Default::default, |b| Arc::clone(&b.local)),
                 }
             })
             .collect();
@@ -185,9 +264,10 @@ impl BackendPool {
     }
 
     /// The backend for the next attempt, skipping those in `tried` (a bit per backend), with
-    /// `reserved` tokens and a request taken from its own buckets; `None` when no backend can
-    /// take it now ([`BackendPool::earliest`] says when one can).
-    pub fn pick(&self, tried: u64, reserved: u64) -> Option<Attempt> {
+    /// `reserved` tokens and a request taken from its own buckets (in `store`); `None` when no
+    /// backend can take it now. What the buckets said is kept in `waits` for
+    /// [`BackendPool::earliest`].
+    pub async fn pick(&self, tried: u64, reserved: u64, store: &QuotaStore, waits: &mut Waits) -> Option<Attempt> {
         let now = self.clock.now_ns();
         let mut excluded = tried;
         for (i, backend) in self.backends.iter().enumerate() {
@@ -196,32 +276,33 @@ impl BackendPool {
             }
         }
         loop {
-            let chosen = {
-                let mut selector = self.selector.lock().unwrap_or_else(PoisonError::into_inner);
-                selector.pick(&self.members, |i| excluded & (1 << i) == 0)
-            };
-            let i = chosen?;
+            let i = lock(&self.selector).pick(&self.members, |i| excluded & (1 << i) == 0)?;
             excluded |= 1 << i;
             let backend = &self.backends[i];
-            if let Some(quota) = &backend.quota {
-                if quota.admit(reserved).is_err() {
+            let hold = match store.admit_backend(backend, reserved).await {
+                Ok(hold) => hold,
+                Err(BackendRefusal::Wait { retry_after_ns }) => {
+                    waits.quota[i] = Some(Some(retry_after_ns));
                     continue;
                 }
-            }
-            let Some(admission) = backend.health().start(now) else {
-                // Another request took the probe between the look and now.
-                if let Some(quota) = &backend.quota {
-                    quota.refund(reserved);
+                Err(BackendRefusal::TooSmall) => {
+                    waits.quota[i] = Some(None);
+                    continue;
                 }
+            };
+            let Some(admission) = backend.health().start(self.clock.now_ns()) else {
+                // Another request took the probe between the look and now.
+                hold.refund(reserved);
                 continue;
             };
-            backend.shared.inflight.fetch_add(1, Ordering::Relaxed);
+            backend.local.inflight.fetch_add(1, Ordering::Relaxed);
             return Some(Attempt {
                 index: i,
                 admission,
-                reserved: backend.quota.as_ref().map(|_| reserved),
-                shared: Arc::clone(&backend.shared),
-                quota: backend.quota.clone(),
+                hold,
+                reserved,
+                health: Arc::clone(&backend.health),
+                local: Arc::clone(&backend.local),
                 clock: Arc::clone(&self.clock),
                 solo: self.backends.len() == 1,
                 done: false,
@@ -229,9 +310,9 @@ impl BackendPool {
         }
     }
 
-    /// When the earliest backend not in `skip` can take an attempt reserving `reserved` tokens.
-    /// `None` when every backend is skipped.
-    pub fn earliest(&self, skip: u64, reserved: u64) -> Option<Availability> {
+    /// When the earliest backend not in `skip` can take the request, from its health and what
+    /// its buckets said (`waits`). `None` when every backend is skipped.
+    pub fn earliest(&self, skip: u64, waits: &Waits) -> Option<Availability> {
         let now = self.clock.now_ns();
         let mut best: Option<(u64, bool)> = None;
         let mut too_small: Option<u64> = None;
@@ -246,16 +327,13 @@ impl BackendPool {
                 Admission::Ready | Admission::Probe => now,
             };
             drop(health);
-            if let Some(quota) = &backend.quota {
-                match quota.wait_ns_for(reserved) {
-                    Some(wait) => at = at.max(now.saturating_add(wait)),
-                    None => {
-                        too_small = Some(
-                            too_small
-                                .map_or(quota.limits().tokens_per_minute, |c| c.max(quota.limits().tokens_per_minute)),
-                        );
-                        continue;
-                    }
+            match waits.quota[i] {
+                None => {}
+                Some(Some(wait)) => at = at.max(now.saturating_add(wait)),
+                Some(None) => {
+                    let capacity = backend.limits().map_or(0, |l| l.tokens_per_minute);
+                    too_small = Some(too_small.map_or(capacity, |c| c.max(capacity)));
+                    continue;
                 }
             }
             best = match best {
@@ -271,15 +349,6 @@ impl BackendPool {
     }
 }
 
-/// When a backend of the pool can take the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Availability {
-    /// In this long; `all_ejected` when every backend counted is ejected (not throttled).
-    At { in_ns: u64, all_ejected: bool },
-    /// Never: the reservation is larger than every backend's token capacity (the largest given).
-    Never { capacity: u64 },
-}
-
 impl Attempt {
     /// Reports how the attempt ended. A backend that did not answer usefully gets its request
     /// and tokens back; one that answered keeps the reservation until [`Attempt::settle`]. The
@@ -289,7 +358,7 @@ impl Attempt {
         let change = if self.solo {
             None
         } else {
-            let mut health = self.shared.health.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut health = lock(&self.health);
             match outcome {
                 Outcome::Answered => health.succeeded(now),
                 Outcome::Throttled { retry_ns } => health.throttled(now, retry_ns),
@@ -306,19 +375,15 @@ impl Attempt {
     /// buckets, and its in-flight slot is freed.
     pub fn settle(mut self, actual: u64) {
         if !std::mem::replace(&mut self.done, true) {
-            if let (Some(quota), Some(reserved)) = (&self.quota, self.reserved) {
-                quota.reconcile(reserved, actual);
-            }
-            self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+            self.hold.settle(self.reserved, actual);
+            self.local.inflight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     fn give_back(&mut self) {
         if !std::mem::replace(&mut self.done, true) {
-            if let (Some(quota), Some(reserved)) = (&self.quota, self.reserved) {
-                quota.refund(reserved);
-            }
-            self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+            self.hold.refund(self.reserved);
+            self.local.inflight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -327,7 +392,7 @@ impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.done {
             // No outcome: the client went away while the attempt was out.
-            self.shared.health.lock().unwrap_or_else(PoisonError::into_inner).abandoned(self.admission);
+            lock(&self.health).abandoned(self.admission);
             self.give_back();
         }
     }

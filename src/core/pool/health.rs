@@ -22,8 +22,9 @@ pub const DEFAULT_COOLING_NS: u64 = 1_000_000_000;
 pub const MAX_COOLING_NS: u64 = 3_600_000_000_000;
 
 /// The state reported in metrics and logs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Status {
+    #[default]
     Healthy,
     Cooling,
     Ejected,
@@ -70,6 +71,9 @@ pub struct Health {
     ejected_until_ns: Option<u64>,
     ejections_in_a_row: u32,
     probe_out: bool,
+    /// The state last reported in a [`Change`]: a cooling period ends by itself, and is
+    /// reported as over with the next outcome.
+    reported: Status,
 }
 
 impl Health {
@@ -115,32 +119,30 @@ impl Health {
 
     /// The backend answered (anything but a 429 or a 5xx).
     pub fn succeeded(&mut self, now_ns: u64) -> Option<Change> {
-        let from = self.status(now_ns);
         self.failures_in_a_row = 0;
         self.ejections_in_a_row = 0;
         self.probe_out = false;
         self.ejected_until_ns = None;
-        self.changed(from, now_ns, None)
+        self.changed(now_ns, None)
     }
 
     /// The backend failed an attempt.
     pub fn failed(&mut self, now_ns: u64) -> Option<Change> {
-        let from = self.status(now_ns);
         self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
         let was_probe = std::mem::take(&mut self.probe_out);
         let eject = was_probe || (self.ejected_until_ns.is_none() && self.failures_in_a_row >= FAILURES_TO_EJECT);
         if !eject {
-            return None;
+            return self.changed(now_ns, None);
         }
         let length = BASE_EJECTION_NS.saturating_mul(1u64 << self.ejections_in_a_row.min(16)).min(MAX_EJECTION_NS);
         self.ejections_in_a_row = self.ejections_in_a_row.saturating_add(1);
         self.ejected_until_ns = Some(now_ns.saturating_add(length));
+        let from = std::mem::replace(&mut self.reported, Status::Ejected);
         Some(Change { from, to: Status::Ejected, ejected_for_ns: Some(length) })
     }
 
     /// The backend answered 429 and asked to be left alone for `retry_ns` (or did not say).
     pub fn throttled(&mut self, now_ns: u64, retry_ns: Option<u64>) -> Option<Change> {
-        let from = self.status(now_ns);
         let wait = retry_ns.unwrap_or(DEFAULT_COOLING_NS).clamp(1, MAX_COOLING_NS);
         self.cooling_until_ns = self.cooling_until_ns.max(now_ns.saturating_add(wait));
         // A throttling backend is alive: a probe that gets a 429 closes the breaker.
@@ -149,7 +151,7 @@ impl Health {
         if self.ejected_until_ns.take().is_some() {
             self.ejections_in_a_row = 0;
         }
-        self.changed(from, now_ns, None)
+        self.changed(now_ns, None)
     }
 
     /// An attempt ended without an outcome (the client went away first): a probe frees its slot.
@@ -159,8 +161,9 @@ impl Health {
         }
     }
 
-    fn changed(&self, from: Status, now_ns: u64, ejected_for_ns: Option<u64>) -> Option<Change> {
+    fn changed(&mut self, now_ns: u64, ejected_for_ns: Option<u64>) -> Option<Change> {
         let to = self.status(now_ns);
+        let from = std::mem::replace(&mut self.reported, to);
         (to != from).then_some(Change { from, to, ejected_for_ns })
     }
 }
@@ -248,6 +251,10 @@ mod tests {
         assert_eq!(h.admission(12 * S - 1), Admission::Wait { until_ns: 12 * S });
         assert_eq!(h.admission(12 * S), Admission::Ready);
         assert_eq!(h.status(12 * S), Status::Healthy);
+        // The end of the cooling is reported with the next outcome, once.
+        let over = h.succeeded(12 * S).unwrap();
+        assert_eq!((over.from, over.to), (Status::Cooling, Status::Healthy));
+        assert_eq!(h.succeeded(13 * S), None);
     }
 
     #[test]

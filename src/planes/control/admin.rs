@@ -15,7 +15,7 @@ use crate::planes::control::{AdminError, ControlPlane, api};
 use crate::planes::respond::error_response;
 use crate::state::deployment::{Deployment, DeploymentTable};
 use crate::state::ledger::Ledger;
-use crate::state::metrics::Metrics;
+use crate::state::metrics::{Metrics, QuotaReading};
 use crate::state::quota_store::QuotaStore;
 
 /// What the admin routes read.
@@ -112,10 +112,14 @@ impl Admin {
 
     /// Each deployment's buckets now (from the shared store with `store = "redis"`; `None` for a
     /// deployment whose buckets cannot be read while the store is down).
-    async fn quota_states(&self, table: &DeploymentTable) -> Vec<Option<QuotaState>> {
+    async fn quota_states(&self, table: &DeploymentTable) -> Vec<QuotaReading> {
         let mut states = Vec::with_capacity(table.len());
         for deployment in table.iter() {
-            states.push(self.quota.state(deployment).await);
+            let mut backends = Vec::with_capacity(deployment.pool.len());
+            for backend in &deployment.pool.backends {
+                backends.push(self.quota.backend_state(backend).await);
+            }
+            states.push(QuotaReading { deployment: self.quota.state(deployment).await, backends });
         }
         states
     }
@@ -125,12 +129,37 @@ impl Admin {
         let table = self.control.live().load_full();
         let states = self.quota_states(&table).await;
         let mut out = serde_json::Map::new();
-        for (deployment, state) in table.iter().zip(states).filter(|(d, _)| visible(d)) {
-            let value = match state {
-                Some(s) => json!({
-                    "requestsPerMinute": s.limit_requests, "remainingRequests": s.remaining_requests,
-                    "tokensPerMinute": s.limit_tokens, "remainingTokens": s.remaining_tokens,
-                }),
+        let now = |d: &Deployment| d.pool.now_ns();
+        for (deployment, reading) in table.iter().zip(states).filter(|(d, _)| visible(d)) {
+            let value = match reading.deployment {
+                Some(s) => {
+                    let at = now(deployment);
+                    let backends: Vec<serde_json::Value> = deployment
+                        .pool
+                        .backends
+                        .iter()
+                        .zip(&reading.backends)
+                        .map(|(b, state)| {
+                            let mut entry = json!({
+                                "name": &*b.name, "url": b.url.to_string(), "state": b.status(at).as_str(),
+                                "inflight": b.inflight(), "weight": b.weight, "priority": b.priority,
+                            });
+                            if let (Some(limits), Some(entry)) = (b.limits(), entry.as_object_mut()) {
+                                entry.insert("requestsPerMinute".into(), limits.requests_per_minute.into());
+                                entry.insert("tokensPerMinute".into(), limits.tokens_per_minute.into());
+                                let remaining = |pick: fn(&QuotaState) -> u64| state.as_ref().map(pick);
+                                entry.insert("remainingRequests".into(), remaining(|s| s.remaining_requests).into());
+                                entry.insert("remainingTokens".into(), remaining(|s| s.remaining_tokens).into());
+                            }
+                            entry
+                        })
+                        .collect();
+                    json!({
+                        "requestsPerMinute": s.limit_requests, "remainingRequests": s.remaining_requests,
+                        "tokensPerMinute": s.limit_tokens, "remainingTokens": s.remaining_tokens,
+                        "backends": backends,
+                    })
+                }
                 None => serde_json::Value::Null,
             };
             out.insert(deployment.name.clone(), value);

@@ -8,7 +8,8 @@ use crate::config::{Config, DEFAULT_MAX_TOKENS, DeploymentConfig};
 use crate::core::clock::Clock;
 use crate::core::keys::{KeyDigest, KeyPair};
 use crate::core::quota::Limits;
-use crate::state::deployment::{Deployment, DeploymentTable, Health, Origin};
+use crate::state::deployment::{BuildContext, Deployment, DeploymentTable, Health, Origin};
+use crate::state::pool::BackendRegistry;
 
 /// The file and the admin state disagree.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,9 @@ pub fn build_table(
     clock: &Arc<dyn Clock>,
 ) -> Result<DeploymentTable, TableConflict> {
     let mut out: Vec<Arc<Deployment>> = Vec::with_capacity(config.deployments.len() + state.deployments.len());
+    // One health and one set of buckets per backend URL, whichever deployments send to it.
+    let registry = BackendRegistry::seeded(previous.iter().map(|d| &d.pool));
+    let context = BuildContext { registry: &registry, clock, settings: &config.backend };
     for file in &config.deployments {
         out.push(Arc::new(Deployment::build(
             file,
@@ -40,8 +44,7 @@ pub fn build_table(
             Health::Online,
             None,
             previous.get(&file.name).map(|d| &**d),
-            clock,
-            &config.backend,
+            &context,
         )));
     }
     for api in &state.deployments {
@@ -80,15 +83,7 @@ pub fn build_table(
             tokenizer: Default::default(),
         };
         let before = previous.get(&api.name).map(|d| &**d);
-        out.push(Arc::new(Deployment::build(
-            &deployment_config,
-            Origin::Api,
-            health,
-            subscription,
-            before,
-            clock,
-            &config.backend,
-        )));
+        out.push(Arc::new(Deployment::build(&deployment_config, Origin::Api, health, subscription, before, &context)));
     }
     Ok(DeploymentTable::from_deployments(out))
 }

@@ -43,7 +43,7 @@ use crate::planes::data::error::ApiError;
 use crate::planes::data::forward::client_headers;
 use crate::planes::data::names;
 use crate::state::deployment::Deployment;
-use crate::state::pool::{Attempt, Availability, Outcome, PoolBackend};
+use crate::state::pool::{Attempt, Availability, Outcome, PoolBackend, Waits};
 
 /// The answer a backend gave, and the attempt that holds its slot and reservation.
 pub struct Forwarded {
@@ -87,12 +87,13 @@ impl Gateway {
         let mut headers = Some(headers);
         let (mut tried, mut failed, mut attempts) = (0u64, 0u64, 0u32);
         let mut last_failure: Option<LastFailure> = None;
+        let mut waits = Waits::default();
         while attempts < deployment.max_attempts {
             let left = deployment.deadline.saturating_sub(started.elapsed());
             if left.is_zero() {
                 break;
             }
-            let Some(mut attempt) = pool.pick(tried, reserved) else { break };
+            let Some(mut attempt) = pool.pick(tried, reserved, &self.quota, &mut waits).await else { break };
             let bit = 1u64 << attempt.index;
             let backend = &pool.backends[attempt.index];
             tried |= bit;
@@ -172,7 +173,7 @@ impl Gateway {
             None => {}
         }
         let name = deployment.name.clone();
-        let error = match pool.earliest(failed, reserved) {
+        let error = match pool.earliest(failed, &waits) {
             Some(Availability::At { in_ns, all_ejected: true }) => ApiError::BackendsUnavailable {
                 deployment: name,
                 backends: pool.len(),

@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use self::redis::RedisStore;
 use crate::config::OnStoreError;
-use crate::core::quota::{Denial, DeploymentQuota, LimitKind, QuotaState};
+use crate::core::quota::{Denial, DeploymentQuota, LimitKind, Limits, QuotaState};
 use crate::state::deployment::Deployment;
+use crate::state::pool::PoolBackend;
 
 /// How long a `local` fallback refusal for a reservation larger than the replica's share asks
 /// the client to wait: the share can never hold it, so the earliest it can be admitted is when
@@ -42,6 +43,28 @@ pub enum Hold {
     Unenforced,
 }
 
+/// What an attempt took from its backend's own buckets (and settles or refunds there).
+#[derive(Debug)]
+pub enum BackendHold {
+    /// The backend has no limits.
+    None,
+    /// Its in-process buckets.
+    Memory(Arc<DeploymentQuota>),
+    /// Its shared buckets in Redis, under this key, with these limits.
+    Shared { store: Arc<RedisStore>, key: String, limits: Limits },
+    /// A `local` fallback bucket, while Redis was unreachable.
+    Fallback(Arc<DeploymentQuota>),
+}
+
+/// Why a backend's own buckets refused an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendRefusal {
+    /// Not now: they will hold it in this long.
+    Wait { retry_after_ns: u64 },
+    /// Never: the reservation is larger than the backend's whole token capacity.
+    TooSmall,
+}
+
 /// Why admission said no.
 #[derive(Debug)]
 pub enum Refusal {
@@ -51,6 +74,67 @@ pub enum Refusal {
 }
 
 impl QuotaStore {
+    /// Takes one request and `tokens` from a pool backend's own buckets (when it has limits).
+    /// While Redis cannot be reached, `on_store_error` decides as for deployments: no limit
+    /// (`fail-open`), refuse (`fail-closed`: the backend is skipped), or the replica's share
+    /// (`local`).
+    pub async fn admit_backend(&self, backend: &PoolBackend, tokens: u64) -> Result<BackendHold, BackendRefusal> {
+        let Some(quota) = &backend.quota else { return Ok(BackendHold::None) };
+        let refusal = |denial: Denial| match denial {
+            Denial::Exhausted { retry_after_ns, .. } => BackendRefusal::Wait { retry_after_ns },
+            Denial::ExceedsCapacity { .. } => BackendRefusal::TooSmall,
+        };
+        let store = match self {
+            QuotaStore::Memory => {
+                return quota.admit(tokens).map(|_| BackendHold::Memory(Arc::clone(quota))).map_err(refusal);
+            }
+            QuotaStore::Redis(store) => store,
+        };
+        let limits = quota.limits();
+        if tokens > limits.tokens_per_minute {
+            return Err(BackendRefusal::TooSmall);
+        }
+        if store.is_up() {
+            match store.admit(&backend.bucket_key, limits, tokens).await {
+                Ok(Ok(_)) => {
+                    return Ok(BackendHold::Shared {
+                        store: Arc::clone(store),
+                        key: backend.bucket_key.clone(),
+                        limits,
+                    });
+                }
+                Ok(Err(denial)) => return Err(refusal(denial)),
+                Err(redis::StoreUnreachable { .. }) => {}
+            }
+        }
+        let mode = store.on_error();
+        store.count_fallback(mode);
+        match mode {
+            OnStoreError::FailOpen => Ok(BackendHold::None),
+            OnStoreError::FailClosed => Err(BackendRefusal::Wait { retry_after_ns: LOCAL_SHARE_RETRY_NS }),
+            OnStoreError::Local => {
+                let local = store.local_quota(&backend.bucket_key, limits);
+                match local.admit(tokens) {
+                    Ok(_) => Ok(BackendHold::Fallback(local)),
+                    Err(Denial::ExceedsCapacity { .. }) => {
+                        Err(BackendRefusal::Wait { retry_after_ns: LOCAL_SHARE_RETRY_NS })
+                    }
+                    Err(denial) => Err(refusal(denial)),
+                }
+            }
+        }
+    }
+
+    /// A pool backend's own buckets now (`None` without limits, or while a shared store
+    /// cannot be read).
+    pub async fn backend_state(&self, backend: &PoolBackend) -> Option<QuotaState> {
+        let quota = backend.quota.as_ref()?;
+        match self {
+            QuotaStore::Memory => Some(quota.state()),
+            QuotaStore::Redis(store) => store.read(&backend.bucket_key, quota.limits()).await,
+        }
+    }
+
     /// Takes one request and `tokens` from the deployment's buckets, or refuses.
     pub async fn admit(&self, deployment: &Deployment, tokens: u64) -> Result<(Option<QuotaState>, Hold), Refusal> {
         let store = match self {
@@ -113,6 +197,33 @@ impl QuotaStore {
             store.flush().await;
         }
     }
+}
+
+impl BackendHold {
+    /// Charges the real count in place of the reservation.
+    pub fn settle(&self, reserved: u64, actual: u64) {
+        match self {
+            BackendHold::None => {}
+            BackendHold::Memory(quota) | BackendHold::Fallback(quota) => quota.reconcile(reserved, actual),
+            BackendHold::Shared { store, key, limits } => store.reconcile_key(key, *limits, delta(reserved, actual), 0),
+        }
+    }
+
+    /// Gives the request and its tokens back: the backend refused the attempt or never saw it.
+    pub fn refund(&self, reserved: u64) {
+        match self {
+            BackendHold::None => {}
+            BackendHold::Memory(quota) | BackendHold::Fallback(quota) => quota.refund(reserved),
+            BackendHold::Shared { store, key, limits } => {
+                store.reconcile_key(key, *limits, i64::try_from(reserved).unwrap_or(i64::MAX), 1)
+            }
+        }
+    }
+}
+
+/// `reserved - actual` as a signed token difference.
+fn delta(reserved: u64, actual: u64) -> i64 {
+    i64::try_from(reserved).unwrap_or(i64::MAX).saturating_sub(i64::try_from(actual).unwrap_or(i64::MAX))
 }
 
 impl Hold {

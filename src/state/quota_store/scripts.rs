@@ -52,7 +52,8 @@ return {admitted, r, tk}
 
 /// Reconciliation: ARGV[3] = tokens to give back (positive, never past capacity) or to charge
 /// (negative, may go below zero: debt that later requests wait out); ARGV[4] = the sending
-/// replica's id, ARGV[5] = the batch's number. The hash records the last number applied per
+/// replica's id, ARGV[5] = the batch's number; ARGV[6] = requests to give back (a pool backend's
+/// refused attempts; 0 or absent for deployments), never past capacity. The hash records the last number applied per
 /// replica (`q:<replica>`): a batch sent again after a timeout, which Redis may already have run,
 /// answers 0 and changes nothing. Returns 1 when applied.
 const RECONCILE: &str = r#"
@@ -66,6 +67,10 @@ if delta > 0 then
   tk = math.min(tcap, tk + delta)
 else
   tk = math.max(-9e15, tk + delta)
+end
+local requests = tonumber(ARGV[6] or '0') * U
+if requests > 0 then
+  r = math.min(rcap, r + requests)
 end
 save()
 return 1

@@ -15,7 +15,7 @@ use crate::core::quota::Limits;
 use crate::state::deployment::Deployment;
 
 /// Token differences per deployment name, with the limits to refill by.
-pub(super) type Sums = HashMap<String, (Limits, i64)>;
+pub(super) type Sums = HashMap<String, (Limits, i64, i64)>;
 
 /// Settled differences not yet sent, summed per deployment: memory is bounded by the number of
 /// deployments however long Redis is away (no queue of individual settlements).
@@ -31,13 +31,18 @@ impl RedisStore {
     pub fn reconcile(&self, deployment: &Arc<Deployment>, reserved: u64, actual: u64) {
         let tokens =
             i64::try_from(reserved).unwrap_or(i64::MAX).saturating_sub(i64::try_from(actual).unwrap_or(i64::MAX));
-        if tokens != 0 {
-            let limits = deployment.quota.limits();
+        self.reconcile_key(&deployment.name, deployment.quota.limits(), tokens, 0);
+    }
+
+    /// Queues `tokens` (given back when positive, charged when negative) and `requests` (given
+    /// back) for the buckets at `key` (a deployment's name, or a pool backend's `backend:{url}`).
+    pub fn reconcile_key(&self, key: &str, limits: Limits, tokens: i64, requests: i64) {
+        if tokens != 0 || requests != 0 {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            match pending.sums.get_mut(deployment.name.as_str()) {
-                Some(entry) => *entry = (limits, entry.1.saturating_add(tokens)),
+            match pending.sums.get_mut(key) {
+                Some(entry) => *entry = (limits, entry.1.saturating_add(tokens), entry.2.saturating_add(requests)),
                 None => {
-                    pending.sums.insert(deployment.name.clone(), (limits, tokens));
+                    pending.sums.insert(key.to_owned(), (limits, tokens, requests));
                 }
             }
             drop(pending);
@@ -68,12 +73,12 @@ impl RedisStore {
     pub(super) async fn send(&self, seq: u64, batch: &Sums) -> bool {
         let Some(connection) = self.connection.load_full() else { return false };
         let mut connection = ConnectionManager::clone(&connection);
-        let mut todo: Vec<(&String, &(Limits, i64))> = batch.iter().collect();
+        let mut todo: Vec<(&String, &(Limits, i64, i64))> = batch.iter().collect();
         let started = Instant::now();
         for attempt in 0..2 {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
-            for (deployment, (limits, tokens)) in &todo {
+            for (deployment, (limits, tokens, requests)) in &todo {
                 pipe.cmd("EVALSHA")
                     .arg(self.reconcile_script.get_hash())
                     .arg(1)
@@ -82,7 +87,8 @@ impl RedisStore {
                     .arg(limits.tokens_per_minute)
                     .arg(*tokens)
                     .arg(&self.replica)
-                    .arg(seq);
+                    .arg(seq)
+                    .arg(*requests);
             }
             let replies = match tokio::time::timeout(
                 self.settings.timeout,
@@ -149,7 +155,7 @@ pub(super) async fn reconciler(store: Weak<RedisStore>, wake: Arc<tokio::sync::N
             if in_flight.is_none() {
                 let (mut sums, callers) = store.take_pending();
                 waiting.extend(callers);
-                sums.retain(|_, (_, tokens)| *tokens != 0);
+                sums.retain(|_, (_, tokens, requests)| *tokens != 0 || *requests != 0);
                 if !sums.is_empty() {
                     seq += 1;
                     in_flight = Some((seq, sums));
