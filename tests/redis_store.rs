@@ -599,3 +599,53 @@ async fn retry_after_from_the_local_fallback_is_exact() {
     assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(reply.number("retry-after-ms"), 250);
 }
+
+#[tokio::test]
+async fn two_gateways_share_each_pool_backends_own_buckets() {
+    let Some(redis) = RedisServer::start("two_gateways_share_each_pool_backends_own_buckets") else { return };
+    // Two backends that each take 6 requests a minute (one every 10 s) and refuse the rest.
+    let options = MockOptions { requests_per_minute: Some(6), ..Default::default() };
+    let east = MockBackend::start(([127, 0, 0, 1], 0).into(), options.clone()).await.unwrap();
+    let west = MockBackend::start(([127, 0, 0, 1], 0).into(), options).await.unwrap();
+    let pool = format!(
+        "[[deployments]]\nname = \"pool\"\nmodel = \"azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct\"\nkeys = [\"{}\"]\n[[deployments.backends]]\nurl = \"{}\"\nrequests_per_minute = 6\n[[deployments.backends]]\nurl = \"{}\"\nrequests_per_minute = 6\n",
+        stored(OTHER_KEY),
+        east.url(),
+        west.url()
+    );
+    let setup = || Setup { more_deployments: pool.clone(), limits: limits(&redis, ""), ..Setup::default() };
+    let (a, b) = (Harness::with(setup()).await, Harness::with(setup()).await);
+    let started = Instant::now();
+    let (mut admitted, mut refused) = (0, 0);
+    for i in 0..30 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        let reply =
+            h.client.post(&h.url("/openai/deployments/pool/chat/completions"), &[("api-key", OTHER_KEY)], CHAT).await;
+        match reply.status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(reply.error_code(), "TooManyRequests");
+                assert!(reply.text().contains("every backend"), "the gateway's own 429: {}", reply.text());
+                let retry_ms = reply.number("retry-after-ms");
+                assert!(retry_ms > 0 && retry_ms <= 10_000, "retry-after-ms {retry_ms}");
+            }
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    let bound = 2 * allowance(6, started.elapsed());
+    assert!(admitted >= 12 && admitted <= bound, "admitted {admitted}, the two backends allow {bound} together");
+    assert_eq!(admitted + refused, 30);
+    // Two replicas, one quota per backend: neither backend was ever sent more than it takes.
+    assert_eq!((east.throttled(), west.throttled()), (0, 0));
+    let key = format!("test{}:backend:{}", redis.port, east.url());
+    let ttl = redis.command(&format!("PTTL {key}")).unwrap();
+    assert!(ttl.trim_start_matches(':').trim().parse::<i64>().unwrap() > 0, "{key}: PTTL {ttl}");
+    let quotas = a.admin("/quotas").await;
+    let backends = quotas["pool"]["backends"].as_array().unwrap().clone();
+    assert_eq!(backends.len(), 2, "{quotas}");
+    assert!(
+        backends.iter().all(|b| b["requestsPerMinute"] == 6 && b["remainingRequests"].as_u64() == Some(0)),
+        "{quotas}"
+    );
+}

@@ -101,6 +101,15 @@ impl ControlPlane {
                 "marketplaceSubscriptionId": d.subscription,
                 "limits": {"requestsPerMinute": limits.requests_per_minute, "tokensPerMinute": limits.tokens_per_minute},
                 "declaredIn": match d.origin { Origin::File => "configuration", Origin::Api => "api" },
+                // The pool behind the endpoint (from the file, or the catalog model's): never keys.
+                "backends": d.pool.backends.iter().map(|b| json!({
+                    "name": &*b.name,
+                    "url": b.url.to_string(),
+                    "weight": b.weight,
+                    "priority": b.priority,
+                    "limits": b.limits().map(|l| json!({"requestsPerMinute": l.requests_per_minute, "tokensPerMinute": l.tokens_per_minute})),
+                })).collect::<Vec<_>>(),
+                "maxAttempts": d.max_attempts,
             }
         })
     }
