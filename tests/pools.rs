@@ -454,3 +454,60 @@ async fn a_killed_backend_fails_no_request_that_had_not_started_streaming_and_re
     assert!(broken.iter().all(|l| l["backend"] == victim.as_str()), "{broken:?}");
     println!("broken in-flight streams when the backend died: {} of 3", broken.len());
 }
+
+/// Polls the metrics until `check` holds (bounded): for changes made by background tasks.
+async fn until(h: &Harness, what: &str, check: impl Fn(&[Sample]) -> bool) -> Vec<Sample> {
+    for _ in 0..500 {
+        let samples = metrics(h).await;
+        if check(&samples) {
+            return samples;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} never happened");
+}
+
+#[tokio::test]
+async fn health_checks_take_a_dead_backend_out_before_a_client_meets_it_and_put_it_back() {
+    let alive = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let doomed = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let (doomed_addr, doomed_url) = (doomed.addr, doomed.url());
+    let entries = vec![format!("url = \"{}\"", alive.url()), format!("url = \"{doomed_url}\"")];
+    let clock = clock();
+    let h = pool_harness(pool_deployment("health_check_interval_ms = 20", &entries), &clock, None).await;
+    until(&h, "a first successful check of each backend", |s| {
+        backend_metric(s, "tollgate_backend_health_checks_total", &doomed_url, &[("result", "ok")]) >= 1.0
+    })
+    .await;
+    assert!(doomed.served("/info") >= 1, "the check is GET /info");
+    doomed.stop().await;
+    // No client request is sent meanwhile: the checks alone eject it.
+    let samples = until(&h, "the ejection", |s| {
+        backend_metric(s, "tollgate_backend_state", &doomed_url, &[("state", "ejected")]) == 1.0
+    })
+    .await;
+    assert!(
+        backend_metric(&samples, "tollgate_backend_health_checks_total", &doomed_url, &[("result", "connect")]) >= 5.0
+    );
+    for _ in 0..10 {
+        assert_eq!(h.client.post(&chat_url(&h), &[("api-key", POOL_KEY)], CHAT).await.status, StatusCode::OK);
+    }
+    let samples = metrics(&h).await;
+    assert_eq!(
+        metric(&samples, "tollgate_retries_total", &[("deployment", "pool")]),
+        0.0,
+        "no client met the dead backend"
+    );
+    assert_eq!(alive.served("/chat/completions"), 10);
+    // Back on its address: the next check that answers puts it back (the clock has not moved,
+    // so this is the check, not the ejection running out).
+    let back = MockBackend::start(doomed_addr, MockOptions::default()).await.unwrap();
+    until(&h, "the return", |s| {
+        backend_metric(s, "tollgate_backend_state", &doomed_url, &[("state", "healthy")]) == 1.0
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(h.client.post(&chat_url(&h), &[("api-key", POOL_KEY)], CHAT).await.status, StatusCode::OK);
+    }
+    assert_eq!(back.served("/chat/completions"), 5, "half the traffic again");
+}

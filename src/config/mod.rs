@@ -219,6 +219,8 @@ pub struct DeploymentConfig {
     pub max_attempts: u32,
     /// The longest a request waits for a response head, all attempts together.
     pub deadline: Duration,
+    /// Active health checks of the pool's backends (`GET /info` this often), when set.
+    pub health_check_interval: Option<Duration>,
     pub limits: Limits,
     /// Completion tokens reserved for a request that sets no `max_tokens`.
     pub default_max_tokens: u64,

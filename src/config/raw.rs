@@ -136,6 +136,8 @@ pub struct RawDeployment {
     pub max_attempts: Option<Spanned<u64>>,
     /// Longest wait for a response head, all attempts together (default: first_byte_timeout_ms).
     pub deadline_ms: Option<Spanned<u64>>,
+    /// Active health checks of the pool's backends: `GET /info` this often (off when absent).
+    pub health_check_interval_ms: Option<Spanned<u64>>,
     pub backend_key_env: Option<Spanned<String>>,
     pub backend_ca_file: Option<Spanned<String>>,
     pub keys: Spanned<Vec<Spanned<String>>>,

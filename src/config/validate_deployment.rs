@@ -262,6 +262,13 @@ pub(super) fn validate_deployment(
     let first_byte_timeout =
         millis(at, &raw.first_byte_timeout_ms, &field("first_byte_timeout_ms"), backend.first_byte_timeout)?;
     let deadline = millis(at, &raw.deadline_ms, &field("deadline_ms"), first_byte_timeout)?;
+    let health_check_interval = match &raw.health_check_interval_ms {
+        None => None,
+        Some(v) if *v.get_ref() < 10 || *v.get_ref() > 3_600_000 => {
+            return Err(at.error(v, field("health_check_interval_ms"), "must be between 10 and 3600000 milliseconds"));
+        }
+        Some(v) => Some(Duration::from_millis(*v.get_ref())),
+    };
     let max_attempts = match &raw.max_attempts {
         None => crate::core::pool::DEFAULT_MAX_ATTEMPTS,
         Some(v) if *v.get_ref() == 0 || *v.get_ref() > crate::core::pool::MAX_BACKENDS as u64 => {
@@ -310,6 +317,7 @@ pub(super) fn validate_deployment(
         first_byte_timeout,
         max_attempts,
         deadline,
+        health_check_interval,
         limits,
         default_max_tokens,
         tokenizer: raw.tokenizer.unwrap_or_default(),

@@ -71,6 +71,7 @@ pub fn demo_config(
             first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
             max_attempts: crate::core::pool::DEFAULT_MAX_ATTEMPTS,
             deadline: DEFAULT_FIRST_BYTE_TIMEOUT,
+            health_check_interval: None,
             limits: Limits::default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Tokenizer::default(),

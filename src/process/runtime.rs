@@ -157,6 +157,7 @@ impl RunningGateway {
                 .map_err(|source| StartError::Workers { count: config.server.workers, source })?,
         );
         let (stop, stopped) = watch::channel(false);
+        let stopped_checks = stopped.clone();
         let (stop_admin, admin_stopped) = watch::channel(false);
         let handler = {
             let gateway = Arc::clone(&gateway);
@@ -192,6 +193,7 @@ impl RunningGateway {
             }
         };
         data_tasks.push(tokio::spawn(crate::process::server::serve(data, handler, data_options, stopped)));
+        data_tasks.push(tokio::spawn(Arc::clone(&gateway).run_health_checks(stopped_checks)));
         let admin_tasks = vec![
             tokio::spawn(crate::process::server::serve(admin, admin_handler, admin_options, admin_stopped.clone())),
             crate::planes::control::watch_config(Arc::clone(&control), admin_stopped),

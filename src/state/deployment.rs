@@ -60,6 +60,8 @@ pub struct Deployment {
     pub max_attempts: u32,
     /// The longest a request waits for a response head, all attempts together.
     pub deadline: Duration,
+    /// Active health checks of its pool's backends, when set.
+    pub health_check_interval: Option<Duration>,
     pub quota: Arc<DeploymentQuota>,
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
@@ -129,6 +131,7 @@ impl Deployment {
             first_byte_timeout: config.first_byte_timeout,
             max_attempts: config.max_attempts,
             deadline: config.deadline,
+            health_check_interval: config.health_check_interval,
             quota,
             default_max_tokens: config.default_max_tokens,
             tokenizer: config.tokenizer,

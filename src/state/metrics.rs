@@ -46,6 +46,7 @@ pub struct Metrics {
     pub backend_attempts: IntCounterVec,
     pub backend_ejections: IntCounterVec,
     pub retries: IntCounterVec,
+    pub backend_health_checks: IntCounterVec,
     pub backend_state: IntGaugeVec,
     pub backend_inflight: IntGaugeVec,
     pub backend_ratelimit_remaining: IntGaugeVec,
@@ -232,6 +233,11 @@ impl Metrics {
                 "tollgate_backend_ejections_total",
                 "Times a backend was taken out of its pool by the circuit breaker (repeated failures, or a failed probe).",
                 &["deployment", "backend"],
+            )?,
+            backend_health_checks: counter(
+                "tollgate_backend_health_checks_total",
+                "Active health checks (GET /info) of pool backends, by result (ok, server_error, bad_status, connect, timeout, protocol).",
+                &["deployment", "backend", "result"],
             )?,
             retries: counter(
                 "tollgate_retries_total",

@@ -349,6 +349,21 @@ impl BackendPool {
     }
 }
 
+impl BackendPool {
+    /// An active health check's answer: a success closes the breaker at once (the backend is
+    /// back), a failure counts toward ejection like a failed request. `None` for the only
+    /// backend of a pool (it keeps no health).
+    pub fn checked(&self, index: usize, ok: bool) -> Option<Change> {
+        if self.backends.len() == 1 {
+            return None;
+        }
+        let backend = self.backends.get(index)?;
+        let now = self.clock.now_ns();
+        let mut health = backend.health();
+        if ok { health.succeeded(now) } else { health.failed(now) }
+    }
+}
+
 impl Attempt {
     /// Reports how the attempt ended. A backend that did not answer usefully gets its request
     /// and tokens back; one that answered keeps the reservation until [`Attempt::settle`]. The

@@ -78,6 +78,7 @@ pub fn build_table(
             first_byte_timeout: config.backend.first_byte_timeout,
             max_attempts: crate::core::pool::DEFAULT_MAX_ATTEMPTS,
             deadline: config.backend.first_byte_timeout,
+            health_check_interval: None,
             limits: api.limits.map(Limits::from).unwrap_or_default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Default::default(),

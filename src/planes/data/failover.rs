@@ -197,6 +197,11 @@ impl Gateway {
 
     fn observe_attempt(&self, deployment: &Deployment, backend: &PoolBackend, result: &str, change: Option<Change>) {
         self.metrics.observe_attempt(&deployment.name, backend, result);
+        self.observe_change(deployment, backend, change);
+    }
+
+    /// One log line (and the ejection count) for a backend's change of state.
+    pub(super) fn observe_change(&self, deployment: &Deployment, backend: &PoolBackend, change: Option<Change>) {
         let Some(change) = change else { return };
         if let Some(ns) = change.ejected_for_ns {
             self.metrics.backend_ejections.with_label_values(&[deployment.name.as_str(), &backend.name]).inc();
@@ -231,7 +236,7 @@ fn retry_headers(headers: &HeaderMap) -> RetryHeaders<'_> {
 }
 
 /// The `result` label of a failed attempt.
-fn attempt_error_kind(error: &ApiError) -> &'static str {
+pub(super) fn attempt_error_kind(error: &ApiError) -> &'static str {
     match error {
         ApiError::BackendUnreachable { .. } => "connect",
         ApiError::BackendTimeout { .. } => "timeout",

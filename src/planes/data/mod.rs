@@ -38,6 +38,7 @@ pub mod error;
 pub mod failover;
 pub mod find;
 pub mod forward;
+pub mod health_check;
 pub mod info;
 pub mod metered_body;
 pub mod models;
