@@ -9,4 +9,4 @@ run() { mkdir -p "corpus/$1"; cargo fuzz run -s none -O "$1" "corpus/$1" "seeds/
 run estimate & run sse_scanner & wait
 run usage & run route & wait
 run config & run usage_chunk & wait
-run json_scan
+run json_scan & run retry_after & wait
