@@ -18,12 +18,11 @@ use prometheus::IntCounter;
 
 use crate::config::{BackendCa, BackendConfig, BackendSettings, BackendUrl};
 use crate::core::clock::Clock;
-use crate::core::pool::MAX_BACKENDS;
 use crate::core::pool::health::{Admission, Change, Health, Status};
 use crate::core::pool::select::{Member, SmoothWeighted};
 use crate::core::quota::{DeploymentQuota, Limits};
 use crate::state::deployment::BackendAuth;
-use crate::state::quota_store::{BackendHold, BackendRefusal, QuotaStore};
+use crate::state::quota_store::{BackendHold, QuotaStore};
 use crate::state::upstream::BackendClient;
 
 /// One backend of a pool.
@@ -180,14 +179,15 @@ pub enum Outcome {
 
 /// What the picks of one request learnt of the backends' own buckets: for each backend whose
 /// buckets refused, in how long they would take the reservation (`None`: never, too small).
-#[derive(Clone, Debug)]
+/// Empty (no allocation) unless a bucket refused.
+#[derive(Clone, Debug, Default)]
 pub struct Waits {
-    quota: [Option<Option<u64>>; MAX_BACKENDS],
+    quota: Vec<(usize, Option<u64>)>,
 }
 
-impl Default for Waits {
-    fn default() -> Self {
-        Waits { quota: [None; MAX_BACKENDS] }
+impl Waits {
+    fn get(&self, index: usize) -> Option<Option<u64>> {
+        self.quota.iter().rev().find(|(i, _)| *i == index).map(|(_, wait)| *wait)
     }
 }
 
@@ -268,6 +268,20 @@ impl BackendPool {
     /// backend can take it now. What the buckets said is kept in `waits` for
     /// [`BackendPool::earliest`].
     pub async fn pick(&self, tried: u64, reserved: u64, store: &QuotaStore, waits: &mut Waits) -> Option<Attempt> {
+        if let [only] = self.backends.as_slice() {
+            // One backend: no choice to make and no health kept (see `Attempt::report`).
+            if tried != 0 {
+                return None;
+            }
+            let hold = match store.admit_backend(only, reserved).await {
+                Ok(hold) => hold,
+                Err(refusal) => {
+                    waits.quota.push((0, refusal.wait()));
+                    return None;
+                }
+            };
+            return Some(self.attempt(0, Admission::Ready, hold, reserved));
+        }
         let now = self.clock.now_ns();
         let mut excluded = tried;
         for (i, backend) in self.backends.iter().enumerate() {
@@ -281,12 +295,8 @@ impl BackendPool {
             let backend = &self.backends[i];
             let hold = match store.admit_backend(backend, reserved).await {
                 Ok(hold) => hold,
-                Err(BackendRefusal::Wait { retry_after_ns }) => {
-                    waits.quota[i] = Some(Some(retry_after_ns));
-                    continue;
-                }
-                Err(BackendRefusal::TooSmall) => {
-                    waits.quota[i] = Some(None);
+                Err(refusal) => {
+                    waits.quota.push((i, refusal.wait()));
                     continue;
                 }
             };
@@ -295,18 +305,23 @@ impl BackendPool {
                 hold.refund(reserved);
                 continue;
             };
-            backend.local.inflight.fetch_add(1, Ordering::Relaxed);
-            return Some(Attempt {
-                index: i,
-                admission,
-                hold,
-                reserved,
-                health: Arc::clone(&backend.health),
-                local: Arc::clone(&backend.local),
-                clock: Arc::clone(&self.clock),
-                solo: self.backends.len() == 1,
-                done: false,
-            });
+            return Some(self.attempt(i, admission, hold, reserved));
+        }
+    }
+
+    fn attempt(&self, index: usize, admission: Admission, hold: BackendHold, reserved: u64) -> Attempt {
+        let backend = &self.backends[index];
+        backend.local.inflight.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            index,
+            admission,
+            hold,
+            reserved,
+            health: Arc::clone(&backend.health),
+            local: Arc::clone(&backend.local),
+            clock: Arc::clone(&self.clock),
+            solo: self.backends.len() == 1,
+            done: false,
         }
     }
 
@@ -320,14 +335,18 @@ impl BackendPool {
             if skip & (1 << i) != 0 {
                 continue;
             }
-            let health = backend.health();
-            let ejected = health.status(now) == Status::Ejected;
-            let mut at = match health.admission(now) {
-                Admission::Wait { until_ns } => until_ns,
-                Admission::Ready | Admission::Probe => now,
+            // The only backend of a pool keeps no health: only its buckets say when.
+            let (mut at, ejected) = if self.backends.len() == 1 {
+                (now, false)
+            } else {
+                let health = backend.health();
+                let at = match health.admission(now) {
+                    Admission::Wait { until_ns } => until_ns,
+                    Admission::Ready | Admission::Probe => now,
+                };
+                (at, health.status(now) == Status::Ejected)
             };
-            drop(health);
-            match waits.quota[i] {
+            match waits.get(i) {
                 None => {}
                 Some(Some(wait)) => at = at.max(now.saturating_add(wait)),
                 Some(None) => {

@@ -63,7 +63,8 @@ impl Gateway {
 
     async fn check(&self, deployment: &Deployment, index: usize, interval: Duration) {
         let Some(backend) = deployment.pool.backends.get(index) else { return };
-        let client = backend.client.as_deref().unwrap_or(&self.backend);
+        // A backend behind a private CA is checked through its own pools (the first worker's).
+        let client = backend.client.as_deref().unwrap_or(&self.health_client);
         let timeout = interval.min(deployment.first_byte_timeout);
         let sent = client
             .send(

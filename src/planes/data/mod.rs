@@ -82,6 +82,8 @@ pub struct Gateway {
     /// Published by the control plane; swapped whole on every change, read without a lock.
     deployments: Arc<ArcSwap<DeploymentTable>>,
     backend: BackendClient,
+    /// The active health checks' own pools (they run on the main runtime, not on a worker's).
+    health_client: BackendClient,
     max_body_bytes: usize,
     body_read_timeout: std::time::Duration,
     metering: Metering,
@@ -122,6 +124,7 @@ impl Gateway {
         Gateway {
             deployments,
             backend: BackendClient::new(&config.backend),
+            health_client: BackendClient::new(&crate::config::BackendSettings { workers: 1, ..config.backend.clone() }),
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.limits.body_read_timeout,
             metering: Metering {

@@ -65,6 +65,16 @@ pub enum BackendRefusal {
     TooSmall,
 }
 
+impl BackendRefusal {
+    /// In how long the buckets would hold the reservation; `None` for never.
+    pub fn wait(self) -> Option<u64> {
+        match self {
+            BackendRefusal::Wait { retry_after_ns } => Some(retry_after_ns),
+            BackendRefusal::TooSmall => None,
+        }
+    }
+}
+
 /// Why admission said no.
 #[derive(Debug)]
 pub enum Refusal {
