@@ -67,7 +67,7 @@ pub struct UsageRecord {
     pub duration: Duration,
     /// For a 429: the limit that was hit.
     pub limited_by: Option<LimitKind>,
-    /// The backend of the pool that answered (`None` when none did).
+    /// The backend of the pool that answered (`None` when none did, or the deployment has one).
     pub backend: Option<Arc<str>>,
     /// Attempts sent to backends (0 when none was sent).
     pub attempts: u32,

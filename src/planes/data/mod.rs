@@ -331,7 +331,9 @@ impl Gateway {
         let forwarded = Instant::now();
         match self.forward_over_pool(&deployment, route, parts, body, worker, reserved).await {
             Ok(failover::Forwarded { response, attempt, backend, attempts }) => {
-                reservation.served_by(attempt, backend, attempts);
+                // A pool's ledger line names the backend; a one-backend deployment's needs not.
+                let named = (deployment.pool.len() > 1).then_some(backend);
+                reservation.served_by(attempt, named, attempts);
                 let first_byte = forwarded.elapsed();
                 let overhead = started.elapsed().saturating_sub(first_byte);
                 let name = deployment.name.as_str();

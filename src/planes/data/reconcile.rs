@@ -82,7 +82,7 @@ pub struct Reservation {
     settled: bool,
     /// The pool's backend that answered, holding its in-flight slot and its own buckets'
     /// reservation (settled with the same count).
-    served: Option<(Attempt, Arc<str>)>,
+    served: Option<(Attempt, Option<Arc<str>>)>,
     attempts: u32,
 }
 
@@ -92,8 +92,9 @@ impl Reservation {
         Reservation { facts, reserved_tokens, hold, sink, settled: false, served: None, attempts: 0 }
     }
 
-    /// The response comes from this backend, after `attempts` attempts.
-    pub fn served_by(&mut self, attempt: Attempt, backend: Arc<str>, attempts: u32) {
+    /// The response comes from this backend (`None`: the deployment's only one, which the
+    /// record need not name), after `attempts` attempts.
+    pub fn served_by(&mut self, attempt: Attempt, backend: Option<Arc<str>>, attempts: u32) {
         self.served = Some((attempt, backend));
         self.attempts = attempts;
     }
@@ -122,7 +123,7 @@ impl Reservation {
         }
         self.hold.settle(&self.facts.deployment, self.reserved_tokens, counts.total);
         self.facts.deployment.usage.inflight.fetch_sub(1, Ordering::Relaxed);
-        let backend = self.served.take().map(|(attempt, name)| {
+        let backend = self.served.take().and_then(|(attempt, name)| {
             attempt.settle(counts.total);
             name
         });

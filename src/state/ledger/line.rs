@@ -41,7 +41,8 @@ pub struct LedgerLine<'a> {
     pub duration_ms: f64,
     pub reserved_tokens: u64,
     pub estimated_prompt_tokens: u64,
-    /// The backend of the pool that answered (absent when none did).
+    /// The backend of the pool that answered (absent when none did, and for a deployment with
+    /// one backend, which is then its backend).
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Cow<'a, str>>,
     /// Attempts sent to backends (more than 1 after retries; 0 when none was sent).
