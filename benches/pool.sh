@@ -49,8 +49,12 @@ path = "$WORK/usage.jsonl"
 [[deployments]]
 name = "one"
 model = "m"
-backend = "http://127.0.0.1:18801"
 keys = ["$(digest "$KEY")"]
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000
+# The same backend as the pool's first, so with the same (own) limits: one URL, one quota.
+[[deployments.backends]]
+url = "http://127.0.0.1:18801"
 requests_per_minute = 1000000000
 tokens_per_minute = 1000000000
 [[deployments]]
@@ -72,6 +76,7 @@ url = "http://127.0.0.1:18803"
 requests_per_minute = 1000000000
 tokens_per_minute = 1000000000
 TOML
+"$BIN" check --config "$WORK/g.toml" >/dev/null
 "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
 GATEWAY_PID=$!
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18811/healthz && break; sleep 0.1; done
@@ -148,6 +153,7 @@ name = "b"
 url = "http://127.0.0.1:18823"
 name = "c"
 TOML
+  "$BIN" check --config "$WORK/f.toml" >/dev/null
   "$BIN" serve --config "$WORK/f.toml" >/dev/null 2>"$WORK/f.log" &
   local gw=$!
   for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18831/healthz && break; sleep 0.1; done
