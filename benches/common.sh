@@ -104,10 +104,15 @@ path = \"$WORK/usage.jsonl\""
   "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
   GATEWAY_PID=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$((base + 31))/healthz" && break; sleep 0.1; done
-  cat > "$WORK/post.lua" <<LUA
+  post_lua "$WORK/post.lua" "$KEY"
+}
+
+# post_lua FILE KEY: a wrk script posting a short chat with KEY.
+post_lua() {
+  cat > "$1" <<LUA
 wrk.method = "POST"
 wrk.body = '{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["api-key"] = "$KEY"
+wrk.headers["api-key"] = "$2"
 LUA
 }

@@ -80,12 +80,7 @@ TOML
 "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
 GATEWAY_PID=$!
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18811/healthz && break; sleep 0.1; done
-cat > "$WORK/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":16}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["api-key"] = "$KEY"
-LUA
+post_lua "$WORK/post.lua" "$KEY"
 sleep 0.5
 echo "machine: $(nproc) cores, $(uname -r); $SECONDS_PER_ROUND s per round, wrk -t1 -c32"
 echo "1. CPU per request (tollgate, everything on, ledger): one backend vs a pool of three, each with its own limits"
