@@ -1,6 +1,6 @@
 //! Stage 6, forward over the pool: the attempts one request makes over its deployment's backends.
 //!
-//! Each attempt goes to a backend picked by [`BackendPool::pick`] (best priority tier, smooth
+//! Each attempt goes to a backend picked by [`crate::state::pool::BackendPool::pick`] (best priority tier, smooth
 //! weighted round robin, skipping backends that are cooling, ejected, without room in their own
 //! buckets, or already tried for this request). What ends an attempt:
 //! - a response that is not a 429 or a 5xx: it is the answer; the backend is healthy;
