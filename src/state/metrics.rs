@@ -401,11 +401,17 @@ impl Metrics {
             let now = deployment.pool.now_ns();
             for (i, backend) in deployment.pool.backends.iter().enumerate() {
                 let label = &*backend.name;
-                let status = backend.status(now);
-                for each in Status::ALL {
-                    self.backend_state.with_label_values(&[name, label, each.as_str()]).set(i64::from(each == status));
+                // A one-backend deployment keeps no health and its in-flight count is the
+                // deployment's: no series for them (10,000 deployments would add 40,000).
+                if deployment.pool.len() > 1 {
+                    let status = backend.status(now);
+                    for each in Status::ALL {
+                        self.backend_state
+                            .with_label_values(&[name, label, each.as_str()])
+                            .set(i64::from(each == status));
+                    }
+                    self.backend_inflight.with_label_values(&[name, label]).set(backend.inflight());
                 }
-                self.backend_inflight.with_label_values(&[name, label]).set(backend.inflight());
                 for limit in [LimitKind::Requests, LimitKind::Tokens] {
                     let remaining = reading.backends.get(i).copied().flatten().map(|state| match limit {
                         LimitKind::Requests => state.remaining_requests,

@@ -196,7 +196,11 @@ impl Gateway {
     }
 
     fn observe_attempt(&self, deployment: &Deployment, backend: &PoolBackend, result: &str, change: Option<Change>) {
-        self.metrics.observe_attempt(&deployment.name, backend, result);
+        // Per-backend series are for pools: a one-backend deployment's attempts are its
+        // requests (`tollgate_requests_total`, `tollgate_backend_errors_total`).
+        if deployment.pool.len() > 1 {
+            self.metrics.observe_attempt(&deployment.name, backend, result);
+        }
         self.observe_change(deployment, backend, change);
     }
 
