@@ -104,7 +104,9 @@ pub(super) fn validate(
         )?,
         workers: server.workers,
     };
-    let models = validate_models(&raw.models, at, env)?;
+    // A backend is one endpoint with one quota, whichever models and deployments send to it.
+    let mut quotas = BackendQuotas::default();
+    let models = validate_models(&raw.models, at, env, &mut quotas)?;
     let mut deployments: Vec<DeploymentConfig> = Vec::with_capacity(raw.deployments.len());
     for (index, spanned) in raw.deployments.iter().enumerate() {
         let deployment = validate_deployment(spanned.get_ref(), index, at, env, &backend, &models)?;
@@ -115,9 +117,7 @@ pub(super) fn validate(
                 format!("deployment name '{}' is used twice; names are part of the URL and must be unique (case-insensitively)", deployment.name),
             ));
         }
-        // A backend is one endpoint with one quota, whichever deployments send to it.
-        let declared = models.iter().flat_map(|m| &m.backends).chain(deployments.iter().flat_map(|d| &d.backends));
-        if let Some(why) = conflicting_limits(&deployment.backends, declared) {
+        if let Some(why) = quotas.claim(&deployment.backends) {
             return Err(at.error(&spanned.get_ref().model, format!("deployments[{index}].backends"), why));
         }
         deployments.push(deployment);
@@ -130,23 +130,32 @@ pub(super) fn validate(
     Ok(Config { server, admin, backend, deployments, models, ledger, store })
 }
 
-/// Why `mine` cannot stand beside `declared`: a backend URL given other limits than before.
-fn conflicting_limits<'a>(mine: &[BackendConfig], declared: impl Iterator<Item = &'a BackendConfig>) -> Option<String> {
-    let declared: Vec<&BackendConfig> = declared.collect();
-    let show = |l: Option<Limits>| {
-        l.map_or("no limits".to_owned(), |l| {
-            format!("{} requests and {} tokens a minute", l.requests_per_minute, l.tokens_per_minute)
-        })
-    };
-    mine.iter().find_map(|b| {
-        let other = declared.iter().find(|o| o.url == b.url && o.limits != b.limits)?;
-        Some(format!(
-            "backend '{}' has {} here but {} where it is declared before; it is one endpoint with one quota, so give it the same limits everywhere",
-            b.url,
-            show(b.limits),
-            show(other.limits)
-        ))
-    })
+/// Each backend URL's limits as first declared (one map, so a file of 10,000 deployments is
+/// checked in one pass).
+#[derive(Default)]
+struct BackendQuotas(std::collections::HashMap<String, Option<Limits>>);
+
+impl BackendQuotas {
+    /// Records `backends`' limits; why not, when a URL was declared before with other limits.
+    fn claim(&mut self, backends: &[BackendConfig]) -> Option<String> {
+        let show = |l: Option<Limits>| {
+            l.map_or("no limits".to_owned(), |l| {
+                format!("{} requests and {} tokens a minute", l.requests_per_minute, l.tokens_per_minute)
+            })
+        };
+        for b in backends {
+            let before = *self.0.entry(b.url.to_string()).or_insert(b.limits);
+            if before != b.limits {
+                return Some(format!(
+                    "backend '{}' has {} here but {} where it is declared before; it is one endpoint with one quota, so give it the same limits everywhere",
+                    b.url,
+                    show(b.limits),
+                    show(before)
+                ));
+            }
+        }
+        None
+    }
 }
 
 fn validate_limits(raw: &raw::RawServer, at: &Locator<'_>) -> Result<ClientLimits, ConfigError> {
@@ -177,6 +186,7 @@ fn validate_models(
     raw: &[Spanned<raw::RawModel>],
     at: &Locator<'_>,
     env: &dyn Fn(&str) -> Option<String>,
+    quotas: &mut BackendQuotas,
 ) -> Result<Vec<CatalogModel>, ConfigError> {
     let mut models: Vec<CatalogModel> = Vec::with_capacity(raw.len());
     for (index, spanned) in raw.iter().enumerate() {
@@ -211,7 +221,7 @@ fn validate_models(
         .ok_or_else(|| {
             at.error(&m.id, field("backend"), "give the model's `backend` URL, or a pool of [[models.backends]]")
         })?;
-        if let Some(why) = conflicting_limits(&backends, models.iter().flat_map(|m| &m.backends)) {
+        if let Some(why) = quotas.claim(&backends) {
             return Err(at.error(&m.id, field("backends"), why));
         }
         models.push(CatalogModel {

@@ -32,7 +32,7 @@ pub struct PoolBackend {
     /// How metrics, logs and the ledger name it.
     pub name: Arc<str>,
     /// Where its shared buckets are kept (`backend:{url}`).
-    pub bucket_key: String,
+    pub bucket_key: Arc<str>,
     pub auth: Option<BackendAuth>,
     pub http2: bool,
     pub ca: Option<BackendCa>,
@@ -113,7 +113,7 @@ impl BackendRegistry {
         for pool in pools {
             for b in &pool.backends {
                 by_url
-                    .entry(b.bucket_key.clone())
+                    .entry(b.bucket_key.to_string())
                     .or_insert_with(|| Known { health: Arc::clone(&b.health), quota: b.quota.clone() });
             }
         }
@@ -224,7 +224,7 @@ impl BackendPool {
                         .unwrap_or_else(|| Arc::new(BackendClient::with_roots(settings, Some(ca.roots())))),
                     _ => Arc::new(BackendClient::with_roots(settings, Some(ca.roots()))),
                 });
-                let bucket_key = format!("backend:{}", config.url);
+                let bucket_key: Arc<str> = Arc::from(format!("backend:{}", config.url));
                 let known = registry.get(&bucket_key, config.limits, clock);
                 PoolBackend {
                     url: config.url.clone(),
@@ -366,9 +366,7 @@ impl BackendPool {
             (None, None) => None,
         }
     }
-}
 
-impl BackendPool {
     /// An active health check's answer: a success closes the breaker at once (the backend is
     /// back), a failure counts toward ejection like a failed request. `None` for the only
     /// backend of a pool (it keeps no health).
@@ -388,10 +386,10 @@ impl Attempt {
     /// and tokens back; one that answered keeps the reservation until [`Attempt::settle`]. The
     /// only backend of a pool keeps no health (it is never cooled down or ejected).
     pub fn report(&mut self, outcome: Outcome) -> Option<Change> {
-        let now = self.clock.now_ns();
         let change = if self.solo {
             None
         } else {
+            let now = self.clock.now_ns();
             let mut health = lock(&self.health);
             match outcome {
                 Outcome::Answered => health.succeeded(now),
@@ -426,7 +424,9 @@ impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.done {
             // No outcome: the client went away while the attempt was out.
-            lock(&self.health).abandoned(self.admission);
+            if !self.solo {
+                lock(&self.health).abandoned(self.admission);
+            }
             self.give_back();
         }
     }

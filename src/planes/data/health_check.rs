@@ -28,7 +28,7 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 impl Gateway {
     /// Runs the checks until `stop` turns true.
     pub async fn run_health_checks(self: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
-        let mut next_due: HashMap<String, Instant> = HashMap::new();
+        let mut next_due: HashMap<Arc<str>, Instant> = HashMap::new();
         loop {
             let table = self.deployments();
             let now = Instant::now();
@@ -40,10 +40,10 @@ impl Gateway {
                     continue;
                 }
                 for (index, backend) in deployment.pool.backends.iter().enumerate() {
-                    if !seen.insert(backend.bucket_key.as_str()) {
+                    if !seen.insert(&*backend.bucket_key) {
                         continue;
                     }
-                    let due = next_due.entry(backend.bucket_key.clone()).or_insert(now);
+                    let due = next_due.entry(Arc::clone(&backend.bucket_key)).or_insert(now);
                     if *due <= now {
                         *due = now + interval;
                         let (gateway, deployment) = (Arc::clone(&self), Arc::clone(deployment));
@@ -52,7 +52,7 @@ impl Gateway {
                     wake = wake.min(*due);
                 }
             }
-            next_due.retain(|key, _| seen.contains(key.as_str()));
+            next_due.retain(|key, _| seen.contains(&**key));
             drop(seen);
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}

@@ -33,8 +33,8 @@ pub enum QuotaStore {
 /// What an admitted request's tokens were taken from (and are settled against).
 #[derive(Debug)]
 pub enum Hold {
-    /// The deployment's own in-process buckets.
-    Deployment,
+    /// The owner's own in-process buckets (the deployment's, or a pool backend's).
+    InProcess,
     /// The shared buckets in Redis.
     Shared(Arc<RedisStore>),
     /// A `local` fallback bucket, while Redis was unreachable.
@@ -51,7 +51,7 @@ pub enum BackendHold {
     /// Its in-process buckets.
     Memory(Arc<DeploymentQuota>),
     /// Its shared buckets in Redis, under this key, with these limits.
-    Shared { store: Arc<RedisStore>, key: String, limits: Limits },
+    Shared { store: Arc<RedisStore>, key: Arc<str>, limits: Limits },
     /// A `local` fallback bucket, while Redis was unreachable.
     Fallback(Arc<DeploymentQuota>),
 }
@@ -90,48 +90,19 @@ impl QuotaStore {
     /// (`local`).
     pub async fn admit_backend(&self, backend: &PoolBackend, tokens: u64) -> Result<BackendHold, BackendRefusal> {
         let Some(quota) = &backend.quota else { return Ok(BackendHold::None) };
-        let refusal = |denial: Denial| match denial {
-            Denial::Exhausted { retry_after_ns, .. } => BackendRefusal::Wait { retry_after_ns },
-            Denial::ExceedsCapacity { .. } => BackendRefusal::TooSmall,
-        };
-        let store = match self {
-            QuotaStore::Memory => {
-                return quota.admit(tokens).map(|_| BackendHold::Memory(Arc::clone(quota))).map_err(refusal);
+        match self.admit_at(&backend.bucket_key, quota, tokens).await {
+            Ok((_, Hold::InProcess)) => Ok(BackendHold::Memory(Arc::clone(quota))),
+            Ok((_, Hold::Shared(store))) => {
+                Ok(BackendHold::Shared { store, key: Arc::clone(&backend.bucket_key), limits: quota.limits() })
             }
-            QuotaStore::Redis(store) => store,
-        };
-        let limits = quota.limits();
-        if tokens > limits.tokens_per_minute {
-            return Err(BackendRefusal::TooSmall);
-        }
-        if store.is_up() {
-            match store.admit(&backend.bucket_key, limits, tokens).await {
-                Ok(Ok(_)) => {
-                    return Ok(BackendHold::Shared {
-                        store: Arc::clone(store),
-                        key: backend.bucket_key.clone(),
-                        limits,
-                    });
-                }
-                Ok(Err(denial)) => return Err(refusal(denial)),
-                Err(redis::StoreUnreachable { .. }) => {}
+            Ok((_, Hold::Fallback(local))) => Ok(BackendHold::Fallback(local)),
+            Ok((_, Hold::Unenforced)) => Ok(BackendHold::None),
+            Err(Refusal::Denied(Denial::Exhausted { retry_after_ns, .. })) => {
+                Err(BackendRefusal::Wait { retry_after_ns })
             }
-        }
-        let mode = store.on_error();
-        store.count_fallback(mode);
-        match mode {
-            OnStoreError::FailOpen => Ok(BackendHold::None),
-            OnStoreError::FailClosed => Err(BackendRefusal::Wait { retry_after_ns: LOCAL_SHARE_RETRY_NS }),
-            OnStoreError::Local => {
-                let local = store.local_quota(&backend.bucket_key, limits);
-                match local.admit(tokens) {
-                    Ok(_) => Ok(BackendHold::Fallback(local)),
-                    Err(Denial::ExceedsCapacity { .. }) => {
-                        Err(BackendRefusal::Wait { retry_after_ns: LOCAL_SHARE_RETRY_NS })
-                    }
-                    Err(denial) => Err(refusal(denial)),
-                }
-            }
+            Err(Refusal::Denied(Denial::ExceedsCapacity { .. })) => Err(BackendRefusal::TooSmall),
+            // `fail-closed`: this backend is skipped until the store answers again.
+            Err(Refusal::StoreUnavailable) => Err(BackendRefusal::Wait { retry_after_ns: LOCAL_SHARE_RETRY_NS }),
         }
     }
 
@@ -147,16 +118,27 @@ impl QuotaStore {
 
     /// Takes one request and `tokens` from the deployment's buckets, or refuses.
     pub async fn admit(&self, deployment: &Deployment, tokens: u64) -> Result<(Option<QuotaState>, Hold), Refusal> {
+        self.admit_at(&deployment.name, &deployment.quota, tokens).await
+    }
+
+    /// Admission against the buckets `quota` holds the limits of: in process, or shared in
+    /// Redis under `key` (a deployment's name, or a pool backend's `backend:{url}`).
+    async fn admit_at(
+        &self,
+        key: &str,
+        quota: &DeploymentQuota,
+        tokens: u64,
+    ) -> Result<(Option<QuotaState>, Hold), Refusal> {
         let store = match self {
             QuotaStore::Memory => {
-                return match deployment.quota.admit(tokens) {
-                    Ok(state) => Ok((Some(state), Hold::Deployment)),
+                return match quota.admit(tokens) {
+                    Ok(state) => Ok((Some(state), Hold::InProcess)),
                     Err(denial) => Err(Refusal::Denied(denial)),
                 };
             }
             QuotaStore::Redis(store) => store,
         };
-        let limits = deployment.quota.limits();
+        let limits = quota.limits();
         if tokens > limits.tokens_per_minute {
             return Err(Refusal::Denied(Denial::ExceedsCapacity {
                 reserved: tokens,
@@ -164,7 +146,7 @@ impl QuotaStore {
             }));
         }
         if store.is_up() {
-            match store.admit(&deployment.name, limits, tokens).await {
+            match store.admit(key, limits, tokens).await {
                 Ok(Ok(state)) => return Ok((Some(state), Hold::Shared(Arc::clone(store)))),
                 Ok(Err(denial)) => return Err(Refusal::Denied(denial)),
                 Err(redis::StoreUnreachable { .. }) => {} // counted and logged by the store: fall back below
@@ -176,10 +158,10 @@ impl QuotaStore {
             OnStoreError::FailOpen => Ok((None, Hold::Unenforced)),
             OnStoreError::FailClosed => Err(Refusal::StoreUnavailable),
             OnStoreError::Local => {
-                let local = store.local_quota(&deployment.name, limits);
+                let local = store.local_quota(key, limits);
                 match local.admit(tokens) {
                     Ok(state) => Ok((Some(state), Hold::Fallback(local))),
-                    // More than this replica's share, not more than the deployment's capacity:
+                    // More than this replica's share, not more than the whole capacity:
                     // a wait, not a "never".
                     Err(Denial::ExceedsCapacity { .. }) => Err(Refusal::Denied(Denial::Exhausted {
                         limit: LimitKind::Tokens,
@@ -241,7 +223,7 @@ impl Hold {
     /// Never blocks: a shared store is reconciled in the background, batched per deployment.
     pub fn settle(&self, deployment: &Arc<Deployment>, reserved: u64, actual: u64) {
         match self {
-            Hold::Deployment => deployment.quota.reconcile(reserved, actual),
+            Hold::InProcess => deployment.quota.reconcile(reserved, actual),
             Hold::Fallback(local) => local.reconcile(reserved, actual),
             Hold::Shared(store) => store.reconcile(deployment, reserved, actual),
             Hold::Unenforced => {}
