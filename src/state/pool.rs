@@ -155,7 +155,7 @@ pub struct BackendPool {
 #[derive(Debug)]
 pub struct Attempt {
     pub index: usize,
-    pub admission: Admission,
+    admission: Admission,
     hold: BackendHold,
     reserved: u64,
     health: Arc<Mutex<Health>>,

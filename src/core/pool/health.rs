@@ -123,7 +123,7 @@ impl Health {
         self.ejections_in_a_row = 0;
         self.probe_out = false;
         self.ejected_until_ns = None;
-        self.changed(now_ns, None)
+        self.changed(now_ns)
     }
 
     /// The backend failed an attempt.
@@ -132,7 +132,7 @@ impl Health {
         let was_probe = std::mem::take(&mut self.probe_out);
         let eject = was_probe || (self.ejected_until_ns.is_none() && self.failures_in_a_row >= FAILURES_TO_EJECT);
         if !eject {
-            return self.changed(now_ns, None);
+            return self.changed(now_ns);
         }
         let length = BASE_EJECTION_NS.saturating_mul(1u64 << self.ejections_in_a_row.min(16)).min(MAX_EJECTION_NS);
         self.ejections_in_a_row = self.ejections_in_a_row.saturating_add(1);
@@ -151,7 +151,7 @@ impl Health {
         if self.ejected_until_ns.take().is_some() {
             self.ejections_in_a_row = 0;
         }
-        self.changed(now_ns, None)
+        self.changed(now_ns)
     }
 
     /// An attempt ended without an outcome (the client went away first): a probe frees its slot.
@@ -161,10 +161,10 @@ impl Health {
         }
     }
 
-    fn changed(&mut self, now_ns: u64, ejected_for_ns: Option<u64>) -> Option<Change> {
+    fn changed(&mut self, now_ns: u64) -> Option<Change> {
         let to = self.status(now_ns);
         let from = std::mem::replace(&mut self.reported, to);
-        (to != from).then_some(Change { from, to, ejected_for_ns })
+        (to != from).then_some(Change { from, to, ejected_for_ns: None })
     }
 }
 
