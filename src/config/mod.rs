@@ -9,6 +9,7 @@ pub mod ledger;
 mod raw;
 mod store;
 mod validate;
+mod validate_consumer;
 mod validate_deployment;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ pub use backend_url::BackendUrl;
 pub use catalog::{BackendCa, CatalogModel, check_model_id};
 use raw::RawConfig;
 use toml::Spanned;
+pub use validate_consumer::check_consumer_name;
 pub use validate_deployment::{check_deployment_name, check_project_name};
 
 use crate::config::ledger::LedgerConfig;
@@ -55,6 +57,35 @@ pub struct Config {
     pub ledger: Option<LedgerConfig>,
     /// `[limits]`: where quota buckets live (in process by default).
     pub store: StoreConfig,
+    /// `[[consumers]]`: callers with their own keys and limits on deployments of the file.
+    pub consumers: Vec<ConsumerConfig>,
+}
+
+/// Most consumers one gateway holds (their names are metric labels: this bounds the series).
+pub const MAX_CONSUMERS: usize = 10_000;
+/// Most deployments one consumer may be granted.
+pub const MAX_GRANTS: usize = 100;
+/// Upper bound for period quotas (a typo guard: 10^13 tokens is far past any budget).
+pub const MAX_PER_PERIOD: u64 = 10_000_000_000_000;
+
+/// An application (or a person) of a project: its own two keys, and the deployments it may call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConsumerConfig {
+    pub name: String,
+    pub project: String,
+    pub keys: KeyPair,
+    /// Quotas over all its deployments together, per UTC day and month.
+    pub periods: crate::core::quota::period::PeriodLimits,
+    pub grants: Vec<GrantConfig>,
+}
+
+/// One deployment a consumer may call, with the consumer's own limits there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantConfig {
+    pub deployment: String,
+    /// Its own per-minute buckets inside the deployment's (none: limited by the deployment alone).
+    pub limits: Option<Limits>,
+    pub periods: crate::core::quota::period::PeriodLimits,
 }
 
 /// Where the quota buckets live.

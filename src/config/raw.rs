@@ -25,6 +25,36 @@ pub struct RawConfig {
     pub models: Vec<Spanned<RawModel>>,
     /// `[limits]`: where the quota buckets live.
     pub limits: Option<RawLimits>,
+    /// `[[consumers]]`: applications with their own keys and limits on a project's deployments.
+    #[serde(default)]
+    pub consumers: Vec<Spanned<RawConsumer>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsumer {
+    pub name: Spanned<String>,
+    pub project: Option<Spanned<String>>,
+    pub keys: Spanned<Vec<Spanned<String>>>,
+    /// Period quotas over all of the consumer's deployments (UTC calendar days and months).
+    pub tokens_per_day: Option<Spanned<u64>>,
+    pub tokens_per_month: Option<Spanned<u64>>,
+    pub requests_per_day: Option<Spanned<u64>>,
+    /// The deployments it may call (`[[consumers.grants]]`).
+    #[serde(default)]
+    pub grants: Vec<Spanned<RawGrant>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrant {
+    pub deployment: Spanned<String>,
+    /// The consumer's own per-minute limits on this deployment (at most the deployment's).
+    pub requests_per_minute: Option<Spanned<u64>>,
+    pub tokens_per_minute: Option<Spanned<u64>>,
+    pub tokens_per_day: Option<Spanned<u64>>,
+    pub tokens_per_month: Option<Spanned<u64>>,
+    pub requests_per_day: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -384,3 +384,112 @@ fn one_backend_url_cannot_have_two_quotas() {
     let same = first.replace("llama-pool", "other-pool");
     assert!(Config::parse(&format!("{first}{same}"), "t.toml", &no_env).is_ok());
 }
+
+mod consumers {
+    use super::*;
+
+    const KEY_C: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    const KEY_D: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000002";
+
+    fn with(consumers: &str) -> Result<Config, ConfigError> {
+        Config::parse(&example(&format!("requests_per_minute = 100\n{consumers}")), "t.toml", &no_env)
+    }
+
+    fn error(consumers: &str) -> ConfigError {
+        with(consumers).expect_err("must be refused")
+    }
+
+    #[test]
+    fn a_consumer_with_grants_and_quotas_is_read() {
+        let config = with(&format!(
+            "[[consumers]]\nname = \"batch\"\nproject = \"team-a\"\nkeys = [\"{KEY_C}\", \"{KEY_D}\"]\ntokens_per_month = 5000000\n[[consumers.grants]]\ndeployment = \"meta-llama3-8b-qwerty\"\nrequests_per_minute = 30\ntokens_per_day = 100000\n"
+        ))
+        .unwrap();
+        let c = &config.consumers[0];
+        assert_eq!((c.name.as_str(), c.project.as_str()), ("batch", "team-a"));
+        assert_eq!(c.periods.tokens_per_month, Some(5_000_000));
+        let g = &c.grants[0];
+        // A limit left out is the deployment's.
+        assert_eq!(g.limits, Some(Limits { requests_per_minute: 30, tokens_per_minute: 200_000 }));
+        assert_eq!(g.periods.tokens_per_day, Some(100_000));
+        assert!(c.keys.secondary.is_some());
+    }
+
+    #[test]
+    fn bad_consumers_are_refused_at_their_line_with_what_to_do() {
+        let grant = "[[consumers.grants]]\ndeployment = \"meta-llama3-8b-qwerty\"\n";
+        let cases = [
+            // A grant of a deployment the file does not declare.
+            (
+                format!(
+                    "[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n[[consumers.grants]]\ndeployment = \"nope\"\n"
+                ),
+                "consumers[0].grants[0].deployment",
+                "no deployment named 'nope'",
+            ),
+            // Limits above the deployment's.
+            (
+                format!("[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n{grant}requests_per_minute = 101\n"),
+                "consumers[0].grants[0].requests_per_minute",
+                "at most the deployment's",
+            ),
+            // Two consumers of one name in a project.
+            (
+                format!(
+                    "[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n{grant}[[consumers]]\nname = \"A\"\nkeys = [\"{KEY_D}\"]\n{grant}"
+                ),
+                "consumers[1].name",
+                "declared twice",
+            ),
+            // A key that is the deployment's, or another consumer's.
+            (
+                format!("[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_A}\"]\n{grant}"),
+                "consumers[0].keys[0]",
+                "deployment 'meta-llama3-8b-qwerty'",
+            ),
+            (
+                format!(
+                    "[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n{grant}[[consumers]]\nname = \"b\"\nkeys = [\"{KEY_D}\", \"{KEY_C}\"]\n{grant}"
+                ),
+                "consumers[1].keys[1]",
+                "consumer 'default/a'",
+            ),
+            // No grant, the same deployment twice, a zero quota, a bad name.
+            (format!("[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n"), "consumers[0].grants", "at least one"),
+            (
+                format!("[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n{grant}{grant}"),
+                "consumers[0].grants[1].deployment",
+                "granted twice",
+            ),
+            (
+                format!("[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\ntokens_per_day = 0\n{grant}"),
+                "consumers[0].tokens_per_day",
+                "between 1 and",
+            ),
+            (
+                format!("[[consumers]]\nname = \"a b\"\nkeys = [\"{KEY_C}\"]\n{grant}"),
+                "consumers[0].name",
+                "consumer name",
+            ),
+            (
+                format!("[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n{grant}limit = 3\n"),
+                "limit",
+                "unknown field",
+            ),
+        ];
+        for (text, field, message) in cases {
+            let e = error(&text);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(message), "{e}");
+            assert!(e.line > 10, "the line of the consumer, not the file's start: {e}");
+        }
+    }
+
+    #[test]
+    fn consumers_are_refused_beside_the_redis_store_until_it_holds_their_buckets() {
+        let e = error(&format!(
+            "[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n[[consumers.grants]]\ndeployment = \"meta-llama3-8b-qwerty\"\n[limits]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n"
+        ));
+        assert!(e.message.contains("not yet supported"), "{e}");
+    }
+}

@@ -127,7 +127,17 @@ pub(super) fn validate(
         Some(raw) => Some(validate_ledger(raw, at)?),
     };
     let store = super::store::validate_store(raw.limits.as_ref(), at)?;
-    Ok(Config { server, admin, backend, deployments, models, ledger, store })
+    let consumers = super::validate_consumer::validate_consumers(&raw.consumers, at, &deployments)?;
+    if let (Some(first), StoreConfig::Redis(_)) = (raw.consumers.first(), &store) {
+        // Until the consumers' buckets and period quotas live in Redis beside the deployments',
+        // each replica would hold its own: refused rather than enforced wrongly.
+        return Err(at.error(
+            &first.get_ref().name,
+            "consumers[0]",
+            "[[consumers]] are not yet supported with [limits] store = \"redis\" (their limits would be per replica); use store = \"memory\" for now",
+        ));
+    }
+    Ok(Config { server, admin, backend, deployments, models, ledger, store, consumers })
 }
 
 /// Each backend URL's limits as first declared (one map, so a file of 10,000 deployments is

@@ -84,7 +84,7 @@ impl KeySlot {
 }
 
 /// A deployment's primary and secondary key digests.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyPair {
     pub primary: KeyDigest,
     pub secondary: Option<KeyDigest>,

@@ -78,6 +78,7 @@ pub fn demo_config(
         }],
         ledger: Some(LedgerConfig::at(DEMO_LEDGER.into())),
         store: crate::config::StoreConfig::Memory,
+        consumers: Vec::new(),
     }
 }
 

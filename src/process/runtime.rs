@@ -69,6 +69,35 @@ impl Default for StartOptions {
     }
 }
 
+/// The memory store's period quotas start from what the ledger says consumers used earlier in
+/// the current UTC day and month (Redis keeps its own). A ledger that cannot be read is logged and
+/// the quotas start from zero.
+async fn rebuild_period_usage(control: &ControlPlane, path: &std::path::Path, clock: &dyn Clock) {
+    let table = control.live().load_full();
+    let any = table.consumers().iter().any(|c| c.periods.is_some() || c.grants.iter().any(|g| g.periods.is_some()));
+    if !any {
+        return;
+    }
+    let now = clock.unix_seconds();
+    let path = path.to_owned();
+    let read =
+        tokio::task::spawn_blocking(move || crate::state::ledger::report::consumer_period_usage(&path, now)).await;
+    match read {
+        Ok(Ok(sums)) => {
+            crate::state::consumer::seed_periods(table.consumers(), &sums, now);
+            tracing::info!(
+                consumers = sums.len(),
+                "period quotas: usage of this UTC day and month rebuilt from the ledger"
+            );
+        }
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "period quotas: cannot read the ledger; this day's and month's usage starts from zero")
+        }
+        Err(error) => tracing::warn!(%error, "period quotas: the ledger reader failed; usage starts from zero"),
+    }
+}
+
 /// A running gateway with its bound addresses (useful when the config asked for port 0).
 pub struct RunningGateway {
     pub gateway_addr: SocketAddr,
@@ -128,6 +157,7 @@ impl RunningGateway {
             ),
         };
         let public_url = config.server.public_url.clone().unwrap_or_else(|| format!("http://{gateway_addr}"));
+        let options_clock = Arc::clone(&options.clock);
         let mut control = ControlPlane::open(
             config.clone(),
             options.config_path.clone(),
@@ -142,8 +172,18 @@ impl RunningGateway {
             control = control.with_state_writer(writer);
         }
         let control = Arc::new(control);
+        if let (StoreConfig::Memory, Some(ledger)) = (&config.store, &config.ledger) {
+            rebuild_period_usage(&control, &ledger.path, &*options_clock).await;
+        }
         let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
-        let gateway = Arc::new(Gateway::new(config, control.live(), recorder, Arc::clone(&metrics), quota));
+        let gateway = Arc::new(Gateway::new(
+            config,
+            control.live(),
+            recorder,
+            Arc::clone(&metrics),
+            quota,
+            Arc::clone(&options_clock),
+        ));
         let ready = Arc::new(AtomicBool::new(true));
         let admin_state = Arc::new(crate::planes::control::admin::Admin {
             metrics: Arc::clone(&metrics),

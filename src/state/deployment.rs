@@ -13,6 +13,7 @@ use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
 use crate::core::quota::DeploymentQuota;
+use crate::state::consumer::Consumer;
 use crate::state::pool::{BackendPool, BackendRegistry};
 use crate::state::totals::UsageCounters;
 
@@ -147,11 +148,13 @@ impl Deployment {
 }
 
 /// All deployments by name, and by key digest (for requests that name no deployment: the key
-/// alone then says which one is meant).
+/// alone then says which one is meant); the consumers by their keys.
 #[derive(Debug, Default)]
 pub struct DeploymentTable {
     by_name: HashMap<String, Arc<Deployment>>,
     by_key: HashMap<IndexedDigest, Vec<Arc<Deployment>>>,
+    consumers: Vec<Arc<Consumer>>,
+    consumer_by_key: HashMap<IndexedDigest, Arc<Consumer>>,
 }
 
 impl DeploymentTable {
@@ -170,12 +173,45 @@ impl DeploymentTable {
         for owners in by_key.values_mut() {
             owners.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        DeploymentTable { by_name, by_key }
+        DeploymentTable { by_name, by_key, consumers: Vec::new(), consumer_by_key: HashMap::new() }
     }
 
-    /// The deployments whose keys include this digest (sorted by name; usually one).
+    /// The table with these consumers (built over its deployments).
+    pub fn with_consumers(mut self, consumers: Vec<Arc<Consumer>>) -> DeploymentTable {
+        self.consumer_by_key = consumers
+            .iter()
+            .flat_map(|c| {
+                std::iter::once(c.keys.primary).chain(c.keys.secondary).map(move |k| (IndexedDigest(k), Arc::clone(c)))
+            })
+            .collect();
+        self.consumers = consumers;
+        self
+    }
+
+    /// The deployments a key may call: those whose keys include this digest, or the consumer's
+    /// whose key it is (sorted by name; usually one).
     pub fn for_key(&self, digest: &KeyDigest) -> &[Arc<Deployment>] {
-        self.by_key.get(&IndexedDigest(*digest)).map_or(&[], Vec::as_slice)
+        match self.by_key.get(&IndexedDigest(*digest)) {
+            Some(owners) => owners,
+            None => self.consumer_for_key(digest).map_or(&[], |c| c.deployments.as_slice()),
+        }
+    }
+
+    /// The consumer whose key this digest is.
+    pub fn consumer_for_key(&self, digest: &KeyDigest) -> Option<&Arc<Consumer>> {
+        if self.consumer_by_key.is_empty() {
+            return None;
+        }
+        self.consumer_by_key.get(&IndexedDigest(*digest))
+    }
+
+    /// The consumer `name` of `project`.
+    pub fn consumer(&self, project: &str, name: &str) -> Option<&Arc<Consumer>> {
+        self.consumers.iter().find(|c| c.project == project && c.name == name)
+    }
+
+    pub fn consumers(&self) -> &[Arc<Consumer>] {
+        &self.consumers
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Deployment>> {

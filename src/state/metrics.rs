@@ -15,6 +15,7 @@ use prometheus::{
 use crate::core::meter::CountSource;
 use crate::core::pool::health::Status;
 use crate::core::quota::{LimitKind, QuotaState};
+use crate::state::consumer::Consumer;
 use crate::state::deployment::{Deployment, DeploymentTable};
 use crate::state::pool::PoolBackend;
 use crate::state::record::{Outcome, UsageRecord};
@@ -60,6 +61,13 @@ pub struct Metrics {
     pub quota_store_fallbacks: IntCounterVec,
     pub quota_store_recoveries: IntCounter,
     pub quota_store_duration: HistogramVec,
+    /// Per consumer (`project/name`, bounded by [`crate::config::MAX_CONSUMERS`]) and deployment.
+    pub consumer_requests: IntCounterVec,
+    pub consumer_tokens: IntCounterVec,
+    pub consumer_rejections: IntCounterVec,
+    /// Share of each period quota used (read at scrape time).
+    pub consumer_quota_used_ratio: prometheus::GaugeVec,
+    pub consumer_quota_limit: IntGaugeVec,
     /// Reloads of the configuration file (watcher, SIGHUP, `POST /reload`), by result.
     pub config_reloads: IntCounterVec,
     /// 1 when the last reload was applied (or none was tried), 0 when it was refused.
@@ -279,6 +287,37 @@ impl Metrics {
                 "tollgate_ledger_write_errors_total",
                 "Failed writes or syncs of the ledger file.",
             )?,
+            consumer_requests: counter(
+                "tollgate_consumer_requests_total",
+                "Requests of a consumer (project/name) on a deployment, by status code.",
+                &["consumer", "deployment", "code"],
+            )?,
+            consumer_tokens: counter(
+                "tollgate_consumer_tokens_total",
+                "Tokens billed to a consumer on a deployment (reported or estimated), by kind.",
+                &["consumer", "deployment", "kind"],
+            )?,
+            consumer_rejections: counter(
+                "tollgate_consumer_rejections_total",
+                "Requests of a consumer refused by a quota: rate_limited (429, a per-minute level) or quota_exceeded (403, a period quota).",
+                &["consumer", "deployment", "reason"],
+            )?,
+            consumer_quota_used_ratio: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "tollgate_consumer_quota_used_ratio",
+                        "Share of a consumer's period quota used in the current UTC period (1 = used up): scope is a deployment (the consumer's quota there) or * (over all its deployments).",
+                    ),
+                    &["consumer", "scope", "quota"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            consumer_quota_limit: gauge(
+                "tollgate_consumer_quota_limit",
+                "A consumer's period quota (tokens or requests per UTC day or month).",
+                &["consumer", "scope", "quota"],
+            )?,
             registry,
         })
     }
@@ -344,6 +383,9 @@ impl Metrics {
         if let Some(limit) = record.limited_by {
             self.ratelimit_rejections.with_label_values(&[deployment, limit.as_str()]).inc();
         }
+        if let Some(consumer) = &record.consumer {
+            self.observe_consumer(consumer, record);
+        }
         let source = match record.source {
             CountSource::Reported => "reported",
             CountSource::Estimated => "estimated",
@@ -370,6 +412,49 @@ impl Metrics {
                 .estimate_ratio
                 .get_or_init(|| self.prompt_estimate_ratio.with_label_values(&[deployment]))
                 .observe(ratio);
+        }
+    }
+
+    /// A consumer's request: its requests, tokens and refusals.
+    fn observe_consumer(&self, consumer: &Consumer, record: &UsageRecord) {
+        let deployment = record.deployment.name.as_str();
+        let label = &*consumer.label;
+        self.consumer_requests.with_label_values(&[label, deployment, metric_status(record.status)]).inc();
+        let reason = match record.status {
+            429 if record.limited_by.is_some() => Some("rate_limited"),
+            403 if !record.admitted => Some("quota_exceeded"),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            self.consumer_rejections.with_label_values(&[label, deployment, reason]).inc();
+        }
+        for (kind, tokens) in [("prompt", record.prompt_tokens), ("completion", record.completion_tokens)] {
+            if tokens > 0 {
+                self.consumer_tokens.with_label_values(&[label, deployment, kind]).inc_by(tokens);
+            }
+        }
+    }
+
+    /// The consumers' period quota gauges, from their usage now.
+    fn render_consumers(&self, deployments: &DeploymentTable) {
+        for consumer in deployments.consumers() {
+            let label = &*consumer.label;
+            let now = consumer.clock.unix_seconds();
+            let scopes = consumer
+                .grants
+                .iter()
+                .map(|g| (g.deployment.as_str(), &g.periods))
+                .chain(std::iter::once(("*", &consumer.periods)));
+            for (scope, periods) in scopes {
+                let Some(periods) = periods else { continue };
+                let state =
+                    crate::core::quota::period::PeriodState { limits: periods.limits(), usage: periods.usage(now) };
+                for (kind, limit, used, _) in state.each() {
+                    let labels = [label, scope, kind.as_str()];
+                    self.consumer_quota_limit.with_label_values(&labels).set(clamp(limit));
+                    self.consumer_quota_used_ratio.with_label_values(&labels).set(used as f64 / limit as f64);
+                }
+            }
         }
     }
 
@@ -429,6 +514,7 @@ impl Metrics {
                 }
             }
         }
+        self.render_consumers(deployments);
         let mut out = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
             return String::new();
@@ -507,6 +593,8 @@ mod tests {
             metrics.observe(&UsageRecord {
                 deployment: std::sync::Arc::clone(&deployment),
                 key_slot: crate::core::keys::KeySlot::Primary,
+                consumer: None,
+                admitted: true,
                 route: ApiRoute::ChatCompletions,
                 status,
                 outcome: Outcome::Completed,

@@ -3,6 +3,7 @@
 //! their recorder, the Prometheus metrics, and the usage ledger. Imports core and config only.
 
 pub mod certificate;
+pub mod consumer;
 pub mod deployment;
 pub mod ledger;
 pub mod metrics;

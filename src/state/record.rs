@@ -8,6 +8,7 @@ use crate::core::api::ApiRoute;
 use crate::core::keys::KeySlot;
 use crate::core::meter::CountSource;
 use crate::core::quota::LimitKind;
+use crate::state::consumer::Consumer;
 use crate::state::deployment::Deployment;
 use crate::state::ledger::Ledger;
 use crate::state::metrics::Metrics;
@@ -50,6 +51,10 @@ impl Outcome {
 pub struct UsageRecord {
     pub deployment: Arc<Deployment>,
     pub key_slot: KeySlot,
+    /// The consumer that called, when it was a consumer's key (`key_slot` is then its key's).
+    pub consumer: Option<Arc<Consumer>>,
+    /// Whether the request was admitted (counted in the quotas' requests).
+    pub admitted: bool,
     pub route: ApiRoute,
     pub status: u16,
     pub outcome: Outcome,

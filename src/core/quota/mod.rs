@@ -7,11 +7,13 @@
 //! that lets other requests see a half-taken state).
 
 pub mod bucket;
+pub mod period;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::core::clock::Clock;
 use bucket::TokenBucket;
+use period::{PeriodDenial, PeriodQuota, PeriodState, Stamp};
 
 /// The seed's quota for every serverless deployment.
 pub const DEFAULT_REQUESTS_PER_MINUTE: u64 = 1_000;
@@ -200,6 +202,120 @@ impl DeploymentQuota {
         b.requests.set_per_minute(limits.requests_per_minute, now);
         b.tokens.set_per_minute(limits.tokens_per_minute, now);
     }
+}
+
+/// The levels one request is admitted against together: per-minute buckets (the deployment's,
+/// then a consumer's grant's) and period quotas (the grant's, then the consumer's).
+///
+/// **Locks.** Admission holds every level's lock at once, taken in that order: a deployment's
+/// buckets, a grant's buckets, a grant's period quota, a consumer's period quota. Each lock
+/// belongs to one of these ranks only and every admission takes them by rank, so two admissions
+/// can never wait on each other in a cycle; everything else takes one lock at a time.
+#[derive(Clone, Copy, Default)]
+pub struct Levels<'a> {
+    pub buckets: [Option<&'a DeploymentQuota>; 2],
+    pub periods: [Option<&'a PeriodQuota>; 2],
+}
+
+/// What admission over several levels took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// Each bucket level after admission (as [`Levels::buckets`]).
+    pub buckets: [Option<QuotaState>; 2],
+    /// The periods the request counts in (when a period quota applies).
+    pub stamp: Option<Stamp>,
+    /// Each period level after admission (as [`Levels::periods`]).
+    pub periods: [Option<PeriodState>; 2],
+}
+
+/// Why admission over several levels said no.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LevelDenial {
+    /// A per-minute level (index into [`Levels::buckets`]): the one whose wait is longest, with
+    /// the wait until every level holds the request.
+    Rate { level: usize, denial: Denial },
+    /// A period quota is used up (index into [`Levels::periods`]): retrying before it ends is
+    /// pointless.
+    Period { level: usize, denial: PeriodDenial },
+}
+
+/// Takes one request and `tokens` from every level together, or from none.
+///
+/// A reservation larger than a level's whole capacity is refused as never admissible (by the
+/// first such level); then a used-up period quota; then, when a bucket lacks room, the level
+/// whose wait is longest, with `retry_after_ns` the time until every level has room. A refusal
+/// comes with every level as it is (nothing taken; the refusing bucket's reset time is when it
+/// has room, as in [`Buckets::denial`]), for the headers that list every policy (boxed: a
+/// refusal is the rare case, and the `Result` stays small).
+pub fn admit_levels(
+    levels: Levels<'_>,
+    tokens: u64,
+    unix_seconds: u64,
+) -> Result<Admitted, Box<(LevelDenial, Admitted)>> {
+    let mut buckets: [Option<MutexGuard<'_, Buckets>>; 2] = [None, None];
+    for (slot, quota) in buckets.iter_mut().zip(levels.buckets) {
+        *slot = quota.map(DeploymentQuota::refilled);
+    }
+    let mut periods = [None, None];
+    for (slot, quota) in periods.iter_mut().zip(levels.periods) {
+        *slot = quota.map(|q| q.lock(unix_seconds));
+    }
+    let mut seen = Admitted { buckets: [None, None], stamp: None, periods: [None, None] };
+    for (out, b) in seen.buckets.iter_mut().zip(&buckets) {
+        *out = b.as_ref().map(|b| state_of(b));
+    }
+    for (out, p) in seen.periods.iter_mut().zip(&periods) {
+        if let Some(p) = p {
+            seen.stamp = Some(p.stamp());
+            *out = Some(p.state());
+        }
+    }
+    for (level, b) in buckets.iter().enumerate() {
+        if let Some(b) = b {
+            let capacity = b.tokens.per_minute();
+            if tokens > capacity {
+                let denial = Denial::ExceedsCapacity { reserved: tokens, capacity };
+                return Err(Box::new((LevelDenial::Rate { level, denial }, seen)));
+            }
+        }
+    }
+    for (level, p) in periods.iter().enumerate() {
+        if let Some(denial) = p.as_ref().and_then(|p| p.denial(tokens)) {
+            return Err(Box::new((LevelDenial::Period { level, denial }, seen)));
+        }
+    }
+    let mut binding: Option<(usize, LimitKind, QuotaState, u64)> = None;
+    let mut retry_after = 0;
+    for (level, b) in buckets.iter().enumerate() {
+        let Some(b) = b else { continue };
+        if b.requests.has(1) && b.tokens.has(tokens) {
+            continue;
+        }
+        let Denial::Exhausted { limit, retry_after_ns, state } = b.denial(tokens) else { continue };
+        seen.buckets[level] = Some(state);
+        retry_after = retry_after.max(retry_after_ns);
+        if binding.is_none_or(|(.., longest)| retry_after_ns > longest) {
+            binding = Some((level, limit, state, retry_after_ns));
+        }
+    }
+    if let Some((level, limit, state, _)) = binding {
+        let denial = Denial::Exhausted { limit, retry_after_ns: retry_after, state };
+        return Err(Box::new((LevelDenial::Rate { level, denial }, seen)));
+    }
+    for (out, b) in seen.buckets.iter_mut().zip(buckets.iter_mut()) {
+        if let Some(b) = b {
+            b.requests.take(1);
+            b.tokens.take(tokens);
+            *out = Some(state_of(b));
+        }
+    }
+    for (out, p) in seen.periods.iter_mut().zip(periods.iter_mut()) {
+        if let Some(p) = p {
+            p.take(tokens);
+            *out = Some(p.state());
+        }
+    }
+    Ok(seen)
 }
 
 fn state_of(b: &Buckets) -> QuotaState {

@@ -188,3 +188,104 @@ proptest! {
         }
     }
 }
+
+mod levels {
+    use super::*;
+    use crate::core::quota::period::{PeriodKind, PeriodLimits, PeriodQuota};
+
+    const NOW: u64 = 1_796_342_340; // 2026-12-03T23:59:00Z
+
+    fn denied(levels: Levels<'_>, tokens: u64) -> (LevelDenial, Admitted) {
+        *admit_levels(levels, tokens, NOW).expect_err("must be refused")
+    }
+
+    #[test]
+    fn every_level_is_taken_together_or_none_is() {
+        let (deployment, _) = quota(100, 10_000);
+        let (grant, _) = quota(2, 10_000);
+        let day = PeriodQuota::new(PeriodLimits { tokens_per_day: Some(250), ..Default::default() }, NOW);
+        let levels = Levels { buckets: [Some(&deployment), Some(&grant)], periods: [Some(&day), None] };
+        let admitted = admit_levels(levels, 100, NOW).unwrap();
+        assert_eq!(admitted.buckets[0].unwrap().remaining_requests, 99);
+        assert_eq!(admitted.buckets[1].unwrap().remaining_requests, 1);
+        assert_eq!(admitted.periods[0].unwrap().usage.day_tokens, 100);
+        // The day quota has 150 left: 200 does not fit, and nothing is taken anywhere.
+        let (LevelDenial::Period { level: 0, denial }, seen) = denied(levels, 200) else { panic!() };
+        assert_eq!((denial.kind, denial.used, denial.reset_unix), (PeriodKind::TokensPerDay, 100, NOW + 60));
+        assert_eq!(seen.buckets[1].unwrap().remaining_requests, 1);
+        assert_eq!(deployment.state().remaining_requests, 99);
+        assert_eq!(grant.state().remaining_tokens, 9_900);
+        admit_levels(levels, 100, NOW).unwrap();
+        // The grant's two requests are used: refused by it, the deployment and the day untouched.
+        let (LevelDenial::Rate { level: 1, denial: Denial::Exhausted { limit, retry_after_ns, .. } }, _) =
+            denied(levels, 10)
+        else {
+            panic!()
+        };
+        assert_eq!((limit, retry_after_ns), (LimitKind::Requests, 30_000_000_000));
+        assert_eq!(deployment.state().remaining_requests, 98);
+        assert_eq!(day.usage(NOW).day_tokens, 200);
+    }
+
+    #[test]
+    fn the_wait_is_until_every_level_has_room_and_the_longest_names_the_level() {
+        let clock = Arc::new(ManualClock::new(0));
+        let on = |r, t| DeploymentQuota::new(Limits { requests_per_minute: r, tokens_per_minute: t }, clock.clone());
+        let (deployment, grant) = (on(60, 600), on(600, 60));
+        let levels = Levels { buckets: [Some(&deployment), Some(&grant)], periods: [None, None] };
+        admit_levels(levels, 60, NOW).unwrap();
+        // Deployment: 540 tokens left, fine; grant: 0 of 60, refills 1 a second.
+        let (LevelDenial::Rate { level, denial: Denial::Exhausted { retry_after_ns, .. } }, _) = denied(levels, 30)
+        else {
+            panic!()
+        };
+        assert_eq!((level, retry_after_ns), (1, 30_000_000_000));
+        clock.advance_ns(29_999_999_999);
+        assert!(admit_levels(levels, 30, NOW).is_err(), "a nanosecond early");
+        clock.advance_ns(1);
+        let admitted = admit_levels(levels, 30, NOW).unwrap();
+        assert_eq!(admitted.buckets[1].unwrap().remaining_tokens, 0);
+    }
+
+    #[test]
+    fn a_reservation_past_a_level_capacity_is_never_admissible() {
+        let (deployment, _) = quota(10, 1_000);
+        let (grant, _) = quota(10, 100);
+        let levels = Levels { buckets: [Some(&deployment), Some(&grant)], periods: [None, None] };
+        let (LevelDenial::Rate { level: 1, denial: Denial::ExceedsCapacity { capacity: 100, .. } }, _) =
+            denied(levels, 101)
+        else {
+            panic!()
+        };
+    }
+
+    proptest! {
+        /// Over any sequence of admissions and reconciliations, a level never admits more
+        /// requests than its capacity while the clock stands still, and the deployment level
+        /// never admits more than the grant level lets through plus the endpoint callers.
+        #[test]
+        fn no_level_admits_past_its_limit(ops in proptest::collection::vec((0u64..50, 0u64..80, proptest::bool::ANY), 1..200)) {
+            let (deployment, _) = quota(40, 1_000);
+            let (grant, _) = quota(15, 300);
+            let day = PeriodQuota::new(PeriodLimits { tokens_per_day: Some(700), requests_per_day: Some(25), ..Default::default() }, NOW);
+            let levels = Levels { buckets: [Some(&deployment), Some(&grant)], periods: [Some(&day), None] };
+            let (mut admitted, mut direct) = (0u64, 0u64);
+            for (reserve, actual, via_grant) in ops {
+                if via_grant {
+                    if let Ok(a) = admit_levels(levels, reserve, NOW) {
+                        admitted += 1;
+                        grant.reconcile(reserve, actual);
+                        deployment.reconcile(reserve, actual);
+                        day.settle(a.stamp.unwrap(), reserve, actual);
+                    }
+                } else if deployment.admit(reserve).is_ok() {
+                    direct += 1;
+                }
+            }
+            prop_assert!(admitted <= 15);
+            prop_assert!(admitted <= 25);
+            prop_assert!(admitted + direct <= 40);
+            prop_assert_eq!(day.usage(NOW).day_requests, admitted);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The live deployment table from the configuration file and the admin state. Built whole and
 //! swapped in at once; deployments that existed before keep their buckets and totals.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::state::{ApiDeployment, ControlState, KeySecret};
@@ -8,6 +9,7 @@ use crate::config::{Config, DEFAULT_MAX_TOKENS, DeploymentConfig};
 use crate::core::clock::Clock;
 use crate::core::keys::{KeyDigest, KeyPair};
 use crate::core::quota::Limits;
+use crate::state::consumer::Consumer;
 use crate::state::deployment::{BuildContext, Deployment, DeploymentTable, Health, Origin};
 use crate::state::pool::BackendRegistry;
 
@@ -86,7 +88,19 @@ pub fn build_table(
         let before = previous.get(&api.name).map(|d| &**d);
         out.push(Arc::new(Deployment::build(&deployment_config, Origin::Api, health, subscription, before, &context)));
     }
-    Ok(DeploymentTable::from_deployments(out))
+    let table = DeploymentTable::from_deployments(out);
+    // Consumers over the new deployments, their buckets and period usage carried by name.
+    let before: HashMap<&str, &Arc<Consumer>> = previous.consumers().iter().map(|c| (&*c.label, c)).collect();
+    let find = |name: &str| table.get(name).cloned();
+    let consumers = config
+        .consumers
+        .iter()
+        .map(|c| {
+            let previous = before.get(format!("{}/{}", c.project, c.name).as_str()).map(|p| &***p);
+            Arc::new(Consumer::build(c, &find, previous, clock))
+        })
+        .collect();
+    Ok(table.with_consumers(consumers))
 }
 
 /// The digests of an API deployment's two derived keys.

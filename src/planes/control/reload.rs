@@ -176,6 +176,7 @@ impl Retired {
         let recent = self.0.iter().filter(|(_, at)| now.duration_since(*at) < RETIRED_FOR).map(|(d, _)| d);
         // Live entries come last and so win a name present in both.
         DeploymentTable::from_deployments(recent.chain(live.iter()).cloned().collect())
+            .with_consumers(live.consumers().to_vec())
     }
 
     /// Remembers what left between `before` and `after`, and forgets what came back or is old.

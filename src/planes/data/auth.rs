@@ -1,11 +1,14 @@
-//! Stage 3, authenticate: the caller's endpoint key against the deployment's two key digests.
+//! Stage 3, authenticate: the caller's key against the deployment's two key digests, then (when
+//! it is neither) against the consumers': a consumer key is accepted on the deployments its
+//! consumer is granted.
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use crate::core::keys::{KeyDigest, KeySlot};
 use crate::planes::data::error::ApiError;
-use crate::state::deployment::Deployment;
+use crate::state::consumer::ConsumerGrant;
+use crate::state::deployment::{Deployment, DeploymentTable};
 
 /// The key a client presented: `api-key: K` wins over `Authorization: Bearer K` (the Azure SDK sends
 /// both with the same key; a client sending only one is served either way).
@@ -24,17 +27,34 @@ pub fn presented_digest(headers: &HeaderMap) -> Option<KeyDigest> {
     presented_key(headers).filter(|k| !k.is_empty()).map(KeyDigest::of)
 }
 
-/// Which key slot authenticated the request, or 401. `digest` is the presented key's digest when
-/// an earlier stage already computed it (to find the deployment from the key).
+/// Who is calling: which key slot, and the consumer when it is a consumer's key.
+pub struct Caller {
+    pub key_slot: KeySlot,
+    pub consumer: Option<ConsumerGrant>,
+}
+
+/// Which key authenticated the request, or 401. `digest` is the presented key's digest when an
+/// earlier stage already computed it (to find the deployment from the key). `table` is read only
+/// when the key is not one of the deployment's own (an endpoint key costs no consumer lookup).
 pub fn authenticate(
     deployment: &Deployment,
     headers: &HeaderMap,
     digest: Option<KeyDigest>,
-) -> Result<KeySlot, ApiError> {
-    digest
-        .or_else(|| presented_digest(headers))
-        .and_then(|digest| deployment.keys.check_digest(&digest))
-        .ok_or_else(|| ApiError::Unauthorized { deployment: deployment.name.clone() })
+    table: impl FnOnce() -> arc_swap::Guard<std::sync::Arc<DeploymentTable>>,
+) -> Result<Caller, ApiError> {
+    let unauthorized = || ApiError::Unauthorized { deployment: deployment.name.clone() };
+    let digest = digest.or_else(|| presented_digest(headers)).ok_or_else(unauthorized)?;
+    if let Some(key_slot) = deployment.keys.check_digest(&digest) {
+        return Ok(Caller { key_slot, consumer: None });
+    }
+    let table = table();
+    let consumer = table.consumer_for_key(&digest).ok_or_else(unauthorized)?;
+    let key_slot = consumer.check_digest(&digest).ok_or_else(unauthorized)?;
+    let index = consumer.grant_index(&deployment.name).ok_or_else(|| ApiError::NotGranted {
+        consumer: consumer.label.to_string(),
+        deployment: deployment.name.clone(),
+    })?;
+    Ok(Caller { key_slot, consumer: Some(ConsumerGrant { consumer: std::sync::Arc::clone(consumer), index }) })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
+use crate::core::quota::period::PeriodKind;
 use crate::core::quota::{LimitKind, QuotaState};
 use crate::planes::data::body::ProxyBody;
 use crate::planes::data::quota_headers::{ceil_millis, set_retry_after};
@@ -13,6 +14,7 @@ use crate::planes::respond::error_response;
 
 fn rate_limited_message(
     deployment: &str,
+    consumer: Option<&str>,
     limit: LimitKind,
     reserved: u64,
     retry_after_ns: u64,
@@ -22,10 +24,27 @@ fn rate_limited_message(
         LimitKind::Requests => (state.limit_requests, state.remaining_requests),
         LimitKind::Tokens => (state.limit_tokens, state.remaining_tokens),
     };
+    let who = match consumer {
+        None => format!("deployment '{deployment}' allows"),
+        Some(consumer) => format!("consumer '{consumer}' may use, on deployment '{deployment}',"),
+    };
     format!(
-        "You have hit your assigned rate limit and your request need to be paced: deployment '{deployment}' allows {per_minute} {kind} per minute and has {remaining} left; this request needs 1 request and {reserved} tokens. Retry after {ms} ms.",
+        "You have hit your assigned rate limit and your request need to be paced: {who} {per_minute} {kind} per minute and has {remaining} left; this request needs 1 request and {reserved} tokens. Retry after {ms} ms.",
         kind = limit.as_str(),
         ms = ceil_millis(retry_after_ns),
+    )
+}
+
+fn quota_exceeded_message(scope: &str, kind: PeriodKind, limit: u64, used: u64, reset_unix: u64) -> String {
+    let reset = std::time::UNIX_EPOCH + std::time::Duration::from_secs(reset_unix);
+    let unit = match kind {
+        PeriodKind::RequestsPerDay => "requests",
+        PeriodKind::TokensPerDay | PeriodKind::TokensPerMonth => "tokens",
+    };
+    format!(
+        "Quota exceeded: {scope} has used {used} of its {limit} {unit} this {period} (UTC); the quota resets at {at}. Retrying before then is refused the same way.",
+        period = kind.period(),
+        at = crate::state::ledger::line::format_time(reset),
     )
 }
 
@@ -54,6 +73,10 @@ pub enum ApiError {
         "access denied due to a missing or invalid key: this request names no deployment (in the URL, the 'azureml-model-deployment' header or the body's 'model'), so it is found from the key, and this key is not one of any deployment's keys; send one as 'api-key: <key>' or 'Authorization: Bearer <key>'"
     )]
     KeyNotRecognized,
+    #[error(
+        "access denied: this key is consumer '{consumer}''s, which is not granted deployment '{deployment}' (or no longer is); ask an owner or contributor of the deployment's project to grant it, or call one of the consumer's deployments"
+    )]
+    NotGranted { consumer: String, deployment: String },
     #[error("{reason}")]
     InvalidHost { reason: &'static str },
     #[error("the request body is larger than this gateway's limit of {limit} bytes; send a smaller body")]
@@ -64,12 +87,30 @@ pub enum ApiError {
     BodyRead { reason: String },
     #[error("the request body must be a JSON object: {reason}")]
     InvalidJson { reason: String },
-    #[error("{}", rate_limited_message(deployment, *limit, *reserved_tokens, *retry_after_ns, state))]
-    RateLimited { deployment: String, limit: LimitKind, reserved_tokens: u64, retry_after_ns: u64, state: QuotaState },
+    #[error("{}", rate_limited_message(deployment, consumer.as_deref(), *limit, *reserved_tokens, *retry_after_ns, state))]
+    RateLimited {
+        deployment: String,
+        /// The consumer whose own limit on the deployment was hit (`None`: the deployment's).
+        consumer: Option<std::sync::Arc<str>>,
+        limit: LimitKind,
+        reserved_tokens: u64,
+        retry_after_ns: u64,
+        state: QuotaState,
+    },
+    /// A period quota (per UTC day or month) is used up.
+    #[error("{}", quota_exceeded_message(scope, *kind, *limit, *used, *reset_unix))]
+    QuotaExceeded { scope: String, kind: PeriodKind, limit: u64, used: u64, reset_unix: u64, retry_after_s: u64 },
     #[error(
-        "this request reserves {reserved} tokens ({prompt} estimated for the prompt + {completion} for the completion) but deployment '{deployment}' allows {capacity} tokens per minute, so it can never be admitted: lower max_tokens or shorten the prompt"
+        "this request reserves {reserved} tokens ({prompt} estimated for the prompt + {completion} for the completion) but {owner} allows {capacity} tokens per minute, so it can never be admitted: lower max_tokens or shorten the prompt"
     )]
-    TokenLimitExceeded { deployment: String, reserved: u64, prompt: u64, completion: u64, capacity: u64 },
+    TokenLimitExceeded {
+        /// Whose limit: `deployment 'd'`, or `consumer 'p/c' on deployment 'd'`.
+        owner: String,
+        reserved: u64,
+        prompt: u64,
+        completion: u64,
+        capacity: u64,
+    },
     #[error("{reason}")]
     DeploymentUnhealthy { reason: String },
     #[error(
@@ -111,12 +152,14 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::KeyNotRecognized => StatusCode::UNAUTHORIZED,
+            ApiError::NotGranted { .. } => StatusCode::UNAUTHORIZED,
             ApiError::InvalidHost { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::BodyRead { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::DeploymentUnhealthy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QuotaStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -138,12 +181,14 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "MethodNotAllowed",
             ApiError::Unauthorized { .. } => "Unauthorized",
             ApiError::KeyNotRecognized => "Unauthorized",
+            ApiError::NotGranted { .. } => "Unauthorized",
             ApiError::InvalidHost { .. } => "InvalidHost",
             ApiError::BodyTooLarge { .. } => "RequestEntityTooLarge",
             ApiError::BodyTimeout { .. } => "RequestTimeout",
             ApiError::BodyRead { .. } => "InvalidRequestBody",
             ApiError::InvalidJson { .. } => "InvalidJson",
             ApiError::RateLimited { .. } => "TooManyRequests",
+            ApiError::QuotaExceeded { .. } => "QuotaExceeded",
             ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
             ApiError::DeploymentUnhealthy { .. } => "ServiceUnavailable",
             ApiError::QuotaStoreUnavailable => "ServiceUnavailable",
@@ -165,12 +210,14 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unauthorized { .. } => "unauthorized",
             ApiError::KeyNotRecognized => "unauthorized",
+            ApiError::NotGranted { .. } => "not_granted",
             ApiError::InvalidHost { .. } => "invalid_host",
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyTimeout { .. } => "body_timeout",
             ApiError::BodyRead { .. } => "body_read",
             ApiError::InvalidJson { .. } => "invalid_json",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
             ApiError::DeploymentUnhealthy { .. } => "deployment_unhealthy",
             ApiError::QuotaStoreUnavailable => "quota_store_unavailable",
@@ -195,6 +242,10 @@ impl ApiError {
             }
             ApiError::RateLimited { retry_after_ns, .. } => set_retry_after(response.headers_mut(), *retry_after_ns),
             ApiError::QuotaStoreUnavailable => set_retry_after(response.headers_mut(), 1_000_000_000),
+            // Whole seconds until the period ends: no `retry-after-ms` (nothing to pace).
+            ApiError::QuotaExceeded { retry_after_s, .. } => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
             ApiError::BackendsBusy { retry_after_ns, .. } | ApiError::BackendsUnavailable { retry_after_ns, .. } => {
                 set_retry_after(response.headers_mut(), *retry_after_ns)
             }

@@ -31,6 +31,7 @@
 //!    `x-ms-client-request-id` echoed, and the `x-ratelimit-*` / `RateLimit` headers. An HTTP/2
 //!    body left unread by a refusal is drained in the background ([`body::drain_after_refusal`]).
 
+pub mod admit;
 pub mod auth;
 pub mod body;
 pub mod count;
@@ -58,20 +59,22 @@ use crate::config::Config;
 use arc_swap::ArcSwap;
 
 use crate::core::api::ApiRoute;
+use crate::core::clock::Clock;
 use crate::core::estimate::Estimate;
 use crate::core::keys::KeySlot;
 use crate::core::meter::Counts;
 use crate::core::meter::usage_chunk::UsageChunk;
-use crate::core::quota::{Denial, LimitKind, QuotaState};
+use crate::core::quota::{LimitKind, QuotaState};
 use crate::core::worker::Worker;
 use crate::planes::data::count::Counter;
 use crate::planes::data::error::ApiError;
 use crate::planes::data::metered_body::{MeteredBody, Metering, StreamLimits};
 use crate::planes::data::quota_headers::set_quota_headers;
 use crate::planes::data::reconcile::{RequestFacts, Reservation};
+use crate::state::consumer::ConsumerGrant;
 use crate::state::deployment::{Deployment, DeploymentTable, Health};
 use crate::state::metrics::{Metrics, metric_status};
-use crate::state::quota_store::{QuotaStore, Refusal};
+use crate::state::quota_store::{ConsumerAdmission, QuotaStore};
 use crate::state::record::{Outcome, UsageSink};
 use crate::state::request_id::RequestId;
 use body::ProxyBody;
@@ -90,6 +93,8 @@ pub struct Gateway {
     sink: Arc<dyn UsageSink>,
     metrics: Arc<Metrics>,
     quota: QuotaStore,
+    /// The wall clock requests are stamped with (their ledger time, the periods they count in).
+    clock: Arc<dyn Clock>,
 }
 
 /// What is known about a request so far, filled in as it goes through the stages.
@@ -98,9 +103,13 @@ struct Trace {
     route: Option<ApiRoute>,
     deployment: Option<Arc<Deployment>>,
     key_slot: Option<KeySlot>,
+    /// The consumer calling, when it is a consumer's key.
+    consumer: Option<ConsumerGrant>,
     estimated_prompt_tokens: u64,
-    /// The buckets after admission (or at the denial), for the response headers.
+    /// The binding level's buckets after admission (or at the denial), for the response headers.
     quota: Option<QuotaState>,
+    /// A consumer's levels after admission, for the headers that list every policy.
+    consumer_quota: Option<ConsumerAdmission>,
     /// A reservation was made: it records the request when settled.
     reserved: bool,
     /// The limit a 429 was for.
@@ -119,6 +128,7 @@ impl Gateway {
         sink: Arc<dyn UsageSink>,
         metrics: Arc<Metrics>,
         quota: QuotaStore,
+        clock: Arc<dyn Clock>,
     ) -> Gateway {
         crate::core::estimate::Tokenizer::Bpe.warm_up();
         Gateway {
@@ -137,6 +147,7 @@ impl Gateway {
             sink,
             metrics,
             quota,
+            clock,
         }
     }
 
@@ -164,7 +175,7 @@ impl Gateway {
     /// `worker` is the data-plane worker the connection is served on (its backend pools are used).
     pub async fn handle(&self, request: Request<Incoming>, worker: Worker) -> Response<ProxyBody> {
         let started = Instant::now();
-        let started_at = SystemTime::now();
+        let started_at = self.clock.wall();
         let request_id = RequestId::generate();
         let client_request_id = request.headers().get(names::X_MS_CLIENT_REQUEST_ID).cloned();
         let version = request.version();
@@ -184,7 +195,7 @@ impl Gateway {
             headers.entry(names::X_MS_CLIENT_REQUEST_ID).or_insert(id);
         }
         if let Some(state) = &trace.quota {
-            set_quota_headers(headers, state);
+            set_quota_headers(headers, state, trace.consumer_quota.as_ref());
         }
         if let Some(body) = trace.unread.take() {
             body::drain_after_refusal(version, body, self.max_body_bytes, self.body_read_timeout);
@@ -198,6 +209,7 @@ impl Gateway {
                 let facts = RequestFacts {
                     deployment: Arc::clone(deployment),
                     key_slot,
+                    consumer: trace.consumer.take(),
                     route,
                     request_id: request_id.clone(),
                     started,
@@ -257,8 +269,9 @@ impl Gateway {
         trace.deployment = Some(Arc::clone(&deployment));
 
         // Stage 3: authenticate before reading a body we have not read yet.
-        let key_slot = auth::authenticate(&deployment, &parts.headers, digest)?;
-        trace.key_slot = Some(key_slot);
+        let caller = auth::authenticate(&deployment, &parts.headers, digest, || self.deployments.load())?;
+        trace.key_slot = Some(caller.key_slot);
+        trace.consumer.clone_from(&caller.consumer);
         if let Health::Unhealthy(reason) = &deployment.health {
             return Err(ApiError::DeploymentUnhealthy { reason: reason.clone() });
         }
@@ -283,40 +296,16 @@ impl Gateway {
         };
         trace.estimated_prompt_tokens = estimate.prompt_tokens;
 
-        // Stage 5: admission.
+        // Stage 5: admission ([`admit`]).
         let completion = estimate.completion_reservation(route, deployment.default_max_tokens);
-        let reserved = estimate.prompt_tokens.saturating_add(completion);
-        let hold = match self.quota.admit(&deployment, reserved).await {
-            Ok((state, hold)) => {
-                trace.quota = state;
-                hold
-            }
-            Err(Refusal::Denied(Denial::Exhausted { limit, retry_after_ns, state })) => {
-                trace.quota = Some(state);
-                trace.limited_by = Some(limit);
-                return Err(ApiError::RateLimited {
-                    deployment: deployment.name.clone(),
-                    limit,
-                    reserved_tokens: reserved,
-                    retry_after_ns,
-                    state,
-                });
-            }
-            Err(Refusal::Denied(Denial::ExceedsCapacity { reserved, capacity })) => {
-                trace.quota = self.quota.state(&deployment).await;
-                return Err(ApiError::TokenLimitExceeded {
-                    deployment: deployment.name.clone(),
-                    reserved,
-                    prompt: estimate.prompt_tokens,
-                    completion,
-                    capacity,
-                });
-            }
-            Err(Refusal::StoreUnavailable) => return Err(ApiError::QuotaStoreUnavailable),
-        };
+        let reserve = admit::Reserve { prompt: estimate.prompt_tokens, completion };
+        let reserved = reserve.total();
+        let now_unix = crate::core::clock::unix_seconds(started_at);
+        let admit::Taken { hold, stamp } = self.admit(&deployment, &caller, reserve, now_unix, trace).await?;
         let facts = RequestFacts {
             deployment: Arc::clone(&deployment),
-            key_slot,
+            key_slot: caller.key_slot,
+            consumer: caller.consumer,
             route,
             request_id: request_id.clone(),
             started,
@@ -324,7 +313,7 @@ impl Gateway {
             estimated_prompt_tokens: estimate.prompt_tokens,
             limited_by: None,
         };
-        let mut reservation = Reservation::new(facts, reserved, hold, Arc::clone(&self.sink));
+        let mut reservation = Reservation::new(facts, reserved, hold, stamp, Arc::clone(&self.sink));
         trace.reserved = true;
 
         // Stages 6 and 7: forward over the pool, and stream the answer back as it comes, metering it.

@@ -6,6 +6,13 @@
 //! RateLimit-Policy: "requests";q=1000;w=60, "tokens";q=200000;w=60;qu="tokens"
 //! RateLimit: "requests";r=999;t=1, "tokens";r=199000;t=5
 //! ```
+//! A consumer's request lists every policy that applies, the deployment's first (named as
+//! above), then its own on the deployment (`grant-requests`, `grant-tokens`, and the period
+//! quotas `grant-tokens-per-day`, `grant-tokens-per-month`, `grant-requests-per-day`, with `w` the
+//! period's length in seconds), then its own over all its deployments (`consumer-tokens-per-day`,
+//! ...). The `x-ratelimit-*` headers show the tightest per-minute level (the fewest tokens left),
+//! and `x-ratelimit-remaining-quota-tokens` the fewest tokens left in any period quota.
+//!
 //! `t` is the number of seconds (rounded up) until that policy's quota resets: for a bucket
 //! with room, until it is full again; on a 429, for a bucket without room for the request, until
 //! it has room, which is what `retry-after` says for the request as a whole. The draft
@@ -15,6 +22,8 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::QuotaState;
+use crate::core::quota::period::PeriodKind;
+use crate::state::quota_store::ConsumerAdmission;
 
 pub const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
 pub const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
@@ -23,13 +32,19 @@ pub const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-re
 pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const REMAINING_QUOTA_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-quota-tokens");
 
-/// Sets the quota headers every response of an authenticated request carries.
-pub fn set_quota_headers(headers: &mut HeaderMap, state: &QuotaState) {
+/// Sets the quota headers every response of an authenticated request carries: `state` is the
+/// binding level; `consumer`, for a consumer's request, every level it was admitted against.
+pub fn set_quota_headers(headers: &mut HeaderMap, state: &QuotaState, consumer: Option<&ConsumerAdmission>) {
     headers.insert(LIMIT_REQUESTS, HeaderValue::from(state.limit_requests));
     headers.insert(REMAINING_REQUESTS, HeaderValue::from(state.remaining_requests));
     headers.insert(LIMIT_TOKENS, HeaderValue::from(state.limit_tokens));
     headers.insert(REMAINING_TOKENS, HeaderValue::from(state.remaining_tokens));
+    if let Some(consumer) = consumer {
+        set_consumer_policies(headers, consumer);
+        return;
+    }
     let policy = structured(&[
         Text(b"\"requests\";q="),
         Num(state.limit_requests),
@@ -49,6 +64,72 @@ pub fn set_quota_headers(headers: &mut HeaderMap, state: &QuotaState) {
     ]);
     headers.insert(RATELIMIT_POLICY, policy);
     headers.insert(RATELIMIT, current);
+}
+
+/// Every policy of a consumer's request, in `RateLimit-Policy` and `RateLimit`.
+fn set_consumer_policies(headers: &mut HeaderMap, admission: &ConsumerAdmission) {
+    let mut policy = Vec::with_capacity(256);
+    let mut current = Vec::with_capacity(256);
+    let mut digits = itoa::Buffer::new();
+    let mut add = |name: &str, quota: u64, window: u64, tokens: bool, remaining: u64, reset_s: u64| {
+        for (out, first) in [(&mut policy, None), (&mut current, Some(()))] {
+            if !out.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'"');
+            if first.is_none() {
+                out.extend_from_slice(b";q=");
+                out.extend_from_slice(digits.format(quota).as_bytes());
+                out.extend_from_slice(b";w=");
+                out.extend_from_slice(digits.format(window).as_bytes());
+                if tokens {
+                    out.extend_from_slice(b";qu=\"tokens\"");
+                }
+            } else {
+                out.extend_from_slice(b";r=");
+                out.extend_from_slice(digits.format(remaining).as_bytes());
+                out.extend_from_slice(b";t=");
+                out.extend_from_slice(digits.format(reset_s).as_bytes());
+            }
+        }
+    };
+    for (prefix, state) in [("", admission.deployment), ("grant-", admission.grant)] {
+        if let Some(s) = state {
+            let name = |what: &str| format!("{prefix}{what}");
+            add(
+                &name("requests"),
+                s.limit_requests,
+                60,
+                false,
+                s.remaining_requests,
+                ceil_seconds(s.requests_full_in_ns),
+            );
+            add(&name("tokens"), s.limit_tokens, 60, true, s.remaining_tokens, ceil_seconds(s.tokens_full_in_ns));
+        }
+    }
+    let mut fewest: Option<u64> = None;
+    for (prefix, state) in [("grant-", admission.periods[0]), ("consumer-", admission.periods[1])] {
+        let Some(state) = state else { continue };
+        for (kind, limit, used, ends) in state.each() {
+            let left = limit.saturating_sub(used);
+            let name = format!("{prefix}{}", kind.as_str().replace('_', "-"));
+            let tokens = kind != PeriodKind::RequestsPerDay;
+            add(&name, limit, state.usage.stamp.length_of(kind), tokens, left, ends.saturating_sub(admission.now));
+            if tokens {
+                fewest = Some(fewest.map_or(left, |f| f.min(left)));
+            }
+        }
+    }
+    for (name, bytes) in [(RATELIMIT_POLICY, policy), (RATELIMIT, current)] {
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(bytes)) {
+            headers.insert(name, value);
+        }
+    }
+    if let Some(fewest) = fewest {
+        headers.insert(REMAINING_QUOTA_TOKENS, HeaderValue::from(fewest));
+    }
 }
 
 /// One piece of a structured header value: literal bytes or a number.
@@ -102,7 +183,7 @@ mod tests {
             tokens_full_in_ns: 300_000_001,
         };
         let mut h = HeaderMap::new();
-        set_quota_headers(&mut h, &state);
+        set_quota_headers(&mut h, &state, None);
         set_retry_after(&mut h, 1_000_000_001);
         assert_eq!(h["x-ratelimit-remaining-tokens"], "199000");
         assert_eq!(h["x-ratelimit-limit-requests"], "1000");

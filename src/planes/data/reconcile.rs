@@ -14,6 +14,8 @@ use crate::core::estimate::Tokenizer;
 use crate::core::keys::KeySlot;
 use crate::core::meter::Counts;
 use crate::core::quota::LimitKind;
+use crate::core::quota::period::Stamp;
+use crate::state::consumer::ConsumerGrant;
 use crate::state::deployment::Deployment;
 use crate::state::pool::Attempt;
 use crate::state::quota_store::Hold;
@@ -25,6 +27,8 @@ use crate::state::request_id::RequestId;
 pub struct RequestFacts {
     pub deployment: Arc<Deployment>,
     pub key_slot: KeySlot,
+    /// The consumer calling (and its grant), when it is a consumer's key.
+    pub consumer: Option<ConsumerGrant>,
     pub route: ApiRoute,
     pub request_id: RequestId,
     pub started: Instant,
@@ -36,21 +40,18 @@ pub struct RequestFacts {
 impl RequestFacts {
     /// The record of a request that billed nothing.
     pub fn unbilled(&self, status: u16, outcome: Outcome) -> UsageRecord {
-        self.record(status, outcome, Counts::NONE, 0, None, 0)
+        self.record(status, outcome, Counts::NONE, None)
     }
 
-    fn record(
-        &self,
-        status: u16,
-        outcome: Outcome,
-        counts: Counts,
-        reserved_tokens: u64,
-        backend: Option<Arc<str>>,
-        attempts: u32,
-    ) -> UsageRecord {
+    /// The record; `admitted` is what an admitted request held: its reservation, the pool's
+    /// backend that answered, the attempts made (`None`: never admitted).
+    fn record(&self, status: u16, outcome: Outcome, counts: Counts, admitted: Option<Admitted>) -> UsageRecord {
+        let Admitted { reserved_tokens, backend, attempts } = admitted.clone().unwrap_or_default();
         UsageRecord {
             deployment: Arc::clone(&self.deployment),
             key_slot: self.key_slot,
+            consumer: self.consumer.as_ref().map(|c| Arc::clone(&c.consumer)),
+            admitted: admitted.is_some(),
             route: self.route,
             status,
             outcome,
@@ -70,6 +71,14 @@ impl RequestFacts {
     }
 }
 
+/// What an admitted request's record says of its admission.
+#[derive(Clone, Default)]
+struct Admitted {
+    reserved_tokens: u64,
+    backend: Option<Arc<str>>,
+    attempts: u32,
+}
+
 /// Tokens held for an admitted request until it is settled. Settles exactly once; dropping it
 /// unsettled (the client went away before the response head) charges the prompt estimate.
 #[must_use = "a reservation must be settled, or it is settled on drop as a client that went away"]
@@ -78,6 +87,8 @@ pub struct Reservation {
     reserved_tokens: u64,
     /// Where the tokens were taken from, and so where the difference is settled.
     hold: Hold,
+    /// The periods a consumer's request counts in (when a period quota applies).
+    stamp: Option<Stamp>,
     sink: Arc<dyn UsageSink>,
     settled: bool,
     /// The pool's backend that answered, holding its in-flight slot and its own buckets'
@@ -87,9 +98,15 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub fn new(facts: RequestFacts, reserved_tokens: u64, hold: Hold, sink: Arc<dyn UsageSink>) -> Reservation {
+    pub fn new(
+        facts: RequestFacts,
+        reserved_tokens: u64,
+        hold: Hold,
+        stamp: Option<Stamp>,
+        sink: Arc<dyn UsageSink>,
+    ) -> Reservation {
         facts.deployment.usage.inflight.fetch_add(1, Ordering::Relaxed);
-        Reservation { facts, reserved_tokens, hold, sink, settled: false, served: None, attempts: 0 }
+        Reservation { facts, reserved_tokens, hold, stamp, sink, settled: false, served: None, attempts: 0 }
     }
 
     /// The response comes from this backend (`None`: the deployment's only one, which the
@@ -122,12 +139,16 @@ impl Reservation {
             return;
         }
         self.hold.settle(&self.facts.deployment, self.reserved_tokens, counts.total);
+        if let Some(consumer) = &self.facts.consumer {
+            consumer.settle(self.stamp, self.reserved_tokens, counts.total);
+        }
         self.facts.deployment.usage.inflight.fetch_sub(1, Ordering::Relaxed);
         let backend = self.served.take().and_then(|(attempt, name)| {
             attempt.settle(counts.total);
             name
         });
-        self.sink.record(self.facts.record(status, outcome, counts, self.reserved_tokens, backend, self.attempts));
+        let admitted = Admitted { reserved_tokens: self.reserved_tokens, backend, attempts: self.attempts };
+        self.sink.record(self.facts.record(status, outcome, counts, Some(admitted)));
     }
 }
 

@@ -48,6 +48,16 @@ pub struct LedgerLine<'a> {
     /// Attempts sent to backends (more than 1 after retries; 0 when none was sent).
     #[serde(default)]
     pub attempts: u32,
+    /// The project of the deployment (which pays for the request).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<Cow<'a, str>>,
+    /// The consumer that called, `project/name` (absent for the deployment's own keys).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<Cow<'a, str>>,
+    /// Whether the request was admitted (counted in the quotas); written for consumers' requests,
+    /// whose period usage is rebuilt from the ledger at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted: Option<bool>,
 }
 
 /// RFC 3339 in UTC, the fraction without trailing zeros (`2026-12-02T19:50:01.1234Z`), exactly
@@ -102,6 +112,9 @@ impl<'a> LedgerLine<'a> {
             estimated_prompt_tokens: record.estimated_prompt_tokens,
             backend: record.backend.as_deref().map(Cow::Borrowed),
             attempts: record.attempts,
+            project: Some(Cow::Borrowed(&record.deployment.project)),
+            consumer: record.consumer.as_ref().map(|c| Cow::Borrowed(&*c.label)),
+            admitted: record.consumer.as_ref().map(|_| record.admitted),
         }
     }
 

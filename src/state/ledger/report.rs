@@ -10,6 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
 
 use super::line::LedgerLine;
+use crate::core::quota::period::Stamp;
 
 /// How to group the sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -17,6 +18,8 @@ pub enum GroupBy {
     Deployment,
     Day,
     Key,
+    /// `project/name` of the consumer; `-` for the deployments' own keys.
+    Consumer,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -91,6 +94,7 @@ pub fn summarize(
                 GroupBy::Deployment => record.deployment.to_string(),
                 GroupBy::Day => record.day().to_owned(),
                 GroupBy::Key => format!("{}/{}", record.deployment, record.key_slot),
+                GroupBy::Consumer => record.consumer.as_deref().unwrap_or("-").to_owned(),
             };
             let sums = report.rows.entry((group, record.meter.to_string())).or_default();
             sums.requests += 1;
@@ -108,6 +112,7 @@ impl Report {
             GroupBy::Deployment => "deployment",
             GroupBy::Day => "day",
             GroupBy::Key => "deployment/key",
+            GroupBy::Consumer => "consumer",
         };
         let width = self.rows.keys().map(|(g, _)| g.len()).max().unwrap_or(0).max(heading.len());
         let mut out = format!(
@@ -137,6 +142,7 @@ impl Report {
             GroupBy::Deployment => "deployment",
             GroupBy::Day => "day",
             GroupBy::Key => "key",
+            GroupBy::Consumer => "consumer",
         };
         let rows: Vec<serde_json::Value> = self
             .rows
@@ -148,4 +154,47 @@ impl Report {
             .collect();
         serde_json::json!({"rows": rows, "files": self.files, "malformed_lines": self.malformed_lines})
     }
+}
+
+/// A consumer's usage on one deployment in the current periods, rebuilt from the ledger.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeriodSums {
+    pub day_tokens: u64,
+    pub month_tokens: u64,
+    pub day_requests: u64,
+}
+
+/// What consumers used in the UTC day and month of `now_unix`, by (`project/name`, deployment),
+/// from the ledger and its rotated files (those last written before the month began are not
+/// read). A request counts in the period it arrived in (its line's `time`), as it was counted
+/// live; its requests count when it was admitted.
+pub fn consumer_period_usage(
+    path: &Path,
+    now_unix: u64,
+) -> std::io::Result<std::collections::HashMap<(String, String), PeriodSums>> {
+    let stamp = Stamp::at(now_unix);
+    let month_start = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(stamp.month_start());
+    let mut sums: std::collections::HashMap<(String, String), PeriodSums> = std::collections::HashMap::new();
+    for file in ledger_files(path)? {
+        if std::fs::metadata(&file).and_then(|m| m.modified()).is_ok_and(|at| at < month_start) {
+            continue;
+        }
+        for line in BufReader::new(std::fs::File::open(&file)?).lines() {
+            let line = line?;
+            let Ok(record) = LedgerLine::parse(&line) else { continue };
+            let Some(consumer) = &record.consumer else { continue };
+            let Ok(at) = OffsetDateTime::parse(&record.time, &Rfc3339) else { continue };
+            let at = Stamp::at(u64::try_from(at.unix_timestamp()).unwrap_or(0));
+            if at.month != stamp.month {
+                continue;
+            }
+            let entry = sums.entry((consumer.to_string(), record.deployment.to_string())).or_default();
+            entry.month_tokens += record.total_tokens;
+            if at.day == stamp.day {
+                entry.day_tokens += record.total_tokens;
+                entry.day_requests += u64::from(record.admitted == Some(true));
+            }
+        }
+    }
+    Ok(sums)
 }

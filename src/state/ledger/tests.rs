@@ -29,6 +29,8 @@ fn record(deployment: &Arc<Deployment>, tokens: u64, at: SystemTime) -> UsageRec
     UsageRecord {
         deployment: Arc::clone(deployment),
         key_slot: KeySlot::Secondary,
+        consumer: None,
+        admitted: true,
         route: ApiRoute::ChatCompletions,
         status: 200,
         outcome: Outcome::Completed,

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use self::redis::RedisStore;
 use crate::config::OnStoreError;
-use crate::core::quota::{Denial, DeploymentQuota, LimitKind, Limits, QuotaState};
+use crate::core::quota::period::{PeriodDenial, PeriodState, Stamp};
+use crate::core::quota::{Admitted, Denial, DeploymentQuota, LevelDenial, LimitKind, Limits, QuotaState, admit_levels};
+use crate::state::consumer::ConsumerGrant;
 use crate::state::deployment::Deployment;
 use crate::state::pool::PoolBackend;
 
@@ -78,9 +80,31 @@ impl BackendRefusal {
 /// Why admission said no.
 #[derive(Debug)]
 pub enum Refusal {
+    /// The deployment's buckets.
     Denied(Denial),
+    /// A consumer's own per-minute buckets on the deployment (with every level as it is; boxed,
+    /// so that the endpoint keys' `Result` stays small).
+    GrantDenied(Denial, Box<ConsumerAdmission>),
+    /// The deployment's buckets refused a consumer's request (with every level as it is).
+    DeniedConsumer(Denial, Box<ConsumerAdmission>),
+    /// A consumer's period quota: on this deployment (`consumer_wide` false), or over all its
+    /// deployments (with every level as it is).
+    PeriodExceeded { consumer_wide: bool, denial: PeriodDenial, levels: Box<ConsumerAdmission> },
     /// `fail-closed` while the shared store cannot be reached.
     StoreUnavailable,
+}
+
+/// What a consumer's admission took, beyond the deployment's buckets: for the headers, and the
+/// periods the request counts in (for its reconciliation).
+#[derive(Clone, Copy, Debug)]
+pub struct ConsumerAdmission {
+    pub deployment: Option<QuotaState>,
+    pub grant: Option<QuotaState>,
+    /// The grant's period quotas, then the consumer's.
+    pub periods: [Option<PeriodState>; 2],
+    pub stamp: Option<Stamp>,
+    /// When it was admitted (Unix seconds), for the seconds until each period ends.
+    pub now: u64,
 }
 
 impl QuotaStore {
@@ -101,8 +125,14 @@ impl QuotaStore {
                 Err(BackendRefusal::Wait { retry_after_ns })
             }
             Err(Refusal::Denied(Denial::ExceedsCapacity { .. })) => Err(BackendRefusal::TooSmall),
-            // `fail-closed`: this backend is skipped until the store answers again.
-            Err(Refusal::StoreUnavailable) => Err(BackendRefusal::Wait { retry_after_ns: LOCAL_SHARE_RETRY_NS }),
+            // `fail-closed`: this backend is skipped until the store answers again. (`admit_at`
+            // answers no consumer refusals; were it to, the backend would be skipped as busy.)
+            Err(
+                Refusal::StoreUnavailable
+                | Refusal::GrantDenied(..)
+                | Refusal::DeniedConsumer(..)
+                | Refusal::PeriodExceeded { .. },
+            ) => Err(BackendRefusal::Wait { retry_after_ns: LOCAL_SHARE_RETRY_NS }),
         }
     }
 
@@ -119,6 +149,44 @@ impl QuotaStore {
     /// Takes one request and `tokens` from the deployment's buckets, or refuses.
     pub async fn admit(&self, deployment: &Deployment, tokens: u64) -> Result<(Option<QuotaState>, Hold), Refusal> {
         self.admit_at(&deployment.name, &deployment.quota, tokens).await
+    }
+
+    /// A consumer's request: one request and `tokens` from the deployment's buckets, the
+    /// consumer's own buckets there and its period quotas, all together or none.
+    pub fn admit_consumer(
+        &self,
+        deployment: &Deployment,
+        caller: &ConsumerGrant,
+        tokens: u64,
+        unix_seconds: u64,
+    ) -> Result<(ConsumerAdmission, Hold), Refusal> {
+        match self {
+            QuotaStore::Memory => {
+                let view = |Admitted { buckets: [deployment, grant], stamp, periods }: Admitted| ConsumerAdmission {
+                    deployment,
+                    grant,
+                    periods,
+                    stamp,
+                    now: unix_seconds,
+                };
+                let refused = match admit_levels(caller.levels(deployment), tokens, unix_seconds) {
+                    Ok(admitted) => return Ok((view(admitted), Hold::InProcess)),
+                    Err(refused) => refused,
+                };
+                let (denial, seen) = *refused;
+                let levels = Box::new(view(seen));
+                Err(match denial {
+                    LevelDenial::Rate { level: 0, denial } => Refusal::DeniedConsumer(denial, levels),
+                    LevelDenial::Rate { denial, .. } => Refusal::GrantDenied(denial, levels),
+                    LevelDenial::Period { level, denial } => {
+                        Refusal::PeriodExceeded { consumer_wide: level == 1, denial, levels }
+                    }
+                })
+            }
+            // Configuration refuses consumers with a shared store until their buckets live in
+            // it too (see `config::validate_consumer`): never admit them around it.
+            QuotaStore::Redis(_) => Err(Refusal::StoreUnavailable),
+        }
     }
 
     /// Admission against the buckets `quota` holds the limits of: in process, or shared in
