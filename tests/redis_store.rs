@@ -72,7 +72,7 @@ async fn two_gateways_share_one_bucket_and_each_429_says_when() {
     let requests = |q: &serde_json::Value| q["remainingRequests"].as_u64().unwrap();
     assert!(requests(&first) <= requests(&second), "{first} then {second}");
     // The key carries the prefix, and expires once the buckets would be full again.
-    let ttl = redis.command(&format!("PTTL test{}:{DEPLOYMENT}", redis.port)).unwrap();
+    let ttl = redis.command(&format!("PTTL test{}:{{{DEPLOYMENT}}}", redis.port)).unwrap();
     let ttl: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
     assert!(ttl > 0 && ttl <= 61_000, "PTTL {ttl}");
 }
@@ -303,7 +303,7 @@ async fn outage(mut redis: RedisServer, mode: &str, extra: &str, deployment: &st
     // After recovery the shared bucket is used again: its key exists in the restarted Redis.
     let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
     assert!(reply.status == StatusCode::OK || reply.status == StatusCode::TOO_MANY_REQUESTS);
-    let exists = redis.command(&format!("EXISTS test{}:{DEPLOYMENT}", redis.port)).unwrap();
+    let exists = redis.command(&format!("EXISTS test{}:{{{DEPLOYMENT}}}", redis.port)).unwrap();
     assert_eq!(exists.trim(), ":1", "no shared bucket after recovery");
     // Nothing lost: every answered request is in the ledger once the gateway has stopped.
     let authenticated = answered + down.len() + 1;
@@ -519,7 +519,7 @@ async fn a_reconciliation_that_timed_out_but_ran_is_not_applied_twice() {
     }
     assert!(recovered, "the store recovered");
     h.gateway.gateway.quota_store().flush().await;
-    let key = format!("test{}:{DEPLOYMENT}", redis.port);
+    let key = format!("test{}:{{{DEPLOYMENT}}}", redis.port);
     let reply = redis.command(&format!("HMGET {key} t at")).unwrap();
     let fields: Vec<i64> = reply.lines().filter_map(|l| l.parse().ok()).collect();
     let (level, at) = (fields[0], fields[1]);
@@ -544,7 +544,7 @@ async fn retry_after_from_the_shared_buckets_is_exact() {
     })
     .await;
     const U: i64 = 60_000;
-    let key = format!("test{}:{DEPLOYMENT}", redis.port);
+    let key = format!("test{}:{{{DEPLOYMENT}}}", redis.port);
     let url = h.deployment_url("/chat/completions");
     // No request left: one comes back in 60 s / 6 = 10 s.
     redis.command(&format!("HSET {key} r 0 t {} at 99999999999999", 6000 * U)).unwrap();
@@ -638,7 +638,7 @@ async fn two_gateways_share_each_pool_backends_own_buckets() {
     assert_eq!(admitted + refused, 30);
     // Two replicas, one quota per backend: neither backend was ever sent more than it takes.
     assert_eq!((east.throttled(), west.throttled()), (0, 0));
-    let key = format!("test{}:backend:{}", redis.port, east.url());
+    let key = format!("test{}:{{backend:{}}}", redis.port, east.url());
     let ttl = redis.command(&format!("PTTL {key}")).unwrap();
     assert!(ttl.trim_start_matches(':').trim().parse::<i64>().unwrap() > 0, "{key}: PTTL {ttl}");
     let quotas = a.admin("/quotas").await;
@@ -648,4 +648,59 @@ async fn two_gateways_share_each_pool_backends_own_buckets() {
         backends.iter().all(|b| b["requestsPerMinute"] == 6 && b["remainingRequests"].as_u64() == Some(0)),
         "{quotas}"
     );
+}
+
+/// Three gateways on one Redis share a consumer's own buckets, its period quota and the
+/// deployment's buckets: together they admit no more than each level allows.
+#[tokio::test]
+async fn three_gateways_share_consumer_buckets_and_period_quotas() {
+    let Some(redis) = RedisServer::start("three_gateways_share_consumer_buckets_and_period_quotas") else { return };
+    const BATCH: &str = "RedisBatchConsumerKey0123456789a";
+    const DAILY: &str = "RedisDailyConsumerKey0123456789a";
+    let consumers = format!(
+        "[[consumers]]\nname = \"batch\"\nkeys = [\"{}\"]\n[[consumers.grants]]\ndeployment = \"{DEPLOYMENT}\"\nrequests_per_minute = 4\n[[consumers]]\nname = \"daily\"\nkeys = [\"{}\"]\nrequests_per_day = 3\n[[consumers.grants]]\ndeployment = \"{DEPLOYMENT}\"\n",
+        stored(BATCH),
+        stored(DAILY)
+    );
+    let setup = || Setup {
+        deployment: "requests_per_minute = 10".into(),
+        tables: consumers.clone(),
+        limits: limits(&redis, ""),
+        ..Setup::default()
+    };
+    let gateways = [Harness::with(setup()).await, Harness::with(setup()).await, Harness::with(setup()).await];
+    let started = Instant::now();
+    let ok = |key: &str, n: usize| {
+        let gateways = &gateways;
+        let key = key.to_owned();
+        async move {
+            let mut admitted = 0;
+            for i in 0..n {
+                let h = &gateways[i % 3];
+                let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", &key)], CHAT).await;
+                match reply.status {
+                    StatusCode::OK => admitted += 1,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::FORBIDDEN => {
+                        reply.error_code();
+                    }
+                    other => panic!("unexpected {other}: {}", reply.text()),
+                }
+            }
+            admitted
+        }
+    };
+    let batch = ok(BATCH, 9).await;
+    let daily = ok(DAILY, 6).await;
+    let endpoint = ok(PRIMARY_KEY, 9).await;
+    let elapsed = started.elapsed();
+    assert!(batch >= 4 && batch <= allowance(4, elapsed), "batch admitted {batch} with 4 a minute");
+    assert_eq!(daily, 3, "three a day, over three gateways");
+    assert!(
+        batch + daily + endpoint <= allowance(10, elapsed),
+        "{batch} + {daily} + {endpoint} past the deployment's 10"
+    );
+    // The consumer-wide period hash expires only after the month.
+    let ttl = redis.command(&format!("TTL test{}:{{consumer:default/daily}}:period", redis.port)).unwrap();
+    let ttl: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(ttl > 86_400, "TTL {ttl}");
 }

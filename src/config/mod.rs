@@ -104,7 +104,7 @@ pub struct RedisStoreConfig {
     pub url: crate::core::secret::Secret,
     /// PEM roots that verify a `rediss://` server (instead of the system roots).
     pub ca_file: Option<PathBuf>,
-    /// Prepended to every key (`{prefix}{deployment}`).
+    /// Prepended to every key (`<prefix>{<deployment>}`).
     pub key_prefix: String,
     pub on_error: OnStoreError,
     /// How many replicas share the quota: with `on_store_error = "local"` each holds limit / replicas.

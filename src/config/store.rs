@@ -78,12 +78,14 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
     let key_prefix = match &raw.key_prefix {
         None => DEFAULT_KEY_PREFIX.to_owned(),
         Some(v)
-            if v.get_ref().is_empty() || v.get_ref().len() > 128 || v.get_ref().chars().any(char::is_whitespace) =>
+            if v.get_ref().is_empty()
+                || v.get_ref().len() > 128
+                || v.get_ref().chars().any(|c| c.is_whitespace() || c == '{' || c == '}') =>
         {
             return Err(at.error(
                 v,
                 "limits.key_prefix",
-                "must be 1 to 128 characters without spaces, e.g. \"tollgate:quota:\"",
+                "must be 1 to 128 characters without spaces or braces (the braces after it are the keys' hash tags), e.g. \"tollgate:quota:\"",
             ));
         }
         Some(v) => v.get_ref().clone(),

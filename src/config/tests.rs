@@ -484,12 +484,4 @@ mod consumers {
             assert!(e.line > 10, "the line of the consumer, not the file's start: {e}");
         }
     }
-
-    #[test]
-    fn consumers_are_refused_beside_the_redis_store_until_it_holds_their_buckets() {
-        let e = error(&format!(
-            "[[consumers]]\nname = \"a\"\nkeys = [\"{KEY_C}\"]\n[[consumers.grants]]\ndeployment = \"meta-llama3-8b-qwerty\"\n[limits]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n"
-        ));
-        assert!(e.message.contains("not yet supported"), "{e}");
-    }
 }

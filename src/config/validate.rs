@@ -128,15 +128,6 @@ pub(super) fn validate(
     };
     let store = super::store::validate_store(raw.limits.as_ref(), at)?;
     let consumers = super::validate_consumer::validate_consumers(&raw.consumers, at, &deployments)?;
-    if let (Some(first), StoreConfig::Redis(_)) = (raw.consumers.first(), &store) {
-        // Until the consumers' buckets and period quotas live in Redis beside the deployments',
-        // each replica would hold its own: refused rather than enforced wrongly.
-        return Err(at.error(
-            &first.get_ref().name,
-            "consumers[0]",
-            "[[consumers]] are not yet supported with [limits] store = \"redis\" (their limits would be per replica); use store = \"memory\" for now",
-        ));
-    }
     Ok(Config { server, admin, backend, deployments, models, ledger, store, consumers })
 }
 

@@ -3,7 +3,7 @@
 //! swapped with it); buckets and period usage carry over from the previous table by
 //! `project/name` and deployment.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::{ConsumerConfig, GrantConfig};
 use crate::core::clock::Clock;
@@ -28,6 +28,8 @@ pub struct Consumer {
     pub deployments: Vec<Arc<Deployment>>,
     /// Whose wall clock the period quotas follow.
     pub clock: Arc<dyn Clock>,
+    /// Its period quotas' key in a shared store (made by the store on first use).
+    pub store_key: OnceLock<Arc<str>>,
 }
 
 /// One deployment a consumer may call.
@@ -37,6 +39,8 @@ pub struct Grant {
     /// Its own per-minute buckets there (none: limited by the deployment alone).
     pub quota: Option<Arc<DeploymentQuota>>,
     pub periods: Option<Arc<PeriodQuota>>,
+    /// Its buckets' and period quotas' keys in a shared store (made by the store on first use).
+    pub store_keys: OnceLock<[Arc<str>; 2]>,
 }
 
 /// A request's caller when it is a consumer: who, and which of its grants.
@@ -51,9 +55,9 @@ impl ConsumerGrant {
         &self.consumer.grants[self.index]
     }
 
-    /// Charges `actual` in place of `reserved` on the consumer's own levels (the deployment's
-    /// are settled by the request's hold), in the periods of `stamp`.
-    pub fn settle(&self, stamp: Option<Stamp>, reserved: u64, actual: u64) {
+    /// Charges `actual` in place of `reserved` on the consumer's own in-process levels (the
+    /// deployment's are settled by the request's hold), in the periods of `stamp`.
+    pub fn settle_in_process(&self, stamp: Option<Stamp>, reserved: u64, actual: u64) {
         let grant = self.grant();
         if let Some(quota) = &grant.quota {
             quota.reconcile(reserved, actual);
@@ -106,6 +110,7 @@ impl Consumer {
             grants,
             deployments: granted,
             clock: Arc::clone(clock),
+            store_key: OnceLock::new(),
         }
     }
 
@@ -137,6 +142,7 @@ impl Grant {
             deployment: config.deployment.clone(),
             quota,
             periods: period_quota(config.periods, previous.and_then(|p| p.periods.as_ref()), clock),
+            store_keys: OnceLock::new(),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! shares (two deployments over one endpoint cannot together send it more than its quota, and a
 //! dead endpoint is dead for both). They carry across reloads, like a deployment's own buckets,
 //! so a reload neither forgives a cooling or ejected backend nor refills its quota. With
-//! `store = "redis"` the buckets live in Redis under `{prefix}backend:{url}`, shared by every
+//! `store = "redis"` the buckets live in Redis under `<prefix>{backend:<url>}`, shared by every
 //! replica ([`QuotaStore::admit_backend`]).
 
 use std::collections::HashMap;

@@ -284,22 +284,8 @@ pub fn admit_levels(
             return Err(Box::new((LevelDenial::Period { level, denial }, seen)));
         }
     }
-    let mut binding: Option<(usize, LimitKind, QuotaState, u64)> = None;
-    let mut retry_after = 0;
-    for (level, b) in buckets.iter().enumerate() {
-        let Some(b) = b else { continue };
-        if b.requests.has(1) && b.tokens.has(tokens) {
-            continue;
-        }
-        let Denial::Exhausted { limit, retry_after_ns, state } = b.denial(tokens) else { continue };
-        seen.buckets[level] = Some(state);
-        retry_after = retry_after.max(retry_after_ns);
-        if binding.is_none_or(|(.., longest)| retry_after_ns > longest) {
-            binding = Some((level, limit, state, retry_after_ns));
-        }
-    }
-    if let Some((level, limit, state, _)) = binding {
-        let denial = Denial::Exhausted { limit, retry_after_ns: retry_after, state };
+    if let Some((level, denial, states)) = rate_denial([buckets[0].as_deref(), buckets[1].as_deref()], tokens) {
+        seen.buckets = states;
         return Err(Box::new((LevelDenial::Rate { level, denial }, seen)));
     }
     for (out, b) in seen.buckets.iter_mut().zip(buckets.iter_mut()) {
@@ -316,6 +302,30 @@ pub fn admit_levels(
         }
     }
     Ok(seen)
+}
+
+/// When a bucket level lacks room for one request and `tokens`: the level whose wait is longest,
+/// its denial with the wait until every level has room, and every level's state (a refusing
+/// bucket's reset time is when it has room). `None` when every level has room.
+pub fn rate_denial(levels: [Option<&Buckets>; 2], tokens: u64) -> Option<(usize, Denial, [Option<QuotaState>; 2])> {
+    let mut states = levels.map(|b| b.map(state_of));
+    let mut binding: Option<(usize, LimitKind, QuotaState, u64)> = None;
+    let mut retry_after = 0;
+    for (level, b) in levels.iter().enumerate() {
+        let Some(b) = b else { continue };
+        if b.requests.has(1) && b.tokens.has(tokens) {
+            continue;
+        }
+        let Denial::Exhausted { limit, retry_after_ns, state } = b.denial(tokens) else { continue };
+        states[level] = Some(state);
+        retry_after = retry_after.max(retry_after_ns);
+        if binding.is_none_or(|(.., longest)| retry_after_ns > longest) {
+            binding = Some((level, limit, state, retry_after_ns));
+        }
+    }
+    binding.map(|(level, limit, state, _)| {
+        (level, Denial::Exhausted { limit, retry_after_ns: retry_after, state }, states)
+    })
 }
 
 fn state_of(b: &Buckets) -> QuotaState {

@@ -13,12 +13,13 @@ use crate::core::quota::period::Stamp;
 use crate::core::quota::{Denial, QuotaState};
 use crate::planes::data::error::ApiError;
 use crate::state::deployment::Deployment;
-use crate::state::quota_store::{ConsumerAdmission, Hold, Refusal};
+use crate::state::quota_store::{ConsumerAdmission, ConsumerHold, Hold, Refusal};
 
-/// What admission took: where from, and the periods a consumer's request counts in.
+/// What admission took: where from, and for a consumer where its own levels were taken and
+/// the periods its request counts in.
 pub struct Taken {
     pub hold: Hold,
-    pub stamp: Option<Stamp>,
+    pub consumer: Option<(ConsumerHold, Option<Stamp>)>,
 }
 
 /// The estimate's two parts, for the messages.
@@ -50,13 +51,15 @@ impl Gateway {
         let admitted = match consumer {
             None => self.quota.admit(deployment, reserved).await.map(|(state, hold)| {
                 trace.quota = state;
-                Taken { hold, stamp: None }
+                Taken { hold, consumer: None }
             }),
-            Some(grant) => self.quota.admit_consumer(deployment, grant, reserved, now_unix).map(|(admission, hold)| {
-                trace.quota = tightest(&admission);
-                trace.consumer_quota = Some(admission);
-                Taken { hold, stamp: admission.stamp }
-            }),
+            Some(grant) => self.quota.admit_consumer(deployment, grant, reserved, now_unix).await.map(
+                |(admission, hold, consumer_hold)| {
+                    trace.quota = tightest(&admission);
+                    trace.consumer_quota = Some(admission);
+                    Taken { hold, consumer: Some((consumer_hold, admission.stamp)) }
+                },
+            ),
         };
         let refusal = match admitted {
             Ok(taken) => return Ok(taken),

@@ -301,7 +301,7 @@ impl Gateway {
         let reserve = admit::Reserve { prompt: estimate.prompt_tokens, completion };
         let reserved = reserve.total();
         let now_unix = crate::core::clock::unix_seconds(started_at);
-        let admit::Taken { hold, stamp } = self.admit(&deployment, &caller, reserve, now_unix, trace).await?;
+        let admit::Taken { hold, consumer } = self.admit(&deployment, &caller, reserve, now_unix, trace).await?;
         let facts = RequestFacts {
             deployment: Arc::clone(&deployment),
             key_slot: caller.key_slot,
@@ -313,7 +313,7 @@ impl Gateway {
             estimated_prompt_tokens: estimate.prompt_tokens,
             limited_by: None,
         };
-        let mut reservation = Reservation::new(facts, reserved, hold, stamp, Arc::clone(&self.sink));
+        let mut reservation = Reservation::new(facts, reserved, hold, consumer, Arc::clone(&self.sink));
         trace.reserved = true;
 
         // Stages 6 and 7: forward over the pool, and stream the answer back as it comes, metering it.

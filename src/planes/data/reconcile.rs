@@ -18,7 +18,7 @@ use crate::core::quota::period::Stamp;
 use crate::state::consumer::ConsumerGrant;
 use crate::state::deployment::Deployment;
 use crate::state::pool::Attempt;
-use crate::state::quota_store::Hold;
+use crate::state::quota_store::{ConsumerHold, Hold};
 use crate::state::record::{Outcome, UsageRecord, UsageSink};
 use crate::state::request_id::RequestId;
 
@@ -87,8 +87,8 @@ pub struct Reservation {
     reserved_tokens: u64,
     /// Where the tokens were taken from, and so where the difference is settled.
     hold: Hold,
-    /// The periods a consumer's request counts in (when a period quota applies).
-    stamp: Option<Stamp>,
+    /// Where a consumer's own levels were taken, and the periods its request counts in.
+    consumer: Option<(ConsumerHold, Option<Stamp>)>,
     sink: Arc<dyn UsageSink>,
     settled: bool,
     /// The pool's backend that answered, holding its in-flight slot and its own buckets'
@@ -102,11 +102,11 @@ impl Reservation {
         facts: RequestFacts,
         reserved_tokens: u64,
         hold: Hold,
-        stamp: Option<Stamp>,
+        consumer: Option<(ConsumerHold, Option<Stamp>)>,
         sink: Arc<dyn UsageSink>,
     ) -> Reservation {
         facts.deployment.usage.inflight.fetch_add(1, Ordering::Relaxed);
-        Reservation { facts, reserved_tokens, hold, stamp, sink, settled: false, served: None, attempts: 0 }
+        Reservation { facts, reserved_tokens, hold, consumer, sink, settled: false, served: None, attempts: 0 }
     }
 
     /// The response comes from this backend (`None`: the deployment's only one, which the
@@ -139,8 +139,8 @@ impl Reservation {
             return;
         }
         self.hold.settle(&self.facts.deployment, self.reserved_tokens, counts.total);
-        if let Some(consumer) = &self.facts.consumer {
-            consumer.settle(self.stamp, self.reserved_tokens, counts.total);
+        if let (Some(caller), Some((hold, stamp))) = (&self.facts.consumer, &self.consumer) {
+            hold.settle(&self.facts.deployment.name, caller, *stamp, self.reserved_tokens, counts.total);
         }
         self.facts.deployment.usage.inflight.fetch_sub(1, Ordering::Relaxed);
         let backend = self.served.take().and_then(|(attempt, name)| {

@@ -14,8 +14,11 @@ use std::sync::Arc;
 
 use self::redis::RedisStore;
 use crate::config::OnStoreError;
-use crate::core::quota::period::{PeriodDenial, PeriodState, Stamp};
-use crate::core::quota::{Admitted, Denial, DeploymentQuota, LevelDenial, LimitKind, Limits, QuotaState, admit_levels};
+use crate::core::quota::period::{PeriodDenial, PeriodKind, PeriodState, Stamp};
+use crate::core::quota::{
+    Admitted, Buckets, Denial, DeploymentQuota, LevelDenial, Levels, LimitKind, Limits, QuotaState, admit_levels,
+    rate_denial,
+};
 use crate::state::consumer::ConsumerGrant;
 use crate::state::deployment::Deployment;
 use crate::state::pool::PoolBackend;
@@ -152,40 +155,71 @@ impl QuotaStore {
     }
 
     /// A consumer's request: one request and `tokens` from the deployment's buckets, the
-    /// consumer's own buckets there and its period quotas, all together or none.
-    pub fn admit_consumer(
+    /// consumer's own buckets there and its period quotas, all together or none (in one script
+    /// with Redis). While Redis cannot be reached, `on_store_error` decides as for deployments;
+    /// under `local` the per-minute levels are this replica's share and the period quotas are
+    /// not enforced (a day's or month's quota cannot be split by replicas fairly; the ledger
+    /// still has every request).
+    pub async fn admit_consumer(
         &self,
         deployment: &Deployment,
         caller: &ConsumerGrant,
         tokens: u64,
         unix_seconds: u64,
-    ) -> Result<(ConsumerAdmission, Hold), Refusal> {
-        match self {
-            QuotaStore::Memory => {
-                let view = |Admitted { buckets: [deployment, grant], stamp, periods }: Admitted| ConsumerAdmission {
-                    deployment,
-                    grant,
-                    periods,
-                    stamp,
-                    now: unix_seconds,
-                };
-                let refused = match admit_levels(caller.levels(deployment), tokens, unix_seconds) {
-                    Ok(admitted) => return Ok((view(admitted), Hold::InProcess)),
-                    Err(refused) => refused,
-                };
+    ) -> Result<(ConsumerAdmission, Hold, ConsumerHold), Refusal> {
+        let view = |Admitted { buckets: [deployment, grant], stamp, periods }: Admitted| ConsumerAdmission {
+            deployment,
+            grant,
+            periods,
+            stamp,
+            now: unix_seconds,
+        };
+        let in_process = |levels: Levels<'_>| match admit_levels(levels, tokens, unix_seconds) {
+            Ok(admitted) => Ok(view(admitted)),
+            Err(refused) => {
                 let (denial, seen) = *refused;
-                let levels = Box::new(view(seen));
-                Err(match denial {
-                    LevelDenial::Rate { level: 0, denial } => Refusal::DeniedConsumer(denial, levels),
-                    LevelDenial::Rate { denial, .. } => Refusal::GrantDenied(denial, levels),
-                    LevelDenial::Period { level, denial } => {
-                        Refusal::PeriodExceeded { consumer_wide: level == 1, denial, levels }
-                    }
-                })
+                Err(refusal(denial, Box::new(view(seen))))
             }
-            // Configuration refuses consumers with a shared store until their buckets live in
-            // it too (see `config::validate_consumer`): never admit them around it.
-            QuotaStore::Redis(_) => Err(Refusal::StoreUnavailable),
+        };
+        let store = match self {
+            QuotaStore::Memory => {
+                return in_process(caller.levels(deployment)).map(|a| (a, Hold::InProcess, ConsumerHold::InProcess));
+            }
+            QuotaStore::Redis(store) => store,
+        };
+        let grant = caller.grant();
+        for (level, quota) in [Some(&deployment.quota), grant.quota.as_ref()].into_iter().enumerate() {
+            let capacity = quota.map_or(u64::MAX, |q| q.limits().tokens_per_minute);
+            if tokens > capacity {
+                let denial = Denial::ExceedsCapacity { reserved: tokens, capacity };
+                let levels = Box::new(view(Admitted { buckets: [None, None], stamp: None, periods: [None, None] }));
+                return Err(refusal(LevelDenial::Rate { level, denial }, levels));
+            }
+        }
+        let stamp = Stamp::at(unix_seconds);
+        if store.is_up() {
+            // An unreachable store is counted and logged by the store: fall back below.
+            if let Ok(reply) = store.admit_consumer(deployment, caller, tokens, stamp).await {
+                return shared_reply(reply, tokens, stamp, unix_seconds, Arc::clone(store));
+            }
+        }
+        let mode = store.on_error();
+        store.count_fallback(mode);
+        match mode {
+            OnStoreError::FailOpen => {
+                let nothing = view(Admitted { buckets: [None, None], stamp: None, periods: [None, None] });
+                Ok((nothing, Hold::Unenforced, ConsumerHold::Unenforced))
+            }
+            OnStoreError::FailClosed => Err(Refusal::StoreUnavailable),
+            OnStoreError::Local => {
+                let local = store.local_quota(&deployment.name, deployment.quota.limits());
+                let grant_local = grant.quota.as_ref().map(|q| {
+                    let key = format!("{}:consumer:{}", deployment.name, caller.consumer.label);
+                    store.local_quota(&key, q.limits())
+                });
+                let levels = Levels { buckets: [Some(&local), grant_local.as_deref()], periods: [None, None] };
+                in_process(levels).map(|a| (a, Hold::Fallback(Arc::clone(&local)), ConsumerHold::Fallback(grant_local)))
+            }
         }
     }
 
@@ -278,6 +312,94 @@ impl BackendHold {
                 store.reconcile_key(key, *limits, i64::try_from(reserved).unwrap_or(i64::MAX), 1)
             }
         }
+    }
+}
+
+/// Where a consumer's own levels were taken from (the deployment's are in the request's
+/// [`Hold`]), and so where they are settled.
+#[derive(Debug)]
+pub enum ConsumerHold {
+    /// The consumer's in-process buckets and period quotas.
+    InProcess,
+    /// Its keys in Redis.
+    Shared(Arc<RedisStore>),
+    /// A `local` fallback bucket for its grant (if it has limits there), while Redis was
+    /// unreachable; period quotas were not taken.
+    Fallback(Option<Arc<DeploymentQuota>>),
+    /// Admitted `fail-open`: nothing to settle.
+    Unenforced,
+}
+
+impl ConsumerHold {
+    /// Charges the real count in place of the reservation on the consumer's levels.
+    pub fn settle(&self, deployment: &str, caller: &ConsumerGrant, stamp: Option<Stamp>, reserved: u64, actual: u64) {
+        match self {
+            ConsumerHold::InProcess => caller.settle_in_process(stamp, reserved, actual),
+            ConsumerHold::Shared(store) => store.reconcile_consumer(deployment, caller, stamp, reserved, actual),
+            ConsumerHold::Fallback(local) => {
+                if let Some(local) = local {
+                    local.reconcile(reserved, actual);
+                }
+            }
+            ConsumerHold::Unenforced => {}
+        }
+    }
+}
+
+/// A refusal of a consumer's request by level.
+fn refusal(denial: LevelDenial, levels: Box<ConsumerAdmission>) -> Refusal {
+    match denial {
+        LevelDenial::Rate { level: 0, denial } => Refusal::DeniedConsumer(denial, levels),
+        LevelDenial::Rate { denial, .. } => Refusal::GrantDenied(denial, levels),
+        LevelDenial::Period { level, denial } => Refusal::PeriodExceeded { consumer_wide: level == 1, denial, levels },
+    }
+}
+
+/// The consumer admission script's answer as an admission or a refusal.
+fn shared_reply(
+    reply: redis::ConsumerReply,
+    tokens: u64,
+    stamp: Stamp,
+    now: u64,
+    store: Arc<RedisStore>,
+) -> Result<(ConsumerAdmission, Hold, ConsumerHold), Refusal> {
+    let buckets = [Some(&reply.deployment), reply.grant.as_ref()];
+    let mut levels = ConsumerAdmission {
+        deployment: Some(reply.deployment.state()),
+        grant: reply.grant.as_ref().map(Buckets::state),
+        periods: reply.periods,
+        stamp: Some(stamp).filter(|_| reply.periods.iter().any(Option::is_some)),
+        now,
+    };
+    match reply.status {
+        1 => Ok((levels, Hold::Shared(Arc::clone(&store)), ConsumerHold::Shared(store))),
+        2 | 3 => {
+            let level = usize::from(reply.status == 3);
+            let kind = match reply.exceeded {
+                1 => PeriodKind::RequestsPerDay,
+                2 => PeriodKind::TokensPerDay,
+                _ => PeriodKind::TokensPerMonth,
+            };
+            let state = reply.periods[level];
+            let (limit, used) = state
+                .and_then(|s| s.each().find(|(k, ..)| *k == kind).map(|(_, limit, used, _)| (limit, used)))
+                .unwrap_or((0, 0));
+            let denial = PeriodDenial { kind, limit, used, reset_unix: stamp.end_of(kind) };
+            Err(refusal(LevelDenial::Period { level, denial }, Box::new(levels)))
+        }
+        _ => match rate_denial(buckets, tokens) {
+            Some((level, denial, states)) => {
+                [levels.deployment, levels.grant] = states;
+                Err(refusal(LevelDenial::Rate { level, denial }, Box::new(levels)))
+            }
+            // The script saw no room but the levels it read have it (cannot happen: both read
+            // the same numbers); refused as the deployment's with no wait rather than admitted.
+            None => {
+                let state = reply.deployment.state();
+                let denial = Denial::Exhausted { limit: LimitKind::Requests, retry_after_ns: 1_000_000, state };
+                Err(refusal(LevelDenial::Rate { level: 0, denial }, Box::new(levels)))
+            }
+        },
     }
 }
 

@@ -29,8 +29,29 @@ use super::scripts::{self, LEVEL_TO_SCALED};
 use crate::config::{OnStoreError, RedisStoreConfig};
 use crate::core::clock::Clock;
 use crate::core::quota::bucket::TokenBucket;
+use crate::core::quota::period::{PeriodLimits, PeriodState, PeriodUsage, Stamp};
 use crate::core::quota::{Buckets, Denial, DeploymentQuota, Limits, QuotaState};
+use crate::state::consumer::{Consumer, ConsumerGrant};
+use crate::state::deployment::Deployment;
 use crate::state::metrics::Metrics;
+
+/// What the consumer admission script answered (see [`scripts::admit_consumer`]).
+pub struct ConsumerReply {
+    /// 1 admitted, 0 a bucket lacks room, 2 the grant's period quota is used up, 3 the consumer's.
+    pub status: i64,
+    /// With status 2 or 3: 1 requests per day, 2 tokens per day, 3 tokens per month.
+    pub exceeded: i64,
+    pub deployment: Buckets,
+    pub grant: Option<Buckets>,
+    /// The grant's and the consumer's period quotas (after admission when admitted).
+    pub periods: [Option<PeriodState>; 2],
+}
+
+/// When a period hash may expire: a day after its month ends (a month's tokens are needed until
+/// then; a day of margin for clocks that disagree).
+pub fn period_expiry(stamp: Stamp) -> u64 {
+    stamp.month_end() + 86_400
+}
 
 /// How often an unreachable store is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -59,6 +80,8 @@ pub struct RedisStore {
     up: AtomicBool,
     admit_script: Script,
     reconcile_script: Script,
+    admit_consumer_script: Script,
+    reconcile_period_script: Script,
     pending: Mutex<Pending>,
     /// Wakes the reconciler when something is pending (and when the store is dropped, so that it
     /// ends).
@@ -111,6 +134,8 @@ impl RedisStore {
             up: AtomicBool::new(false),
             admit_script: Script::new(&scripts::admit()),
             reconcile_script: Script::new(&scripts::reconcile()),
+            admit_consumer_script: Script::new(&scripts::admit_consumer()),
+            reconcile_period_script: Script::new(&scripts::reconcile_period()),
             pending: Mutex::new(Pending::default()),
             wake: Arc::new(tokio::sync::Notify::new()),
             replica: format!("{:016x}", rand::random::<u64>()),
@@ -141,11 +166,124 @@ impl RedisStore {
         self.settings.on_error
     }
 
+    /// `<prefix>{<name>}` for a deployment's buckets (or a pool backend's, `backend:<url>`): the
+    /// name is the key's hash tag, so a consumer's buckets on the deployment
+    /// ([`Self::grant_keys`]) are in its hash slot and one script can take from both on Redis
+    /// Cluster.
     fn key(&self, deployment: &str) -> String {
-        let mut key = String::with_capacity(self.settings.key_prefix.len() + deployment.len());
+        let mut key = String::with_capacity(self.settings.key_prefix.len() + deployment.len() + 2);
         key.push_str(&self.settings.key_prefix);
+        key.push('{');
         key.push_str(deployment);
+        key.push('}');
         key
+    }
+
+    /// A consumer's buckets and period quotas on a deployment: `<prefix>{<deployment>}:consumer:<p/c>`
+    /// and `<prefix>{<deployment>}:period:<p/c>` (the deployment's hash slot), made once per grant.
+    fn grant_keys<'a>(&self, deployment: &str, caller: &'a ConsumerGrant) -> &'a [Arc<str>; 2] {
+        caller.grant().store_keys.get_or_init(|| {
+            let base = self.key(deployment);
+            let label = &caller.consumer.label;
+            [Arc::from(format!("{base}:consumer:{label}")), Arc::from(format!("{base}:period:{label}"))]
+        })
+    }
+
+    /// A consumer's period quotas over all its deployments: `<prefix>{consumer:<p/c>}:period`.
+    /// The one key of an admission in a slot of its own (the consumer's deployments may each be
+    /// in another): plain Redis runs the script all the same; Redis Cluster would refuse it
+    /// (`CROSSSLOT`) for a consumer with such quotas on deployments of different slots.
+    fn consumer_key<'a>(&self, consumer: &'a Consumer) -> &'a Arc<str> {
+        consumer
+            .store_key
+            .get_or_init(|| Arc::from(format!("{}{{consumer:{}}}:period", self.settings.key_prefix, consumer.label)))
+    }
+
+    /// A consumer's admission in one round trip: every level in one script (see
+    /// [`scripts::admit_consumer`]); `stamp` is the periods the request counts in.
+    pub async fn admit_consumer(
+        &self,
+        deployment: &Deployment,
+        caller: &ConsumerGrant,
+        tokens: u64,
+        stamp: Stamp,
+    ) -> Result<ConsumerReply, StoreUnreachable> {
+        let op = "admit";
+        let Some(connection) = self.connection.load_full() else {
+            self.failed(op, "not connected");
+            return Err(StoreUnreachable { op });
+        };
+        let mut connection = ConnectionManager::clone(&connection);
+        let grant = caller.grant();
+        let limits = deployment.quota.limits();
+        let grant_limits = grant.quota.as_ref().map(|q| q.limits());
+        let grant_periods = grant.periods.as_ref().map(|p| p.limits());
+        let consumer_periods = caller.consumer.periods.as_ref().map(|p| p.limits());
+        let [grant_key, grant_period_key] = self.grant_keys(&deployment.name, caller);
+        let mut invocation = self.admit_consumer_script.key(self.key(&deployment.name));
+        if grant_limits.is_some() {
+            invocation.key(&**grant_key);
+        }
+        if grant_periods.is_some() {
+            invocation.key(&**grant_period_key);
+        }
+        if consumer_periods.is_some() {
+            invocation.key(&**self.consumer_key(&caller.consumer));
+        }
+        let signed = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        invocation.arg(limits.requests_per_minute).arg(limits.tokens_per_minute).arg(tokens);
+        invocation
+            .arg(signed(grant_limits.map(|l| l.requests_per_minute)))
+            .arg(signed(grant_limits.map(|l| l.tokens_per_minute)));
+        for periods in [grant_periods, consumer_periods] {
+            let p = periods.unwrap_or_default();
+            invocation.arg(signed(p.tokens_per_day)).arg(signed(p.tokens_per_month)).arg(signed(p.requests_per_day));
+        }
+        invocation.arg(stamp.day).arg(stamp.month).arg(period_expiry(stamp));
+        let started = Instant::now();
+        let reply =
+            tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<Vec<i64>>(&mut connection)).await;
+        let values = match reply {
+            Ok(Ok(values)) if values.len() >= 11 => values,
+            Ok(Ok(values)) => {
+                self.failed(op, &format!("the consumer admission script answered {} values", values.len()));
+                return Err(StoreUnreachable { op });
+            }
+            Ok(Err(error)) => {
+                self.failed(op, &error.to_string());
+                return Err(StoreUnreachable { op });
+            }
+            Err(_) => {
+                self.failed(op, "timed out");
+                return Err(StoreUnreachable { op });
+            }
+        };
+        self.metrics.quota_store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        let buckets = |limits: Limits, r: i64, t: i64| Buckets {
+            requests: TokenBucket::at_level(limits.requests_per_minute, i128::from(r) * LEVEL_TO_SCALED),
+            tokens: TokenBucket::at_level(limits.tokens_per_minute, i128::from(t) * LEVEL_TO_SCALED),
+        };
+        let usage = |limits: Option<PeriodLimits>, dt: i64, mt: i64, dr: i64| {
+            limits.map(|limits| PeriodState {
+                limits,
+                usage: PeriodUsage {
+                    stamp,
+                    day_tokens: dt.max(0) as u64,
+                    month_tokens: mt.max(0) as u64,
+                    day_requests: dr.max(0) as u64,
+                },
+            })
+        };
+        Ok(ConsumerReply {
+            status: values[0],
+            exceeded: values.get(11).copied().unwrap_or(0),
+            deployment: buckets(limits, values[1], values[2]),
+            grant: grant_limits.map(|l| buckets(l, values[3], values[4])),
+            periods: [
+                usage(grant_periods, values[5], values[6], values[7]),
+                usage(consumer_periods, values[8], values[9], values[10]),
+            ],
+        })
     }
 
     /// Admission in one round trip: `Ok(Ok(state))` admitted, `Ok(Err(denial))` refused by the

@@ -12,16 +12,67 @@ use tokio::sync::oneshot;
 
 use super::{PROBE_INTERVAL, RedisStore};
 use crate::core::quota::Limits;
+use crate::core::quota::period::Stamp;
+use crate::state::consumer::ConsumerGrant;
 use crate::state::deployment::Deployment;
 
 /// Token differences per deployment name, with the limits to refill by.
 pub(super) type Sums = HashMap<String, (Limits, i64, i64)>;
 
-/// Settled differences not yet sent, summed per deployment: memory is bounded by the number of
-/// deployments however long Redis is away (no queue of individual settlements).
+/// A consumer's settled differences on one key: its buckets on a deployment (tokens to give back,
+/// negative to charge), or a period hash (tokens to charge in the day and the month they counted
+/// in; a later day or month replaces an earlier one's, which has nothing left to change once
+/// the period has moved on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ConsumerSum {
+    Bucket { limits: Limits, tokens: i64 },
+    Period { day: u64, month: u64, day_charge: i64, month_charge: i64, expire_at: u64 },
+}
+
+impl ConsumerSum {
+    fn add(&mut self, more: ConsumerSum) {
+        match (self, more) {
+            (ConsumerSum::Bucket { limits, tokens }, ConsumerSum::Bucket { limits: newer, tokens: more }) => {
+                *limits = newer;
+                *tokens = tokens.saturating_add(more);
+            }
+            (
+                ConsumerSum::Period { day, month, day_charge, month_charge, expire_at },
+                ConsumerSum::Period { day: d, month: m, day_charge: dc, month_charge: mc, expire_at: e },
+            ) => {
+                if d > *day {
+                    (*day, *day_charge) = (d, dc);
+                } else if d == *day {
+                    *day_charge = day_charge.saturating_add(dc);
+                }
+                if m > *month {
+                    (*month, *month_charge, *expire_at) = (m, mc, e);
+                } else if m == *month {
+                    *month_charge = month_charge.saturating_add(mc);
+                }
+            }
+            (this, more) => *this = more,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            ConsumerSum::Bucket { tokens, .. } => *tokens == 0,
+            ConsumerSum::Period { day_charge, month_charge, .. } => *day_charge == 0 && *month_charge == 0,
+        }
+    }
+}
+
+/// Consumers' differences by Redis key.
+pub(super) type ConsumerSums = HashMap<Arc<str>, ConsumerSum>;
+
+/// Settled differences not yet sent, summed per deployment (and per consumer key): memory is
+/// bounded by the number of deployments and grants however long Redis is away (no queue of
+/// individual settlements).
 #[derive(Default)]
 pub(super) struct Pending {
     pub(super) sums: Sums,
+    pub(super) consumers: ConsumerSums,
     /// `flush()` callers waiting for what was pending when they asked to be sent.
     pub(super) waiting: Vec<oneshot::Sender<()>>,
 }
@@ -50,6 +101,55 @@ impl RedisStore {
         }
     }
 
+    /// Queues a consumer's settled reservation: `reserved - actual` back to its buckets on the
+    /// deployment, and `actual - reserved` charged to its period quotas in the periods of `stamp`.
+    pub fn reconcile_consumer(
+        &self,
+        deployment: &str,
+        caller: &ConsumerGrant,
+        stamp: Option<Stamp>,
+        reserved: u64,
+        actual: u64,
+    ) {
+        let back =
+            i64::try_from(reserved).unwrap_or(i64::MAX).saturating_sub(i64::try_from(actual).unwrap_or(i64::MAX));
+        if back == 0 {
+            return;
+        }
+        let grant = caller.grant();
+        let [grant_key, period_key] = self.grant_keys(deployment, caller);
+        let mut entries: [Option<(&Arc<str>, ConsumerSum)>; 3] = [None, None, None];
+        if let Some(quota) = &grant.quota {
+            entries[0] = Some((grant_key, ConsumerSum::Bucket { limits: quota.limits(), tokens: back }));
+        }
+        if let Some(stamp) = stamp {
+            let period = ConsumerSum::Period {
+                day: stamp.day,
+                month: stamp.month,
+                day_charge: -back,
+                month_charge: -back,
+                expire_at: super::period_expiry(stamp),
+            };
+            if grant.periods.is_some() {
+                entries[1] = Some((period_key, period));
+            }
+            if caller.consumer.periods.is_some() {
+                entries[2] = Some((self.consumer_key(&caller.consumer), period));
+            }
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, sum) in entries.into_iter().flatten() {
+            match pending.consumers.get_mut(key) {
+                Some(entry) => entry.add(sum),
+                None => {
+                    pending.consumers.insert(Arc::clone(key), sum);
+                }
+            }
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
     /// Sends what is pending now, waiting (bounded) for it.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -59,9 +159,11 @@ impl RedisStore {
     }
 
     /// What is pending, taken for a new batch, and who waits for it.
-    fn take_pending(&self) -> (Sums, Vec<oneshot::Sender<()>>) {
+    fn take_pending(&self) -> (Batch, Vec<oneshot::Sender<()>>) {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        (std::mem::take(&mut pending.sums), std::mem::take(&mut pending.waiting))
+        let batch =
+            Batch { sums: std::mem::take(&mut pending.sums), consumers: std::mem::take(&mut pending.consumers) };
+        (batch, std::mem::take(&mut pending.waiting))
     }
 
     /// Sends one batch of summed reconciliations, one script call per deployment, pipelined,
@@ -70,25 +172,55 @@ impl RedisStore {
     /// those are sent again. Returns false (keep the batch, and send it again with the same
     /// number) when Redis could not be reached or did not answer in time; Redis may have run it
     /// anyway, and then the script sees the number it recorded and does not apply it twice.
-    pub(super) async fn send(&self, seq: u64, batch: &Sums) -> bool {
+    pub(super) async fn send(&self, seq: u64, batch: &Batch) -> bool {
         let Some(connection) = self.connection.load_full() else { return false };
         let mut connection = ConnectionManager::clone(&connection);
-        let mut todo: Vec<(&String, &(Limits, i64, i64))> = batch.iter().collect();
+        let deployments = batch.sums.iter().map(|(name, sum)| (self.key(name), Sent::Deployment(sum)));
+        let consumers = batch.consumers.iter().map(|(key, sum)| (key.to_string(), Sent::Consumer(sum)));
+        let all: Vec<(String, Sent<'_>)> = deployments.chain(consumers).collect();
+        let mut todo: Vec<&(String, Sent<'_>)> = all.iter().collect();
         let started = Instant::now();
         for attempt in 0..2 {
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
-            for (deployment, (limits, tokens, requests)) in &todo {
-                pipe.cmd("EVALSHA")
-                    .arg(self.reconcile_script.get_hash())
-                    .arg(1)
-                    .arg(self.key(deployment))
-                    .arg(limits.requests_per_minute)
-                    .arg(limits.tokens_per_minute)
-                    .arg(*tokens)
-                    .arg(&self.replica)
-                    .arg(seq)
-                    .arg(*requests);
+            for (key, sent) in &todo {
+                let call = pipe.cmd("EVALSHA");
+                match sent {
+                    Sent::Deployment((limits, tokens, requests)) => {
+                        call.arg(self.reconcile_script.get_hash())
+                            .arg(1)
+                            .arg(key)
+                            .arg(limits.requests_per_minute)
+                            .arg(limits.tokens_per_minute)
+                            .arg(*tokens)
+                            .arg(&self.replica)
+                            .arg(seq)
+                            .arg(*requests);
+                    }
+                    Sent::Consumer(ConsumerSum::Bucket { limits, tokens }) => {
+                        call.arg(self.reconcile_script.get_hash())
+                            .arg(1)
+                            .arg(key)
+                            .arg(limits.requests_per_minute)
+                            .arg(limits.tokens_per_minute)
+                            .arg(*tokens)
+                            .arg(&self.replica)
+                            .arg(seq)
+                            .arg(0);
+                    }
+                    Sent::Consumer(ConsumerSum::Period { day, month, day_charge, month_charge, expire_at }) => {
+                        call.arg(self.reconcile_period_script.get_hash())
+                            .arg(1)
+                            .arg(key)
+                            .arg(*day)
+                            .arg(*month)
+                            .arg(*day_charge)
+                            .arg(*month_charge)
+                            .arg(&self.replica)
+                            .arg(seq)
+                            .arg(*expire_at);
+                    }
+                }
             }
             let replies = match tokio::time::timeout(
                 self.settings.timeout,
@@ -115,7 +247,7 @@ impl RedisStore {
                     Value::ServerError(error) => {
                         // A script error is a bug, not an outage: counted and logged, not retried.
                         self.metrics.quota_store_errors.with_label_values(&["reconcile"]).inc();
-                        tracing::error!(deployment = %entry.0, error = error.code(), "quota store: reconcile script failed");
+                        tracing::error!(key = %entry.0, error = error.code(), "quota store: reconcile script failed");
                     }
                     _ => {}
                 }
@@ -127,14 +259,14 @@ impl RedisStore {
                     .observe(started.elapsed().as_secs_f64());
                 return true;
             }
-            let loaded = tokio::time::timeout(
-                self.settings.timeout,
-                self.reconcile_script.prepare_invoke().load_async(&mut connection),
-            )
-            .await;
-            if !matches!(loaded, Ok(Ok(_))) {
-                self.failed("reconcile", "cannot load the script");
-                return false;
+            for script in [&self.reconcile_script, &self.reconcile_period_script] {
+                let loaded =
+                    tokio::time::timeout(self.settings.timeout, script.prepare_invoke().load_async(&mut connection))
+                        .await;
+                if !matches!(loaded, Ok(Ok(_))) {
+                    self.failed("reconcile", "cannot load the script");
+                    return false;
+                }
             }
             todo = again;
         }
@@ -142,23 +274,47 @@ impl RedisStore {
     }
 }
 
+/// One batch: the deployments' (and pool backends') sums and the consumers'.
+#[derive(Default)]
+pub(super) struct Batch {
+    sums: Sums,
+    consumers: ConsumerSums,
+}
+
+impl Batch {
+    fn retain_nonzero(&mut self) {
+        self.sums.retain(|_, (_, tokens, requests)| *tokens != 0 || *requests != 0);
+        self.consumers.retain(|_, sum| !sum.is_empty());
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sums.is_empty() && self.consumers.is_empty()
+    }
+}
+
+/// What one call of a batch sends.
+enum Sent<'a> {
+    Deployment(&'a (Limits, i64, i64)),
+    Consumer(&'a ConsumerSum),
+}
+
 /// Sends what is pending in numbered batches (see [`RedisStore::send`]). A batch that failed is
 /// kept as it is, number and all, and sent again (on the probe's rhythm) before anything newer:
 /// differences settled meanwhile wait in `pending` for the next number.
 pub(super) async fn reconciler(store: Weak<RedisStore>, wake: Arc<tokio::sync::Notify>) {
     let mut seq: u64 = 0;
-    let mut in_flight: Option<(u64, Sums)> = None;
+    let mut in_flight: Option<(u64, Batch)> = None;
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         {
             let Some(store) = store.upgrade() else { return };
             if in_flight.is_none() {
-                let (mut sums, callers) = store.take_pending();
+                let (mut batch, callers) = store.take_pending();
                 waiting.extend(callers);
-                sums.retain(|_, (_, tokens, requests)| *tokens != 0 || *requests != 0);
-                if !sums.is_empty() {
+                batch.retain_nonzero();
+                if !batch.is_empty() {
                     seq += 1;
-                    in_flight = Some((seq, sums));
+                    in_flight = Some((seq, batch));
                 }
             } else {
                 // Callers asking while a batch waits to be sent again are answered once it is
