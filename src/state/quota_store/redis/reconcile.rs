@@ -185,29 +185,10 @@ impl RedisStore {
             pipe.ignore_errors();
             for (key, sent) in &todo {
                 let call = pipe.cmd("EVALSHA");
-                match sent {
-                    Sent::Deployment((limits, tokens, requests)) => {
-                        call.arg(self.reconcile_script.get_hash())
-                            .arg(1)
-                            .arg(key)
-                            .arg(limits.requests_per_minute)
-                            .arg(limits.tokens_per_minute)
-                            .arg(*tokens)
-                            .arg(&self.replica)
-                            .arg(seq)
-                            .arg(*requests);
-                    }
-                    Sent::Consumer(ConsumerSum::Bucket { limits, tokens }) => {
-                        call.arg(self.reconcile_script.get_hash())
-                            .arg(1)
-                            .arg(key)
-                            .arg(limits.requests_per_minute)
-                            .arg(limits.tokens_per_minute)
-                            .arg(*tokens)
-                            .arg(&self.replica)
-                            .arg(seq)
-                            .arg(0);
-                    }
+                // A consumer's buckets are reconciled as a deployment's, with no requests back.
+                let (limits, tokens, requests) = match sent {
+                    Sent::Deployment((limits, tokens, requests)) => (limits, *tokens, *requests),
+                    Sent::Consumer(ConsumerSum::Bucket { limits, tokens }) => (limits, *tokens, 0),
                     Sent::Consumer(ConsumerSum::Period { day, month, day_charge, month_charge, expire_at }) => {
                         call.arg(self.reconcile_period_script.get_hash())
                             .arg(1)
@@ -219,8 +200,18 @@ impl RedisStore {
                             .arg(&self.replica)
                             .arg(seq)
                             .arg(*expire_at);
+                        continue;
                     }
-                }
+                };
+                call.arg(self.reconcile_script.get_hash())
+                    .arg(1)
+                    .arg(key)
+                    .arg(limits.requests_per_minute)
+                    .arg(limits.tokens_per_minute)
+                    .arg(tokens)
+                    .arg(&self.replica)
+                    .arg(seq)
+                    .arg(requests);
             }
             let replies = match tokio::time::timeout(
                 self.settings.timeout,
