@@ -7,9 +7,9 @@ use toml::Spanned;
 
 use super::raw::{RawConsumer, RawGrant};
 use super::validate::per_minute;
-use super::validate_deployment::check_project_name;
+use super::validate_deployment::{check_project_name, key_pair};
 use super::*;
-use crate::core::keys::{IndexedDigest, KeyDigest};
+use crate::core::keys::IndexedDigest;
 use crate::core::quota::period::PeriodLimits;
 
 /// `[[consumers]]` against the file's deployments; every key has one holder (a deployment
@@ -76,23 +76,7 @@ fn validate_consumer(
             p.get_ref().clone()
         }
     };
-    let keys = c.keys.get_ref();
-    if keys.is_empty() || keys.len() > 2 {
-        return Err(at.error(
-            &c.keys,
-            field("keys"),
-            "give one or two keys (primary, secondary) as \"sha256:<64 hex>\"; `tollgate keys generate` makes them",
-        ));
-    }
-    let mut digests = Vec::with_capacity(2);
-    for (i, key) in keys.iter().enumerate() {
-        digests.push(
-            KeyDigest::parse_stored(key.get_ref()).map_err(|why| at.error(key, field(&format!("keys[{i}]")), why))?,
-        );
-    }
-    if digests.len() == 2 && digests[0] == digests[1] {
-        return Err(at.error(&c.keys, field("keys"), "the primary and secondary keys are the same; give two different keys so one can be rotated while the other is used"));
-    }
+    let keys = key_pair(at, &c.keys, &format!("consumers[{index}]"))?;
     let periods = periods(at, [&c.tokens_per_day, &c.tokens_per_month, &c.requests_per_day], &field(""))?;
     if c.grants.is_empty() {
         return Err(at.error(
@@ -123,13 +107,7 @@ fn validate_consumer(
         }
         grants.push(grant);
     }
-    Ok(ConsumerConfig {
-        name: c.name.get_ref().clone(),
-        project,
-        keys: KeyPair { primary: digests[0], secondary: digests.get(1).copied() },
-        periods,
-        grants,
-    })
+    Ok(ConsumerConfig { name: c.name.get_ref().clone(), project, keys, periods, grants })
 }
 
 fn validate_grant(

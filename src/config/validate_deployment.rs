@@ -241,24 +241,7 @@ pub(super) fn validate_deployment(
             p.get_ref().clone()
         }
     };
-    let keys = raw.keys.get_ref();
-    if keys.is_empty() || keys.len() > 2 {
-        return Err(at.error(
-            &raw.keys,
-            field("keys"),
-            "give one or two keys (primary, secondary) as \"sha256:<64 hex>\"; `tollgate keys generate` makes them",
-        ));
-    }
-    let mut digests = Vec::with_capacity(2);
-    for (i, key) in keys.iter().enumerate() {
-        digests.push(
-            KeyDigest::parse_stored(key.get_ref())
-                .map_err(|why| at.error(key, format!("deployments[{index}].keys[{i}]"), why))?,
-        );
-    }
-    if digests.len() == 2 && digests[0] == digests[1] {
-        return Err(at.error(&raw.keys, field("keys"), "the primary and secondary keys are the same; give two different keys so one can be rotated while the other is used"));
-    }
+    let keys = key_pair(at, &raw.keys, &format!("deployments[{index}]"))?;
     let first_byte_timeout =
         millis(at, &raw.first_byte_timeout_ms, &field("first_byte_timeout_ms"), backend.first_byte_timeout)?;
     let deadline = millis(at, &raw.deadline_ms, &field("deadline_ms"), first_byte_timeout)?;
@@ -313,7 +296,7 @@ pub(super) fn validate_deployment(
         model: raw.model.get_ref().clone(),
         project,
         backends,
-        keys: KeyPair { primary: digests[0], secondary: digests.get(1).copied() },
+        keys,
         first_byte_timeout,
         max_attempts,
         deadline,
@@ -322,6 +305,33 @@ pub(super) fn validate_deployment(
         default_max_tokens,
         tokenizer: raw.tokenizer.unwrap_or_default(),
     })
+}
+
+/// `keys` of a deployment or consumer (`table` is `deployments[i]` or `consumers[i]`): one or two
+/// different `sha256:` digests.
+pub(super) fn key_pair(
+    at: &Locator<'_>,
+    raw: &Spanned<Vec<Spanned<String>>>,
+    table: &str,
+) -> Result<KeyPair, ConfigError> {
+    let keys = raw.get_ref();
+    if keys.is_empty() || keys.len() > 2 {
+        return Err(at.error(
+            raw,
+            format!("{table}.keys"),
+            "give one or two keys (primary, secondary) as \"sha256:<64 hex>\"; `tollgate keys generate` makes them",
+        ));
+    }
+    let mut digests = Vec::with_capacity(2);
+    for (i, key) in keys.iter().enumerate() {
+        digests.push(
+            KeyDigest::parse_stored(key.get_ref()).map_err(|why| at.error(key, format!("{table}.keys[{i}]"), why))?,
+        );
+    }
+    if digests.len() == 2 && digests[0] == digests[1] {
+        return Err(at.error(raw, format!("{table}.keys"), "the primary and secondary keys are the same; give two different keys so one can be rotated while the other is used"));
+    }
+    Ok(KeyPair { primary: digests[0], secondary: digests.get(1).copied() })
 }
 
 /// Project names: like deployment names, so they fit in URLs.
