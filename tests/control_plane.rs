@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::admin::*;
 use common::*;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
@@ -15,13 +16,6 @@ use serde_json::{Value, json};
 const LLAMA_8B: &str = "azureml://registries/azureml-meta/models/Meta-Llama-3-8B-Instruct";
 const LLAMA_70B: &str = "azureml://registries/azureml-meta/models/Meta-Llama-3-70B-Instruct";
 const PHI: &str = "azureml://registries/azureml/models/Phi-3-mini-4k-instruct";
-const TOKENS: [(&str, &str, &str); 5] = [
-    ("ops", "owner", "OwnerToken-0123456789abcdefghij"),
-    ("builder", "contributor", "ContributorToken-0123456789abcd"),
-    ("dev", "ai-developer", "DeveloperToken-0123456789abcdef"),
-    ("viewer", "reader", "ReaderToken-0123456789abcdefghi"),
-    ("dev-b", "ai-developer", "DeveloperBToken-0123456789abcde"),
-];
 
 fn tables() -> String {
     let mut out = format!(
@@ -41,17 +35,7 @@ version = "7"
 backend = "{{mock}}"
 "#
     );
-    for (name, role, token) in TOKENS {
-        let projects = match name {
-            "dev" => "\nprojects = [\"team-a\"]",
-            "dev-b" => "\nprojects = [\"team-b\"]",
-            _ => "",
-        };
-        out.push_str(&format!(
-            "[[admin.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken = \"{}\"{projects}\n",
-            stored(token)
-        ));
-    }
+    out.push_str(&token_tables());
     out
 }
 
@@ -60,30 +44,6 @@ async fn start() -> Harness {
     let ledger = dir.path().join("usage.jsonl");
     std::mem::forget(dir);
     Harness::with(Setup { tables: tables(), ledger: Some(ledger), ..Default::default() }).await
-}
-
-fn token(role: &str) -> &'static str {
-    TOKENS.iter().find(|(name, r, _)| *r == role && *name != "dev-b").unwrap().2
-}
-
-impl Harness {
-    async fn api(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
-        let bearer = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", b.as_str())).collect();
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        self.client.call(method, &format!("http://{}{path}", self.gateway.admin_addr), &headers, &body).await
-    }
-
-    async fn owner(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let reply = self.api(method, path, Some(token("owner")), body).await;
-        assert!(reply.status.is_success(), "{path}: {} {}", reply.status, reply.text());
-        reply
-    }
-
-    async fn chat(&self, deployment: &str, key: &str) -> StatusCode {
-        let url = self.url(&format!("/openai/deployments/{deployment}/chat/completions"));
-        self.client.post(&url, &[("api-key", key)], CHAT).await.status
-    }
 }
 
 /// An admin call: method, path, body.

@@ -36,10 +36,21 @@ impl Role {
             Role::Contributor => !matches!(action, ManageTokens),
             Role::AiDeveloper => matches!(
                 action,
-                ReadCatalog | ReadSubscriptions | Subscribe | ReadDeployments | Deploy | ListKeys | ReadUsage
+                ReadCatalog
+                    | ReadSubscriptions
+                    | Subscribe
+                    | ReadDeployments
+                    | Deploy
+                    | ListKeys
+                    | ReadUsage
+                    | ReadConsumers
+                    | PutConsumer
             ),
             Role::Reader => {
-                matches!(action, ReadCatalog | ReadSubscriptions | ReadDeployments | ReadUsage | ReadTokens)
+                matches!(
+                    action,
+                    ReadCatalog | ReadSubscriptions | ReadDeployments | ReadUsage | ReadTokens | ReadConsumers
+                )
             }
         }
     }
@@ -59,6 +70,14 @@ pub enum Action {
     ListKeys,
     RegenerateKeys,
     ReadUsage,
+    /// List and read consumers (never their keys).
+    ReadConsumers,
+    /// Create or replace a consumer of the project (its grants in the project included).
+    PutConsumer,
+    DeleteConsumer,
+    /// Grant a deployment of the project to a consumer of another project (a connection), or
+    /// change or revoke such a grant: the deployment's project pays for what it is used for.
+    Connect,
     ReadTokens,
     ManageTokens,
     Reload,
@@ -102,5 +121,11 @@ mod tests {
         assert!(!Role::AiDeveloper.allows(Action::DeleteDeployment));
         assert!(!Role::Reader.allows(Action::ListKeys));
         assert!(Role::Reader.allows(Action::ReadUsage));
+        assert!(Role::Reader.allows(Action::ReadConsumers));
+        assert!(!Role::Reader.allows(Action::PutConsumer));
+        assert!(Role::AiDeveloper.allows(Action::PutConsumer));
+        assert!(!Role::AiDeveloper.allows(Action::Connect));
+        assert!(!Role::AiDeveloper.allows(Action::DeleteConsumer));
+        assert!(Role::Contributor.allows(Action::Connect));
     }
 }

@@ -14,10 +14,12 @@ use prometheus::{
 
 use crate::core::meter::CountSource;
 use crate::core::pool::health::Status;
+use crate::core::quota::period::PeriodKind;
 use crate::core::quota::{LimitKind, QuotaState};
 use crate::state::consumer::Consumer;
 use crate::state::deployment::{Deployment, DeploymentTable};
 use crate::state::pool::PoolBackend;
+use crate::state::quota_store::PeriodReading;
 use crate::state::record::{Outcome, UsageRecord};
 
 /// Latency buckets from 10 µs to 5 minutes, fine enough to see the gateway's own tens of
@@ -435,24 +437,29 @@ impl Metrics {
         }
     }
 
-    /// The consumers' period quota gauges, from their usage now.
-    fn render_consumers(&self, deployments: &DeploymentTable) {
-        for consumer in deployments.consumers() {
+    /// The consumers' period quota gauges, from `readings` (one per consumer of the table, in
+    /// order; `None` while a shared store cannot be read, which removes that consumer's gauges
+    /// rather than report stale usage).
+    fn render_consumers(&self, deployments: &DeploymentTable, readings: &[Option<Vec<PeriodReading>>]) {
+        for (consumer, reading) in deployments.consumers().iter().zip(readings) {
             let label = &*consumer.label;
-            let now = consumer.clock.unix_seconds();
-            let scopes = consumer
-                .grants
-                .iter()
-                .map(|g| (g.deployment.as_str(), &g.periods))
-                .chain(std::iter::once(("*", &consumer.periods)));
-            for (scope, periods) in scopes {
-                let Some(periods) = periods else { continue };
-                let state =
-                    crate::core::quota::period::PeriodState { limits: periods.limits(), usage: periods.usage(now) };
-                for (kind, limit, used, _) in state.each() {
-                    let labels = [label, scope, kind.as_str()];
-                    self.consumer_quota_limit.with_label_values(&labels).set(clamp(limit));
-                    self.consumer_quota_used_ratio.with_label_values(&labels).set(used as f64 / limit as f64);
+            match reading {
+                Some(reading) => {
+                    for r in reading {
+                        for (kind, limit, used, _) in r.state.each() {
+                            let labels = [label, r.scope.as_str(), kind.as_str()];
+                            self.consumer_quota_limit.with_label_values(&labels).set(clamp(limit));
+                            self.consumer_quota_used_ratio.with_label_values(&labels).set(used as f64 / limit as f64);
+                        }
+                    }
+                }
+                None => {
+                    let scopes = consumer.grants.iter().map(|g| g.deployment.as_str()).chain(std::iter::once("*"));
+                    for scope in scopes {
+                        for kind in PeriodKind::ALL {
+                            let _ = self.consumer_quota_used_ratio.remove_label_values(&[label, scope, kind.as_str()]);
+                        }
+                    }
                 }
             }
         }
@@ -461,7 +468,12 @@ impl Metrics {
     /// The text exposition, with the quota gauges from `states` (read from the buckets now, one
     /// per deployment of the table, in order; `None` while a shared store cannot be read, which
     /// removes that deployment's gauges rather than report stale levels).
-    pub fn render(&self, deployments: &DeploymentTable, readings: &[QuotaReading]) -> String {
+    pub fn render(
+        &self,
+        deployments: &DeploymentTable,
+        readings: &[QuotaReading],
+        consumers: &[Option<Vec<PeriodReading>>],
+    ) -> String {
         for (deployment, reading) in deployments.iter().zip(readings) {
             let name = deployment.name.as_str();
             match &reading.deployment {
@@ -514,7 +526,7 @@ impl Metrics {
                 }
             }
         }
-        self.render_consumers(deployments);
+        self.render_consumers(deployments, consumers);
         let mut out = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
             return String::new();
@@ -612,7 +624,7 @@ mod tests {
                 attempts: 0,
             });
         }
-        let text = metrics.render(&DeploymentTable::default(), &[]);
+        let text = metrics.render(&DeploymentTable::default(), &[], &[]);
         assert!(text.contains("tollgate_backend_first_byte_seconds_count{deployment=\"cached\"} 2"), "{text}");
         let requests = |code: &str| {
             format!("tollgate_requests_total{{code=\"{code}\",deployment=\"cached\",route=\"chat_completions\"}}")

@@ -2,6 +2,7 @@
 //! small HTTP client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod admin;
 pub mod pki;
 pub mod process;
 pub mod redis_server;

@@ -28,7 +28,7 @@ pub struct Admin {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
-const ROUTES: &str = "admin routes: GET /healthz, /readyz (no token), /metrics (no token unless [admin] metrics_token is set), /usage, /quotas (any admin token, e.g. a reader's); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
+const ROUTES: &str = "admin routes: GET /healthz, /readyz (no token), /metrics (no token unless [admin] metrics_token is set), /usage, /quotas (any admin token, e.g. a reader's); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage|/grants[/{consumerProject}/{consumer}]]], /projects/{project}/consumers[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
 
 impl Admin {
     /// Answers one admin request.
@@ -40,7 +40,7 @@ impl Admin {
         let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/usage" | "/quotas");
         if !known {
             if api::is_api_path(path) {
-                return api::handle(&self.control, self.ledger.as_ref(), request).await;
+                return api::handle(&self.control, &self.quota, self.ledger.as_ref(), request).await;
             }
             return error_response(StatusCode::NOT_FOUND, "NotFound", ROUTES);
         }
@@ -91,7 +91,11 @@ impl Admin {
             "/metrics" => {
                 let table = self.control.live().load_full();
                 let states = self.quota_states(&table).await;
-                let text = self.metrics.render(&table, &states);
+                let mut periods = Vec::with_capacity(table.consumers().len());
+                for consumer in table.consumers() {
+                    periods.push(self.quota.consumer_periods(consumer).await);
+                }
+                let text = self.metrics.render(&table, &states, &periods);
                 let mut response = Response::new(AdminBody::from(Bytes::from(text)));
                 response
                     .headers_mut()

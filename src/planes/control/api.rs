@@ -14,6 +14,14 @@
 //! | POST | `/projects/{p}/deployments/{name}/listKeys` | ListKeys |
 //! | POST | `/projects/{p}/deployments/{name}/regenerateKeys` | RegenerateKeys |
 //! | GET | `/projects/{p}/deployments/{name}/usage?since=&until=` | ReadUsage |
+//! | GET | `/projects/{p}/deployments/{name}/grants` | ReadDeployments |
+//! | PUT, DELETE | `/projects/{p}/deployments/{name}/grants/{consumerProject}/{consumer}` | Connect |
+//! | GET | `/projects/{p}/consumers` (and `/{name}`) | ReadConsumers |
+//! | PUT | `/projects/{p}/consumers/{name}` | PutConsumer (+ Connect in each other project granted) |
+//! | DELETE | `/projects/{p}/consumers/{name}` | DeleteConsumer |
+//! | POST | `/projects/{p}/consumers/{name}/listKeys` | ListKeys |
+//! | POST | `/projects/{p}/consumers/{name}/regenerateKeys` | RegenerateKeys |
+//! | GET | `/projects/{p}/consumers/{name}/usage?since=&until=` | ReadUsage |
 //! | GET | `/tokens` | ReadTokens |
 //! | PUT, DELETE | `/tokens/{name}` | ManageTokens |
 //! | POST | `/reload[?force=true]` | Reload |
@@ -32,8 +40,10 @@ use super::reload::ReloadError;
 use super::{AdminError, ControlPlane};
 use crate::core::roles::{Action, AdminToken};
 use crate::planes::respond::error_response;
+use crate::state::consumer::Consumer;
 use crate::state::ledger::Ledger;
 use crate::state::ledger::report::{self, GroupBy};
+use crate::state::quota_store::QuotaStore;
 
 /// Admin request bodies are small.
 const MAX_ADMIN_BODY: usize = 1 << 20;
@@ -46,6 +56,11 @@ enum Route {
     Deployments { project: String },
     Deployment { project: String, name: String },
     DeploymentOp { project: String, name: String, op: String },
+    Grants { project: String, name: String },
+    Grant { project: String, name: String, consumer_project: String, consumer: String },
+    Consumers { project: String },
+    Consumer { project: String, name: String },
+    ConsumerOp { project: String, name: String, op: String },
     Tokens,
     Token { name: String },
     Reload,
@@ -65,6 +80,15 @@ fn route(path: &str) -> Option<Route> {
         ["projects", p, "deployments", n] => Route::Deployment { project: owned(p), name: owned(n) },
         ["projects", p, "deployments", n, op @ ("listKeys" | "regenerateKeys" | "usage")] => {
             Route::DeploymentOp { project: owned(p), name: owned(n), op: owned(op) }
+        }
+        ["projects", p, "deployments", n, "grants"] => Route::Grants { project: owned(p), name: owned(n) },
+        ["projects", p, "deployments", n, "grants", cp, c] => {
+            Route::Grant { project: owned(p), name: owned(n), consumer_project: owned(cp), consumer: owned(c) }
+        }
+        ["projects", p, "consumers"] => Route::Consumers { project: owned(p) },
+        ["projects", p, "consumers", n] => Route::Consumer { project: owned(p), name: owned(n) },
+        ["projects", p, "consumers", n, op @ ("listKeys" | "regenerateKeys" | "usage")] => {
+            Route::ConsumerOp { project: owned(p), name: owned(n), op: owned(op) }
         }
         _ => return None,
     })
@@ -94,6 +118,21 @@ fn action(route: &Route, method: &Method) -> Result<Action, &'static str> {
         (Route::DeploymentOp { op, .. }, "GET") if op == "usage" => Ok(ReadUsage),
         (Route::DeploymentOp { op, .. }, _) if op == "usage" => Err("GET"),
         (Route::DeploymentOp { .. }, _) => Err("POST"),
+        (Route::Grants { .. }, "GET") => Ok(ReadDeployments),
+        (Route::Grants { .. }, _) => Err("GET"),
+        (Route::Grant { .. }, "PUT" | "DELETE") => Ok(Connect),
+        (Route::Grant { .. }, _) => Err("PUT, DELETE"),
+        (Route::Consumers { .. }, "GET") => Ok(ReadConsumers),
+        (Route::Consumers { .. }, _) => Err("GET"),
+        (Route::Consumer { .. }, "GET") => Ok(ReadConsumers),
+        (Route::Consumer { .. }, "PUT") => Ok(PutConsumer),
+        (Route::Consumer { .. }, "DELETE") => Ok(DeleteConsumer),
+        (Route::Consumer { .. }, _) => Err("GET, PUT, DELETE"),
+        (Route::ConsumerOp { op, .. }, "POST") if op == "listKeys" => Ok(ListKeys),
+        (Route::ConsumerOp { op, .. }, "POST") if op == "regenerateKeys" => Ok(RegenerateKeys),
+        (Route::ConsumerOp { op, .. }, "GET") if op == "usage" => Ok(ReadUsage),
+        (Route::ConsumerOp { op, .. }, _) if op == "usage" => Err("GET"),
+        (Route::ConsumerOp { .. }, _) => Err("POST"),
         (Route::Tokens, "GET") => Ok(ReadTokens),
         (Route::Tokens, _) => Err("GET"),
         (Route::Token { .. }, "PUT" | "DELETE") => Ok(ManageTokens),
@@ -109,7 +148,12 @@ fn project_of(route: &Route) -> Option<&str> {
         | Route::Subscription { project, .. }
         | Route::Deployments { project }
         | Route::Deployment { project, .. }
-        | Route::DeploymentOp { project, .. } => Some(project),
+        | Route::DeploymentOp { project, .. }
+        | Route::Grants { project, .. }
+        | Route::Grant { project, .. }
+        | Route::Consumers { project }
+        | Route::Consumer { project, .. }
+        | Route::ConsumerOp { project, .. } => Some(project),
         _ => None,
     }
 }
@@ -131,10 +175,11 @@ pub(crate) fn error_reply(error: &AdminError) -> Response<AdminBody> {
 /// Serves one admin API request.
 pub async fn handle(
     control: &Arc<ControlPlane>,
+    quota: &QuotaStore,
     ledger: Option<&Arc<Ledger>>,
     request: Request<Incoming>,
 ) -> Response<AdminBody> {
-    match serve(control, ledger, request).await {
+    match serve(control, quota, ledger, request).await {
         Ok((status, body)) => json_response(status, &body),
         Err(error) => error_reply(&error),
     }
@@ -225,6 +270,7 @@ async fn json_body<T: DeserializeOwned>(body: Incoming) -> Result<T, AdminError>
 
 async fn serve(
     control: &Arc<ControlPlane>,
+    quota: &QuotaStore,
     ledger: Option<&Arc<Ledger>>,
     request: Request<Incoming>,
 ) -> Result<(StatusCode, Value), AdminError> {
@@ -292,7 +338,46 @@ async fn serve(
         }
         (Route::DeploymentOp { project, name, .. }, _) => {
             control.deployment_in(&project, &name)?;
-            ok(usage(ledger, &name, &query).await?)
+            ok(usage(ledger, GroupBy::Deployment, &name, &query).await?)
+        }
+        (Route::Grants { project, name }, _) => ok(control.grants_json(&project, &name)?),
+        (Route::Grant { project, name, consumer_project, consumer }, _) if method == Method::PUT => {
+            let body = json_body(body).await?;
+            let (created, value) =
+                blocking(control, move |c| c.put_grant(&project, &name, &consumer_project, &consumer, body)).await?;
+            Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, value))
+        }
+        (Route::Grant { project, name, consumer_project, consumer }, _) => {
+            let id = format!("/projects/{project}/deployments/{name}/grants/{consumer_project}/{consumer}");
+            blocking(control, move |c| c.delete_grant(&project, &name, &consumer_project, &consumer)).await?;
+            ok(json!({"deleted": id}))
+        }
+        (Route::Consumers { project }, _) => ok(control.consumers_json(&project)),
+        (Route::Consumer { project, name }, Action::ReadConsumers) => ok(control.consumer_json(&project, &name)?),
+        (Route::Consumer { project, name }, Action::PutConsumer) => {
+            let body = json_body(body).await?;
+            let (created, value) = blocking(control, move |c| c.put_consumer(&project, &name, body, &token)).await?;
+            Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, value))
+        }
+        (Route::Consumer { project, name }, _) => {
+            let (p, n) = (project.clone(), name.clone());
+            blocking(control, move |c| c.delete_consumer(&p, &n)).await?;
+            ok(json!({"deleted": format!("/projects/{project}/consumers/{name}")}))
+        }
+        (Route::ConsumerOp { project, name, .. }, Action::ListKeys) => ok(control.list_consumer_keys(&project, &name)?),
+        (Route::ConsumerOp { project, name, .. }, Action::RegenerateKeys) => {
+            let body = json_body(body).await?;
+            ok(blocking(control, move |c| c.regenerate_consumer_keys(&project, &name, body)).await?)
+        }
+        (Route::ConsumerOp { project, name, .. }, _) => {
+            let consumer = control.live_consumer(&project, &name)?;
+            let label = consumer.label.to_string();
+            let mut answer = json!({"consumer": label, "quotas": periods_json(quota, &consumer).await});
+            answer["value"] = match ledger {
+                Some(_) => usage(ledger, GroupBy::Consumer, &label, &query).await?["value"].take(),
+                None => Value::Null,
+            };
+            ok(answer)
         }
         (Route::Tokens, _) => ok(control.tokens_json()),
         (Route::Token { name }, _) if method == Method::PUT => {
@@ -326,8 +411,25 @@ async fn serve(
     }
 }
 
-/// Token totals per meter for one deployment, from the ledger (flushed first).
-async fn usage(ledger: Option<&Arc<Ledger>>, deployment: &str, query: &str) -> Result<Value, AdminError> {
+/// A consumer's period quotas now: limit, used and when each starts again (`null` while a
+/// shared store cannot be read).
+async fn periods_json(quota: &QuotaStore, consumer: &Arc<Consumer>) -> Value {
+    let Some(readings) = quota.consumer_periods(consumer).await else { return Value::Null };
+    let list: Vec<Value> = readings
+        .iter()
+        .flat_map(|r| {
+            r.state.each().map(move |(kind, limit, used, ends)| {
+                json!({"scope": &*r.scope, "quota": kind.as_str(), "limit": limit, "used": used,
+                       "remaining": limit.saturating_sub(used), "resetsAt": report::format_unix(ends)})
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+/// Token totals per meter for one deployment or consumer (grouped `by`), from the ledger
+/// (flushed first).
+async fn usage(ledger: Option<&Arc<Ledger>>, by: GroupBy, owner: &str, query: &str) -> Result<Value, AdminError> {
     let ledger = ledger.ok_or_else(|| {
         AdminError::conflict("this gateway keeps no usage ledger; configure [ledger] to read usage here")
     })?;
@@ -346,10 +448,10 @@ async fn usage(ledger: Option<&Arc<Ledger>>, deployment: &str, query: &str) -> R
         }
     }
     let ledger = Arc::clone(ledger);
-    let name = deployment.to_owned();
+    let name = owner.to_owned();
     let report = tokio::task::spawn_blocking(move || {
         ledger.flush();
-        report::summarize(&ledger.config.path, since, until, GroupBy::Deployment)
+        report::summarize(&ledger.config.path, since, until, by)
     })
     .await
     .map_err(|e| AdminError::internal(e.to_string()))?;
@@ -367,5 +469,6 @@ async fn usage(ledger: Option<&Arc<Ledger>>, deployment: &str, query: &str) -> R
                    "completionTokens": s.completion_tokens, "totalTokens": s.total_tokens})
         })
         .collect();
-    Ok(json!({"deployment": name, "value": meters}))
+    let what = if by == GroupBy::Consumer { "consumer" } else { "deployment" };
+    Ok(json!({what: name, "value": meters}))
 }

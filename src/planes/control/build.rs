@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::state::{ApiDeployment, ControlState, KeySecret};
-use crate::config::{Config, DEFAULT_MAX_TOKENS, DeploymentConfig};
+use super::state::{ApiConsumer, ApiDeployment, ControlState, KeySecret};
+use crate::config::{Config, ConsumerConfig, DEFAULT_MAX_TOKENS, DeploymentConfig, GrantConfig};
 use crate::core::clock::Clock;
 use crate::core::keys::{KeyDigest, KeyPair};
 use crate::core::quota::Limits;
@@ -20,6 +20,10 @@ pub enum TableConflict {
         "deployment '{file}' is declared in the configuration file and was also created through the admin API (as '{api}'); rename one"
     )]
     NameClash { file: String, api: String },
+    #[error(
+        "consumer '{name}' of project '{project}' is declared in the configuration file and was also created through the admin API; rename one"
+    )]
+    ConsumerClash { project: String, name: String },
     #[error(
         "model '{model}' is used by deployment '{deployment}' (project '{project}') but is no longer in [[models]]; delete the deployment first"
     )]
@@ -92,15 +96,56 @@ pub fn build_table(
     // Consumers over the new deployments, their buckets and period usage carried by name.
     let before: HashMap<&str, &Arc<Consumer>> = previous.consumers().iter().map(|c| (&*c.label, c)).collect();
     let find = |name: &str| table.get(name).cloned();
+    let mut api_consumers = Vec::with_capacity(state.consumers.len());
+    for api in &state.consumers {
+        if let Some(file) =
+            config.consumers.iter().find(|c| c.project == api.project && c.name.eq_ignore_ascii_case(&api.name))
+        {
+            return Err(TableConflict::ConsumerClash { project: file.project.clone(), name: file.name.clone() });
+        }
+        api_consumers.push(consumer_config(secret, api, &table));
+    }
     let consumers = config
         .consumers
         .iter()
+        .chain(&api_consumers)
         .map(|c| {
             let previous = before.get(format!("{}/{}", c.project, c.name).as_str()).map(|p| &***p);
             Arc::new(Consumer::build(c, &find, previous, clock))
         })
         .collect();
     Ok(table.with_consumers(consumers))
+}
+
+/// An API consumer as the table builds it: its derived keys, and the grants whose deployment is
+/// in the table in the project the grant names (a grant of a deployment deleted, or renamed into
+/// another project, grants nothing).
+fn consumer_config(secret: &KeySecret, api: &ApiConsumer, table: &DeploymentTable) -> ConsumerConfig {
+    let grants = api
+        .grants
+        .iter()
+        .filter(|g| table.get(&g.deployment).is_some_and(|d| d.project == g.project))
+        .map(|g| GrantConfig {
+            deployment: g.deployment.clone(),
+            limits: g.limits.map(Limits::from),
+            periods: g.quotas.into(),
+        })
+        .collect();
+    ConsumerConfig {
+        name: api.name.clone(),
+        project: api.project.clone(),
+        keys: consumer_key_pair(secret, api),
+        periods: api.quotas.into(),
+        grants,
+    }
+}
+
+/// The digests of an API consumer's two derived keys.
+pub fn consumer_key_pair(secret: &KeySecret, consumer: &ApiConsumer) -> KeyPair {
+    KeyPair {
+        primary: KeyDigest::of(secret.derive_consumer_key(consumer, 0).as_bytes()),
+        secondary: Some(KeyDigest::of(secret.derive_consumer_key(consumer, 1).as_bytes())),
+    }
 }
 
 /// The digests of an API deployment's two derived keys.

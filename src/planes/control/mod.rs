@@ -13,6 +13,7 @@ pub mod admin;
 pub type AdminBody = http_body_util::Full<bytes::Bytes>;
 pub mod api;
 mod build;
+pub mod consumers;
 pub mod reload;
 mod resources;
 pub mod state;

@@ -42,7 +42,7 @@ pub struct RegenerateBody {
     pub key_type: KeyType,
 }
 
-fn checked_limits(body: &LimitsBody, base: Limits) -> Result<Limits, AdminError> {
+pub(super) fn checked_limits(body: &LimitsBody, base: Limits) -> Result<Limits, AdminError> {
     let check = |value: Option<u64>, field: &str, default: u64| match value {
         None => Ok(default),
         Some(v) if v == 0 || v > MAX_PER_MINUTE => {
@@ -251,6 +251,10 @@ impl ControlPlane {
         self.api_deployment(project, name)?;
         self.change(|_, state| {
             state.deployments.retain(|d| !(d.project == project && d.name == name));
+            // Its grants go with it: a deployment made again under the name is granted anew.
+            for consumer in &mut state.consumers {
+                consumer.grants.retain(|g| !(g.project == project && g.deployment == name));
+            }
             Ok(())
         })
     }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::core::quota::Limits;
+use crate::core::quota::period::PeriodLimits;
 use crate::core::roles::Role;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -22,6 +23,8 @@ pub struct ControlState {
     pub deployments: Vec<ApiDeployment>,
     #[serde(default)]
     pub tokens: Vec<StoredToken>,
+    #[serde(default)]
+    pub consumers: Vec<ApiConsumer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +60,73 @@ pub struct ApiDeployment {
     pub nonce: u64,
     /// Bumped by `regenerateKeys`: [primary, secondary].
     pub key_generations: [u64; 2],
+}
+
+/// A consumer made through the admin API: its keys are derived like a deployment's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiConsumer {
+    pub project: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "StoredPeriods::is_empty")]
+    pub quotas: StoredPeriods,
+    #[serde(default)]
+    pub grants: Vec<ApiGrant>,
+    /// Random per creation, so a consumer deleted and made again gets new keys.
+    pub nonce: u64,
+    /// Bumped by `regenerateKeys`: [primary, secondary].
+    pub key_generations: [u64; 2],
+}
+
+/// One deployment an API consumer may call: `project` is the deployment's (another project's
+/// for a connection), so a deployment of the same name made later elsewhere is not granted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApiGrant {
+    pub project: String,
+    pub deployment: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<StoredLimits>,
+    #[serde(default, skip_serializing_if = "StoredPeriods::is_empty")]
+    pub quotas: StoredPeriods,
+}
+
+/// Period quotas as stored and as the admin API takes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StoredPeriods {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+}
+
+impl StoredPeriods {
+    pub fn is_empty(&self) -> bool {
+        PeriodLimits::from(*self).is_empty()
+    }
+}
+
+impl From<StoredPeriods> for PeriodLimits {
+    fn from(p: StoredPeriods) -> PeriodLimits {
+        PeriodLimits {
+            tokens_per_day: p.tokens_per_day,
+            tokens_per_month: p.tokens_per_month,
+            requests_per_day: p.requests_per_day,
+        }
+    }
+}
+
+impl From<PeriodLimits> for StoredPeriods {
+    fn from(p: PeriodLimits) -> StoredPeriods {
+        StoredPeriods {
+            tokens_per_day: p.tokens_per_day,
+            tokens_per_month: p.tokens_per_month,
+            requests_per_day: p.requests_per_day,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -160,12 +230,23 @@ impl KeySecret {
 
     /// The plain 32-character key of a deployment's slot (0 primary, 1 secondary).
     pub fn derive_key(&self, deployment: &ApiDeployment, slot: usize) -> String {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else { return String::new() };
         let generation = deployment.key_generations.get(slot).copied().unwrap_or(0);
-        mac.update(
-            format!("{}\n{}\n{}\n{slot}\n{generation}", deployment.project, deployment.name, deployment.nonce)
-                .as_bytes(),
-        );
+        self.derive(&format!("{}\n{}\n{}\n{slot}\n{generation}", deployment.project, deployment.name, deployment.nonce))
+    }
+
+    /// The plain key of a consumer's slot. Its material starts with `consumer\n`, which no
+    /// deployment's can (names hold no newline), so a consumer never shares a deployment's key.
+    pub fn derive_consumer_key(&self, consumer: &ApiConsumer, slot: usize) -> String {
+        let generation = consumer.key_generations.get(slot).copied().unwrap_or(0);
+        self.derive(&format!(
+            "consumer\n{}\n{}\n{}\n{slot}\n{generation}",
+            consumer.project, consumer.name, consumer.nonce
+        ))
+    }
+
+    fn derive(&self, material: &str) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else { return String::new() };
+        mac.update(material.as_bytes());
         let bytes = mac.finalize().into_bytes();
         bytes.iter().map(|b| char::from(KEY_ALPHABET[usize::from(*b) % KEY_ALPHABET.len()])).collect()
     }

@@ -20,6 +20,10 @@ pub enum GroupBy {
     Key,
     /// `project/name` of the consumer; `-` for the deployments' own keys.
     Consumer,
+    /// The deployment's project (which pays), and also the consumer's when it is another (a
+    /// connection): such a request shows under both, so the projects' rows add up to more than
+    /// the ledger's total. `-` for lines written before the ledger named projects.
+    Project,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -36,6 +40,11 @@ pub struct Report {
     pub rows: BTreeMap<(String, String), Sums>,
     pub files: Vec<PathBuf>,
     pub malformed_lines: u64,
+}
+
+/// Unix seconds as the ledger writes times (RFC 3339, UTC).
+pub fn format_unix(unix_seconds: u64) -> String {
+    super::line::format_time(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_seconds))
 }
 
 /// Parses `--since` / `--until`: RFC 3339, or a day `YYYY-MM-DD` (its midnight, UTC).
@@ -90,17 +99,26 @@ pub fn summarize(
             if since.is_some_and(|s| at < s) || until.is_some_and(|u| at >= u) {
                 continue;
             }
+            let mut also = None;
             let group = match by {
                 GroupBy::Deployment => record.deployment.to_string(),
                 GroupBy::Day => record.day().to_owned(),
                 GroupBy::Key => format!("{}/{}", record.deployment, record.key_slot),
                 GroupBy::Consumer => record.consumer.as_deref().unwrap_or("-").to_owned(),
+                GroupBy::Project => {
+                    let paying = record.project.as_deref().unwrap_or("-");
+                    let calling = record.consumer.as_deref().and_then(|c| c.split_once('/')).map(|(p, _)| p);
+                    also = calling.filter(|p| *p != paying).map(str::to_owned);
+                    paying.to_owned()
+                }
             };
-            let sums = report.rows.entry((group, record.meter.to_string())).or_default();
-            sums.requests += 1;
-            sums.prompt_tokens += record.prompt_tokens;
-            sums.completion_tokens += record.completion_tokens;
-            sums.total_tokens += record.total_tokens;
+            for group in std::iter::once(group).chain(also) {
+                let sums = report.rows.entry((group, record.meter.to_string())).or_default();
+                sums.requests += 1;
+                sums.prompt_tokens += record.prompt_tokens;
+                sums.completion_tokens += record.completion_tokens;
+                sums.total_tokens += record.total_tokens;
+            }
         }
     }
     Ok(report)
@@ -113,6 +131,7 @@ impl Report {
             GroupBy::Day => "day",
             GroupBy::Key => "deployment/key",
             GroupBy::Consumer => "consumer",
+            GroupBy::Project => "project",
         };
         let width = self.rows.keys().map(|(g, _)| g.len()).max().unwrap_or(0).max(heading.len());
         let mut out = format!(
@@ -143,6 +162,7 @@ impl Report {
             GroupBy::Day => "day",
             GroupBy::Key => "key",
             GroupBy::Consumer => "consumer",
+            GroupBy::Project => "project",
         };
         let rows: Vec<serde_json::Value> = self
             .rows

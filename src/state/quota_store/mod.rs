@@ -14,12 +14,12 @@ use std::sync::Arc;
 
 use self::redis::RedisStore;
 use crate::config::OnStoreError;
-use crate::core::quota::period::{PeriodDenial, PeriodKind, PeriodState, Stamp};
+use crate::core::quota::period::{PeriodDenial, PeriodKind, PeriodState, PeriodUsage, Stamp};
 use crate::core::quota::{
     Admitted, Buckets, Denial, DeploymentQuota, LevelDenial, Levels, LimitKind, Limits, QuotaState, admit_levels,
     rate_denial,
 };
-use crate::state::consumer::ConsumerGrant;
+use crate::state::consumer::{Consumer, ConsumerGrant};
 use crate::state::deployment::Deployment;
 use crate::state::pool::PoolBackend;
 
@@ -285,6 +285,30 @@ impl QuotaStore {
         }
     }
 
+    /// A consumer's period quotas now, each grant's with such quotas and then the consumer-wide
+    /// ones (from the shared store with Redis; `None` while it cannot be read).
+    pub async fn consumer_periods(&self, consumer: &Arc<Consumer>) -> Option<Vec<PeriodReading>> {
+        let now = consumer.clock.unix_seconds();
+        let scopes = consumer
+            .grants
+            .iter()
+            .filter_map(|g| Some((g.deployment.as_str(), g.periods.as_ref()?)))
+            .chain(consumer.periods.as_ref().map(|p| ("*", p)));
+        let usage: Vec<PeriodUsage> = match self {
+            QuotaStore::Memory => scopes.clone().map(|(_, p)| p.usage(now)).collect(),
+            QuotaStore::Redis(store) => store.read_periods(consumer, Stamp::at(now)).await?,
+        };
+        Some(
+            scopes
+                .zip(usage)
+                .map(|((scope, p), usage)| PeriodReading {
+                    scope: scope.to_owned(),
+                    state: PeriodState { limits: p.limits(), usage },
+                })
+                .collect(),
+        )
+    }
+
     /// Flushes pending reconciliations (at shutdown).
     pub async fn flush(&self) {
         if let QuotaStore::Redis(store) = self {
@@ -317,6 +341,14 @@ impl BackendHold {
 
 /// Where a consumer's own levels were taken from (the deployment's are in the request's
 /// [`Hold`]), and so where they are settled.
+/// One of a consumer's period quotas as read now: `scope` is the deployment of its grant, or `*`
+/// for the quotas over all its deployments.
+#[derive(Clone, Debug)]
+pub struct PeriodReading {
+    pub scope: String,
+    pub state: PeriodState,
+}
+
 #[derive(Debug)]
 pub enum ConsumerHold {
     /// The consumer's in-process buckets and period quotas.

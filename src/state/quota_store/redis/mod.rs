@@ -49,6 +49,20 @@ pub struct ConsumerReply {
 
 /// When a period hash may expire: a day after its month ends (a month's tokens are needed until
 /// then; a day of margin for clocks that disagree).
+/// A period hash's fields (`d`, `dt`, `dr`, `m`, `mt`, as [`scripts::admit_consumer`] writes
+/// them) as the usage in `stamp`'s periods: a day or month that has ended counts nothing.
+fn period_usage(fields: &[Option<u64>], stamp: Stamp) -> PeriodUsage {
+    let field = |i: usize| fields.get(i).copied().flatten();
+    let today = field(0) == Some(stamp.day);
+    let this_month = field(3) == Some(stamp.month);
+    PeriodUsage {
+        stamp,
+        day_tokens: if today { field(1).unwrap_or(0) } else { 0 },
+        day_requests: if today { field(2).unwrap_or(0) } else { 0 },
+        month_tokens: if this_month { field(4).unwrap_or(0) } else { 0 },
+    }
+}
+
 pub fn period_expiry(stamp: Stamp) -> u64 {
     stamp.month_end() + 86_400
 }
@@ -284,6 +298,46 @@ impl RedisStore {
                 usage(consumer_periods, values[8], values[9], values[10]),
             ],
         })
+    }
+
+    /// A consumer's period usage now (no change), in one pipelined round trip: each grant's with
+    /// period quotas, then the consumer-wide one. `None` while the store cannot be read.
+    pub async fn read_periods(&self, consumer: &Arc<Consumer>, stamp: Stamp) -> Option<Vec<PeriodUsage>> {
+        let op = "read";
+        if !self.is_up() {
+            return None;
+        }
+        let Some(connection) = self.connection.load_full() else {
+            self.failed(op, "not connected");
+            return None;
+        };
+        let mut connection = ConnectionManager::clone(&connection);
+        let mut pipe = ::redis::pipe();
+        for (index, grant) in consumer.grants.iter().enumerate() {
+            if grant.periods.is_some() {
+                let caller = ConsumerGrant { consumer: Arc::clone(consumer), index };
+                pipe.cmd("HMGET")
+                    .arg(&*self.grant_keys(&grant.deployment, &caller)[1])
+                    .arg(&["d", "dt", "dr", "m", "mt"]);
+            }
+        }
+        if consumer.periods.is_some() {
+            pipe.cmd("HMGET").arg(&**self.consumer_key(consumer)).arg(&["d", "dt", "dr", "m", "mt"]);
+        }
+        type Saved = Vec<Option<u64>>;
+        let reply = tokio::time::timeout(self.settings.timeout, pipe.query_async::<Vec<Saved>>(&mut connection)).await;
+        let saved = match reply {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(error)) => {
+                self.failed(op, &error.to_string());
+                return None;
+            }
+            Err(_) => {
+                self.failed(op, "timed out");
+                return None;
+            }
+        };
+        Some(saved.iter().map(|fields| period_usage(fields, stamp)).collect())
     }
 
     /// Admission in one round trip: `Ok(Ok(state))` admitted, `Ok(Err(denial))` refused by the
