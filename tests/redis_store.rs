@@ -699,6 +699,25 @@ async fn three_gateways_share_consumer_buckets_and_period_quotas() {
         batch + daily + endpoint <= allowance(10, elapsed),
         "{batch} + {daily} + {endpoint} past the deployment's 10"
     );
+    // Every gateway reports the shared count (each admitted only some of the three itself).
+    for h in &gateways {
+        let usage = h.admin("/projects/default/consumers/daily/usage").await;
+        let quota = &usage["quotas"][0];
+        assert_eq!((quota["scope"].as_str(), quota["quota"].as_str()), (Some("*"), Some("requests_per_day")));
+        assert_eq!((quota["used"].as_u64(), quota["remaining"].as_u64()), (Some(3), Some(0)), "{usage}");
+        let text = h.client.call(Method::GET, &h.admin_url("/metrics"), &[], "").await.text();
+        let ratio = metric(
+            &parse_metrics(&text),
+            "tollgate_consumer_quota_used_ratio",
+            &[("consumer", "default/daily"), ("scope", "*"), ("quota", "requests_per_day")],
+        );
+        assert_eq!(
+            ratio,
+            1.0,
+            "{}",
+            text.lines().filter(|l| l.contains("consumer_quota")).collect::<Vec<_>>().join("\n")
+        );
+    }
     // The consumer-wide period hash expires only after the month.
     let ttl = redis.command(&format!("TTL test{}:{{consumer:default/daily}}:period", redis.port)).unwrap();
     let ttl: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();

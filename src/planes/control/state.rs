@@ -283,6 +283,24 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_never_shares_a_deployments_key_and_deployment_keys_stay_as_they_were() {
+        let secret = KeySecret([3; 32]);
+        let d = deployment();
+        let c = ApiConsumer {
+            project: d.project.clone(),
+            name: d.name.clone(),
+            quotas: StoredPeriods::default(),
+            grants: Vec::new(),
+            nonce: d.nonce,
+            key_generations: d.key_generations,
+        };
+        assert_ne!(secret.derive_consumer_key(&c, 0), secret.derive_key(&d, 0));
+        assert_eq!(secret.derive_consumer_key(&c, 0).len(), 32);
+        // Pinned: deployments made before consumers existed keep their keys.
+        assert_eq!(secret.derive_key(&d, 0), "p8pkNplvQaQB0qCgYPJhQdVzfqFs3jpE");
+    }
+
+    #[test]
     fn state_round_trips_atomically_and_the_secret_file_is_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tollgate.state.json");

@@ -304,6 +304,9 @@ impl RedisStore {
     /// period quotas, then the consumer-wide one. `None` while the store cannot be read.
     pub async fn read_periods(&self, consumer: &Arc<Consumer>, stamp: Stamp) -> Option<Vec<PeriodUsage>> {
         let op = "read";
+        if consumer.periods.is_none() && consumer.grants.iter().all(|g| g.periods.is_none()) {
+            return Some(Vec::new()); // nothing to read (and an empty pipeline is an error)
+        }
         if !self.is_up() {
             return None;
         }
@@ -505,3 +508,23 @@ async fn probe(store: Weak<RedisStore>) {
 }
 
 mod reconcile;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_period_hash_counts_only_in_its_own_day_and_month() {
+        let stamp = Stamp::at(1_796_342_340); // 2026-12-03T23:59:00Z
+        let today = [Some(stamp.day), Some(10), Some(2), Some(stamp.month), Some(50)];
+        let usage = period_usage(&today, stamp);
+        assert_eq!((usage.day_tokens, usage.day_requests, usage.month_tokens), (10, 2, 50));
+        let tomorrow = Stamp::at(1_796_342_340 + 120);
+        let usage = period_usage(&today, tomorrow);
+        assert_eq!((usage.day_tokens, usage.day_requests, usage.month_tokens), (0, 0, 50), "a new day, same month");
+        let next_month = Stamp::at(1_796_342_340 + 30 * 86_400);
+        assert_eq!(period_usage(&today, next_month).month_tokens, 0);
+        let missing = period_usage(&[None, None, None, None, None], stamp);
+        assert_eq!((missing.day_tokens, missing.month_tokens), (0, 0), "no hash yet: nothing used");
+    }
+}
