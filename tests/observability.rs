@@ -211,7 +211,18 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
         "tollgate_inflight_requests",
         "tollgate_open_connections",
         "tollgate_backend_errors_total",
+        "tollgate_consumer_tokens_total",
+        "tollgate_consumer_quota_used_ratio",
+        "tollgate_consumer_rejections_total",
     ];
+    assert!(
+        variables.iter().any(|v| v["name"] == "consumer"
+            && v["query"]["query"] == "label_values(tollgate_consumer_requests_total, consumer)"),
+        "a consumer variable"
+    );
+    let titles: Vec<&str> =
+        dashboard["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
+    assert!(titles.contains(&"Top consumers: tokens per minute"), "{titles:?}");
     for panel in dashboard["panels"].as_array().unwrap() {
         assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
         for target in panel["targets"].as_array().unwrap() {
@@ -234,6 +245,17 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // The consumer quota alerts fire when they should (and not before).
+    let output = Command::new("promtool")
+        .args(["test", "rules", &format!("{root}/config/prometheus/tollgate-rules-test.yml")])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let output = Command::new("promtool")
         .args(["check", "config", &format!("{root}/config/prometheus/prometheus.yml")])
         .output()
