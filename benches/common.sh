@@ -80,7 +80,8 @@ NGINX
 # workers, one per core as tollgate's runtime), the bare hyper floor on tollgate's runtime design
 # (FLOORADDR, FLOOR_PID: two workers, a current-thread runtime and a pool each), and $BIN with
 # everything on and the ledger (GATEWAY, GATEWAY_PID, admin on the port after it); and
-# $WORK/post.lua, wrk posting a short chat with KEY. Waits until tollgate answers.
+# $WORK/post.lua, wrk posting a short chat with KEY ($WORK/consumer.lua: with a consumer's key).
+# Waits until tollgate answers.
 start_lineup() {
   local base=$1 floor
   floor=$(cargo bench --bench floor_proxy --no-run --message-format=json 2>/dev/null \
@@ -99,12 +100,25 @@ for line in sys.stdin:
   nginx -c "$WORK/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
   "$floor" --listen "$FLOORADDR" --upstream "$BACKEND" --workers 2 &
   FLOOR_PID=$!
+  # A consumer on the deployment with every level it can have: its own buckets there, a daily
+  # quota on the grant and a monthly one over all its deployments (CONSUMER_KEY, consumer.lua).
+  CONSUMER_KEY=BenchConsumerKey0123456789abcdef
   gateway_config "$WORK/g.toml" "$GATEWAY" 127.0.0.1:$((base + 31)) "$BACKEND" "$KEY" bench "[ledger]
-path = \"$WORK/usage.jsonl\""
+path = \"$WORK/usage.jsonl\"
+[[consumers]]
+name = \"bench-app\"
+keys = [\"$(digest "$CONSUMER_KEY")\"]
+tokens_per_month = 10000000000000
+[[consumers.grants]]
+deployment = \"bench\"
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000
+tokens_per_day = 10000000000000"
   "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
   GATEWAY_PID=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$((base + 31))/healthz" && break; sleep 0.1; done
   post_lua "$WORK/post.lua" "$KEY"
+  post_lua "$WORK/consumer.lua" "$CONSUMER_KEY"
 }
 
 # post_lua FILE KEY: a wrk script posting a short chat with KEY.

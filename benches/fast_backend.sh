@@ -3,7 +3,8 @@
 # completion at once with the API's JSON (and `usage`). In one run, alternating rounds, for the
 # backend alone, nginx as a plain reverse proxy, the bare hyper floor (`benches/floor_proxy.rs`)
 # and tollgate with everything on (auth, both buckets, bpe estimate, reconciliation, metrics,
-# ledger, access log at the default level): throughput, p99, CPU µs per request from
+# ledger, access log at the default level), called with the deployment's key and, as
+# "tollgate-consumer", with a consumer's (its own buckets and two period quotas on top): throughput, p99, CPU µs per request from
 # /proc/PID/stat (utime + stime of the proxy's processes over the round, divided by the requests
 # it served) and the ratio to nginx.
 #
@@ -35,6 +36,7 @@ targets=(
   "nginx $(master "$WORK/nginx/nginx.pid") http://$NGINX/chat/completions"
   "floor $FLOOR_PID http://$FLOORADDR/chat/completions"
   "tollgate $GATEWAY_PID http://$GATEWAY/openai/deployments/bench/chat/completions"
+  "tollgate-consumer $GATEWAY_PID http://$GATEWAY/openai/deployments/bench/chat/completions consumer.lua"
 )
 [ -z "$OLD" ] || targets+=("tollgate-old $OLD_PID http://127.0.0.1:18740/openai/deployments/bench/chat/completions")
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -42,10 +44,10 @@ HZ=$(getconf CLK_TCK)
 echo "machine: $(nproc) cores, $(uname -r); $SECONDS_PER_ROUND s per round, wrk -t1 -c32"
 for round in $(seq "$ROUNDS"); do
   for target in "${targets[@]}"; do
-    read -r name pid url <<<"$target"
+    read -r name pid url script <<<"$target"
     pids=("$pid" $(pgrep -P "$pid" || true))
     before=0; for p in "${pids[@]}"; do before=$((before + $(ticks "$p"))); done
-    out=$(wrk -t1 -c32 -d"${SECONDS_PER_ROUND}s" --latency -s "$WORK/post.lua" "$url")
+    out=$(wrk -t1 -c32 -d"${SECONDS_PER_ROUND}s" --latency -s "$WORK/${script:-post.lua}" "$url")
     after=0; for p in "${pids[@]}"; do after=$((after + $(ticks "$p"))); done
     python3 - "$name" "$round" "$before" "$after" "$HZ" "$out" <<'PY'
 import re, sys

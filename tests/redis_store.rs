@@ -718,6 +718,12 @@ async fn three_gateways_share_consumer_buckets_and_period_quotas() {
             text.lines().filter(|l| l.contains("consumer_quota")).collect::<Vec<_>>().join("\n")
         );
     }
+    // A gateway started now (a restart: nothing in its memory) finds the day's count in Redis.
+    let restarted = Harness::with(setup()).await;
+    let reply =
+        restarted.client.post(&restarted.deployment_url("/chat/completions"), &[("api-key", DAILY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert_eq!(reply.error_code(), "QuotaExceeded");
     // The consumer-wide period hash expires only after the month.
     let ttl = redis.command(&format!("TTL test{}:{{consumer:default/daily}}:period", redis.port)).unwrap();
     let ttl: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
