@@ -4,10 +4,12 @@
 # instrumentation is on only while REQUESTS short chat requests pass (after a warm-up). The ledger
 # is on (its writer thread counts too).
 #
-#   [BODY=file.json] [TOLLGATE_LOG=info] [KEEP=dir] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
+#   [BODY=file.json] [TOLLGATE_LOG=info] [KEEP=dir] [CONSUMER=1] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
 #
 # TOLLGATE_LOG defaults to warn (no access log); KEEP copies the callgrind output there (for
-# callgrind_annotate --inclusive=yes).
+# callgrind_annotate --inclusive=yes). CONSUMER=1 calls with a consumer's key (consumer_toml in
+# common.sh: its own buckets and two period quotas beside the deployment's) instead of the
+# deployment's.
 set -euo pipefail
 GIVEN=$(realpath "$1") REQUESTS=${2:-5000} ROUTE=${3:-/openai/deployments/bench}
 [ -z "${BODY:-}" ] || BODY=$(realpath "$BODY")
@@ -15,8 +17,12 @@ cd "$(dirname "$0")/.."
 SKIP_BUILD=1 source benches/common.sh
 BIN=$GIVEN
 KEY=BenchKey0123456789abcdefghijklmn MOCK=127.0.0.1:18600
+EXTRA=""
+[ -z "${CONSUMER:-}" ] || EXTRA=$(consumer_toml bench)
 gateway_config "$WORK/g.toml" 127.0.0.1:18610 127.0.0.1:18611 "$MOCK" "$KEY" bench "[ledger]
-path = \"$WORK/usage.jsonl\""
+path = \"$WORK/usage.jsonl\"
+$EXTRA"
+[ -z "${CONSUMER:-}" ] || KEY=$CONSUMER_KEY
 "$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
 TOLLGATE_LOG=${TOLLGATE_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
   "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/vg.log" &

@@ -29,6 +29,26 @@ tokens_per_minute = 1000000000
 TOML
 }
 
+# A consumer's key, for consumer_toml.
+CONSUMER_KEY=BenchConsumerKey0123456789abcdef
+
+# consumer_toml DEPLOYMENT: a consumer (CONSUMER_KEY) on DEPLOYMENT with every level it can
+# have, none of them binding: its own buckets there, a daily quota on the grant and a monthly
+# one over all its deployments.
+consumer_toml() {
+  cat <<TOML
+[[consumers]]
+name = "bench-app"
+keys = ["$(digest "$CONSUMER_KEY")"]
+tokens_per_month = 10000000000000
+[[consumers.grants]]
+deployment = "$1"
+requests_per_minute = 1000000000
+tokens_per_minute = 1000000000
+tokens_per_day = 10000000000000
+TOML
+}
+
 # nginx_head DIR WORKERS: the part of an nginx config every one here shares (its pid, logs and
 # temp files under DIR, no access log).
 nginx_head() {
@@ -100,20 +120,9 @@ for line in sys.stdin:
   nginx -c "$WORK/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 &
   "$floor" --listen "$FLOORADDR" --upstream "$BACKEND" --workers 2 &
   FLOOR_PID=$!
-  # A consumer on the deployment with every level it can have: its own buckets there, a daily
-  # quota on the grant and a monthly one over all its deployments (CONSUMER_KEY, consumer.lua).
-  CONSUMER_KEY=BenchConsumerKey0123456789abcdef
   gateway_config "$WORK/g.toml" "$GATEWAY" 127.0.0.1:$((base + 31)) "$BACKEND" "$KEY" bench "[ledger]
 path = \"$WORK/usage.jsonl\"
-[[consumers]]
-name = \"bench-app\"
-keys = [\"$(digest "$CONSUMER_KEY")\"]
-tokens_per_month = 10000000000000
-[[consumers.grants]]
-deployment = \"bench\"
-requests_per_minute = 1000000000
-tokens_per_minute = 1000000000
-tokens_per_day = 10000000000000"
+$(consumer_toml bench)"
   "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
   GATEWAY_PID=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$((base + 31))/healthz" && break; sleep 0.1; done

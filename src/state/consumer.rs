@@ -41,6 +41,8 @@ pub struct Grant {
     pub periods: Option<Arc<PeriodQuota>>,
     /// Its buckets' and period quotas' keys in a shared store (made by the store on first use).
     pub store_keys: OnceLock<[Arc<str>; 2]>,
+    /// Its busiest metric series (made by the metrics on first use).
+    pub series: OnceLock<crate::state::metrics::ConsumerSeries>,
 }
 
 /// A request's caller when it is a consumer: who, and which of its grants.
@@ -143,6 +145,7 @@ impl Grant {
             quota,
             periods: period_quota(config.periods, previous.and_then(|p| p.periods.as_ref()), clock),
             store_keys: OnceLock::new(),
+            series: OnceLock::new(),
         }
     }
 }

@@ -100,6 +100,20 @@ pub struct DeploymentSeries {
     estimate_ratio: OnceLock<Histogram>,
 }
 
+/// A consumer's busiest series on one of its deployments (served requests and their tokens),
+/// resolved on first use and kept with its grant.
+pub struct ConsumerSeries {
+    ok: IntCounter,
+    prompt: IntCounter,
+    completion: IntCounter,
+}
+
+impl std::fmt::Debug for ConsumerSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerSeries").finish_non_exhaustive()
+    }
+}
+
 /// The routes [`DeploymentSeries`] keeps series for (by `ApiRoute as usize`).
 const ROUTES: usize = 5;
 
@@ -421,6 +435,23 @@ impl Metrics {
     fn observe_consumer(&self, consumer: &Consumer, record: &UsageRecord) {
         let deployment = record.deployment.name.as_str();
         let label = &*consumer.label;
+        // A served request's series are resolved once per grant (as a deployment's are).
+        let series = consumer.grant(deployment).map(|g| {
+            g.series.get_or_init(|| ConsumerSeries {
+                ok: self.consumer_requests.with_label_values(&[label, deployment, "200"]),
+                prompt: self.consumer_tokens.with_label_values(&[label, deployment, "prompt"]),
+                completion: self.consumer_tokens.with_label_values(&[label, deployment, "completion"]),
+            })
+        });
+        match series {
+            Some(series) if record.status == 200 => {
+                series.ok.inc();
+                series.prompt.inc_by(record.prompt_tokens);
+                series.completion.inc_by(record.completion_tokens);
+                return;
+            }
+            _ => {}
+        }
         self.consumer_requests.with_label_values(&[label, deployment, metric_status(record.status)]).inc();
         let reason = match record.status {
             429 if record.limited_by.is_some() => Some("rate_limited"),

@@ -95,28 +95,22 @@ fn set_consumer_policies(headers: &mut HeaderMap, admission: &ConsumerAdmission)
             }
         }
     };
-    for (prefix, state) in [("", admission.deployment), ("grant-", admission.grant)] {
+    for (names, state) in
+        [(["requests", "tokens"], admission.deployment), (["grant-requests", "grant-tokens"], admission.grant)]
+    {
         if let Some(s) = state {
-            let name = |what: &str| format!("{prefix}{what}");
-            add(
-                &name("requests"),
-                s.limit_requests,
-                60,
-                false,
-                s.remaining_requests,
-                ceil_seconds(s.requests_full_in_ns),
-            );
-            add(&name("tokens"), s.limit_tokens, 60, true, s.remaining_tokens, ceil_seconds(s.tokens_full_in_ns));
+            add(names[0], s.limit_requests, 60, false, s.remaining_requests, ceil_seconds(s.requests_full_in_ns));
+            add(names[1], s.limit_tokens, 60, true, s.remaining_tokens, ceil_seconds(s.tokens_full_in_ns));
         }
     }
     let mut fewest: Option<u64> = None;
-    for (prefix, state) in [("grant-", admission.periods[0]), ("consumer-", admission.periods[1])] {
+    for (consumer_wide, state) in [(false, admission.periods[0]), (true, admission.periods[1])] {
         let Some(state) = state else { continue };
         for (kind, limit, used, ends) in state.each() {
             let left = limit.saturating_sub(used);
-            let name = format!("{prefix}{}", kind.as_str().replace('_', "-"));
             let tokens = kind != PeriodKind::RequestsPerDay;
-            add(&name, limit, state.usage.stamp.length_of(kind), tokens, left, ends.saturating_sub(admission.now));
+            let window = state.usage.stamp.length_of(kind);
+            add(period_policy(consumer_wide, kind), limit, window, tokens, left, ends.saturating_sub(admission.now));
             if tokens {
                 fewest = Some(fewest.map_or(left, |f| f.min(left)));
             }
@@ -129,6 +123,19 @@ fn set_consumer_policies(headers: &mut HeaderMap, admission: &ConsumerAdmission)
     }
     if let Some(fewest) = fewest {
         headers.insert(REMAINING_QUOTA_TOKENS, HeaderValue::from(fewest));
+    }
+}
+
+/// A period quota's policy name: the grant's on the deployment, or the consumer's over all its
+/// deployments (static, so a consumer's headers format no names).
+fn period_policy(consumer_wide: bool, kind: PeriodKind) -> &'static str {
+    match (consumer_wide, kind) {
+        (false, PeriodKind::TokensPerDay) => "grant-tokens-per-day",
+        (false, PeriodKind::TokensPerMonth) => "grant-tokens-per-month",
+        (false, PeriodKind::RequestsPerDay) => "grant-requests-per-day",
+        (true, PeriodKind::TokensPerDay) => "consumer-tokens-per-day",
+        (true, PeriodKind::TokensPerMonth) => "consumer-tokens-per-month",
+        (true, PeriodKind::RequestsPerDay) => "consumer-requests-per-day",
     }
 }
 
