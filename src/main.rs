@@ -61,7 +61,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Sum a usage ledger (and its rotated files) per deployment, day or key, and meter.
+    /// Sum a usage ledger (and its rotated files) per deployment, day, key, consumer, project,
+    /// subscription or billing meter, with what it cost.
     Usage {
         #[arg(long)]
         ledger: PathBuf,
@@ -73,9 +74,12 @@ enum Command {
         until: Option<String>,
         #[arg(long, value_enum, default_value_t = GroupBy::Deployment)]
         by: GroupBy,
-        /// JSON instead of a table.
+        /// JSON instead of a table (it always has the costs).
         #[arg(long)]
         json: bool,
+        /// Cost columns in the table: input, output and total, in the `[billing]` currency.
+        #[arg(long)]
+        cost: bool,
     },
     /// Load-test an endpoint speaking the Model Inference API (tollgate or not).
     Bench {
@@ -196,8 +200,8 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::Usage { ledger, since, until, by, json } => {
-            usage(&ledger, since.as_deref(), until.as_deref(), by, json)
+        Command::Usage { ledger, since, until, by, json, cost } => {
+            usage(&ledger, since.as_deref(), until.as_deref(), by, json, cost)
         }
         Command::Keys { command: KeysCommand::Generate } => {
             let key = generate_key();
@@ -288,6 +292,7 @@ fn usage(
     until: Option<&str>,
     by: GroupBy,
     json: bool,
+    cost: bool,
 ) -> Result<(), String> {
     let since = since.map(report::parse_time).transpose().map_err(|e| format!("--since: {e}"))?;
     let until = until.map(report::parse_time).transpose().map_err(|e| format!("--until: {e}"))?;
@@ -295,7 +300,7 @@ fn usage(
     if report.malformed_lines > 0 {
         let _ = writeln!(std::io::stderr(), "tollgate: skipped {} malformed ledger lines", report.malformed_lines);
     }
-    if json { say(&format!("{}\n", report.json(by))) } else { say(&report.table(by)) }
+    if json { say(&format!("{}\n", report.json(by))) } else { say(&report.table(by, cost)) }
 }
 
 fn check(path: &std::path::Path) -> Result<(), String> {

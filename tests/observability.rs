@@ -214,6 +214,7 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
         "tollgate_consumer_tokens_total",
         "tollgate_consumer_quota_used_ratio",
         "tollgate_consumer_rejections_total",
+        "tollgate_cost_total",
     ];
     assert!(
         variables.iter().any(|v| v["name"] == "consumer"
@@ -223,6 +224,7 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
     let titles: Vec<&str> =
         dashboard["panels"].as_array().unwrap().iter().map(|p| p["title"].as_str().unwrap()).collect();
     assert!(titles.contains(&"Top consumers: tokens per minute"), "{titles:?}");
+    assert!(titles.contains(&"Spend per day, by subscription"), "{titles:?}");
     for panel in dashboard["panels"].as_array().unwrap() {
         assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
         for target in panel["targets"].as_array().unwrap() {

@@ -11,6 +11,8 @@ pub struct CatalogModel {
     pub offer: Option<String>,
     /// The model's backends (one, or a pool); deployments of it through the admin API use them.
     pub backends: Vec<BackendConfig>,
+    /// What its tokens cost, per 1,000,000.
+    pub prices: Option<crate::core::billing::Prices>,
 }
 
 /// A backend CA file, read and checked when the configuration is loaded.

@@ -4,6 +4,7 @@
 //! re-checks anything validated here.
 
 mod backend_url;
+pub mod billing;
 mod catalog;
 pub mod ledger;
 mod raw;
@@ -59,6 +60,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[[consumers]]`: callers with their own keys and limits on deployments of the file.
     pub consumers: Vec<ConsumerConfig>,
+    /// `[billing]`: the currency of prices and costs.
+    pub billing: billing::BillingConfig,
 }
 
 /// Most consumers one gateway holds (their names are metric labels: this bounds the series).
@@ -256,6 +259,8 @@ pub struct DeploymentConfig {
     /// Completion tokens reserved for a request that sets no `max_tokens`.
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
+    /// What its tokens cost (no cost is written without prices).
+    pub prices: Option<crate::core::billing::Prices>,
 }
 
 /// One backend of a deployment (or catalog model).

@@ -28,6 +28,32 @@ pub struct RawConfig {
     /// `[[consumers]]`: applications with their own keys and limits on a project's deployments.
     #[serde(default)]
     pub consumers: Vec<Spanned<RawConsumer>>,
+    /// `[billing]`: the one currency prices and costs are in.
+    pub billing: Option<RawBilling>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBilling {
+    pub currency: Option<Spanned<String>>,
+}
+
+/// Prices per 1,000,000 tokens of each meter, in the `[billing]` currency.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrices {
+    pub input: Spanned<RawAmount>,
+    pub output: Spanned<RawAmount>,
+}
+
+/// An amount as written: `"0.30"` (exact), `2` or `0.3` (a TOML float, read by its shortest
+/// decimal form).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAmount {
+    Text(String),
+    Whole(u64),
+    Float(f64),
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +108,8 @@ pub struct RawModel {
     #[serde(default)]
     pub backend_http2: bool,
     pub backend_ca_file: Option<Spanned<String>>,
+    /// What its tokens cost (deployments of it through the admin API are billed so).
+    pub prices: Option<Spanned<RawPrices>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +206,8 @@ pub struct RawDeployment {
     pub tokens_per_minute: Option<Spanned<u64>>,
     pub default_max_tokens: Option<Spanned<u64>>,
     pub tokenizer: Option<Tokenizer>,
+    /// What its tokens cost; left out, the catalog model's of the same id (if any).
+    pub prices: Option<Spanned<RawPrices>>,
 }
 
 /// One backend of a pool: `[[deployments.backends]]` or `[[models.backends]]`.

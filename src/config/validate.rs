@@ -128,7 +128,8 @@ pub(super) fn validate(
     };
     let store = super::store::validate_store(raw.limits.as_ref(), at)?;
     let consumers = super::validate_consumer::validate_consumers(&raw.consumers, at, &deployments)?;
-    Ok(Config { server, admin, backend, deployments, models, ledger, store, consumers })
+    let billing = super::billing::validate_billing(raw.billing.as_ref(), at)?;
+    Ok(Config { server, admin, backend, deployments, models, ledger, store, consumers, billing })
 }
 
 /// Each backend URL's limits as first declared (one map, so a file of 10,000 deployments is
@@ -230,6 +231,7 @@ fn validate_models(
             version: m.version.get_ref().clone(),
             offer: m.offer.as_ref().map(|o| o.get_ref().clone()),
             backends,
+            prices: super::billing::validate_prices(m.prices.as_ref(), at, &format!("models[{index}]"))?,
         });
     }
     Ok(models)

@@ -304,6 +304,10 @@ pub(super) fn validate_deployment(
         limits,
         default_max_tokens,
         tokenizer: raw.tokenizer.unwrap_or_default(),
+        prices: match super::billing::validate_prices(raw.prices.as_ref(), at, &format!("deployments[{index}]"))? {
+            Some(prices) => Some(prices),
+            None => models.iter().find(|m| m.id == *raw.model.get_ref()).and_then(|m| m.prices),
+        },
     })
 }
 

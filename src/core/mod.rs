@@ -4,6 +4,7 @@
 //! type; none knows about HTTP responses.
 
 pub mod api;
+pub mod billing;
 pub mod clock;
 pub mod estimate;
 pub mod keys;

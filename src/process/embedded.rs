@@ -24,6 +24,11 @@ pub const DEMO_LEDGER: &str = "tollgate-usage.jsonl";
 pub const DEMO_STATE: &str = "tollgate-state.json";
 /// The demo catalog's marketplace offer.
 pub const DEMO_OFFER: &str = "meta-llama-3";
+/// What the demo model's tokens cost (USD per 1,000,000: the serverless list price of Llama 3 8B).
+pub const DEMO_PRICES: crate::core::billing::Prices = crate::core::billing::Prices {
+    input: crate::core::billing::Micros(300_000),
+    output: crate::core::billing::Micros(610_000),
+};
 
 /// The demo configuration: `key` is the plain demo key and `admin_token` the plain owner token
 /// (only their digests are kept).
@@ -60,6 +65,7 @@ pub fn demo_config(
             version: "3".into(),
             offer: Some(DEMO_OFFER.into()),
             backends: vec![BackendConfig::single(backend.clone(), None, false, None)],
+            prices: Some(DEMO_PRICES),
         }],
         backend: BackendSettings { workers: crate::config::default_workers(), ..BackendSettings::default() },
         deployments: vec![DeploymentConfig {
@@ -75,10 +81,12 @@ pub fn demo_config(
             limits: Limits::default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Tokenizer::default(),
+            prices: Some(DEMO_PRICES),
         }],
         ledger: Some(LedgerConfig::at(DEMO_LEDGER.into())),
         store: crate::config::StoreConfig::Memory,
         consumers: Vec::new(),
+        billing: crate::config::billing::BillingConfig::default(),
     }
 }
 

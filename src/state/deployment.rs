@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::config::{BackendSettings, DeploymentConfig};
+use crate::core::billing::Prices;
 use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
@@ -24,6 +25,8 @@ pub struct BuildContext<'a> {
     pub registry: &'a BackendRegistry,
     pub clock: &'a Arc<dyn Clock>,
     pub settings: &'a BackendSettings,
+    /// The `[billing]` currency its costs are in.
+    pub currency: &'a Arc<str>,
 }
 
 /// Where a deployment was declared.
@@ -74,6 +77,10 @@ pub struct Deployment {
     pub info: InfoCache,
     /// Its busiest metric series, resolved once ([`crate::state::metrics::DeploymentSeries`]).
     pub series: crate::state::metrics::DeploymentSeries,
+    /// What its tokens cost, as of this table (a request is billed at the prices of the table it
+    /// arrived under); none: its requests cost nothing and the ledger writes no cost.
+    pub prices: Option<Prices>,
+    pub currency: Arc<str>,
 }
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
@@ -94,9 +101,15 @@ impl BackendAuth {
 }
 
 impl Deployment {
+    /// The name of the subscription it depends on (`s` of `/projects/p/subscriptions/s`).
+    pub fn subscription_name(&self) -> Option<&str> {
+        self.subscription.as_deref().and_then(|id| id.rsplit('/').next())
+    }
+
     pub fn from_config(config: &DeploymentConfig, clock: &Arc<dyn Clock>) -> Deployment {
         let (registry, settings) = (BackendRegistry::default(), BackendSettings::default());
-        let context = BuildContext { registry: &registry, clock, settings: &settings };
+        let currency: Arc<str> = Arc::from(crate::config::billing::DEFAULT_CURRENCY);
+        let context = BuildContext { registry: &registry, clock, settings: &settings, currency: &currency };
         Deployment::build(config, Origin::File, Health::Online, None, None, &context)
     }
 
@@ -111,7 +124,7 @@ impl Deployment {
         previous: Option<&Deployment>,
         context: &BuildContext<'_>,
     ) -> Deployment {
-        let BuildContext { registry, clock, settings } = *context;
+        let BuildContext { registry, clock, settings, currency } = *context;
         let pool = BackendPool::build(&config.backends, previous.map(|p| &p.pool), registry, clock, settings);
         let quota = match previous {
             Some(previous) => {
@@ -143,6 +156,8 @@ impl Deployment {
             ),
             info: InfoCache::new(Arc::clone(clock)),
             series: Default::default(),
+            prices: config.prices,
+            currency: Arc::clone(currency),
         }
     }
 }

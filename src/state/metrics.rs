@@ -12,6 +12,7 @@ use prometheus::{
     TextEncoder,
 };
 
+use crate::core::billing::Meter;
 use crate::core::meter::CountSource;
 use crate::core::pool::health::Status;
 use crate::core::quota::period::PeriodKind;
@@ -70,6 +71,9 @@ pub struct Metrics {
     /// Share of each period quota used (read at scrape time).
     pub consumer_quota_used_ratio: prometheus::GaugeVec,
     pub consumer_quota_limit: IntGaugeVec,
+    /// Cost in micro-units by project, subscription, meter and currency (bounded by the
+    /// deployments: each has one project and at most one subscription).
+    pub cost: IntCounterVec,
     /// Reloads of the configuration file (watcher, SIGHUP, `POST /reload`), by result.
     pub config_reloads: IntCounterVec,
     /// 1 when the last reload was applied (or none was tried), 0 when it was refused.
@@ -98,6 +102,8 @@ pub struct DeploymentSeries {
     reported_prompt: OnceLock<IntCounter>,
     reported_completion: OnceLock<IntCounter>,
     estimate_ratio: OnceLock<Histogram>,
+    /// `tollgate_cost_total` of its input and output meters.
+    cost: OnceLock<[IntCounter; 2]>,
 }
 
 /// A consumer's busiest series on one of its deployments (served requests and their tokens),
@@ -329,6 +335,11 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            cost: counter(
+                "tollgate_cost_total",
+                "What requests cost, in micro-units of the currency (1000000 = 1 USD), by the deployment's project, its subscription (empty when none) and meter (input / output tokens): exact integers up to 2^53.",
+                &["project", "subscription", "meter", "currency"],
+            )?,
             consumer_quota_limit: gauge(
                 "tollgate_consumer_quota_limit",
                 "A consumer's period quota (tokens or requests per UTC day or month).",
@@ -401,6 +412,19 @@ impl Metrics {
         }
         if let Some(consumer) = &record.consumer {
             self.observe_consumer(consumer, record);
+        }
+        if let Some(cost) = record.cost().filter(|c| c.total().0 > 0) {
+            let d = &record.deployment;
+            let [input, output] = series.cost.get_or_init(|| {
+                let subscription = d.subscription_name().unwrap_or("");
+                let labels = |meter: Meter| [d.project.as_str(), subscription, meter.as_str(), &*d.currency];
+                [
+                    self.cost.with_label_values(&labels(Meter::Input)),
+                    self.cost.with_label_values(&labels(Meter::Output)),
+                ]
+            });
+            input.inc_by(cost.input.0);
+            output.inc_by(cost.output.0);
         }
         let source = match record.source {
             CountSource::Reported => "reported",

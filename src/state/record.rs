@@ -78,6 +78,18 @@ pub struct UsageRecord {
     pub attempts: u32,
 }
 
+impl UsageRecord {
+    /// What the request cost at its deployment's prices: its billed tokens, or nothing when it
+    /// was refused before reaching a backend (and nothing without prices).
+    pub fn cost(&self) -> Option<crate::core::billing::Cost> {
+        let prices = self.deployment.prices?;
+        Some(match self.outcome {
+            Outcome::Rejected => crate::core::billing::Cost::default(),
+            _ => prices.cost(self.prompt_tokens, self.completion_tokens),
+        })
+    }
+}
+
 /// Whatever records usage (totals, metrics, the ledger). Called once per finished request, on the
 /// request's task: implementations must not block.
 pub trait UsageSink: Send + Sync {

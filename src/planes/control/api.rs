@@ -7,6 +7,7 @@
 //! | GET | `/projects/{p}/subscriptions` (and `/{name}`) | ReadSubscriptions |
 //! | PUT | `/projects/{p}/subscriptions/{name}` | Subscribe |
 //! | DELETE | `/projects/{p}/subscriptions/{name}` | Unsubscribe |
+//! | GET | `/projects/{p}/subscriptions/{name}/costs?since=&until=&by=` | ReadUsage |
 //! | GET | `/projects/{p}/deployments` (and `/{name}`) | ReadDeployments |
 //! | PUT | `/projects/{p}/deployments/{name}` | Deploy |
 //! | PATCH | `/projects/{p}/deployments/{name}` | UpdateDeployment |
@@ -36,13 +37,14 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::AdminBody;
+use super::ledger_reports;
 use super::reload::ReloadError;
 use super::{AdminError, ControlPlane};
 use crate::core::roles::{Action, AdminToken};
 use crate::planes::respond::error_response;
 use crate::state::consumer::Consumer;
 use crate::state::ledger::Ledger;
-use crate::state::ledger::report::{self, GroupBy};
+use crate::state::ledger::report::GroupBy;
 use crate::state::quota_store::QuotaStore;
 
 /// Admin request bodies are small.
@@ -53,6 +55,7 @@ enum Route {
     Models,
     Subscriptions { project: String },
     Subscription { project: String, name: String },
+    SubscriptionCosts { project: String, name: String },
     Deployments { project: String },
     Deployment { project: String, name: String },
     DeploymentOp { project: String, name: String, op: String },
@@ -76,6 +79,7 @@ fn route(path: &str) -> Option<Route> {
         ["reload"] => Route::Reload,
         ["projects", p, "subscriptions"] => Route::Subscriptions { project: owned(p) },
         ["projects", p, "subscriptions", n] => Route::Subscription { project: owned(p), name: owned(n) },
+        ["projects", p, "subscriptions", n, "costs"] => Route::SubscriptionCosts { project: owned(p), name: owned(n) },
         ["projects", p, "deployments"] => Route::Deployments { project: owned(p) },
         ["projects", p, "deployments", n] => Route::Deployment { project: owned(p), name: owned(n) },
         ["projects", p, "deployments", n, op @ ("listKeys" | "regenerateKeys" | "usage")] => {
@@ -106,6 +110,8 @@ fn action(route: &Route, method: &Method) -> Result<Action, &'static str> {
         (Route::Subscription { .. }, "PUT") => Ok(Subscribe),
         (Route::Subscription { .. }, "DELETE") => Ok(Unsubscribe),
         (Route::Subscription { .. }, _) => Err("GET, PUT, DELETE"),
+        (Route::SubscriptionCosts { .. }, "GET") => Ok(ReadUsage),
+        (Route::SubscriptionCosts { .. }, _) => Err("GET"),
         (Route::Deployments { .. }, "GET") => Ok(ReadDeployments),
         (Route::Deployments { .. }, _) => Err("GET"),
         (Route::Deployment { .. }, "GET") => Ok(ReadDeployments),
@@ -146,6 +152,7 @@ fn project_of(route: &Route) -> Option<&str> {
     match route {
         Route::Subscriptions { project }
         | Route::Subscription { project, .. }
+        | Route::SubscriptionCosts { project, .. }
         | Route::Deployments { project }
         | Route::Deployment { project, .. }
         | Route::DeploymentOp { project, .. }
@@ -287,6 +294,10 @@ async fn serve(
     match (route, action) {
         (Route::Models, _) => ok(control.catalog_json()),
         (Route::Subscriptions { project }, _) => ok(control.subscriptions_json(&project)),
+        (Route::SubscriptionCosts { project, name }, _) => {
+            control.subscription_json(&project, &name)?;
+            ok(ledger_reports::subscription_costs(ledger, &project, &name, &query).await?)
+        }
         (Route::Subscription { project, name }, Action::ReadSubscriptions) => {
             ok(control.subscription_json(&project, &name)?)
         }
@@ -338,7 +349,7 @@ async fn serve(
         }
         (Route::DeploymentOp { project, name, .. }, _) => {
             control.deployment_in(&project, &name)?;
-            ok(usage(ledger, GroupBy::Deployment, &name, &query).await?)
+            ok(ledger_reports::usage(ledger, GroupBy::Deployment, &name, &query).await?)
         }
         (Route::Grants { project, name }, _) => ok(control.grants_json(&project, &name)?),
         (Route::Grant { project, name, consumer_project, consumer }, _) if method == Method::PUT => {
@@ -374,7 +385,7 @@ async fn serve(
             let label = consumer.label.to_string();
             let mut answer = json!({"consumer": label, "quotas": periods_json(quota, &consumer).await});
             answer["value"] = match ledger {
-                Some(_) => usage(ledger, GroupBy::Consumer, &label, &query).await?["value"].take(),
+                Some(_) => ledger_reports::usage(ledger, GroupBy::Consumer, &label, &query).await?["value"].take(),
                 None => Value::Null,
             };
             ok(answer)
@@ -420,55 +431,9 @@ async fn periods_json(quota: &QuotaStore, consumer: &Arc<Consumer>) -> Value {
         .flat_map(|r| {
             r.state.each().map(move |(kind, limit, used, ends)| {
                 json!({"scope": &*r.scope, "quota": kind.as_str(), "limit": limit, "used": used,
-                       "remaining": limit.saturating_sub(used), "resetsAt": report::format_unix(ends)})
+                       "remaining": limit.saturating_sub(used), "resetsAt": crate::state::ledger::report::format_unix(ends)})
             })
         })
         .collect();
     Value::Array(list)
-}
-
-/// Token totals per meter for one deployment or consumer (grouped `by`), from the ledger
-/// (flushed first).
-async fn usage(ledger: Option<&Arc<Ledger>>, by: GroupBy, owner: &str, query: &str) -> Result<Value, AdminError> {
-    let ledger = ledger.ok_or_else(|| {
-        AdminError::conflict("this gateway keeps no usage ledger; configure [ledger] to read usage here")
-    })?;
-    let mut since = None;
-    let mut until = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = value.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+").replace("%2b", "+");
-        let parsed = report::parse_time(&value).map_err(|e| AdminError::bad_request(format!("{key}: {e}")))?;
-        match key {
-            "since" => since = Some(parsed),
-            "until" => until = Some(parsed),
-            other => {
-                return Err(AdminError::bad_request(format!("unknown query parameter '{other}': use since and until")));
-            }
-        }
-    }
-    let ledger = Arc::clone(ledger);
-    let name = owner.to_owned();
-    let report = tokio::task::spawn_blocking(move || {
-        ledger.flush();
-        report::summarize(&ledger.config.path, since, until, by)
-    })
-    .await
-    .map_err(|e| AdminError::internal(e.to_string()))?;
-    let report = match report {
-        Ok(report) => report,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => report::Report::default(),
-        Err(e) => return Err(AdminError::internal(format!("cannot read the ledger: {e}"))),
-    };
-    let meters: Vec<Value> = report
-        .rows
-        .iter()
-        .filter(|((group, _), _)| *group == name)
-        .map(|((_, meter), s)| {
-            json!({"meter": meter, "requests": s.requests, "promptTokens": s.prompt_tokens,
-                   "completionTokens": s.completion_tokens, "totalTokens": s.total_tokens})
-        })
-        .collect();
-    let what = if by == GroupBy::Consumer { "consumer" } else { "deployment" };
-    Ok(json!({what: name, "value": meters}))
 }

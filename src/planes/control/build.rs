@@ -42,7 +42,8 @@ pub fn build_table(
     let mut out: Vec<Arc<Deployment>> = Vec::with_capacity(config.deployments.len() + state.deployments.len());
     // One health and one set of buckets per backend URL, whichever deployments send to it.
     let registry = BackendRegistry::seeded(previous.iter().map(|d| &d.pool));
-    let context = BuildContext { registry: &registry, clock, settings: &config.backend };
+    let currency: Arc<str> = Arc::from(config.billing.currency.as_str());
+    let context = BuildContext { registry: &registry, clock, settings: &config.backend, currency: &currency };
     for file in &config.deployments {
         out.push(Arc::new(Deployment::build(
             file,
@@ -88,6 +89,7 @@ pub fn build_table(
             limits: api.limits.map(Limits::from).unwrap_or_default(),
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Default::default(),
+            prices: model.prices,
         };
         let before = previous.get(&api.name).map(|d| &**d);
         out.push(Arc::new(Deployment::build(&deployment_config, Origin::Api, health, subscription, before, &context)));

@@ -14,6 +14,7 @@ pub type AdminBody = http_body_util::Full<bytes::Bytes>;
 pub mod api;
 mod build;
 pub mod consumers;
+mod ledger_reports;
 pub mod reload;
 mod resources;
 pub mod state;

@@ -58,6 +58,34 @@ pub struct LedgerLine<'a> {
     /// whose period usage is rebuilt from the ledger at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admitted: Option<bool>,
+    /// The subscription of the deployment's project it was billed to (absent when none).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<Cow<'a, str>>,
+    /// The currency of `cost_micros` and `price_micros_per_million`.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Cow<'a, str>>,
+    /// What the request cost, per meter and in total, in micro-units of `currency` (absent when
+    /// the deployment has no prices: it costs nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_micros: Option<LineCost>,
+    /// The prices it was billed at (micro-units per 1,000,000 tokens), so a report of a past
+    /// month never depends on today's prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_micros_per_million: Option<LinePrices>,
+}
+
+/// A line's cost: each meter rounded half up to the micro-unit, and their sum.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LineCost {
+    pub input: u64,
+    pub output: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LinePrices {
+    pub input: u64,
+    pub output: u64,
 }
 
 /// RFC 3339 in UTC, the fraction without trailing zeros (`2026-12-02T19:50:01.1234Z`), exactly
@@ -115,6 +143,13 @@ impl<'a> LedgerLine<'a> {
             project: Some(Cow::Borrowed(&record.deployment.project)),
             consumer: record.consumer.as_ref().map(|c| Cow::Borrowed(&*c.label)),
             admitted: record.consumer.as_ref().map(|_| record.admitted),
+            subscription: record.deployment.subscription_name().map(Cow::Borrowed),
+            currency: record.deployment.prices.map(|_| Cow::Borrowed(&*record.deployment.currency)),
+            cost_micros: record.cost().map(|c| LineCost { input: c.input.0, output: c.output.0, total: c.total().0 }),
+            price_micros_per_million: record
+                .deployment
+                .prices
+                .map(|p| LinePrices { input: p.input.0, output: p.output.0 }),
         }
     }
 

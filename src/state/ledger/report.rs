@@ -10,6 +10,7 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, PrimitiveDateTime, Time};
 
 use super::line::LedgerLine;
+use crate::core::billing::{Meter, Micros};
 use crate::core::quota::period::Stamp;
 
 /// How to group the sums.
@@ -24,6 +25,25 @@ pub enum GroupBy {
     /// connection): such a request shows under both, so the projects' rows add up to more than
     /// the ledger's total. `-` for lines written before the ledger named projects.
     Project,
+    /// `project/subscription` of the deployment; `-` for deployments that need none.
+    Subscription,
+    /// The billing meters: each request adds its input tokens and their cost to `input` and its
+    /// output tokens and theirs to `output`.
+    Meter,
+}
+
+impl GroupBy {
+    fn heading(self) -> &'static str {
+        match self {
+            GroupBy::Deployment => "deployment",
+            GroupBy::Day => "day",
+            GroupBy::Key => "key",
+            GroupBy::Consumer => "consumer",
+            GroupBy::Project => "project",
+            GroupBy::Subscription => "subscription",
+            GroupBy::Meter => "billing_meter",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -32,6 +52,22 @@ pub struct Sums {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// What they cost, in micro-units of the report's currency (the lines' own costs, added).
+    pub cost_input_micros: u64,
+    pub cost_output_micros: u64,
+    pub cost_micros: u64,
+}
+
+impl Sums {
+    fn add(&mut self, other: &Sums) {
+        self.requests += other.requests;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.total_tokens += other.total_tokens;
+        self.cost_input_micros += other.cost_input_micros;
+        self.cost_output_micros += other.cost_output_micros;
+        self.cost_micros += other.cost_micros;
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -40,6 +76,10 @@ pub struct Report {
     pub rows: BTreeMap<(String, String), Sums>,
     pub files: Vec<PathBuf>,
     pub malformed_lines: u64,
+    /// The currencies the lines' costs were in (one, unless `[billing]` changed).
+    pub currencies: std::collections::BTreeSet<String>,
+    /// Every line read, once (rows may hold a line twice: `--by meter`, `--by project`).
+    pub all: Sums,
 }
 
 /// Unix seconds as the ledger writes times (RFC 3339, UTC).
@@ -81,6 +121,17 @@ pub fn summarize(
     until: Option<OffsetDateTime>,
     by: GroupBy,
 ) -> std::io::Result<Report> {
+    summarize_where(path, since, until, by, &|_| true)
+}
+
+/// [`summarize`] over the lines `keep` accepts.
+pub fn summarize_where(
+    path: &Path,
+    since: Option<OffsetDateTime>,
+    until: Option<OffsetDateTime>,
+    by: GroupBy,
+    keep: &dyn Fn(&LedgerLine<'_>) -> bool,
+) -> std::io::Result<Report> {
     let mut report = Report { files: ledger_files(path)?, ..Report::default() };
     if report.files.is_empty() {
         return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no ledger at {}", path.display())));
@@ -96,28 +147,62 @@ pub fn summarize(
                 report.malformed_lines += 1;
                 continue;
             };
-            if since.is_some_and(|s| at < s) || until.is_some_and(|u| at >= u) {
+            if since.is_some_and(|s| at < s) || until.is_some_and(|u| at >= u) || !keep(&record) {
                 continue;
             }
-            let mut also = None;
-            let group = match by {
-                GroupBy::Deployment => record.deployment.to_string(),
-                GroupBy::Day => record.day().to_owned(),
-                GroupBy::Key => format!("{}/{}", record.deployment, record.key_slot),
-                GroupBy::Consumer => record.consumer.as_deref().unwrap_or("-").to_owned(),
+            if let Some(currency) = record.currency.as_deref().filter(|c| !report.currencies.contains(*c)) {
+                report.currencies.insert(currency.to_owned());
+            }
+            let cost = record.cost_micros.unwrap_or_default();
+            let sums = Sums {
+                requests: 1,
+                prompt_tokens: record.prompt_tokens,
+                completion_tokens: record.completion_tokens,
+                total_tokens: record.total_tokens,
+                cost_input_micros: cost.input,
+                cost_output_micros: cost.output,
+                cost_micros: cost.total,
+            };
+            report.all.add(&sums);
+            let meter = record.meter.to_string();
+            let mut add = |group: String, sums: &Sums| report.rows.entry((group, meter.clone())).or_default().add(sums);
+            match by {
+                GroupBy::Deployment => add(record.deployment.to_string(), &sums),
+                GroupBy::Day => add(record.day().to_owned(), &sums),
+                GroupBy::Key => add(format!("{}/{}", record.deployment, record.key_slot), &sums),
+                GroupBy::Consumer => add(record.consumer.as_deref().unwrap_or("-").to_owned(), &sums),
                 GroupBy::Project => {
                     let paying = record.project.as_deref().unwrap_or("-");
+                    add(paying.to_owned(), &sums);
                     let calling = record.consumer.as_deref().and_then(|c| c.split_once('/')).map(|(p, _)| p);
-                    also = calling.filter(|p| *p != paying).map(str::to_owned);
-                    paying.to_owned()
+                    if let Some(calling) = calling.filter(|p| *p != paying) {
+                        add(calling.to_owned(), &sums);
+                    }
                 }
-            };
-            for group in std::iter::once(group).chain(also) {
-                let sums = report.rows.entry((group, record.meter.to_string())).or_default();
-                sums.requests += 1;
-                sums.prompt_tokens += record.prompt_tokens;
-                sums.completion_tokens += record.completion_tokens;
-                sums.total_tokens += record.total_tokens;
+                GroupBy::Subscription => match (&record.project, &record.subscription) {
+                    (Some(project), Some(subscription)) => add(format!("{project}/{subscription}"), &sums),
+                    _ => add("-".to_owned(), &sums),
+                },
+                GroupBy::Meter => {
+                    let input = Sums {
+                        requests: 1,
+                        prompt_tokens: sums.prompt_tokens,
+                        total_tokens: sums.prompt_tokens,
+                        cost_input_micros: sums.cost_input_micros,
+                        cost_micros: sums.cost_input_micros,
+                        ..Sums::default()
+                    };
+                    let output = Sums {
+                        requests: 1,
+                        completion_tokens: sums.completion_tokens,
+                        total_tokens: sums.completion_tokens,
+                        cost_output_micros: sums.cost_output_micros,
+                        cost_micros: sums.cost_output_micros,
+                        ..Sums::default()
+                    };
+                    add(Meter::Input.as_str().to_owned(), &input);
+                    add(Meter::Output.as_str().to_owned(), &output);
+                }
             }
         }
     }
@@ -125,54 +210,85 @@ pub fn summarize(
 }
 
 impl Report {
-    pub fn table(&self, by: GroupBy) -> String {
-        let heading = match by {
-            GroupBy::Deployment => "deployment",
-            GroupBy::Day => "day",
-            GroupBy::Key => "deployment/key",
-            GroupBy::Consumer => "consumer",
-            GroupBy::Project => "project",
+    /// The currency of the costs: `-` when no line had a cost, `A+B` when they were in several.
+    pub fn currency(&self) -> String {
+        if self.currencies.is_empty() {
+            return "-".to_owned();
+        }
+        self.currencies.iter().cloned().collect::<Vec<_>>().join("+")
+    }
+
+    /// Every line read, once.
+    pub fn total(&self) -> Sums {
+        self.all.clone()
+    }
+
+    /// A text table; `cost` adds the cost columns (in the currency, six decimals).
+    pub fn table(&self, by: GroupBy, cost: bool) -> String {
+        let heading = by.heading();
+        let width = self.rows.keys().map(|(g, _)| g.len()).max().unwrap_or(0).max(heading.len()).max(5);
+        let line = |group: &str, meter: &str, s: &Sums| {
+            let mut out = format!(
+                "{group:<width$}  {meter:<10} {:>10} {:>14} {:>17} {:>14}",
+                s.requests, s.prompt_tokens, s.completion_tokens, s.total_tokens
+            );
+            if cost {
+                let money = |m: u64| Micros(m).to_string();
+                out.push_str(&format!(
+                    " {:>16} {:>16} {:>16}",
+                    money(s.cost_input_micros),
+                    money(s.cost_output_micros),
+                    money(s.cost_micros)
+                ));
+            }
+            out.push('\n');
+            out
         };
-        let width = self.rows.keys().map(|(g, _)| g.len()).max().unwrap_or(0).max(heading.len());
         let mut out = format!(
-            "{heading:<width$}  {:<10} {:>10} {:>14} {:>17} {:>14}\n",
+            "{heading:<width$}  {:<10} {:>10} {:>14} {:>17} {:>14}",
             "meter", "requests", "prompt_tokens", "completion_tokens", "total_tokens"
         );
-        let mut all = Sums::default();
-        for ((group, meter), s) in &self.rows {
+        if cost {
+            let currency = self.currency();
             out.push_str(&format!(
-                "{group:<width$}  {meter:<10} {:>10} {:>14} {:>17} {:>14}\n",
-                s.requests, s.prompt_tokens, s.completion_tokens, s.total_tokens
+                " {:>16} {:>16} {:>16}",
+                format!("input ({currency})"),
+                format!("output ({currency})"),
+                format!("cost ({currency})")
             ));
-            all.requests += s.requests;
-            all.prompt_tokens += s.prompt_tokens;
-            all.completion_tokens += s.completion_tokens;
-            all.total_tokens += s.total_tokens;
         }
-        out.push_str(&format!(
-            "{:<width$}  {:<10} {:>10} {:>14} {:>17} {:>14}\n",
-            "total", "", all.requests, all.prompt_tokens, all.completion_tokens, all.total_tokens
-        ));
+        out.push('\n');
+        for ((group, meter), s) in &self.rows {
+            out.push_str(&line(group, meter, s));
+        }
+        out.push_str(&line("total", "", &self.total()));
+        if cost && self.currencies.len() > 1 {
+            out.push_str("warning: the costs are in several currencies ([billing] changed): read them per period\n");
+        }
         out
     }
 
+    /// Rows with their sums and costs (micro-units, and as text in the currency).
     pub fn json(&self, by: GroupBy) -> serde_json::Value {
-        let key = match by {
-            GroupBy::Deployment => "deployment",
-            GroupBy::Day => "day",
-            GroupBy::Key => "key",
-            GroupBy::Consumer => "consumer",
-            GroupBy::Project => "project",
+        let key = by.heading();
+        let row = |s: &Sums| {
+            serde_json::json!({"requests": s.requests, "prompt_tokens": s.prompt_tokens,
+                "completion_tokens": s.completion_tokens, "total_tokens": s.total_tokens,
+                "cost_micros": {"input": s.cost_input_micros, "output": s.cost_output_micros, "total": s.cost_micros},
+                "cost": Micros(s.cost_micros).to_string()})
         };
         let rows: Vec<serde_json::Value> = self
             .rows
             .iter()
             .map(|((group, meter), s)| {
-                serde_json::json!({key: group, "meter": meter, "requests": s.requests, "prompt_tokens": s.prompt_tokens,
-                    "completion_tokens": s.completion_tokens, "total_tokens": s.total_tokens})
+                let mut value = row(s);
+                value[key] = group.as_str().into();
+                value["meter"] = meter.as_str().into();
+                value
             })
             .collect();
-        serde_json::json!({"rows": rows, "files": self.files, "malformed_lines": self.malformed_lines})
+        serde_json::json!({"rows": rows, "total": row(&self.total()), "currency": self.currency(),
+            "files": self.files, "malformed_lines": self.malformed_lines})
     }
 }
 
