@@ -172,6 +172,21 @@ async fn bad_prices_are_refused_with_the_field_and_what_to_write() {
         let error = tollgate::config::Config::parse(&text, "t.toml", &|_| None).unwrap_err().to_string();
         assert!(error.contains("t.toml:6") && error.contains(says), "{prices}: {error}");
     }
+    for (budget, says) in [
+        ("name = \"b\"\nproject = \"p\"\nconsumer = \"p/c\"\nmonthly = \"1\"", "exactly one of"),
+        ("name = \"b\"\nproject = \"p\"", "monthly"),
+        ("name = \"b\"\nproject = \"p\"\nmonthly = \"0\"", "zero"),
+        ("name = \"b\"\nproject = \"p\"\nmonthly = \"1\"\nthresholds = [80, 50]", "ascending"),
+        ("name = \"b\"\nsubscription = \"nosub\"\nmonthly = \"1\"", "project/subscription"),
+        ("name = \"b b\"\nproject = \"p\"\nmonthly = \"1\"", "letters"),
+    ] {
+        let text = format!("[billing]\n[[billing.budgets]]\n{budget}\n");
+        let error = tollgate::config::Config::parse(&text, "t.toml", &|_| None).unwrap_err().to_string();
+        assert!(error.contains("billing.budgets[0]") && error.contains(says), "{budget}: {error}");
+    }
+    let text = "[billing]\nwebhook_url = \"https://hooks.example.com/x\"\nwebhook_secret_env = \"UNSET_SECRET\"\n";
+    let error = tollgate::config::Config::parse(text, "t.toml", &|_| None).unwrap_err().to_string();
+    assert!(error.contains("UNSET_SECRET") && error.contains("not set"), "{error}");
     let text = "[billing]\ncurrency = \"dollars\"\n";
     let error = tollgate::config::Config::parse(text, "t.toml", &|_| None).unwrap_err().to_string();
     assert!(error.contains("billing.currency") && error.contains("ISO 4217"), "{error}");

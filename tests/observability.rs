@@ -215,6 +215,7 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
         "tollgate_consumer_quota_used_ratio",
         "tollgate_consumer_rejections_total",
         "tollgate_cost_total",
+        "tollgate_budget_spent_ratio",
     ];
     assert!(
         variables.iter().any(|v| v["name"] == "consumer"

@@ -36,6 +36,35 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawBilling {
     pub currency: Option<Spanned<String>>,
+    /// Where budget threshold crossings are POSTed.
+    pub webhook_url: Option<Spanned<String>>,
+    /// The environment variable holding the HMAC-SHA256 key the webhooks are signed with.
+    pub webhook_secret_env: Option<Spanned<String>>,
+    /// Attempts per webhook (default 8), and the wait before the second (doubling after).
+    pub webhook_attempts: Option<Spanned<u64>>,
+    pub webhook_retry_ms: Option<Spanned<u64>>,
+    /// `[[billing.budgets]]`.
+    #[serde(default)]
+    pub budgets: Vec<Spanned<RawBudget>>,
+}
+
+/// A budget on one project, subscription or consumer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub name: Spanned<String>,
+    pub project: Option<Spanned<String>>,
+    /// `project/subscription`.
+    pub subscription: Option<Spanned<String>>,
+    /// `project/name`.
+    pub consumer: Option<Spanned<String>>,
+    pub monthly: Option<Spanned<RawAmount>>,
+    pub daily: Option<Spanned<RawAmount>>,
+    /// Percentages of the amount (default 50, 80, 100).
+    pub thresholds: Option<Spanned<Vec<u64>>>,
+    /// Refuse requests once the amount is spent (403 `BudgetExceeded`).
+    #[serde(default)]
+    pub hard: bool,
 }
 
 /// Prices per 1,000,000 tokens of each meter, in the `[billing]` currency.

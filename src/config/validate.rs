@@ -128,7 +128,7 @@ pub(super) fn validate(
     };
     let store = super::store::validate_store(raw.limits.as_ref(), at)?;
     let consumers = super::validate_consumer::validate_consumers(&raw.consumers, at, &deployments)?;
-    let billing = super::billing::validate_billing(raw.billing.as_ref(), at)?;
+    let billing = super::billing::validate_billing(raw.billing.as_ref(), at, env)?;
     Ok(Config { server, admin, backend, deployments, models, ledger, store, consumers, billing })
 }
 

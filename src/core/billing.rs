@@ -112,6 +112,13 @@ impl Prices {
     }
 }
 
+/// How many of `thresholds` (percentages, ascending) `spent` has reached of `amount`: a
+/// threshold is reached at `spent × 100 >= amount × threshold` (exactly, in `u128`).
+pub fn thresholds_reached(amount: Micros, spent: u64, thresholds: &[u16]) -> usize {
+    let spent = u128::from(spent) * 100;
+    thresholds.iter().take_while(|t| spent >= u128::from(amount.0) * u128::from(**t)).count()
+}
+
 /// `tokens × price / 1,000,000`, rounded half up to the micro-unit.
 fn charge(tokens: u64, per_million: Micros) -> Micros {
     let exact = u128::from(tokens) * u128::from(per_million.0);
@@ -150,7 +157,24 @@ mod tests {
         assert_eq!(Prices::default().cost(1_000_000, 1_000_000).total(), Micros(0));
     }
 
+    #[test]
+    fn a_threshold_is_reached_exactly_at_its_share() {
+        let amount = Micros(1_000_000);
+        assert_eq!(thresholds_reached(amount, 499_999, &[50, 80, 100]), 0);
+        assert_eq!(thresholds_reached(amount, 500_000, &[50, 80, 100]), 1);
+        assert_eq!(thresholds_reached(amount, 999_999, &[50, 80, 100]), 2);
+        assert_eq!(thresholds_reached(amount, 5_000_000, &[50, 80, 100]), 3);
+        assert_eq!(thresholds_reached(amount, 1_500_000, &[100, 150, 200]), 2);
+    }
+
     proptest! {
+        #[test]
+        fn thresholds_reached_only_grow_with_spend(amount in 1u64..1u64 << 50, a in 0u64..1u64 << 52, b in 0u64..1u64 << 52) {
+            let t = [1u16, 50, 80, 100, 250];
+            let (low, high) = (a.min(b), a.max(b));
+            prop_assert!(thresholds_reached(Micros(amount), low, &t) <= thresholds_reached(Micros(amount), high, &t));
+        }
+
         #[test]
         fn a_charge_is_within_half_a_micro_unit_of_the_exact_amount(
             tokens in 0u64..1u64 << 40,

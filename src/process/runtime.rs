@@ -98,6 +98,35 @@ async fn rebuild_period_usage(control: &ControlPlane, path: &std::path::Path, cl
     }
 }
 
+/// Budgets start from what the ledger says was spent earlier in the current UTC day and month
+/// (thresholds already reached then are not crossed again). A ledger that cannot be read is
+/// logged and the budgets start from zero.
+async fn rebuild_budget_spend(control: &ControlPlane, path: &std::path::Path, clock: &dyn Clock) {
+    let table = control.live().load_full();
+    if table.budgets().is_empty() {
+        return;
+    }
+    let now = clock.unix_seconds();
+    let path = path.to_owned();
+    match tokio::task::spawn_blocking(move || crate::state::ledger::report::budget_spend(&path, now)).await {
+        Ok(Ok(sums)) => {
+            let stamp = crate::core::quota::period::Stamp::at(now);
+            for budget in table.budgets() {
+                if let Some((day, month)) = sums.get(&budget.scope.label()) {
+                    budget.seed(stamp, *day, *month);
+                }
+            }
+            tracing::info!(
+                budgets = table.budgets().len(),
+                "budgets: this UTC day's and month's spend rebuilt from the ledger"
+            );
+        }
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(Err(error)) => tracing::warn!(%error, "budgets: cannot read the ledger; spend starts from zero"),
+        Err(error) => tracing::warn!(%error, "budgets: the ledger reader failed; spend starts from zero"),
+    }
+}
+
 /// A running gateway with its bound addresses (useful when the config asked for port 0).
 pub struct RunningGateway {
     pub gateway_addr: SocketAddr,
@@ -175,7 +204,24 @@ impl RunningGateway {
         if let (StoreConfig::Memory, Some(ledger)) = (&config.store, &config.ledger) {
             rebuild_period_usage(&control, &ledger.path, &*options_clock).await;
         }
-        let recorder = Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone() });
+        if let Some(ledger) = &config.ledger {
+            rebuild_budget_spend(&control, &ledger.path, &*options_clock).await;
+        }
+        let currency: Arc<str> = Arc::from(config.billing.currency.as_str());
+        let alerts = match &config.billing.webhook {
+            None => crate::state::budget_alerts::BudgetAlerts::new(Arc::clone(&metrics), currency),
+            Some(webhook) => {
+                let (alerts, sender) = crate::state::budget_alerts::BudgetAlerts::with_webhook(
+                    Arc::clone(&metrics),
+                    currency,
+                    webhook.clone(),
+                );
+                tokio::spawn(sender);
+                alerts
+            }
+        };
+        let recorder =
+            Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone(), alerts: Arc::new(alerts) });
         let gateway = Arc::new(Gateway::new(
             config,
             control.live(),

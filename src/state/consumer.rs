@@ -10,6 +10,7 @@ use crate::core::clock::Clock;
 use crate::core::keys::{KeyDigest, KeyPair, KeySlot};
 use crate::core::quota::period::{PeriodLimits, PeriodQuota, Stamp};
 use crate::core::quota::{DeploymentQuota, Levels};
+use crate::state::budget::Budget;
 use crate::state::deployment::Deployment;
 
 /// An application (or a person) of a project, with its own keys and limits.
@@ -30,6 +31,8 @@ pub struct Consumer {
     pub clock: Arc<dyn Clock>,
     /// Its period quotas' key in a shared store (made by the store on first use).
     pub store_key: OnceLock<Arc<str>>,
+    /// The budgets watching it (usually none).
+    pub budgets: Vec<Arc<Budget>>,
 }
 
 /// One deployment a consumer may call.
@@ -91,6 +94,7 @@ impl Consumer {
         deployments: &dyn Fn(&str) -> Option<Arc<Deployment>>,
         previous: Option<&Consumer>,
         clock: &Arc<dyn Clock>,
+        budgets: &[Arc<Budget>],
     ) -> Consumer {
         let periods = period_quota(config.periods, previous.and_then(|p| p.periods.as_ref()), clock);
         let mut grants: Vec<Grant> = Vec::with_capacity(config.grants.len());
@@ -103,8 +107,15 @@ impl Consumer {
         }
         grants.sort_by(|a, b| a.deployment.cmp(&b.deployment));
         granted.sort_by(|a, b| a.name.cmp(&b.name));
+        let label = format!("{}/{}", config.project, config.name);
+        let budgets = budgets
+            .iter()
+            .filter(|b| matches!(&b.scope, crate::config::billing::BudgetScope::Consumer(c) if *c == label))
+            .cloned()
+            .collect();
         Consumer {
-            label: Arc::from(format!("{}/{}", config.project, config.name)),
+            budgets,
+            label: Arc::from(label),
             name: config.name.clone(),
             project: config.project.clone(),
             keys: config.keys.clone(),

@@ -14,6 +14,7 @@ use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
 use crate::core::quota::DeploymentQuota;
+use crate::state::budget::Budget;
 use crate::state::consumer::Consumer;
 use crate::state::pool::{BackendPool, BackendRegistry};
 use crate::state::totals::UsageCounters;
@@ -27,6 +28,8 @@ pub struct BuildContext<'a> {
     pub settings: &'a BackendSettings,
     /// The `[billing]` currency its costs are in.
     pub currency: &'a Arc<str>,
+    /// The table's budgets (a deployment keeps those that watch it).
+    pub budgets: &'a [Arc<Budget>],
 }
 
 /// Where a deployment was declared.
@@ -81,6 +84,8 @@ pub struct Deployment {
     /// arrived under); none: its requests cost nothing and the ledger writes no cost.
     pub prices: Option<Prices>,
     pub currency: Arc<str>,
+    /// The budgets watching its project or subscription (usually none).
+    pub budgets: Vec<Arc<Budget>>,
 }
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
@@ -109,7 +114,8 @@ impl Deployment {
     pub fn from_config(config: &DeploymentConfig, clock: &Arc<dyn Clock>) -> Deployment {
         let (registry, settings) = (BackendRegistry::default(), BackendSettings::default());
         let currency: Arc<str> = Arc::from(crate::config::billing::DEFAULT_CURRENCY);
-        let context = BuildContext { registry: &registry, clock, settings: &settings, currency: &currency };
+        let context =
+            BuildContext { registry: &registry, clock, settings: &settings, currency: &currency, budgets: &[] };
         Deployment::build(config, Origin::File, Health::Online, None, None, &context)
     }
 
@@ -124,7 +130,12 @@ impl Deployment {
         previous: Option<&Deployment>,
         context: &BuildContext<'_>,
     ) -> Deployment {
-        let BuildContext { registry, clock, settings, currency } = *context;
+        let BuildContext { registry, clock, settings, currency, budgets } = *context;
+        let budgets = budgets
+            .iter()
+            .filter(|b| b.watches_deployment(&config.project, subscription.as_deref()))
+            .cloned()
+            .collect();
         let pool = BackendPool::build(&config.backends, previous.map(|p| &p.pool), registry, clock, settings);
         let quota = match previous {
             Some(previous) => {
@@ -158,6 +169,7 @@ impl Deployment {
             series: Default::default(),
             prices: config.prices,
             currency: Arc::clone(currency),
+            budgets,
         }
     }
 }
@@ -170,6 +182,7 @@ pub struct DeploymentTable {
     by_key: HashMap<IndexedDigest, Vec<Arc<Deployment>>>,
     consumers: Vec<Arc<Consumer>>,
     consumer_by_key: HashMap<IndexedDigest, Arc<Consumer>>,
+    budgets: Vec<Arc<Budget>>,
 }
 
 impl DeploymentTable {
@@ -188,10 +201,20 @@ impl DeploymentTable {
         for owners in by_key.values_mut() {
             owners.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        DeploymentTable { by_name, by_key, consumers: Vec::new(), consumer_by_key: HashMap::new() }
+        DeploymentTable { by_name, by_key, consumers: Vec::new(), consumer_by_key: HashMap::new(), budgets: Vec::new() }
     }
 
     /// The table with these consumers (built over its deployments).
+    /// The table with these budgets (its deployments and consumers hold those watching them).
+    pub fn with_budgets(mut self, budgets: Vec<Arc<Budget>>) -> DeploymentTable {
+        self.budgets = budgets;
+        self
+    }
+
+    pub fn budgets(&self) -> &[Arc<Budget>] {
+        &self.budgets
+    }
+
     pub fn with_consumers(mut self, consumers: Vec<Arc<Consumer>>) -> DeploymentTable {
         self.consumer_by_key = consumers
             .iter()

@@ -74,6 +74,11 @@ pub struct Metrics {
     /// Cost in micro-units by project, subscription, meter and currency (bounded by the
     /// deployments: each has one project and at most one subscription).
     pub cost: IntCounterVec,
+    /// Budgets (at most [`crate::config::billing::MAX_BUDGETS`]): thresholds reached, and the
+    /// share spent (at scrape).
+    pub budget_crossings: IntCounterVec,
+    pub budget_spent_ratio: prometheus::GaugeVec,
+    pub webhook_deliveries: IntCounterVec,
     /// Reloads of the configuration file (watcher, SIGHUP, `POST /reload`), by result.
     pub config_reloads: IntCounterVec,
     /// 1 when the last reload was applied (or none was tried), 0 when it was refused.
@@ -321,7 +326,7 @@ impl Metrics {
             )?,
             consumer_rejections: counter(
                 "tollgate_consumer_rejections_total",
-                "Requests of a consumer refused by a quota: rate_limited (429, a per-minute level) or quota_exceeded (403, a period quota).",
+                "Requests of a consumer refused by a limit: rate_limited (429, a per-minute level), quota_exceeded (403, a period quota) or budget_exceeded (403, a hard budget).",
                 &["consumer", "deployment", "reason"],
             )?,
             consumer_quota_used_ratio: {
@@ -339,6 +344,27 @@ impl Metrics {
                 "tollgate_cost_total",
                 "What requests cost, in micro-units of the currency (1000000 = 1 USD), by the deployment's project, its subscription (empty when none) and meter (input / output tokens): exact integers up to 2^53.",
                 &["project", "subscription", "meter", "currency"],
+            )?,
+            budget_crossings: counter(
+                "tollgate_budget_threshold_crossings_total",
+                "Budget thresholds reached, by budget, period (daily / monthly) and threshold (percent).",
+                &["budget", "period", "threshold"],
+            )?,
+            budget_spent_ratio: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "tollgate_budget_spent_ratio",
+                        "Share of a budget's amount spent in the current UTC day or month (1 = spent; a hard budget then refuses requests).",
+                    ),
+                    &["budget", "period"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            webhook_deliveries: counter(
+                "tollgate_budget_webhooks_total",
+                "Budget webhooks: delivered, retried (an attempt failed), failed (every attempt did) or dropped (queue full).",
+                &["result"],
             )?,
             consumer_quota_limit: gauge(
                 "tollgate_consumer_quota_limit",
@@ -477,9 +503,8 @@ impl Metrics {
             _ => {}
         }
         self.consumer_requests.with_label_values(&[label, deployment, metric_status(record.status)]).inc();
-        let reason = match record.status {
-            429 if record.limited_by.is_some() => Some("rate_limited"),
-            403 if !record.admitted => Some("quota_exceeded"),
+        let reason = match record.refusal {
+            Some(why @ ("rate_limited" | "quota_exceeded" | "budget_exceeded")) => Some(why),
             _ => None,
         };
         if let Some(reason) = reason {
@@ -582,6 +607,13 @@ impl Metrics {
             }
         }
         self.render_consumers(deployments, consumers);
+        for budget in deployments.budgets() {
+            for (period, amount, spent, _) in budget.state(budget.clock.unix_seconds()) {
+                self.budget_spent_ratio
+                    .with_label_values(&[&*budget.name, period.as_str()])
+                    .set(spent.0 as f64 / amount.0 as f64);
+            }
+        }
         let mut out = Vec::new();
         if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
             return String::new();
@@ -675,6 +707,7 @@ mod tests {
                 started_at: std::time::SystemTime::now(),
                 duration: Duration::from_millis(2),
                 limited_by: None,
+                refusal: None,
                 backend: None,
                 attempts: 0,
             });

@@ -2,6 +2,8 @@
 //! backend client and caches, the quota store (memory or Redis), the usage totals, records and
 //! their recorder, the Prometheus metrics, and the usage ledger. Imports core and config only.
 
+pub mod budget;
+pub mod budget_alerts;
 pub mod certificate;
 pub mod consumer;
 pub mod deployment;

@@ -72,6 +72,9 @@ pub struct UsageRecord {
     pub duration: Duration,
     /// For a 429: the limit that was hit.
     pub limited_by: Option<LimitKind>,
+    /// Why a request that was never admitted was refused (the error's metric label:
+    /// `rate_limited`, `quota_exceeded`, `budget_exceeded`, ...).
+    pub refusal: Option<&'static str>,
     /// The backend of the pool that answered (`None` when none did, or the deployment has one).
     pub backend: Option<Arc<str>>,
     /// Attempts sent to backends (0 when none was sent).
@@ -97,16 +100,38 @@ pub trait UsageSink: Send + Sync {
 }
 
 /// The [`UsageSink`] the gateway runs with: every record goes to the per-deployment totals, the
-/// Prometheus metrics, the durable ledger (when configured) and one access log line.
+/// Prometheus metrics, the budgets watching it, the durable ledger (when configured) and one
+/// access log line.
 pub struct Recorder {
     pub metrics: Arc<Metrics>,
     pub ledger: Option<Arc<Ledger>>,
+    /// Where budget threshold crossings go.
+    pub alerts: Arc<crate::state::budget_alerts::BudgetAlerts>,
+}
+
+impl Recorder {
+    /// Charges the request's cost to the budgets watching its deployment and its consumer, in
+    /// the periods it arrived in. Nothing to do without budgets.
+    fn charge_budgets(&self, record: &UsageRecord) {
+        let consumer = record.consumer.as_ref().map(|c| c.budgets.as_slice()).unwrap_or_default();
+        if record.deployment.budgets.is_empty() && consumer.is_empty() {
+            return;
+        }
+        let Some(cost) = record.cost().map(|c| c.total().0).filter(|c| *c > 0) else { return };
+        let stamp = crate::core::quota::period::Stamp::at(crate::core::clock::unix_seconds(record.started_at));
+        for budget in record.deployment.budgets.iter().chain(consumer) {
+            for crossing in budget.charge(stamp, cost) {
+                self.alerts.crossed(crossing);
+            }
+        }
+    }
 }
 
 impl UsageSink for Recorder {
     fn record(&self, record: UsageRecord) {
         totals::add(&record);
         self.metrics.observe(&record);
+        self.charge_budgets(&record);
         tracing::info!(
             target: "tollgate::access",
             request_id = record.request_id.as_str(),

@@ -206,6 +206,11 @@ keys = ["{other}"]
         self.client.send(Method::POST, &self.deployment_url("/chat/completions"), headers, STREAM_CHAT).await
     }
 
+    /// `GET` on the admin listener without a token, as text (`/metrics`).
+    pub async fn admin_text(&self, path: &str) -> String {
+        self.client.call(Method::GET, &self.admin_url(path), &[], "").await.text()
+    }
+
     /// `GET` on the admin listener, as JSON.
     pub async fn admin(&self, path: &str) -> serde_json::Value {
         let (name, value) = reader_auth();

@@ -43,7 +43,9 @@ pub fn build_table(
     // One health and one set of buckets per backend URL, whichever deployments send to it.
     let registry = BackendRegistry::seeded(previous.iter().map(|d| &d.pool));
     let currency: Arc<str> = Arc::from(config.billing.currency.as_str());
-    let context = BuildContext { registry: &registry, clock, settings: &config.backend, currency: &currency };
+    let budgets = crate::state::budget::build_budgets(&config.billing.budgets, previous.budgets(), clock);
+    let context =
+        BuildContext { registry: &registry, clock, settings: &config.backend, currency: &currency, budgets: &budgets };
     for file in &config.deployments {
         out.push(Arc::new(Deployment::build(
             file,
@@ -113,10 +115,10 @@ pub fn build_table(
         .chain(&api_consumers)
         .map(|c| {
             let previous = before.get(format!("{}/{}", c.project, c.name).as_str()).map(|p| &***p);
-            Arc::new(Consumer::build(c, &find, previous, clock))
+            Arc::new(Consumer::build(c, &find, previous, clock, &budgets))
         })
         .collect();
-    Ok(table.with_consumers(consumers))
+    Ok(table.with_consumers(consumers).with_budgets(budgets))
 }
 
 /// An API consumer as the table builds it: its derived keys, and the grants whose deployment is

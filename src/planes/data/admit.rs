@@ -46,6 +46,9 @@ impl Gateway {
         now_unix: u64,
         trace: &mut Trace,
     ) -> Result<Taken, ApiError> {
+        if let Some(refused) = budget_refusal(deployment, caller, now_unix) {
+            return Err(refused);
+        }
         let reserved = reserve.total();
         let consumer = caller.consumer.as_ref();
         let admitted = match consumer {
@@ -124,6 +127,21 @@ impl Gateway {
             }
         })
     }
+}
+
+/// A hard budget over the deployment (its project or subscription) or the consumer that is
+/// spent: 403 `BudgetExceeded` until its period ends. Nothing to check without budgets.
+fn budget_refusal(deployment: &Deployment, caller: &Caller, now: u64) -> Option<ApiError> {
+    let consumer = caller.consumer.as_ref().map(|c| c.consumer.budgets.as_slice()).unwrap_or_default();
+    deployment.budgets.iter().chain(consumer).find_map(|budget| {
+        let spent = budget.exhausted(now)?;
+        Some(ApiError::BudgetExceeded {
+            scope: budget.scope.label(),
+            currency: Arc::clone(&deployment.currency),
+            retry_after_s: spent.reset_unix.saturating_sub(now).max(1),
+            spent: Box::new(spent),
+        })
+    })
 }
 
 /// What the `x-ratelimit-*` headers show: per dimension, the level with the fewest left (the

@@ -35,6 +35,13 @@ fn rate_limited_message(
     )
 }
 
+fn period_word(period: crate::state::budget::BudgetPeriod) -> &'static str {
+    match period {
+        crate::state::budget::BudgetPeriod::Daily => "daily",
+        crate::state::budget::BudgetPeriod::Monthly => "monthly",
+    }
+}
+
 fn quota_exceeded_message(scope: &str, kind: PeriodKind, limit: u64, used: u64, reset_unix: u64) -> String {
     let reset = std::time::UNIX_EPOCH + std::time::Duration::from_secs(reset_unix);
     let unit = match kind {
@@ -100,6 +107,19 @@ pub enum ApiError {
     /// A period quota (per UTC day or month) is used up.
     #[error("{}", quota_exceeded_message(scope, *kind, *limit, *used, *reset_unix))]
     QuotaExceeded { scope: String, kind: PeriodKind, limit: u64, used: u64, reset_unix: u64, retry_after_s: u64 },
+    /// A hard budget is spent.
+    #[error(
+        "Budget exceeded: budget '{}' ({}) has spent {} {currency} of its {} {} {currency} {}; new requests are refused until it resets at {}.",
+        spent.budget, scope, spent.spent, period_word(spent.period), spent.amount,
+        if spent.period == crate::state::budget::BudgetPeriod::Daily { "this UTC day" } else { "this UTC month" },
+        crate::state::ledger::report::format_unix(spent.reset_unix)
+    )]
+    BudgetExceeded {
+        spent: Box<crate::state::budget::Exhausted>,
+        scope: String,
+        currency: std::sync::Arc<str>,
+        retry_after_s: u64,
+    },
     #[error(
         "this request reserves {reserved} tokens ({prompt} estimated for the prompt + {completion} for the completion) but {owner} allows {capacity} tokens per minute, so it can never be admitted: lower max_tokens or shorten the prompt"
     )]
@@ -159,7 +179,7 @@ impl ApiError {
             ApiError::BodyRead { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidJson { .. } => StatusCode::BAD_REQUEST,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
+            ApiError::QuotaExceeded { .. } | ApiError::BudgetExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::DeploymentUnhealthy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QuotaStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -189,6 +209,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } => "InvalidJson",
             ApiError::RateLimited { .. } => "TooManyRequests",
             ApiError::QuotaExceeded { .. } => "QuotaExceeded",
+            ApiError::BudgetExceeded { .. } => "BudgetExceeded",
             ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
             ApiError::DeploymentUnhealthy { .. } => "ServiceUnavailable",
             ApiError::QuotaStoreUnavailable => "ServiceUnavailable",
@@ -218,6 +239,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } => "invalid_json",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
+            ApiError::BudgetExceeded { .. } => "budget_exceeded",
             ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
             ApiError::DeploymentUnhealthy { .. } => "deployment_unhealthy",
             ApiError::QuotaStoreUnavailable => "quota_store_unavailable",
@@ -243,7 +265,7 @@ impl ApiError {
             ApiError::RateLimited { retry_after_ns, .. } => set_retry_after(response.headers_mut(), *retry_after_ns),
             ApiError::QuotaStoreUnavailable => set_retry_after(response.headers_mut(), 1_000_000_000),
             // Whole seconds until the period ends: no `retry-after-ms` (nothing to pace).
-            ApiError::QuotaExceeded { retry_after_s, .. } => {
+            ApiError::QuotaExceeded { retry_after_s, .. } | ApiError::BudgetExceeded { retry_after_s, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             ApiError::BackendsBusy { retry_after_ns, .. } | ApiError::BackendsUnavailable { retry_after_ns, .. } => {

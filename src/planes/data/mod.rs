@@ -217,7 +217,9 @@ impl Gateway {
                     estimated_prompt_tokens: trace.estimated_prompt_tokens,
                     limited_by: trace.limited_by,
                 };
-                self.sink.record(facts.unbilled(status, trace.outcome.unwrap_or(Outcome::Rejected)));
+                let mut record = facts.unbilled(status, trace.outcome.unwrap_or(Outcome::Rejected));
+                record.refusal = error_label;
+                self.sink.record(record);
             }
             // Not authenticated: no usage record, only metrics and the access log.
             _ => {

@@ -65,6 +65,7 @@ impl RequestFacts {
             started_at: self.started_at,
             duration: self.started.elapsed(),
             limited_by: self.limited_by,
+            refusal: None,
             backend,
             attempts,
         }

@@ -334,3 +334,43 @@ pub fn consumer_period_usage(
     }
     Ok(sums)
 }
+
+/// What was spent in the current UTC day and month (of `now_unix`), by budget scope label
+/// (`project:<p>`, `subscription:<p>/<s>`, `consumer:<p>/<c>`): micro-units (day, month), from
+/// the lines' own costs, each counted in the periods it arrived in.
+pub fn budget_spend(path: &Path, now_unix: u64) -> std::io::Result<std::collections::HashMap<String, (u64, u64)>> {
+    let stamp = Stamp::at(now_unix);
+    let month_start = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(stamp.month_start());
+    let mut sums: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    for file in ledger_files(path)? {
+        if std::fs::metadata(&file).and_then(|m| m.modified()).is_ok_and(|at| at < month_start) {
+            continue;
+        }
+        for line in BufReader::new(std::fs::File::open(&file)?).lines() {
+            let line = line?;
+            let Ok(record) = LedgerLine::parse(&line) else { continue };
+            let Some(cost) = record.cost_micros.filter(|c| c.total > 0) else { continue };
+            let Ok(at) = OffsetDateTime::parse(&record.time, &Rfc3339) else { continue };
+            let at = Stamp::at(u64::try_from(at.unix_timestamp()).unwrap_or(0));
+            if at.month != stamp.month {
+                continue;
+            }
+            let today = u64::from(at.day == stamp.day) * cost.total;
+            let mut add = |scope: String| {
+                let entry = sums.entry(scope).or_default();
+                entry.0 += today;
+                entry.1 += cost.total;
+            };
+            if let Some(project) = &record.project {
+                add(format!("project:{project}"));
+                if let Some(subscription) = &record.subscription {
+                    add(format!("subscription:{project}/{subscription}"));
+                }
+            }
+            if let Some(consumer) = &record.consumer {
+                add(format!("consumer:{consumer}"));
+            }
+        }
+    }
+    Ok(sums)
+}

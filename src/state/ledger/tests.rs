@@ -44,6 +44,7 @@ fn record(deployment: &Arc<Deployment>, tokens: u64, at: SystemTime) -> UsageRec
         started_at: at,
         duration: Duration::from_micros(1500),
         limited_by: None,
+        refusal: None,
         backend: None,
         attempts: 0,
     }
