@@ -4,7 +4,7 @@
 # instrumentation is on only while REQUESTS short chat requests pass (after a warm-up). The ledger
 # is on (its writer thread counts too).
 #
-#   [BODY=file.json] [TOLLGATE_LOG=info] [KEEP=dir] [CONSUMER=1] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
+#   [BODY=file.json] [TOLLGATE_LOG=info] [KEEP=dir] [CONSUMER=1] [PRICES=1] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
 #
 # TOLLGATE_LOG defaults to warn (no access log); KEEP copies the callgrind output there (for
 # callgrind_annotate --inclusive=yes). CONSUMER=1 calls with a consumer's key (consumer_toml in
@@ -23,6 +23,8 @@ gateway_config "$WORK/g.toml" 127.0.0.1:18610 127.0.0.1:18611 "$MOCK" "$KEY" ben
 path = \"$WORK/usage.jsonl\"
 $EXTRA"
 [ -z "${CONSUMER:-}" ] || KEY=$CONSUMER_KEY
+# PRICES=1: the deployment is priced, so every record computes its cost and counts it.
+[ -z "${PRICES:-}" ] || echo 'prices = { input = "0.30", output = "0.61" }' >> "$WORK/g.toml"
 "$BIN" mock-backend --listen "$MOCK" >/dev/null 2>&1 &
 TOLLGATE_LOG=${TOLLGATE_LOG:-warn} valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
   "$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/vg.log" &

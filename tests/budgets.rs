@@ -185,11 +185,14 @@ async fn a_hard_budget_stops_64_clients_within_the_requests_in_flight_and_admits
             }
         }));
     }
-    let mut refusal = None;
+    let (mut refusal, mut served) = (None, 0u64);
     for task in tasks {
-        let (_, reply) = task.await.unwrap();
+        let (n, reply) = task.await.unwrap();
+        served += u64::from(n);
         refusal = Some(reply);
     }
+    // Every record is in (a record lands a moment after its client read the answer).
+    h.usage_after(served + 64).await;
     let refusal = refusal.unwrap();
     assert_eq!(refusal.error_code(), "BudgetExceeded");
     let message = refusal.json()["error"]["message"].as_str().unwrap().to_owned();
@@ -202,13 +205,19 @@ async fn a_hard_budget_stops_64_clients_within_the_requests_in_flight_and_admits
     assert_eq!(refusal.number("retry-after"), 1_798_761_600 - DEC_3_NOON, "seconds to the 1st of January");
 
     // Overshoot: at most the requests in flight when it was crossed (64 clients: 63 others).
-    h.admin("/usage").await;
+    let budgets = h.admin("/budgets").await;
+    let month = &budgets["team-cap"]["periods"][0];
+    assert_eq!((month["period"].as_str(), month["amountMicros"].as_u64()), (Some("monthly"), Some(2_000)), "{budgets}");
+    assert_eq!(month["remainingMicros"], 0);
+    assert_eq!(month["resetsAt"], "2027-01-01T00:00:00Z");
+    let shown = month["spentMicros"].as_u64().unwrap();
     let Harness { gateway, .. } = h;
     gateway.shutdown().await;
     let lines = costs(&ledger);
     let spent: u64 = lines.iter().sum();
     let most = *lines.iter().max().unwrap();
     assert!(spent >= 2_000, "spent {spent}");
+    assert_eq!(shown, spent, "/budgets shows what the ledger says was spent");
     assert!(spent < 2_000 + 64 * most, "spent {spent}: more than the budget and 64 requests of at most {most}");
 
     // A restart in the month keeps the spend (from the ledger): still refused.

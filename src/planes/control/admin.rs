@@ -28,7 +28,7 @@ pub struct Admin {
     pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
-const ROUTES: &str = "admin routes: GET /healthz, /readyz (no token), /metrics (no token unless [admin] metrics_token is set), /usage, /quotas (any admin token, e.g. a reader's); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage|/grants[/{consumerProject}/{consumer}]]], /projects/{project}/consumers[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
+const ROUTES: &str = "admin routes: GET /healthz, /readyz (no token), /metrics (no token unless [admin] metrics_token is set), /usage, /quotas, /budgets (any admin token, e.g. a reader's); the admin API (Authorization: Bearer <admin token>): /models, /projects/{project}/subscriptions[/{name}], /projects/{project}/deployments[/{name}[/listKeys|/regenerateKeys|/usage|/grants[/{consumerProject}/{consumer}]]], /projects/{project}/consumers[/{name}[/listKeys|/regenerateKeys|/usage]], /tokens[/{name}], /reload";
 
 impl Admin {
     /// Answers one admin request.
@@ -37,7 +37,7 @@ impl Admin {
             return error_response(StatusCode::BAD_REQUEST, "InvalidHost", reason);
         }
         let path = request.uri().path();
-        let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/usage" | "/quotas");
+        let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/usage" | "/quotas" | "/budgets");
         if !known {
             if api::is_api_path(path) {
                 return api::handle(&self.control, &self.quota, self.ledger.as_ref(), request).await;
@@ -51,7 +51,7 @@ impl Admin {
         // needed (any role; a token confined to projects sees those). Metrics stay open for
         // scrapers unless a metrics token is configured.
         let token = match path {
-            "/usage" | "/quotas" => match api::authorize(&self.control, &request, Action::ReadUsage, None) {
+            "/usage" | "/quotas" | "/budgets" => match api::authorize(&self.control, &request, Action::ReadUsage, None) {
                 Ok(token) => Some(token),
                 Err(error) => return api::error_reply(&error),
             },
@@ -102,8 +102,41 @@ impl Admin {
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 response
             }
+            "/budgets" => json(self.budgets(token.as_ref())),
             _ => json(self.quotas(&visible).await),
         }
+    }
+
+    /// Every budget the token may see (a token confined to projects sees theirs): its scope, and
+    /// per period its amount, what is spent and when it resets (micro-units of the currency).
+    fn budgets(&self, token: Option<&crate::core::roles::AdminToken>) -> String {
+        use crate::config::billing::BudgetScope;
+        let table = self.control.live().load_full();
+        let mut out = serde_json::Map::new();
+        for budget in table.budgets() {
+            let project = match &budget.scope {
+                BudgetScope::Project(p) => p.as_str(),
+                BudgetScope::Subscription { project, .. } => project.as_str(),
+                BudgetScope::Consumer(label) => label.split_once('/').map_or(label.as_str(), |(p, _)| p),
+            };
+            if token.is_some_and(|t| !t.may_use_project(project)) {
+                continue;
+            }
+            let periods: Vec<serde_json::Value> = budget
+                .state(budget.clock.unix_seconds())
+                .into_iter()
+                .map(|(period, amount, spent, ends)| {
+                    json!({"period": period.as_str(), "amountMicros": amount.0, "spentMicros": spent.0,
+                           "remainingMicros": amount.0.saturating_sub(spent.0),
+                           "resetsAt": crate::state::ledger::report::format_unix(ends)})
+                })
+                .collect();
+            out.insert(
+                budget.name.to_string(),
+                json!({"scope": budget.scope.label(), "hard": budget.hard, "thresholds": budget.thresholds, "periods": periods}),
+            );
+        }
+        serde_json::Value::Object(out).to_string()
     }
 
     /// Each deployment's usage totals since start.
