@@ -51,9 +51,6 @@ fn keys(reply: &Reply) -> (String, String) {
     (json["keys"]["primaryKey"].as_str().unwrap().to_owned(), json["keys"]["secondaryKey"].as_str().unwrap().to_owned())
 }
 
-/// An admin call: method, path, body.
-type Call = (Method, String, Option<Value>);
-
 #[tokio::test]
 async fn every_role_against_every_consumer_action() {
     use Method as M;
@@ -67,11 +64,10 @@ async fn every_role_against_every_consumer_action() {
         let (h, _) = start().await;
         h.owner(M::PUT, "/projects/team-a/deployments/dep-a", Some(json!({"modelId": PHI}))).await;
         h.owner(M::PUT, "/projects/team-b/consumers/guest", Some(json!({}))).await;
-        let t = Some(token(role));
         let c = "/projects/team-a/consumers/app";
         let grant = "/projects/team-a/deployments/dep-a/grants/team-b/guest";
         let app = json!({"grants": [{"deployment": "dep-a", "limits": {"requestsPerMinute": 10}}]});
-        let steps: Vec<(M, String, Option<Value>, Option<Call>)> = vec![
+        let steps: Vec<Step> = vec![
             (M::PUT, c.into(), Some(app.clone()), None),
             (M::GET, "/projects/team-a/consumers".into(), None, None),
             (M::GET, c.into(), None, None),
@@ -83,26 +79,7 @@ async fn every_role_against_every_consumer_action() {
             (M::DELETE, grant.into(), None, Some((M::PUT, grant.into(), Some(json!({}))))),
             (M::DELETE, c.into(), None, None),
         ];
-        for (i, (method, path, body, setup)) in steps.into_iter().enumerate() {
-            if let Some((m, p, b)) = setup {
-                if !expected[i] {
-                    h.owner(m, &p, b).await;
-                }
-            }
-            let none = h.api(method.clone(), &path, None, body.clone()).await;
-            assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{method} {path} without a token");
-            let reply = h.api(method.clone(), &path, t, body.clone()).await;
-            if expected[i] {
-                assert!(reply.status.is_success(), "{role}: {method} {path}: {} {}", reply.status, reply.text());
-            } else {
-                assert_eq!(reply.status, StatusCode::FORBIDDEN, "{role}: {method} {path}: {}", reply.text());
-                assert_eq!(reply.error_code(), "Forbidden");
-                assert!(!reply.text().contains("primaryKey"));
-                if method != M::GET {
-                    h.owner(method, &path, body).await;
-                }
-            }
-        }
+        h.role_steps(role, steps, &expected).await;
     }
     // A token confined to team-b acts on no consumer of team-a.
     let (h, _) = start().await;

@@ -46,9 +46,6 @@ async fn start() -> Harness {
     Harness::with(Setup { tables: tables(), ledger: Some(ledger), ..Default::default() }).await
 }
 
-/// An admin call: method, path, body.
-type Call = (Method, String, Option<Value>);
-
 #[tokio::test]
 async fn every_role_against_every_action() {
     use Method as M;
@@ -67,9 +64,8 @@ async fn every_role_against_every_action() {
     ];
     for (role, expected) in table {
         let h = start().await;
-        let t = Some(token(role));
         let p = "/projects/team-a";
-        let steps: Vec<(M, String, Option<Value>, Option<Call>)> = vec![
+        let steps: Vec<Step> = vec![
             (M::GET, "/models".into(), None, None),
             (M::PUT, format!("{p}/subscriptions/llama"), Some(json!({"modelId": LLAMA_8B})), None),
             (M::GET, format!("{p}/subscriptions"), None, None),
@@ -91,31 +87,7 @@ async fn every_role_against_every_action() {
             (M::DELETE, format!("{p}/deployments/dep-1"), None, None),
             (M::DELETE, format!("{p}/subscriptions/llama"), None, None),
         ];
-        for (i, (method, path, body, setup)) in steps.into_iter().enumerate() {
-            if let Some((m, p, b)) = setup {
-                if !expected[i] {
-                    h.owner(m, &p, b).await;
-                }
-            }
-            let none = h.api(method.clone(), &path, None, body.clone()).await;
-            assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{method} {path} without a token");
-            let wrong = h.api(method.clone(), &path, Some("not-a-token"), body.clone()).await;
-            assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
-            let reply = h.api(method.clone(), &path, t, body.clone()).await;
-            if expected[i] {
-                assert!(reply.status.is_success(), "{role}: {method} {path}: {} {}", reply.status, reply.text());
-            } else {
-                assert_eq!(reply.status, StatusCode::FORBIDDEN, "{role}: {method} {path}: {}", reply.text());
-                assert_eq!(reply.error_code(), "Forbidden");
-                // The owner does it instead, so the next step has what it needs.
-                if method != M::GET {
-                    h.owner(method, &path, body).await;
-                }
-            }
-            if role == "reader" && path.ends_with("listKeys") {
-                assert!(!reply.text().contains("primaryKey"));
-            }
-        }
+        h.role_steps(role, steps, &expected).await;
     }
 }
 

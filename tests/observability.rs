@@ -243,32 +243,19 @@ fn the_shipped_rules_pass_promtool_and_the_dashboard_uses_real_metrics() {
     if !tool_installed("the_shipped_rules_pass_promtool", "promtool", "prometheus") {
         return;
     }
-    let output = Command::new("promtool")
-        .args(["check", "rules", &format!("{root}/config/prometheus/tollgate-rules.yml")])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let promtool = |args: &[&str]| {
+        let output = Command::new("promtool").args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    promtool(&["check", "rules", &format!("{root}/config/prometheus/tollgate-rules.yml")]);
     // The consumer quota alerts fire when they should (and not before).
-    let output = Command::new("promtool")
-        .args(["test", "rules", &format!("{root}/config/prometheus/tollgate-rules-test.yml")])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let output = Command::new("promtool")
-        .args(["check", "config", &format!("{root}/config/prometheus/prometheus.yml")])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    promtool(&["test", "rules", &format!("{root}/config/prometheus/tollgate-rules-test.yml")]);
+    promtool(&["check", "config", &format!("{root}/config/prometheus/prometheus.yml")]);
 }
 
 #[tokio::test]

@@ -3,6 +3,12 @@
 use http::Method;
 use serde_json::Value;
 
+/// An admin call: method, path, body.
+pub type Call = (Method, String, Option<Value>);
+/// A step of a role table: a call, and one the owner makes first when the role may not do the
+/// step (so that the step finds what it needs).
+pub type Step = (Method, String, Option<Value>, Option<Call>);
+
 use http::StatusCode;
 
 use super::{CHAT, Harness, Reply, stored};
@@ -54,5 +60,35 @@ impl Harness {
     pub async fn chat(&self, deployment: &str, key: &str) -> StatusCode {
         let url = self.url(&format!("/openai/deployments/{deployment}/chat/completions"));
         self.client.post(&url, &[("api-key", key)], CHAT).await.status
+    }
+
+    /// Runs `steps` with `role`'s token: each succeeds where `expected` says so and is 403
+    /// `Forbidden` (showing no key) elsewhere, and then the owner does it so later steps find what
+    /// they need; none works without a token or with a wrong one.
+    pub async fn role_steps(&self, role: &str, steps: Vec<Step>, expected: &[bool]) {
+        assert_eq!(steps.len(), expected.len());
+        let t = Some(token(role));
+        for (i, (method, path, body, setup)) in steps.into_iter().enumerate() {
+            if let Some((m, p, b)) = setup {
+                if !expected[i] {
+                    self.owner(m, &p, b).await;
+                }
+            }
+            let none = self.api(method.clone(), &path, None, body.clone()).await;
+            assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{method} {path} without a token");
+            let wrong = self.api(method.clone(), &path, Some("not-a-token"), body.clone()).await;
+            assert_eq!(wrong.status, StatusCode::UNAUTHORIZED, "{method} {path} with a wrong token");
+            let reply = self.api(method.clone(), &path, t, body.clone()).await;
+            if expected[i] {
+                assert!(reply.status.is_success(), "{role}: {method} {path}: {} {}", reply.status, reply.text());
+            } else {
+                assert_eq!(reply.status, StatusCode::FORBIDDEN, "{role}: {method} {path}: {}", reply.text());
+                assert_eq!(reply.error_code(), "Forbidden");
+                assert!(!reply.text().contains("primaryKey"));
+                if method != Method::GET {
+                    self.owner(method, &path, body).await;
+                }
+            }
+        }
     }
 }

@@ -51,7 +51,8 @@ impl Admin {
         // needed (any role; a token confined to projects sees those). Metrics stay open for
         // scrapers unless a metrics token is configured.
         let token = match path {
-            "/usage" | "/quotas" | "/budgets" => match api::authorize(&self.control, &request, Action::ReadUsage, None) {
+            "/usage" | "/quotas" | "/budgets" => match api::authorize(&self.control, &request, Action::ReadUsage, None)
+            {
                 Ok(token) => Some(token),
                 Err(error) => return api::error_reply(&error),
             },

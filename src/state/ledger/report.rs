@@ -308,30 +308,16 @@ pub fn consumer_period_usage(
     path: &Path,
     now_unix: u64,
 ) -> std::io::Result<std::collections::HashMap<(String, String), PeriodSums>> {
-    let stamp = Stamp::at(now_unix);
-    let month_start = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(stamp.month_start());
     let mut sums: std::collections::HashMap<(String, String), PeriodSums> = std::collections::HashMap::new();
-    for file in ledger_files(path)? {
-        if std::fs::metadata(&file).and_then(|m| m.modified()).is_ok_and(|at| at < month_start) {
-            continue;
+    this_months_lines(path, now_unix, |record, today| {
+        let Some(consumer) = &record.consumer else { return };
+        let entry = sums.entry((consumer.to_string(), record.deployment.to_string())).or_default();
+        entry.month_tokens += record.total_tokens;
+        if today {
+            entry.day_tokens += record.total_tokens;
+            entry.day_requests += u64::from(record.admitted == Some(true));
         }
-        for line in BufReader::new(std::fs::File::open(&file)?).lines() {
-            let line = line?;
-            let Ok(record) = LedgerLine::parse(&line) else { continue };
-            let Some(consumer) = &record.consumer else { continue };
-            let Ok(at) = OffsetDateTime::parse(&record.time, &Rfc3339) else { continue };
-            let at = Stamp::at(u64::try_from(at.unix_timestamp()).unwrap_or(0));
-            if at.month != stamp.month {
-                continue;
-            }
-            let entry = sums.entry((consumer.to_string(), record.deployment.to_string())).or_default();
-            entry.month_tokens += record.total_tokens;
-            if at.day == stamp.day {
-                entry.day_tokens += record.total_tokens;
-                entry.day_requests += u64::from(record.admitted == Some(true));
-            }
-        }
-    }
+    })?;
     Ok(sums)
 }
 
@@ -339,9 +325,32 @@ pub fn consumer_period_usage(
 /// (`project:<p>`, `subscription:<p>/<s>`, `consumer:<p>/<c>`): micro-units (day, month), from
 /// the lines' own costs, each counted in the periods it arrived in.
 pub fn budget_spend(path: &Path, now_unix: u64) -> std::io::Result<std::collections::HashMap<String, (u64, u64)>> {
+    let mut sums: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
+    this_months_lines(path, now_unix, |record, today| {
+        let Some(cost) = record.cost_micros.filter(|c| c.total > 0) else { return };
+        let mut add = |scope: String| {
+            let entry = sums.entry(scope).or_default();
+            entry.0 += u64::from(today) * cost.total;
+            entry.1 += cost.total;
+        };
+        if let Some(project) = &record.project {
+            add(format!("project:{project}"));
+            if let Some(subscription) = &record.subscription {
+                add(format!("subscription:{project}/{subscription}"));
+            }
+        }
+        if let Some(consumer) = &record.consumer {
+            add(format!("consumer:{consumer}"));
+        }
+    })?;
+    Ok(sums)
+}
+
+/// Calls `each` with every line of the ledger that arrived in the UTC month of `now_unix`, and
+/// whether it arrived on that day too (files last written before the month began are skipped).
+fn this_months_lines(path: &Path, now_unix: u64, mut each: impl FnMut(&LedgerLine<'_>, bool)) -> std::io::Result<()> {
     let stamp = Stamp::at(now_unix);
     let month_start = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(stamp.month_start());
-    let mut sums: std::collections::HashMap<String, (u64, u64)> = std::collections::HashMap::new();
     for file in ledger_files(path)? {
         if std::fs::metadata(&file).and_then(|m| m.modified()).is_ok_and(|at| at < month_start) {
             continue;
@@ -349,28 +358,12 @@ pub fn budget_spend(path: &Path, now_unix: u64) -> std::io::Result<std::collecti
         for line in BufReader::new(std::fs::File::open(&file)?).lines() {
             let line = line?;
             let Ok(record) = LedgerLine::parse(&line) else { continue };
-            let Some(cost) = record.cost_micros.filter(|c| c.total > 0) else { continue };
             let Ok(at) = OffsetDateTime::parse(&record.time, &Rfc3339) else { continue };
             let at = Stamp::at(u64::try_from(at.unix_timestamp()).unwrap_or(0));
-            if at.month != stamp.month {
-                continue;
-            }
-            let today = u64::from(at.day == stamp.day) * cost.total;
-            let mut add = |scope: String| {
-                let entry = sums.entry(scope).or_default();
-                entry.0 += today;
-                entry.1 += cost.total;
-            };
-            if let Some(project) = &record.project {
-                add(format!("project:{project}"));
-                if let Some(subscription) = &record.subscription {
-                    add(format!("subscription:{project}/{subscription}"));
-                }
-            }
-            if let Some(consumer) = &record.consumer {
-                add(format!("consumer:{consumer}"));
+            if at.month == stamp.month {
+                each(&record, at.day == stamp.day);
             }
         }
     }
-    Ok(sums)
+    Ok(())
 }
