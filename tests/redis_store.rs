@@ -729,3 +729,65 @@ async fn three_gateways_share_consumer_buckets_and_period_quotas() {
     let ttl: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
     assert!(ttl > 86_400, "TTL {ttl}");
 }
+
+#[tokio::test]
+async fn gateways_share_a_budgets_spend_and_send_each_threshold_once() {
+    let Some(redis) = RedisServer::start("gateways_share_a_budgets_spend_and_send_each_threshold_once") else { return };
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = receiver.local_addr().unwrap().port();
+    let received = common::webhooks::receive(receiver);
+    let billing = format!(
+        "[billing]\nwebhook_url = \"http://127.0.0.1:{port}/hooks\"\nwebhook_secret_env = \"HOOK_SECRET\"\n[[billing.budgets]]\nname = \"shared-cap\"\nproject = \"default\"\nmonthly = \"0.002\"\nhard = true\n"
+    );
+    let setup = || Setup {
+        deployment: "prices = { input = \"1\", output = \"2\" }\nrequests_per_minute = 100000".into(),
+        tables: billing.clone(),
+        limits: limits(&redis, ""),
+        env: vec![("HOOK_SECRET", "secret")],
+        ..Setup::default()
+    };
+    let (a, b) = (Harness::with(setup()).await, Harness::with(setup()).await);
+    // A spends the budget on its own.
+    let mut served = 0;
+    loop {
+        let reply = a.client.post(&a.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+        if reply.status == StatusCode::FORBIDDEN {
+            assert_eq!(reply.error_code(), "BudgetExceeded");
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        served += 1;
+        assert!(served < 1000, "never refused");
+    }
+    // B takes in A's spend from Redis (read every second) and refuses too, without a request of its own.
+    let mut seen = 0;
+    for _ in 0..500 {
+        seen = b.admin("/budgets").await["shared-cap"]["periods"][0]["spentMicros"].as_u64().unwrap();
+        if seen >= 2_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(seen >= 2_000, "B saw {seen}");
+    let reply = b.client.post(&b.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    // A gateway started now refuses from its first request.
+    let c = Harness::with(setup()).await;
+    let reply = c.client.post(&c.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    // Both A and B reached the three thresholds; each webhook was sent once (A claimed them).
+    async fn webhooks(h: &Harness, result: &str) -> f64 {
+        let text = h.admin_text("/metrics").await;
+        metric(&parse_metrics(&text), "tollgate_budget_webhooks_total", &[("result", result)])
+    }
+    for _ in 0..500 {
+        if webhooks(&a, "delivered").await + webhooks(&b, "sent_by_another_replica").await >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(webhooks(&a, "delivered").await, 3.0);
+    assert_eq!(webhooks(&b, "sent_by_another_replica").await, 3.0);
+    assert_eq!(received.lock().unwrap().len(), 3, "one webhook per threshold across the gateways");
+    assert_eq!(webhooks(&c, "sent_by_another_replica").await + webhooks(&c, "delivered").await, 0.0, "C only started");
+}

@@ -204,24 +204,44 @@ impl RunningGateway {
         if let (StoreConfig::Memory, Some(ledger)) = (&config.store, &config.ledger) {
             rebuild_period_usage(&control, &ledger.path, &*options_clock).await;
         }
-        if let Some(ledger) = &config.ledger {
+        let shared = match &quota {
+            QuotaStore::Redis(store) => Some(Arc::clone(store)),
+            QuotaStore::Memory => None,
+        };
+        // Budgets' spend: from the ledger with the in-process store, from Redis with the shared one.
+        if let (None, Some(ledger)) = (&shared, &config.ledger) {
             rebuild_budget_spend(&control, &ledger.path, &*options_clock).await;
         }
         let currency: Arc<str> = Arc::from(config.billing.currency.as_str());
-        let alerts = match &config.billing.webhook {
+        let alerts = Arc::new(match &config.billing.webhook {
             None => crate::state::budget_alerts::BudgetAlerts::new(Arc::clone(&metrics), currency),
             Some(webhook) => {
                 let (alerts, sender) = crate::state::budget_alerts::BudgetAlerts::with_webhook(
                     Arc::clone(&metrics),
                     currency,
                     webhook.clone(),
+                    shared.clone(),
                 );
                 tokio::spawn(sender);
                 alerts
             }
-        };
-        let recorder =
-            Arc::new(Recorder { metrics: Arc::clone(&metrics), ledger: ledger.clone(), alerts: Arc::new(alerts) });
+        });
+        if let Some(store) = &shared {
+            let follow = crate::state::budget_alerts::follow_shared_spend(
+                Arc::clone(store),
+                control.live(),
+                Arc::clone(&alerts),
+                Arc::clone(&options_clock),
+            );
+            follow.refresh(true).await;
+            tokio::spawn(follow.run());
+        }
+        let recorder = Arc::new(Recorder {
+            metrics: Arc::clone(&metrics),
+            ledger: ledger.clone(),
+            alerts,
+            shared: shared.clone(),
+        });
         let gateway = Arc::new(Gateway::new(
             config,
             control.live(),

@@ -85,6 +85,8 @@ pub struct Budget {
     spend: Mutex<Spend>,
     /// Whose wall clock its periods follow.
     pub clock: Arc<dyn Clock>,
+    /// Its spend's key in a shared store (made by the store on first use).
+    pub store_key: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Budget {
@@ -101,6 +103,7 @@ impl Budget {
             hard: config.hard,
             spend: Mutex::new(spend),
             clock: Arc::clone(clock),
+            store_key: std::sync::OnceLock::new(),
         };
         // Thresholds or amounts may have changed: what is reached now is not a new crossing.
         {
@@ -151,6 +154,12 @@ impl Budget {
     /// Adds a request's cost in the periods of `stamp` (when it arrived; a period that has since
     /// ended is not charged) and returns the thresholds it reached.
     pub fn charge(self: &Arc<Self>, stamp: Stamp, micros: u64) -> Vec<Crossing> {
+        let mut crossings = self.charge_period(stamp, BudgetPeriod::Daily, micros);
+        crossings.extend(self.charge_period(stamp, BudgetPeriod::Monthly, micros));
+        crossings
+    }
+
+    fn charge_period(self: &Arc<Self>, stamp: Stamp, only: BudgetPeriod, micros: u64) -> Vec<Crossing> {
         let mut crossings = Vec::new();
         if micros == 0 {
             return crossings;
@@ -158,7 +167,7 @@ impl Budget {
         let mut guard = self.lock();
         let spend = &mut *guard;
         Budget::roll(spend, stamp);
-        for period in BudgetPeriod::ALL {
+        for period in [only] {
             let (current, spent, reached) = match period {
                 BudgetPeriod::Daily => (spend.day == stamp.day, &mut spend.day_spent, &mut spend.day_reached),
                 BudgetPeriod::Monthly => (spend.month == stamp.month, &mut spend.month_spent, &mut spend.month_reached),
@@ -182,6 +191,27 @@ impl Budget {
                 });
             }
             *reached = now.max(*reached);
+        }
+        crossings
+    }
+
+    /// The shared spend read from the store (every replica's, this one's sent so far): the sums
+    /// become the larger of the two, and the thresholds that reaches are returned as crossings.
+    pub fn absorb(self: &Arc<Self>, stamp: Stamp, day_spent: u64, month_spent: u64) -> Vec<Crossing> {
+        let (day_more, month_more) = {
+            let mut spend = self.lock();
+            Budget::roll(&mut spend, stamp);
+            let day_more = if spend.day == stamp.day { day_spent.saturating_sub(spend.day_spent) } else { 0 };
+            let month_more = if spend.month == stamp.month { month_spent.saturating_sub(spend.month_spent) } else { 0 };
+            (day_more, month_more)
+        };
+        // The difference is other replicas' spend: charged like a request's, per period.
+        let mut crossings = Vec::new();
+        if day_more > 0 {
+            crossings.extend(self.charge_period(stamp, BudgetPeriod::Daily, day_more));
+        }
+        if month_more > 0 {
+            crossings.extend(self.charge_period(stamp, BudgetPeriod::Monthly, month_more));
         }
         crossings
     }

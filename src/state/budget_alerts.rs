@@ -20,9 +20,13 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::config::billing::WebhookConfig;
+use crate::core::clock::Clock;
+use crate::core::quota::period::Stamp;
 use crate::state::budget::Crossing;
+use crate::state::deployment::DeploymentTable;
 use crate::state::ledger::report::format_unix;
 use crate::state::metrics::Metrics;
+use crate::state::quota_store::redis::RedisStore;
 
 /// Crossings waiting for their webhook; past this many, new ones are counted and logged, not
 /// sent (crossings are rare: a few per budget and period).
@@ -39,6 +43,57 @@ pub struct BudgetAlerts {
     currency: Arc<str>,
 }
 
+/// Follows budgets' spend in the shared store: every [`SHARED_SPEND_EVERY`] (and once before
+/// the gateway serves) it reads every budget's spend and takes in what other replicas spent, so a
+/// hard budget refuses here too and their thresholds are reached here as well (the webhook is
+/// still sent once: see [`RedisStore::claim_crossing`]).
+pub struct SharedSpend {
+    store: Arc<RedisStore>,
+    live: Arc<arc_swap::ArcSwap<DeploymentTable>>,
+    alerts: Arc<BudgetAlerts>,
+    clock: Arc<dyn Clock>,
+}
+
+/// How often budgets' shared spend is read.
+pub const SHARED_SPEND_EVERY: Duration = Duration::from_secs(1);
+
+pub fn follow_shared_spend(
+    store: Arc<RedisStore>,
+    live: Arc<arc_swap::ArcSwap<DeploymentTable>>,
+    alerts: Arc<BudgetAlerts>,
+    clock: Arc<dyn Clock>,
+) -> SharedSpend {
+    SharedSpend { store, live, alerts, clock }
+}
+
+impl SharedSpend {
+    /// Reads every budget's shared spend once and takes it in; the first time (`start`), what it
+    /// had already reached is not crossed again here.
+    pub async fn refresh(&self, start: bool) {
+        let table = self.live.load_full();
+        if table.budgets().is_empty() {
+            return;
+        }
+        let stamp = Stamp::at(self.clock.unix_seconds());
+        let Some(spent) = self.store.read_budgets(table.budgets(), stamp).await else { return };
+        for (budget, (day, month)) in table.budgets().iter().zip(spent) {
+            let crossings = budget.absorb(stamp, day, month);
+            if !start {
+                for crossing in crossings {
+                    self.alerts.crossed(crossing);
+                }
+            }
+        }
+    }
+
+    pub async fn run(self) {
+        loop {
+            tokio::time::sleep(SHARED_SPEND_EVERY).await;
+            self.refresh(false).await;
+        }
+    }
+}
+
 impl BudgetAlerts {
     /// Alerts without a webhook (metrics and logs only).
     pub fn new(metrics: Arc<Metrics>, currency: Arc<str>) -> BudgetAlerts {
@@ -46,13 +101,16 @@ impl BudgetAlerts {
     }
 
     /// Alerts with the webhook sender: spawn the returned future on the runtime.
+    /// With `claim` (the shared store), a crossing's webhook is sent by the one replica that
+    /// claims it first.
     pub fn with_webhook(
         metrics: Arc<Metrics>,
         currency: Arc<str>,
         webhook: WebhookConfig,
+        claim: Option<Arc<RedisStore>>,
     ) -> (BudgetAlerts, impl std::future::Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let sender = send_all(rx, webhook, Arc::clone(&metrics), Arc::clone(&currency));
+        let sender = send_all(rx, webhook, Arc::clone(&metrics), Arc::clone(&currency), claim);
         (BudgetAlerts { metrics, queue: Some(tx), currency }, sender)
     }
 
@@ -118,6 +176,7 @@ async fn send_all(
     webhook: WebhookConfig,
     metrics: Arc<Metrics>,
     currency: Arc<str>,
+    claim: Option<Arc<RedisStore>>,
 ) {
     let https = hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
     let client: Client<_, Full<Bytes>> =
@@ -126,6 +185,12 @@ async fn send_all(
     while let Some(crossing) = queue.recv().await {
         let body = Bytes::from(document(&crossing, &currency).to_string());
         let id = delivery_id(&crossing);
+        if let Some(store) = &claim {
+            if !store.claim_crossing(&id, crossing.ends).await {
+                metrics.webhook_deliveries.with_label_values(&["sent_by_another_replica"]).inc();
+                continue;
+            }
+        }
         // One task per crossing: a receiver that is down delays only its own retries.
         tokio::spawn(deliver(client.clone(), Arc::clone(&webhook), Arc::clone(&metrics), body, id));
     }

@@ -107,6 +107,8 @@ pub struct Recorder {
     pub ledger: Option<Arc<Ledger>>,
     /// Where budget threshold crossings go.
     pub alerts: Arc<crate::state::budget_alerts::BudgetAlerts>,
+    /// With the shared store, budgets' spend is also charged there (in the background).
+    pub shared: Option<Arc<crate::state::quota_store::redis::RedisStore>>,
 }
 
 impl Recorder {
@@ -120,6 +122,9 @@ impl Recorder {
         let Some(cost) = record.cost().map(|c| c.total().0).filter(|c| *c > 0) else { return };
         let stamp = crate::core::quota::period::Stamp::at(crate::core::clock::unix_seconds(record.started_at));
         for budget in record.deployment.budgets.iter().chain(consumer) {
+            if let Some(store) = &self.shared {
+                store.charge_budget(budget, stamp, cost);
+            }
             for crossing in budget.charge(stamp, cost) {
                 self.alerts.crossed(crossing);
             }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod pki;
 pub mod process;
 pub mod redis_server;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -173,7 +173,8 @@ return reply(1)
 /// reservations; negative gives back, never below zero), ARGV[5] the replica's id and ARGV[6]
 /// the batch's number (a number already applied answers 0, as in [`RECONCILE`]), ARGV[7] when
 /// the hash may expire. A day or month that has ended changes nothing (its usage starts again
-/// from zero). Returns 1 when applied.
+/// from zero); a newer one than the hash holds starts it (a budget's spend hash is written only
+/// by these charges). Returns 1 when applied.
 const RECONCILE_PERIOD: &str = r#"
 local seen = tonumber(redis.call('HGET', KEYS[1], 'q:' .. ARGV[5]) or '0')
 if tonumber(ARGV[6]) <= seen then
@@ -181,11 +182,18 @@ if tonumber(ARGV[6]) <= seen then
 end
 redis.call('HSET', KEYS[1], 'q:' .. ARGV[5], ARGV[6])
 local saved = redis.call('HMGET', KEYS[1], 'd', 'dt', 'm', 'mt')
-if tonumber(saved[1]) == tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'dt', string.format('%.0f', math.max(0, (tonumber(saved[2]) or 0) + tonumber(ARGV[3]))))
+local d, m = tonumber(saved[1]), tonumber(saved[3])
+local day, month = tonumber(ARGV[1]), tonumber(ARGV[2])
+local function n(v) return string.format('%.0f', math.max(0, v)) end
+if d == nil or day > d then
+  redis.call('HSET', KEYS[1], 'd', ARGV[1], 'dt', n(tonumber(ARGV[3])), 'dr', '0')
+elseif day == d then
+  redis.call('HSET', KEYS[1], 'dt', n((tonumber(saved[2]) or 0) + tonumber(ARGV[3])))
 end
-if tonumber(saved[3]) == tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'mt', string.format('%.0f', math.max(0, (tonumber(saved[4]) or 0) + tonumber(ARGV[4]))))
+if m == nil or month > m then
+  redis.call('HSET', KEYS[1], 'm', ARGV[2], 'mt', n(tonumber(ARGV[4])))
+elseif month == m then
+  redis.call('HSET', KEYS[1], 'mt', n((tonumber(saved[4]) or 0) + tonumber(ARGV[4])))
 end
 redis.call('EXPIREAT', KEYS[1], ARGV[7])
 return 1

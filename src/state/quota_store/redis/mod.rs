@@ -31,6 +31,7 @@ use crate::core::clock::Clock;
 use crate::core::quota::bucket::TokenBucket;
 use crate::core::quota::period::{PeriodLimits, PeriodState, PeriodUsage, Stamp};
 use crate::core::quota::{Buckets, Denial, DeploymentQuota, Limits, QuotaState};
+use crate::state::budget::Budget;
 use crate::state::consumer::{Consumer, ConsumerGrant};
 use crate::state::deployment::Deployment;
 use crate::state::metrics::Metrics;
@@ -298,6 +299,73 @@ impl RedisStore {
                 usage(consumer_periods, values[8], values[9], values[10]),
             ],
         })
+    }
+
+    /// A budget's spend hash: `<prefix>{budget:<name>}` (a period hash: day and month spend in
+    /// micro-units, charged by the reconciler's batches).
+    fn budget_key<'a>(&self, budget: &'a Budget) -> &'a Arc<str> {
+        budget.store_key.get_or_init(|| Arc::from(format!("{}{{budget:{}}}", self.settings.key_prefix, budget.name)))
+    }
+
+    /// Queues a request's cost for the budget's shared spend (sent with the next batch).
+    pub fn charge_budget(&self, budget: &Budget, stamp: Stamp, micros: u64) {
+        let charge = i64::try_from(micros).unwrap_or(i64::MAX);
+        let sum = reconcile::ConsumerSum::Period {
+            day: stamp.day,
+            month: stamp.month,
+            day_charge: charge,
+            month_charge: charge,
+            expire_at: period_expiry(stamp),
+        };
+        self.queue_sum(self.budget_key(budget), sum);
+    }
+
+    /// Every budget's shared spend in `stamp`'s day and month, in one pipelined round trip
+    /// (`None` while the store cannot be read).
+    pub async fn read_budgets(&self, budgets: &[Arc<Budget>], stamp: Stamp) -> Option<Vec<(u64, u64)>> {
+        if budgets.is_empty() {
+            return Some(Vec::new());
+        }
+        let op = "read";
+        if !self.is_up() {
+            return None;
+        }
+        let connection = self.connection.load_full()?;
+        let mut connection = ConnectionManager::clone(&connection);
+        let mut pipe = ::redis::pipe();
+        for budget in budgets {
+            pipe.cmd("HMGET").arg(&**self.budget_key(budget)).arg(&["d", "dt", "dr", "m", "mt"]);
+        }
+        let reply =
+            tokio::time::timeout(self.settings.timeout, pipe.query_async::<Vec<Vec<Option<u64>>>>(&mut connection));
+        match reply.await {
+            Ok(Ok(saved)) => {
+                Some(saved.iter().map(|f| period_usage(f, stamp)).map(|u| (u.day_tokens, u.month_tokens)).collect())
+            }
+            Ok(Err(error)) => {
+                self.failed(op, &error.to_string());
+                None
+            }
+            Err(_) => {
+                self.failed(op, "timed out");
+                None
+            }
+        }
+    }
+
+    /// Claims the sending of a budget crossing's webhook for this replica (`SET NX` until the
+    /// period's end): false when another replica has claimed it. A store that cannot answer
+    /// lets it be sent (twice at worst, never lost).
+    pub async fn claim_crossing(&self, id: &str, until_unix: u64) -> bool {
+        let Some(connection) = self.connection.load_full() else { return true };
+        let mut connection = ConnectionManager::clone(&connection);
+        let key = format!("{}{{budget-sent}}:{id}", self.settings.key_prefix);
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(&key).arg(&self.replica).arg("NX").arg("EXAT").arg(until_unix + 86_400);
+        match tokio::time::timeout(self.settings.timeout, cmd.query_async::<Option<String>>(&mut connection)).await {
+            Ok(Ok(set)) => set.is_some(),
+            _ => true,
+        }
     }
 
     /// A consumer's period usage now (no change), in one pipelined round trip: each grant's with

@@ -137,13 +137,18 @@ impl RedisStore {
                 entries[2] = Some((self.consumer_key(&caller.consumer), period));
             }
         }
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for (key, sum) in entries.into_iter().flatten() {
-            match pending.consumers.get_mut(key) {
-                Some(entry) => entry.add(sum),
-                None => {
-                    pending.consumers.insert(Arc::clone(key), sum);
-                }
+            self.queue_sum(key, sum);
+        }
+    }
+
+    /// Adds `sum` to what is pending for `key` and wakes the reconciler.
+    pub(super) fn queue_sum(&self, key: &Arc<str>, sum: ConsumerSum) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        match pending.consumers.get_mut(key) {
+            Some(entry) => entry.add(sum),
+            None => {
+                pending.consumers.insert(Arc::clone(key), sum);
             }
         }
         drop(pending);
