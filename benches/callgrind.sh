@@ -4,7 +4,7 @@
 # instrumentation is on only while REQUESTS short chat requests pass (after a warm-up). The ledger
 # is on (its writer thread counts too).
 #
-#   [BODY=file.json] [TOLLGATE_LOG=info] [KEEP=dir] [CONSUMER=1] [PRICES=1] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
+#   [BODY=file.json] [TOLLGATE_LOG=info] [KEEP=dir] [CONSUMER=1] [PRICES=1] [BUDGET=1] benches/callgrind.sh BIN [requests, default 5000] [path, default /openai/deployments/bench]
 #
 # TOLLGATE_LOG defaults to warn (no access log); KEEP copies the callgrind output there (for
 # callgrind_annotate --inclusive=yes). CONSUMER=1 calls with a consumer's key (consumer_toml in
@@ -19,6 +19,13 @@ BIN=$GIVEN
 KEY=BenchKey0123456789abcdefghijklmn MOCK=127.0.0.1:18600
 EXTRA=""
 [ -z "${CONSUMER:-}" ] || EXTRA=$(consumer_toml bench)
+# BUDGET=1: a (soft) monthly budget watches the deployment's project (with PRICES=1, it is charged).
+[ -z "${BUDGET:-}" ] || EXTRA="$EXTRA
+[billing]
+[[billing.budgets]]
+name = \"bench\"
+project = \"default\"
+monthly = \"1000000000\""
 gateway_config "$WORK/g.toml" 127.0.0.1:18610 127.0.0.1:18611 "$MOCK" "$KEY" bench "[ledger]
 path = \"$WORK/usage.jsonl\"
 $EXTRA"

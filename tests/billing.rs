@@ -191,3 +191,35 @@ async fn bad_prices_are_refused_with_the_field_and_what_to_write() {
     let error = tollgate::config::Config::parse(text, "t.toml", &|_| None).unwrap_err().to_string();
     assert!(error.contains("billing.currency") && error.contains("ISO 4217"), "{error}");
 }
+
+#[tokio::test]
+async fn a_stream_the_client_cuts_costs_what_was_billed_and_a_refusal_costs_nothing() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.jsonl");
+    let h = Harness::with(Setup {
+        deployment: "prices = { input = \"0.30\", output = \"0.61\" }".into(),
+        ledger: Some(ledger.clone()),
+        ..Default::default()
+    })
+    .await;
+    let headers = [("api-key", PRIMARY_KEY), ("x-mock-tokens-per-second", "200"), ("x-mock-completion-tokens", "1000")];
+    let mut body = h.stream(&headers).await.into_body();
+    for _ in 0..5 {
+        body.frame().await.unwrap().unwrap();
+    }
+    drop(body);
+    // A request without a valid body is refused before the backend.
+    let refused = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], "{").await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    h.usage_after(2).await;
+    h.admin(&format!("/projects/default/deployments/{DEPLOYMENT}/usage")).await; // flushes the ledger
+    let all = lines(&ledger);
+    let cut = all.iter().find(|l| l["outcome"] == "client_gone").expect("the cut stream's line");
+    let (p, c) = (cut["prompt_tokens"].as_u64().unwrap(), cut["completion_tokens"].as_u64().unwrap());
+    assert!(p > 0 && c > 0 && c < 1000, "billed the prompt and what was streamed: {cut}");
+    let expected = json!({"input": by_hand(p, 300_000), "output": by_hand(c, 610_000), "total": by_hand(p, 300_000) + by_hand(c, 610_000)});
+    assert_eq!(cut["cost_micros"], expected, "{cut}");
+    let bad = all.iter().find(|l| l["status"] == 400).expect("the refusal's line");
+    assert_eq!(bad["cost_micros"], json!({"input": 0, "output": 0, "total": 0}), "{bad}");
+}
