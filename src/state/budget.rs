@@ -245,20 +245,29 @@ impl Budget {
         out
     }
 
-    /// For a hard budget: the period whose amount is spent at `now`, if one is.
+    /// For a hard budget: the period whose amount is spent at `now`, if one is (no allocation:
+    /// this runs at every admission under the budget).
     pub fn exhausted(&self, now: u64) -> Option<Exhausted> {
         if !self.hard {
             return None;
         }
-        self.state(now).into_iter().find(|(_, amount, spent, _)| spent >= amount).map(
-            |(period, amount, spent, ends)| Exhausted {
+        let stamp = Stamp::at(now);
+        let spend = *self.lock();
+        BudgetPeriod::ALL.into_iter().find_map(|period| {
+            let amount = self.amount(period)?;
+            let spent = match period {
+                BudgetPeriod::Daily if spend.day == stamp.day => spend.day_spent,
+                BudgetPeriod::Monthly if spend.month == stamp.month => spend.month_spent,
+                _ => 0,
+            };
+            (spent >= amount.0).then(|| Exhausted {
                 budget: Arc::clone(&self.name),
                 period,
                 amount,
-                spent,
-                reset_unix: ends,
-            },
-        )
+                spent: Micros(spent),
+                reset_unix: period.bounds(stamp).1,
+            })
+        })
     }
 }
 
