@@ -251,3 +251,29 @@ async fn admin_health_endpoints() {
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.error_code(), "NotFound");
 }
+
+#[tokio::test]
+async fn server_timing_splits_the_gateways_time_from_the_backends_over_http1_and_http2() {
+    let h = Harness::start().await;
+    for client in [Client::new(), Client::http2()] {
+        let url = h.deployment_url("/chat/completions");
+        let reply = client.post(&url, &[("api-key", PRIMARY_KEY), ("x-mock-latency-ms", "30")], CHAT).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let timing = reply.header("server-timing").to_owned();
+        let dur = |name: &str| -> f64 {
+            let part = timing
+                .split(", ")
+                .find(|p| p.starts_with(&format!("{name};dur=")))
+                .unwrap_or_else(|| panic!("{timing}"));
+            part.split_once("dur=").unwrap().1.parse().unwrap()
+        };
+        // The mock waited 30 ms before its head: that is the backend's time, not the gateway's.
+        assert!(dur("backend") >= 30.0, "{timing}");
+        assert!(dur("gw") >= 0.0, "{timing}");
+    }
+    // It can be turned off.
+    let h = Harness::with(Setup { server: "server_timing = false".into(), ..Default::default() }).await;
+    let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(reply.headers.get("server-timing").is_none());
+}

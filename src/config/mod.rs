@@ -149,6 +149,8 @@ pub struct ServerConfig {
     /// Worker threads, each a single-threaded runtime serving its connections start to end
     /// (default: one per core, [`default_workers`]).
     pub workers: usize,
+    /// Write `Server-Timing: gw;dur=…, backend;dur=…` on forwarded answers (default on).
+    pub server_timing: bool,
 }
 
 /// Most `server.workers`.

@@ -176,6 +176,8 @@ pub struct RawServer {
     pub shutdown_grace_ms: Option<Spanned<u64>>,
     /// Worker threads serving connections (default: one per core).
     pub workers: Option<Spanned<u64>>,
+    /// `Server-Timing` on forwarded answers (default true).
+    pub server_timing: Option<bool>,
     pub tls: Option<RawTls>,
 }
 

@@ -45,6 +45,7 @@ pub(super) fn validate(
                 key: PathBuf::from(tls.key.get_ref()),
             }),
         },
+        server_timing: raw.server.server_timing.unwrap_or(true),
         public_url: match &raw.server.public_url {
             None => None,
             Some(v) => {

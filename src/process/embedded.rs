@@ -47,6 +47,7 @@ pub fn demo_config(
             public_url: None,
             tls: None,
             workers: crate::config::default_workers(),
+            server_timing: true,
         },
         admin: AdminConfig {
             listen: admin_listen,

@@ -119,9 +119,10 @@ pub fn keep_start_settings(
         || old.limits != new.limits
         || old.public_url != new.public_url
         || old.workers != new.workers
+        || old.server_timing != new.server_timing
     {
         note(
-            "[server] body size, client limits, public_url or workers changed: they are set at start, restart to apply them"
+            "[server] body size, client limits, public_url, workers or server_timing changed: they are set at start, restart to apply them"
                 .into(),
         );
     }

@@ -47,6 +47,7 @@ pub mod names;
 pub mod quota_headers;
 pub mod reconcile;
 pub mod route;
+pub mod server_timing;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -88,6 +89,8 @@ pub struct Gateway {
     /// The active health checks' own pools (they run on the main runtime, not on a worker's).
     health_client: BackendClient,
     max_body_bytes: usize,
+    /// Write `Server-Timing` on forwarded answers.
+    server_timing: bool,
     body_read_timeout: std::time::Duration,
     metering: Metering,
     sink: Arc<dyn UsageSink>,
@@ -136,6 +139,7 @@ impl Gateway {
             backend: BackendClient::new(&config.backend),
             health_client: BackendClient::new(&crate::config::BackendSettings { workers: 1, ..config.backend.clone() }),
             max_body_bytes: config.server.max_body_bytes,
+            server_timing: config.server.server_timing,
             body_read_timeout: config.server.limits.body_read_timeout,
             metering: Metering {
                 limits: StreamLimits {
@@ -321,7 +325,7 @@ impl Gateway {
         // Stages 6 and 7: forward over the pool, and stream the answer back as it comes, metering it.
         let forwarded = Instant::now();
         match self.forward_over_pool(&deployment, route, parts, body, worker, reserved).await {
-            Ok(failover::Forwarded { response, attempt, backend, attempts }) => {
+            Ok(failover::Forwarded { mut response, attempt, backend, attempts }) => {
                 // A pool's ledger line names the backend; a one-backend deployment's needs not.
                 let named = (deployment.pool.len() > 1).then_some(backend);
                 reservation.served_by(attempt, named, attempts);
@@ -329,6 +333,9 @@ impl Gateway {
                 let overhead = started.elapsed().saturating_sub(first_byte);
                 let name = deployment.name.as_str();
                 self.metrics.observe_forwarded(&deployment, first_byte, overhead);
+                if self.server_timing {
+                    server_timing::add(response.headers_mut(), overhead, first_byte);
+                }
                 let status = response.status();
                 let event_stream = response
                     .headers()
