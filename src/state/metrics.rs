@@ -151,6 +151,11 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
             Ok(g)
         };
+        let ratio = |name: &str, help: &str, labels: &[&str]| -> Result<prometheus::GaugeVec, MetricsError> {
+            let g = prometheus::GaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
         let histogram =
             |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> Result<HistogramVec, MetricsError> {
                 let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
@@ -329,17 +334,11 @@ impl Metrics {
                 "Requests of a consumer refused by a limit: rate_limited (429, a per-minute level), quota_exceeded (403, a period quota) or budget_exceeded (403, a hard budget).",
                 &["consumer", "deployment", "reason"],
             )?,
-            consumer_quota_used_ratio: {
-                let g = prometheus::GaugeVec::new(
-                    Opts::new(
-                        "tollgate_consumer_quota_used_ratio",
-                        "Share of a consumer's period quota used in the current UTC period (1 = used up): scope is a deployment (the consumer's quota there) or * (over all its deployments).",
-                    ),
-                    &["consumer", "scope", "quota"],
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            consumer_quota_used_ratio: ratio(
+                "tollgate_consumer_quota_used_ratio",
+                "Share of a consumer's period quota used in the current UTC period (1 = used up): scope is a deployment (the consumer's quota there) or * (over all its deployments).",
+                &["consumer", "scope", "quota"],
+            )?,
             cost: counter(
                 "tollgate_cost_total",
                 "What requests cost, in micro-units of the currency (1000000 = 1 USD), by the deployment's project, its subscription (empty when none) and meter (input / output tokens): exact integers up to 2^53.",
@@ -350,17 +349,11 @@ impl Metrics {
                 "Budget thresholds reached, by budget, period (daily / monthly) and threshold (percent).",
                 &["budget", "period", "threshold"],
             )?,
-            budget_spent_ratio: {
-                let g = prometheus::GaugeVec::new(
-                    Opts::new(
-                        "tollgate_budget_spent_ratio",
-                        "Share of a budget's amount spent in the current UTC day or month (1 = spent; a hard budget then refuses requests).",
-                    ),
-                    &["budget", "period"],
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            budget_spent_ratio: ratio(
+                "tollgate_budget_spent_ratio",
+                "Share of a budget's amount spent in the current UTC day or month (1 = spent; a hard budget then refuses requests).",
+                &["budget", "period"],
+            )?,
             webhook_deliveries: counter(
                 "tollgate_budget_webhooks_total",
                 "Budget webhooks: delivered, retried (an attempt failed), failed (every attempt did) or dropped (queue full).",

@@ -363,10 +363,7 @@ impl ControlPlane {
         name: &str,
         body: super::resources::RegenerateBody,
     ) -> Result<Value, AdminError> {
-        let slot = match body.key_type {
-            super::resources::KeyType::Primary => 0,
-            super::resources::KeyType::Secondary => 1,
-        };
+        let slot = body.key_type.slot();
         self.api_consumer(project, name)?;
         let c = self.change(|_, state| {
             let c = state

@@ -36,6 +36,16 @@ pub enum KeyType {
     Secondary,
 }
 
+impl KeyType {
+    /// The key's slot (0 primary, 1 secondary).
+    pub fn slot(&self) -> usize {
+        match self {
+            KeyType::Primary => 0,
+            KeyType::Secondary => 1,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RegenerateBody {
@@ -268,10 +278,7 @@ impl ControlPlane {
     }
 
     pub fn regenerate_keys(&self, project: &str, name: &str, body: RegenerateBody) -> Result<Value, AdminError> {
-        let slot = match body.key_type {
-            KeyType::Primary => 0,
-            KeyType::Secondary => 1,
-        };
+        let slot = body.key_type.slot();
         let d = self.with_deployment(project, name, |d| {
             d.key_generations[slot] += 1;
             Ok(d.clone())
