@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use tollgate::config::{BackendUrl, Config};
 use tollgate::core::keys::{KeyDigest, generate_key};
-use tollgate::process::bench::{self, BenchOptions, Load, Mix};
+use tollgate::process::bench::{self, command::BenchArgs};
 use tollgate::process::embedded;
 use tollgate::process::logging;
 use tollgate::process::mock_backend::{MockBackend, MockOptions};
@@ -81,42 +81,9 @@ enum Command {
         #[arg(long)]
         cost: bool,
     },
-    /// Load-test an endpoint speaking the Model Inference API (tollgate or not).
-    Bench {
-        /// Root URL of the endpoint, e.g. http://127.0.0.1:8080.
-        #[arg(long)]
-        url: String,
-        /// Sent as `api-key` and `Authorization: Bearer`.
-        #[arg(long)]
-        key: Option<String>,
-        /// Call /openai/deployments/{deployment}/... instead of the root routes.
-        #[arg(long)]
-        deployment: Option<String>,
-        /// Built-in request mix.
-        #[arg(long, value_enum, default_value_t = Mix::ShortChat)]
-        mix: Mix,
-        /// Send this JSON body (file) instead of the mix's.
-        #[arg(long)]
-        body: Option<PathBuf>,
-        /// Closed loop: this many requests in flight.
-        #[arg(long, conflicts_with = "rate")]
-        concurrency: Option<usize>,
-        /// Open loop: requests per second on a fixed schedule (latency from the scheduled time).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// How long to run: 30s, 500ms, 2m.
-        #[arg(long, default_value = "10s")]
-        duration: String,
-        /// Stop after this many requests.
-        #[arg(long)]
-        requests: Option<u64>,
-        /// On 429, wait retry-after-ms and try again (measures goodput under a quota).
-        #[arg(long)]
-        retry_429: bool,
-        /// The report as JSON on stdout (and nothing else there).
-        #[arg(long)]
-        json: bool,
-    },
+    /// Load-test an endpoint speaking the Model Inference API (tollgate or not): TTFT, ITL,
+    /// tokens, goodput under an SLO, Poisson arrivals and rate sweeps; `bench compare A B`.
+    Bench(Box<BenchArgs>),
     /// Endpoint keys.
     Keys {
         #[command(subcommand)]
@@ -158,6 +125,10 @@ enum Command {
         /// Answer this share of requests (percent, spread evenly) with 500.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
         fail_percent: u8,
+        /// Work on at most this many requests at once (the rest wait), like a fixed number of
+        /// replicas: with --latency-ms it caps throughput at max-concurrency / latency.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max_concurrency: Option<u64>,
     },
 }
 
@@ -178,27 +149,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, listen, admin_listen } => runtime.block_on(serve(config, listen, admin_listen)),
         Command::Check { config } => check(&config),
-        Command::Bench { url, key, deployment, mix, body, concurrency, rate, duration, requests, retry_429, json } => {
-            let duration = match parse_duration(&duration) {
-                Ok(d) => d,
-                Err(e) => return fail(&e),
-            };
-            let body = match body.map(std::fs::read) {
-                None => None,
-                Some(Ok(bytes)) => Some(bytes::Bytes::from(bytes)),
-                Some(Err(e)) => return fail(&format!("--body: {e}")),
-            };
-            let load = match (concurrency, rate) {
-                (_, Some(rate)) => Load::Open { rate },
-                (concurrency, None) => Load::Closed { concurrency: concurrency.unwrap_or(16) },
-            };
-            let options = BenchOptions { url, key, deployment, mix, body, load, duration, requests, retry_429 };
-            let progress = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            match runtime.block_on(bench::run(options, progress)) {
-                Ok(report) if json => say(&format!("{}\n", serde_json::to_string_pretty(&report).unwrap_or_default())),
-                Ok(report) => say(&report.table()),
-                Err(e) => Err(e),
-            }
+        Command::Bench(args) => {
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            runtime.block_on(bench::command::run(*args, terminal)).and_then(|out| say(&out))
         }
         Command::Usage { ledger, since, until, by, json, cost } => {
             usage(&ledger, since.as_deref(), until.as_deref(), by, json, cost)
@@ -220,6 +173,7 @@ fn main() -> ExitCode {
             requests_per_minute,
             tokens_per_minute,
             fail_percent,
+            max_concurrency,
         } => {
             let require_key = match require_key_env.map(|var| std::env::var(&var).map_err(|_| var)) {
                 None => None,
@@ -239,6 +193,7 @@ fn main() -> ExitCode {
                 requests_per_minute,
                 tokens_per_minute,
                 fail_percent,
+                max_concurrency: max_concurrency.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
                 clock: None,
             };
             runtime.block_on(mock_backend(listen, options))
@@ -248,20 +203,6 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
     }
-}
-
-/// `30s`, `500ms`, `2m`, or plain seconds.
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("--duration '{text}': write it like 30s, 500ms or 2m");
-    let (number, unit) = text.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((text, "s"), |i| text.split_at(i));
-    let value: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" | "" => value,
-        "m" => value * 60.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
 }
 
 fn fail(message: &str) -> ExitCode {

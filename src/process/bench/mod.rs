@@ -1,31 +1,51 @@
-//! `tollgate bench`: a load generator for any endpoint speaking the Model Inference API.
+//! `tollgate bench`: a load generator for any endpoint speaking the Model Inference API, with
+//! the figures LLM-serving teams compare (TTFT, ITL, TPOT, tokens, goodput under an SLO).
 //!
-//! - **Closed loop** (`--concurrency N`): N workers, each sending its next request when the last
-//!   one finished.
-//! - **Open loop** (`--rate R`): requests start on a fixed schedule (`t0 + i / R`) whether or not
-//!   earlier ones finished, and latency is measured from the *scheduled* start, so a server that
-//!   stalls cannot hide the stall by slowing the sender (no coordinated omission).
-//!
-//! Latencies go into HdrHistograms (1 µs to 10 min, 3 significant digits); streamed requests also
-//! record time to first token and tokens per second.
+//! - **Arrivals** ([`arrivals`]): a closed loop (`--concurrency N`), a constant rate or a seeded
+//!   Poisson process (`--rate R`, `--arrivals poisson`), or a replayed trace's timestamps. For an
+//!   open loop, latency is measured from the *scheduled* start, so a server that stalls cannot
+//!   hide the stall by slowing the sender (no coordinated omission).
+//! - **Prompts** ([`workload`]): built-in mixes, shaped with token-length distributions, a body
+//!   file, or a JSONL replay; every body is prepared before the run.
+//! - **Measuring** ([`measure`]): one [`Sample`] per request; the report ([`report`]) takes
+//!   percentiles of those started in the measured window (after the warm-up, before the
+//!   cool-down) and rates from those finished in it.
+//! - **Sweeps** ([`sweep`]): the same run at rising rates until the target saturates; the knee
+//!   is the highest rate that kept up (and met the SLO).
+//! - Per-request CSV ([`csv`]), a self-contained HTML page of charts ([`html`]), and the deltas
+//!   of two JSON reports ([`compare`]).
 
-mod report;
-mod workload;
+pub mod arrivals;
+pub mod command;
+pub mod compare;
+pub mod csv;
+pub mod html;
+pub mod measure;
+mod progress;
+pub mod report;
+pub mod slo;
+pub mod stats;
+mod sweep;
+pub mod workload;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hdrhistogram::Histogram;
-use http::{HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub use arrivals::Load;
+pub use measure::Sample;
 pub use report::Report;
-pub use workload::Mix;
+pub use slo::{Slo, parse_duration};
+pub use workload::{Dist, Mix, Prompts, Shape};
+
+use report::{Header, Window};
+use workload::Prepared;
 
 /// How to load the target.
 #[derive(Clone, Debug)]
@@ -36,127 +56,134 @@ pub struct BenchOptions {
     pub key: Option<String>,
     /// Call `/openai/deployments/{deployment}/...` instead of the root routes.
     pub deployment: Option<String>,
-    pub mix: Mix,
-    /// A request body from a file, in place of the mix's bodies.
-    pub body: Option<Bytes>,
+    pub prompts: Prompts,
+    pub shape: Shape,
     pub load: Load,
-    /// Stop after this long...
-    pub duration: Duration,
+    /// Seeds the Poisson schedule and the synthetic prompts.
+    pub seed: u64,
+    /// Stop scheduling after this long (each sweep step runs this long)...
+    pub duration: Option<Duration>,
     /// ...or after this many requests, whichever comes first.
     pub requests: Option<u64>,
+    /// Requests started before this are sent but not measured.
+    pub warmup: Duration,
+    /// Requests started in this last stretch are sent but not measured.
+    pub cooldown: Duration,
     /// On 429, wait `retry-after-ms` and send again (counted once, as its final status).
     pub retry_429: bool,
+    /// A request with no full answer by then counts as a transport error.
+    pub timeout: Duration,
+    pub slo: Option<Slo>,
+    /// The share of requests (percent) that must meet the SLO for a sweep step to pass.
+    pub slo_attainment: f64,
+    /// Rates (or concurrencies, for a closed loop) to sweep; empty for one run.
+    pub sweep: Vec<f64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Load {
-    Closed { concurrency: usize },
-    Open { rate: f64 },
-}
-
-/// What one request observed.
-struct Sample {
-    latency: Duration,
-    first_token: Option<Duration>,
-    tokens_per_second: Option<u64>,
-    outcome: Outcome,
-    retries: u64,
-}
-
-enum Outcome {
-    Ok,
-    TooMany,
-    ClientError,
-    ServerError,
-    Transport,
-}
-
-/// What one worker (or the open-loop collector) observed.
-struct Tally {
-    latency: Histogram<u64>,
-    first_token: Histogram<u64>,
-    tokens_per_second: Histogram<u64>,
-    ok: u64,
-    too_many: u64,
-    client_errors: u64,
-    server_errors: u64,
-    transport_errors: u64,
-    retries: u64,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        let h = || {
-            Histogram::new_with_bounds(1, 600_000_000, 3)
-                .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_histogram()))
-        };
-        Tally {
-            latency: h(),
-            first_token: h(),
-            tokens_per_second: h(),
-            ok: 0,
-            too_many: 0,
-            client_errors: 0,
-            server_errors: 0,
-            transport_errors: 0,
-            retries: 0,
+impl BenchOptions {
+    /// The defaults of the command: the short chat mix, 10 s, no warm-up.
+    pub fn new(url: impl Into<String>, load: Load) -> BenchOptions {
+        BenchOptions {
+            url: url.into(),
+            key: None,
+            deployment: None,
+            prompts: Prompts::Mix(Mix::ShortChat),
+            shape: Shape::default(),
+            load,
+            seed: 1,
+            duration: Some(Duration::from_secs(10)),
+            requests: None,
+            warmup: Duration::ZERO,
+            cooldown: Duration::ZERO,
+            retry_429: false,
+            timeout: Duration::from_secs(60),
+            slo: None,
+            slo_attainment: 95.0,
+            sweep: Vec::new(),
         }
     }
-
-    fn add(&mut self, sample: Sample) {
-        self.retries += sample.retries;
-        if let Outcome::Transport = sample.outcome {
-            self.transport_errors += 1;
-            return;
-        }
-        let _ = self.latency.record(micros(sample.latency));
-        if let Some(ttft) = sample.first_token {
-            let _ = self.first_token.record(micros(ttft));
-        }
-        if let Some(tps) = sample.tokens_per_second {
-            let _ = self.tokens_per_second.record(tps.max(1));
-        }
-        match sample.outcome {
-            Outcome::Ok => self.ok += 1,
-            Outcome::TooMany => self.too_many += 1,
-            Outcome::ClientError => self.client_errors += 1,
-            Outcome::ServerError | Outcome::Transport => self.server_errors += 1,
-        }
-    }
-
-    fn merge(&mut self, other: &Tally) {
-        let _ = self.latency.add(&other.latency);
-        let _ = self.first_token.add(&other.first_token);
-        let _ = self.tokens_per_second.add(&other.tokens_per_second);
-        self.ok += other.ok;
-        self.too_many += other.too_many;
-        self.client_errors += other.client_errors;
-        self.server_errors += other.server_errors;
-        self.transport_errors += other.transport_errors;
-        self.retries += other.retries;
-    }
 }
 
-#[expect(clippy::panic, reason = "3 significant digits are always valid for hdrhistogram")]
-fn unreachable_histogram() -> Histogram<u64> {
-    panic!("hdrhistogram rejected 3 significant digits")
+/// A finished run: the report and every request's sample (for `--csv` and `--html`).
+pub struct Run {
+    pub report: Report,
+    pub samples: Vec<Sample>,
+    /// The sweep step the report describes (0 outside a sweep).
+    pub step: u32,
 }
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// What the requests of one run (or sweep step) share.
 struct Shared {
     client: HttpClient,
     options: BenchOptions,
+    prepared: Arc<[Prepared]>,
+    step: u32,
+    begun: Instant,
     started: AtomicU64,
-    stop: AtomicBool,
+    /// Set when `--requests` (or the trace) ran out.
+    exhausted: AtomicBool,
     /// Retries of 429s stop here; requests already started finish.
     deadline: Instant,
-    progress: indicatif::ProgressBar,
+    in_flight: AtomicU64,
 }
 
-/// Runs the load and returns the report.
-pub async fn run(options: BenchOptions, show_progress: bool) -> Result<Report, String> {
-    workload::check(&options)?;
+/// Runs the load (or the sweep) and returns the report with every sample.
+pub async fn run(options: BenchOptions, show_progress: bool) -> Result<Run, String> {
+    check(&options)?;
+    let prepared: Arc<[Prepared]> =
+        workload::prepare(&options.prompts, options.shape, options.deployment.as_deref(), options.seed)?.into();
+    let progress = progress::Progress::new(show_progress);
+    let client = client();
+    if options.sweep.is_empty() {
+        let (samples, window) = run_step(&client, &options, &prepared, options.load, 0, &progress).await?;
+        progress.finish();
+        let report = Report::build(header(&options, options.load), &samples, window);
+        return Ok(Run { report, samples, step: 0 });
+    }
+    let run = sweep::run(&client, &options, &prepared, &progress).await;
+    progress.finish();
+    run
+}
+
+fn check(options: &BenchOptions) -> Result<(), String> {
+    let url = options.url.as_str();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("--url '{url}' must start with http:// or https://"));
+    }
+    if let Some(d) = &options.deployment {
+        crate::config::check_deployment_name(d).map_err(|e| format!("--deployment: {e}"))?;
+    }
+    options.load.check()?;
+    let traced = matches!(&options.prompts, Prompts::Replay(lines) if lines.iter().all(|l| l.at.is_some()));
+    if options.load == Load::Trace && !traced {
+        return Err("--arrivals trace needs a --replay file whose lines all have a \"timestamp\"".into());
+    }
+    if options.duration.is_none() && options.requests.is_none() && options.load != Load::Trace {
+        return Err("give --duration or --requests: the run needs an end".into());
+    }
+    if let Some(duration) = options.duration.filter(|d| options.warmup + options.cooldown >= *d) {
+        return Err(format!(
+            "--warmup {} s and --cooldown {} s leave nothing of --duration {} s to measure",
+            options.warmup.as_secs_f64(),
+            options.cooldown.as_secs_f64(),
+            duration.as_secs_f64()
+        ));
+    }
+    if options.sweep.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+        return Err("--sweep: every step must be a positive rate (or concurrency)".into());
+    }
+    if options.load == Load::Trace && !options.sweep.is_empty() {
+        return Err("--sweep needs --rate or --concurrency arrivals, not a trace".into());
+    }
+    if !(0.0..=100.0).contains(&options.slo_attainment) {
+        return Err("--slo-attainment is a percentage, 0 to 100".into());
+    }
+    Ok(())
+}
+
+fn client() -> HttpClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -166,173 +193,136 @@ pub async fn run(options: BenchOptions, show_progress: bool) -> Result<Report, S
         .enable_http1()
         .enable_http2()
         .wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector);
-    let progress = if show_progress {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    let begun = Instant::now();
-    let shared = Arc::new(Shared {
-        client,
-        options: options.clone(),
-        started: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        deadline: begun + options.duration,
-        progress,
-    });
-    let tally = match options.load {
-        Load::Closed { concurrency } => closed_loop(&shared, concurrency.max(1)).await,
-        Load::Open { rate } => open_loop(&shared, rate).await?,
-    };
-    let elapsed = begun.elapsed();
-    shared.progress.finish_and_clear();
-    Ok(Report::new(&options, &tally, shared.started.load(Ordering::Relaxed), elapsed))
+    Client::builder(TokioExecutor::new()).pool_max_idle_per_host(usize::MAX).build(connector)
 }
 
-/// Takes the next request number, or `None` once the run is over.
-fn next_request(shared: &Shared, begun: Instant) -> Option<u64> {
-    if shared.stop.load(Ordering::Relaxed) || begun.elapsed() >= shared.options.duration {
+fn header(options: &BenchOptions, load: Load) -> Header<'_> {
+    Header {
+        target: &options.url,
+        mode: load.describe(),
+        warmup: options.warmup.as_secs_f64(),
+        cooldown: options.cooldown.as_secs_f64(),
+        slo: options.slo,
+    }
+}
+
+/// One run at `load`: every request's sample, and the measured window.
+async fn run_step(
+    client: &HttpClient,
+    options: &BenchOptions,
+    prepared: &Arc<[Prepared]>,
+    load: Load,
+    step: u32,
+    progress: &progress::Progress,
+) -> Result<(Vec<Sample>, Window), String> {
+    let begun = Instant::now();
+    let duration = options.duration.unwrap_or(Duration::MAX);
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        options: options.clone(),
+        prepared: Arc::clone(prepared),
+        step,
+        begun,
+        started: AtomicU64::new(0),
+        exhausted: AtomicBool::new(false),
+        deadline: begun.checked_add(duration).unwrap_or(begun + Duration::from_secs(86_400 * 365)),
+        in_flight: AtomicU64::new(0),
+    });
+    let (samples, received) = tokio::sync::mpsc::unbounded_channel::<Sample>();
+    let collector = tokio::spawn(progress.collect(received, Arc::clone(&shared), load));
+    match load {
+        Load::Closed { concurrency } => {
+            let workers: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let (shared, samples) = (Arc::clone(&shared), samples.clone());
+                    tokio::spawn(async move {
+                        while begun.elapsed() < duration {
+                            let Some(n) = next_request(&shared) else { break };
+                            let sample = send(&shared, n, Instant::now()).await;
+                            let _ = samples.send(sample);
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                let _ = worker.await;
+            }
+        }
+        open => {
+            let trace: Arc<[f64]> = prepared.iter().filter_map(|p| p.at).collect();
+            let seed = options.seed.wrapping_add(u64::from(step));
+            let mut schedule = arrivals::Schedule::new(open, seed, trace)
+                .ok_or_else(|| format!("cannot schedule {}", open.describe()))?;
+            loop {
+                let Some(offset) = schedule.next_offset() else {
+                    shared.exhausted.store(true, Ordering::Relaxed);
+                    break;
+                };
+                if offset >= duration {
+                    break;
+                }
+                let Some(n) = next_request(&shared) else { break };
+                // The schedule is fixed in advance; a late start still counts from its time.
+                let scheduled = begun + offset;
+                tokio::time::sleep_until(scheduled.into()).await;
+                let (shared, samples) = (Arc::clone(&shared), samples.clone());
+                tokio::spawn(async move {
+                    let sample = send(&shared, n, scheduled).await;
+                    let _ = samples.send(sample);
+                });
+            }
+        }
+    }
+    drop(samples);
+    let samples = collector.await.map_err(|e| format!("the collector failed: {e}"))?;
+    let exhausted = shared.exhausted.load(Ordering::Relaxed) || options.duration.is_none();
+    let window = window(options, &samples, exhausted)?;
+    Ok((samples, window))
+}
+
+/// Sends request `n`, counted in flight while it runs.
+async fn send(shared: &Shared, n: u64, scheduled: Instant) -> Sample {
+    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+    let prepared = &shared.prepared[(n % shared.prepared.len() as u64) as usize];
+    let sample = measure::one(shared, prepared, n, scheduled).await;
+    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    sample
+}
+
+/// Takes the next request number, or `None` once `--requests` (or the trace) ran out.
+fn next_request(shared: &Shared) -> Option<u64> {
+    if shared.exhausted.load(Ordering::Relaxed) {
         return None;
     }
     let n = shared.started.fetch_add(1, Ordering::Relaxed);
-    if shared.options.requests.is_some_and(|max| n >= max) {
+    let requests = shared.options.requests;
+    let limit = match shared.options.load {
+        Load::Trace => Some(requests.map_or(shared.prepared.len() as u64, |r| r.min(shared.prepared.len() as u64))),
+        _ => requests,
+    };
+    if limit.is_some_and(|max| n >= max) {
         shared.started.fetch_sub(1, Ordering::Relaxed);
-        shared.stop.store(true, Ordering::Relaxed);
+        shared.exhausted.store(true, Ordering::Relaxed);
         return None;
-    }
-    if n % 256 == 0 {
-        shared.progress.set_message(format!("{n} requests sent, {:.0}s", begun.elapsed().as_secs_f64()));
     }
     Some(n)
 }
 
-async fn closed_loop(shared: &Arc<Shared>, concurrency: usize) -> Tally {
-    let begun = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let shared = Arc::clone(shared);
-            tokio::spawn(async move {
-                let mut tally = Tally::new();
-                while let Some(n) = next_request(&shared, begun) {
-                    tally.add(one(&shared, n, Instant::now()).await);
-                }
-                tally
-            })
-        })
-        .collect();
-    let mut total = Tally::new();
-    for worker in workers {
-        if let Ok(tally) = worker.await {
-            total.merge(&tally);
-        }
-    }
-    total
-}
-
-async fn open_loop(shared: &Arc<Shared>, rate: f64) -> Result<Tally, String> {
-    if !(rate.is_finite() && rate > 0.0) {
-        return Err("--rate must be a positive number of requests per second".into());
-    }
-    let begun = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    // Requests report to one collector: no per-request histograms, no lock.
-    let (samples, mut collected) = tokio::sync::mpsc::unbounded_channel::<Sample>();
-    let collector = tokio::spawn(async move {
-        let mut tally = Tally::new();
-        while let Some(sample) = collected.recv().await {
-            tally.add(sample);
-        }
-        tally
-    });
-    let mut i: u32 = 0;
-    while let Some(n) = next_request(shared, begun) {
-        // The schedule is fixed in advance; a late start still counts from its scheduled time.
-        let scheduled = begun + interval * i;
-        i = i.saturating_add(1);
-        tokio::time::sleep_until(scheduled.into()).await;
-        let (shared, samples) = (Arc::clone(shared), samples.clone());
-        tokio::spawn(async move {
-            let _ = samples.send(one(&shared, n, scheduled).await);
-        });
-    }
-    drop(samples);
-    collector.await.map_err(|e| format!("the collector failed: {e}"))
-}
-
-/// Sends request `n` (retrying 429s when asked) and measures it from `scheduled`.
-async fn one(shared: &Shared, n: u64, scheduled: Instant) -> Sample {
-    let options = &shared.options;
-    let (path, body, stream) = workload::request(options, n);
-    let mut retries = 0;
-    let failed = |retries| Sample {
-        latency: scheduled.elapsed(),
-        first_token: None,
-        tokens_per_second: None,
-        outcome: Outcome::Transport,
-        retries,
+/// The measured window: from the warm-up's end to the cool-down's start. A run that ran out of
+/// requests (or trace) before its duration measures to its last answer: nothing is left to
+/// drain. A run that reached its duration measures to it: the drain after is not counted.
+fn window(options: &BenchOptions, samples: &[Sample], exhausted: bool) -> Result<Window, String> {
+    let end = match options.duration {
+        Some(duration) if !exhausted => duration.as_secs_f64(),
+        _ => samples.iter().map(Sample::finished).fold(0.0, f64::max),
     };
-    loop {
-        let mut request = Request::post(format!("{}{path}", options.url.trim_end_matches('/')));
-        if let Some(key) = &options.key {
-            request = request.header("api-key", key.as_str()).header("authorization", format!("Bearer {key}"));
-        }
-        let Ok(request) = request.header("content-type", "application/json").body(Full::new(body.clone())) else {
-            return failed(retries);
-        };
-        let Ok(response) = shared.client.request(request).await else {
-            return failed(retries);
-        };
-        let status = response.status();
-        if status == StatusCode::TOO_MANY_REQUESTS && options.retry_429 && Instant::now() < shared.deadline {
-            let wait = retry_after(response.headers().get("retry-after-ms"));
-            let _ = response.into_body().collect().await;
-            retries += 1;
-            tokio::time::sleep(wait).await;
-            continue;
-        }
-        let mut body = response.into_body();
-        let mut first_token: Option<Duration> = None;
-        let mut tokens = 0u64;
-        while let Some(frame) = body.frame().await {
-            let Ok(frame) = frame else { return failed(retries) };
-            if let (true, Some(data)) = (stream, frame.data_ref()) {
-                let content = count_content_events(data);
-                if content > 0 && first_token.is_none() {
-                    first_token = Some(scheduled.elapsed());
-                }
-                tokens += content;
-            }
-        }
-        let latency = scheduled.elapsed();
-        let tokens_per_second = first_token.and_then(|ttft| {
-            let streaming = latency.saturating_sub(ttft).as_secs_f64();
-            (streaming > 0.0 && tokens > 1).then(|| ((tokens - 1) as f64 / streaming).round() as u64)
-        });
-        let outcome = match status.as_u16() {
-            200..=299 => Outcome::Ok,
-            429 => Outcome::TooMany,
-            400..=499 => Outcome::ClientError,
-            _ => Outcome::ServerError,
-        };
-        return Sample { latency, first_token, tokens_per_second, outcome, retries };
+    let window = Window { start: options.warmup.as_secs_f64(), end: end - options.cooldown.as_secs_f64() };
+    if window.end <= window.start {
+        return Err(format!(
+            "the run ended after {end:.3} s, before its warm-up ({} s) and cool-down ({} s) left anything to measure",
+            options.warmup.as_secs_f64(),
+            options.cooldown.as_secs_f64()
+        ));
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).clamp(1, 600_000_000)
-}
-
-fn retry_after(value: Option<&HeaderValue>) -> Duration {
-    let ms = value.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(1000);
-    Duration::from_millis(ms.min(120_000))
-}
-
-/// SSE events in a chunk that carry generated content (`"content":"` with something in it).
-fn count_content_events(chunk: &[u8]) -> u64 {
-    let text = String::from_utf8_lossy(chunk);
-    text.split("data: ").filter(|event| event.contains("\"content\":\"") && !event.contains("\"content\":\"\"")).count()
-        as u64
+    Ok(window)
 }

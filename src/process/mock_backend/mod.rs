@@ -13,7 +13,8 @@
 //!
 //! With `requests_per_minute` / `tokens_per_minute` (`--requests-per-minute`,
 //! `--tokens-per-minute`) it keeps its own quota like a serverless endpoint and answers 429 with
-//! `retry-after-ms` past it; `fail_percent` (`--fail-percent`) answers that share of requests 500.
+//! `retry-after-ms` past it; `fail_percent` (`--fail-percent`) answers that share of requests 500;
+//! `max_concurrency` (`--max-concurrency`) works on that many requests at once, queueing the rest.
 //!
 //! Token counts are deterministic: a text counts `ceil(chars / 4)` tokens; a chat message adds 4
 //! tokens of template, a chat prompt 3 more; an image counts 85.
@@ -61,6 +62,11 @@ pub struct MockOptions {
     pub tokens_per_minute: Option<u64>,
     /// The share of requests (percent, spread evenly) answered 500.
     pub fail_percent: u8,
+    /// At most this many requests are worked on at once (like a fixed number of replicas);
+    /// the rest wait their turn. A slot is held until the answer's head (a streamed answer's
+    /// events after it are not limited), so with `latency` it caps throughput at
+    /// `max_concurrency / latency`.
+    pub max_concurrency: Option<usize>,
     /// The clock of its quota (the real one when `None`; tests share a manual one).
     pub clock: Option<Arc<dyn Clock>>,
 }
@@ -78,6 +84,7 @@ impl Default for MockOptions {
             requests_per_minute: None,
             tokens_per_minute: None,
             fail_percent: 0,
+            max_concurrency: None,
             clock: None,
         }
     }
@@ -184,6 +191,7 @@ impl MockBackend {
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let quota = Arc::new(MockQuota::new(&options));
+        let slots = options.max_concurrency.map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
         let options = Arc::new(options);
         let served = Arc::new(Served::default());
         let counter = Arc::clone(&served);
@@ -191,7 +199,13 @@ impl MockBackend {
             let options = Arc::clone(&options);
             let quota = Arc::clone(&quota);
             let served = Arc::clone(&counter);
+            let slots = slots.clone();
             async move {
+                // Closed only when the mock stops; then the request goes on without a slot.
+                let _slot = match &slots {
+                    Some(slots) => Arc::clone(slots).acquire_owned().await.ok(),
+                    None => None,
+                };
                 if let Err(wait_ns) = quota.admit() {
                     served.throttled.fetch_add(1, Ordering::Relaxed);
                     return throttled(wait_ns);
