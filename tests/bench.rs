@@ -221,3 +221,132 @@ async fn it_counts_429s_by_code_under_a_quota_and_reports_the_wait_when_retrying
     assert_eq!(r.errors.keys().collect::<Vec<_>>(), vec!["401 Unauthorized"]);
     assert!(run(options("ftp://x".into(), Load::Closed { concurrency: 1 }, 1), false).await.is_err());
 }
+
+/// Chromium from the Debian package, when installed (CI installs it; `.ci/run` checks).
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| std::process::Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()))
+}
+
+/// Loads `page` in headless Chromium: the DOM after its script ran, and the console lines.
+fn load_in_chromium(browser: &str, page: &std::path::Path) -> (String, Vec<String>) {
+    let profile = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new("timeout")
+        .arg("120")
+        .arg(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "chromium: {}", String::from_utf8_lossy(&output.stderr));
+    let console =
+        String::from_utf8_lossy(&output.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(str::to_owned).collect();
+    (String::from_utf8_lossy(&output.stdout).into_owned(), console)
+}
+
+#[tokio::test]
+async fn the_html_report_renders_its_charts_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        eprintln!("skipped: chromium is not installed");
+        return;
+    };
+    let paced = MockOptions {
+        tokens_per_second: 500,
+        max_concurrency: Some(4),
+        latency: Duration::from_millis(5),
+        ..MockOptions::default()
+    };
+    let mock = mock(paced).await;
+    let mut o = BenchOptions::new(mock.url(), Load::Poisson { rate: 20.0 });
+    o.duration = Some(Duration::from_millis(800));
+    o.sweep = vec![20.0, 40.0];
+    o.shape = Shape { stream_share: Some(0.5), ..Shape::default() };
+    let run = run(o, false).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("report.html");
+    tollgate::process::bench::html::write(&path, &run).unwrap();
+    let page = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !page.contains("src=\"http") && !page.contains("href=\"http") && !page.contains("@import"),
+        "self-contained"
+    );
+    let figures = page.matches("<figure>").count();
+    // Latency and TTFT CDFs, two ITL distributions, requests and tokens over time, latency over
+    // time, and the sweep's two charts.
+    assert_eq!(figures, 9, "{page}");
+
+    let (dom, console) = load_in_chromium(browser, &path);
+    assert!(console.is_empty(), "console messages: {console:?}");
+    assert!(
+        dom.contains(&format!("data-charts=\"{figures}\"")),
+        "every chart laid out: {}",
+        &dom[..dom.len().min(400)]
+    );
+
+    // The check itself sees a page's console errors.
+    let broken = dir.path().join("broken.html");
+    std::fs::write(&broken, "<html><body><script>throw new Error('seen')</script></body></html>").unwrap();
+    let (_, console) = load_in_chromium(browser, &broken);
+    assert!(console.iter().any(|l| l.contains("Uncaught Error: seen")), "{console:?}");
+}
+
+/// Runs the `tollgate` binary off the runtime (the mock keeps serving meanwhile).
+async fn tollgate(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate")).args(args).output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_writes_json_csv_and_compares_two_runs() {
+    let mock = mock(MockOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let bench = |extra: &[&str]| {
+        let mut args: Vec<String> =
+            ["bench", "--url", &mock.url(), "--requests", "40", "--json"].iter().map(|s| s.to_string()).collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let a = tollgate(bench(&["--concurrency", "4", "--csv", &file("a.csv")])).await;
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    assert_eq!(report["status_2xx"], 40);
+    assert_eq!(report["output_tokens"]["p50"], 16.0);
+    let csv = std::fs::read_to_string(file("a.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 41, "a header and one row per request");
+    std::fs::write(file("a.json"), &a.stdout).unwrap();
+    let b = tollgate(bench(&["--concurrency", "4", "--mix", "stream-chat"])).await;
+    assert!(b.status.success());
+    std::fs::write(file("b.json"), &b.stdout).unwrap();
+
+    let compared = tollgate(vec!["bench".into(), "compare".into(), file("a.json"), file("b.json")]).await;
+    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stderr));
+    let table = String::from_utf8(compared.stdout).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("requests/s")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("latency ms p99")), "{table}");
+    assert!(!table.contains("ttft"), "only figures both runs have: {table}");
+
+    // Bad input is named.
+    let bad = tollgate(vec!["bench".into(), "compare".into(), file("a.csv"), file("b.json")]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a `tollgate bench --json` report"));
+    for (args, says) in [
+        (vec!["--slo", "ttft=fast"], "--slo ttft"),
+        (vec!["--max-tokens", "uniform:9-3"], "--max-tokens"),
+        (vec!["--arrivals", "poisson"], "needs --rate"),
+        (vec!["--warmup", "20s", "--duration", "10s"], "leave nothing"),
+        (vec!["--arrivals", "trace"], "--replay"),
+        (vec!["--arrivals", "poisson", "--concurrency", "3"], "an open loop takes --rate"),
+    ] {
+        let out = tollgate(bench(&args)).await;
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -35,7 +35,10 @@ pub fn page(run: &Run) -> Result<String, String> {
     if !per_token.is_empty() {
         charts.push(histogram("Inter-token latency per output token, by request", "ms / token", &per_token)?);
     }
-    charts.push(over_time(&samples)?);
+    charts.push(over_time(&samples, false)?);
+    if samples.iter().any(|s| s.output_tokens.is_some()) {
+        charts.push(over_time(&samples, true)?);
+    }
     charts.push(latency_over_time(&samples)?);
     if let Some(sweep) = &run.report.sweep {
         charts.push(sweep_chart(sweep, true)?);
@@ -158,24 +161,25 @@ fn histogram(title: &str, x_label: &str, values: &[f64]) -> Result<Chart, String
     Ok((format!("{title} (to p99.5; {} values)", values.len()), svg))
 }
 
-/// Requests and output tokens finished per second, over the run.
-fn over_time(samples: &[&Sample]) -> Result<Chart, String> {
+/// Requests (`tokens == false`) or output tokens finished per second, over the run.
+fn over_time(samples: &[&Sample], tokens: bool) -> Result<Chart, String> {
     let end = samples.iter().map(|s| s.finished()).fold(0.0, f64::max).max(1e-3);
+    // Whole seconds from 10 s on (at most 100 bins), else tenths of the run.
     let bin = if end > 100.0 {
         end / 100.0
-    } else if end > 10.0 {
+    } else if end >= 10.0 {
         1.0
     } else {
-        end / 20.0
+        end / 10.0
     };
-    let bins = (end / bin).ceil() as usize + 1;
-    let (mut requests, mut tokens) = (vec![0.0; bins], vec![0.0; bins]);
+    let bins = (end / bin).ceil() as usize;
+    let mut per_bin = vec![0.0; bins.max(1)];
     for s in samples {
-        let i = ((s.finished() / bin) as usize).min(bins - 1);
-        requests[i] += 1.0 / bin;
-        tokens[i] += s.output_tokens.unwrap_or(0) as f64 / bin;
+        let i = ((s.finished() / bin) as usize).min(per_bin.len() - 1);
+        per_bin[i] += if tokens { s.output_tokens.unwrap_or(0) as f64 } else { 1.0 } / bin;
     }
-    let y_max = upper(requests.iter().chain(tokens.iter()).copied());
+    let y_max = upper(per_bin.iter().copied());
+    let (what, colour) = if tokens { ("output tokens/s", COLOURS[1]) } else { ("requests/s", COLOURS[0]) };
     let svg = svg(|root| {
         let mut chart = ChartBuilder::on(root)
             .margin(12)
@@ -183,20 +187,14 @@ fn over_time(samples: &[&Sample]) -> Result<Chart, String> {
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..end, 0f64..y_max)
             .map_err(failed)?;
-        chart.configure_mesh().x_desc("seconds from the start").y_desc("per second").draw().map_err(failed)?;
-        for (i, (name, series)) in [("requests/s", &requests), ("output tokens/s", &tokens)].into_iter().enumerate() {
-            let colour = COLOURS[i];
-            let points = series.iter().enumerate().map(|(j, v)| ((j as f64 + 0.5) * bin, *v));
-            chart
-                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
-                .map_err(failed)?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], colour));
-        }
-        chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(failed)?;
+        chart.configure_mesh().x_desc("seconds from the start").y_desc(what).draw().map_err(failed)?;
+        // A step line: each bin's rate across the bin.
+        let points = per_bin.iter().enumerate().flat_map(|(j, v)| [(j as f64 * bin, *v), ((j + 1) as f64 * bin, *v)]);
+        chart.draw_series(LineSeries::new(points, colour.stroke_width(2))).map_err(failed)?;
         Ok(())
     })?;
-    Ok((format!("Throughput over time ({bin:.2} s bins)"), svg))
+    let title = if tokens { "Output tokens per second over time" } else { "Requests finished per second over time" };
+    Ok((format!("{title} ({bin:.2} s bins)"), svg))
 }
 
 /// Each request's latency (and TTFT) at its scheduled start.
