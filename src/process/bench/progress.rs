@@ -50,16 +50,28 @@ impl Progress {
                 (step, false) => format!("step {} ({}) ", step + 1, load.describe()),
                 _ => String::new(),
             };
-            while let Some(sample) = received.recv().await {
-                errors += u64::from(!sample.ok());
-                if let Some(h) = latency.as_mut() {
-                    let _ = h.record((sample.e2e_ms * 1000.0).clamp(1.0, 6e8) as u64);
+            // Redrawn on a tick too, so a stalled target shows its requests piling up.
+            let mut tick = tokio::time::interval(EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                let sample = tokio::select! {
+                    sample = received.recv() => match sample {
+                        Some(sample) => Some(sample),
+                        None => break,
+                    },
+                    _ = tick.tick(), if !bar.is_hidden() => None,
+                };
+                if let Some(sample) = sample {
+                    errors += u64::from(!sample.ok());
+                    if let Some(h) = latency.as_mut() {
+                        let _ = h.record((sample.e2e_ms * 1000.0).clamp(1.0, 6e8) as u64);
+                    }
+                    samples.push(sample);
                 }
-                samples.push(sample);
                 if !bar.is_hidden() && drawn.elapsed() >= EVERY {
                     drawn = Instant::now();
                     let seconds = shared.begun.elapsed().as_secs_f64().max(1e-3);
-                    let (p50, p99) = latency.as_ref().map_or((0.0, 0.0), |h| {
+                    let (p50, p99) = latency.as_ref().filter(|h| !h.is_empty()).map_or((0.0, 0.0), |h| {
                         (h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0)
                     });
                     bar.set_message(format!(
