@@ -13,9 +13,13 @@
 #    its CPU per request (utime + stime of its processes from /proc/PID/stat over the middle of
 #    the run, divided by the requests it finished then) and the rate it reaches from that core.
 #
-#   benches/generator.sh [seconds per run, default 10]
+# 3. Where the time goes: tollgate in front of a mock answering in 20 ms, `tollgate bench` at
+#    200 requests/s reading `Server-Timing`: the gateway's share and the backend's per percentile.
+#
+#   benches/generator.sh [seconds per run, default 10] [an older tollgate, costed as "tollgate-old"]
 set -euo pipefail
 SECS=${1:-10}
+OLD=${2:+$(realpath "$2")}
 cd "$(dirname "$0")/.."
 source benches/common.sh
 command -v nginx >/dev/null || { echo "nginx is not installed (apt-get install nginx)" >&2; exit 1; }
@@ -100,6 +104,7 @@ fi
 
 echo "2. cost against a static nginx, closed loop of 32, generator on core 0, ${SECS}s"
 measure tollgate "$BIN" bench --url "http://$STATIC" --mix stream-chat --concurrency 32 --duration "${SECS}s" --json
+[ -z "$OLD" ] || measure tollgate-old "$OLD" bench --url "http://$STATIC" --mix stream-chat --concurrency 32 --duration "${SECS}s" --json
 if command -v wrk >/dev/null; then
   post_lua "$WORK/post.lua" none
   measure wrk wrk -t1 -c32 -d "${SECS}s" -s "$WORK/post.lua" "http://$STATIC/chat/completions"
@@ -115,8 +120,8 @@ import json, os, sys
 work = sys.argv[1]; hz = os.sysconf("SC_CLK_TCK")
 for line in open(f"{work}/cpu"):
     name, ticks, seconds = line.split(); ticks, seconds = int(ticks), float(seconds)
-    if name == "tollgate":
-        rate = json.load(open(f"{work}/tollgate.out"))["throughput_per_second"]
+    if name.startswith("tollgate"):
+        rate = json.load(open(f"{work}/{name}.out"))["throughput_per_second"]
     elif name == "wrk":
         rate = float(next(l for l in open(f"{work}/wrk.out") if l.startswith("Requests/sec")).split()[1])
     else:
@@ -124,4 +129,19 @@ for line in open(f"{work}/cpu"):
     # Requests finished in the sampled stretch, at the run's steady rate.
     cpu_ms = ticks / hz * 1000 / (rate * seconds)
     print(f"  {name:9} {rate:9.0f} requests/s, {cpu_ms:6.3f} ms CPU per request, core 0 {ticks / hz / seconds * 100:5.1f}% busy")
+PY
+
+echo "3. Server-Timing through tollgate (mock answering in 20 ms, 200 requests/s, ${SECS}s)"
+"$BIN" mock-backend --listen 127.0.0.1:18912 --latency-ms 20 >/dev/null 2>&1 &
+KEY=BenchKey0123456789abcdefghijklmn
+gateway_config "$WORK/g.toml" 127.0.0.1:18913 127.0.0.1:18914 127.0.0.1:18912 "$KEY" bench
+"$BIN" serve --config "$WORK/g.toml" >/dev/null 2>"$WORK/tollgate.log" &
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:18914/healthz" && break; sleep 0.1; done
+"$BIN" bench --url http://127.0.0.1:18913 --deployment bench --key "$KEY" --rate 200 --duration "${SECS}s" --json > "$WORK/split.json"
+python3 - "$WORK/split.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for name in ("latency_ms", "gateway_ms", "backend_ms"):
+    s = r[name]
+    print(f"  {name:11} p50 {s['p50']:8.3f}  p90 {s['p90']:8.3f}  p99 {s['p99']:8.3f}  p99.9 {s['p999']:8.3f}  max {s['max']:8.3f} ms")
 PY

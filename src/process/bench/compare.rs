@@ -53,5 +53,9 @@ mod tests {
         let p50 = table.lines().find(|l| l.starts_with("latency ms p50")).unwrap_or_default();
         assert!(p50.trim_end().ends_with('-'), "{p50}");
         assert!(!table.contains("ttft"), "a figure neither run has is left out");
+        // A report of an earlier version (no count, no p95) still reads.
+        let old = r#"{"target":"t","latency_ms":{"p50":1.0,"p90":2.0,"p99":3.0,"p999":4.0,"max":5.0,"mean":1.5},"throughput_per_second":9.0}"#;
+        let old: Report = serde_json::from_str(old).unwrap_or_default();
+        assert_eq!((old.latency_ms.p99, old.throughput_per_second), (3.0, 9.0));
     }
 }

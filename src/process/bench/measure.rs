@@ -128,7 +128,6 @@ async fn attempt(shared: &Shared, prepared: &Prepared, scheduled: Instant, mut s
         let mut whole = Vec::new();
         let mut first: Option<Instant> = None;
         let mut last: Option<Instant> = None;
-        let mut completion_text = String::new();
         while let Some(frame) = body.frame().await {
             let frame = match frame {
                 Ok(frame) => frame,
@@ -142,16 +141,17 @@ async fn attempt(shared: &Shared, prepared: &Prepared, scheduled: Instant, mut s
                 whole.extend_from_slice(data);
                 continue;
             }
+            // The scanner keeps the streamed text (counted only when no usage comes); a read
+            // that grew it carried content.
+            let before = scanner.completion().len();
             scanner.feed(data);
-            let text = scanner.take_completion();
-            if !text.is_empty() {
+            if scanner.completion().len() > before {
                 let now = Instant::now();
                 match last {
                     None => first = Some(now),
                     Some(previous) => sample.gaps.push(ms(now - previous) as f32),
                 }
                 last = Some(now);
-                completion_text.push_str(&text);
             }
         }
         let done = Instant::now();
@@ -164,7 +164,7 @@ async fn attempt(shared: &Shared, prepared: &Prepared, scheduled: Instant, mut s
         sample.input_tokens = usage.map(|u| u.prompt_tokens);
         sample.output_tokens = match usage {
             Some(u) => Some(u.completion_tokens),
-            None if streamed => Some(Tokenizer::Bpe.count(&completion_text)),
+            None if streamed => Some(Tokenizer::Bpe.count(scanner.completion())),
             None => None,
         };
         if let (Some(first), Some(last)) = (first, last) {

@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 /// p50 / p90 / p95 / p99 / p99.9 / max / mean of one metric, with the number of values.
+/// Missing fields read as 0, so `bench compare` also reads reports of earlier versions.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     pub count: u64,
     pub p50: f64,
