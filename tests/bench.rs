@@ -222,13 +222,6 @@ async fn it_counts_429s_by_code_under_a_quota_and_reports_the_wait_when_retrying
     assert!(run(options("ftp://x".into(), Load::Closed { concurrency: 1 }, 1), false).await.is_err());
 }
 
-/// Chromium from the Debian package, when installed (CI installs it; `.ci/run` checks).
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|name| std::process::Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()))
-}
-
 /// Loads `page` in headless Chromium: the DOM after its script ran, and the console lines.
 fn load_in_chromium(browser: &str, page: &std::path::Path) -> (String, Vec<String>) {
     let profile = tempfile::tempdir().unwrap();
@@ -249,10 +242,11 @@ fn load_in_chromium(browser: &str, page: &std::path::Path) -> (String, Vec<Strin
 
 #[tokio::test]
 async fn the_html_report_renders_its_charts_in_headless_chromium() {
-    let Some(browser) = chromium() else {
-        eprintln!("skipped: chromium is not installed");
+    // The Debian package (CI installs it).
+    let browser = "chromium";
+    if !tool_installed("the_html_report_renders_its_charts_in_headless_chromium", browser, "chromium") {
         return;
-    };
+    }
     let paced = MockOptions {
         tokens_per_second: 500,
         max_concurrency: Some(4),

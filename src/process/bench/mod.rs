@@ -10,7 +10,7 @@
 //! - **Measuring** ([`measure`]): one [`Sample`] per request; the report ([`report`]) takes
 //!   percentiles of those started in the measured window (after the warm-up, before the
 //!   cool-down) and rates from those finished in it.
-//! - **Sweeps** ([`sweep`]): the same run at rising rates until the target saturates; the knee
+//! - **Sweeps** (`sweep.rs`): the same run at rising rates until the target saturates; the knee
 //!   is the highest rate that kept up (and met the SLO).
 //! - Per-request CSV ([`csv`]), a self-contained HTML page of charts ([`html`]), and the deltas
 //!   of two JSON reports ([`compare`]).
