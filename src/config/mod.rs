@@ -263,6 +263,34 @@ pub struct DeploymentConfig {
     pub tokenizer: Tokenizer,
     /// What its tokens cost (no cost is written without prices).
     pub prices: Option<crate::core::billing::Prices>,
+    /// Waiting for the buckets instead of a 429 (off unless `max_wait_ms` is set).
+    pub queue: QueueConfig,
+}
+
+/// How a deployment's requests may wait for its buckets (`crate::state::admission_queue`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// The longest a request may wait instead of a 429 (`max_wait_ms`; zero: never).
+    pub max_wait: Duration,
+    /// At most this many requests wait at once (`max_queued_requests`)...
+    pub max_requests: usize,
+    /// ...reserving at most this many tokens together (`max_queued_tokens`).
+    pub max_tokens: u64,
+}
+
+/// The most a request may be held (`max_wait_ms`): ten minutes.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
+pub const DEFAULT_MAX_QUEUED_REQUESTS: usize = 1_000;
+
+impl QueueConfig {
+    /// Off (today's 429s), with the caps a deployment of `limits` would get.
+    pub fn off(limits: Limits) -> QueueConfig {
+        QueueConfig {
+            max_wait: Duration::ZERO,
+            max_requests: DEFAULT_MAX_QUEUED_REQUESTS,
+            max_tokens: limits.tokens_per_minute,
+        }
+    }
 }
 
 /// One backend of a deployment (or catalog model).

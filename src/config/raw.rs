@@ -239,6 +239,10 @@ pub struct RawDeployment {
     pub tokenizer: Option<Tokenizer>,
     /// What its tokens cost; left out, the catalog model's of the same id (if any).
     pub prices: Option<Spanned<RawPrices>>,
+    /// Hold a request that does not fit the buckets for up to this long instead of a 429.
+    pub max_wait_ms: Option<Spanned<u64>>,
+    pub max_queued_requests: Option<Spanned<u64>>,
+    pub max_queued_tokens: Option<Spanned<u64>>,
 }
 
 /// One backend of a pool: `[[deployments.backends]]` or `[[models.backends]]`.

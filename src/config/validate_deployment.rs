@@ -291,6 +291,7 @@ pub(super) fn validate_deployment(
         }
         Some(v) => *v.get_ref(),
     };
+    let queue = queue_config(at, raw, &field, limits)?;
     Ok(DeploymentConfig {
         name: name.clone(),
         model: raw.model.get_ref().clone(),
@@ -308,7 +309,40 @@ pub(super) fn validate_deployment(
             Some(prices) => Some(prices),
             None => models.iter().find(|m| m.id == *raw.model.get_ref()).and_then(|m| m.prices),
         },
+        queue,
     })
+}
+
+/// `max_wait_ms` (at most ten minutes), `max_queued_requests` (1 to 100,000, default 1,000) and
+/// `max_queued_tokens` (at least 1, default a minute of the deployment's tokens).
+fn queue_config(
+    at: &Locator<'_>,
+    raw: &RawDeployment,
+    field: &dyn Fn(&str) -> String,
+    limits: Limits,
+) -> Result<QueueConfig, ConfigError> {
+    let mut queue = QueueConfig::off(limits);
+    if let Some(v) = &raw.max_wait_ms {
+        let ms = *v.get_ref();
+        if ms > crate::config::MAX_WAIT.as_millis() as u64 {
+            return Err(at.error(v, field("max_wait_ms"), "must be at most 600000 (ten minutes); 0 turns waiting off"));
+        }
+        queue.max_wait = Duration::from_millis(ms);
+    }
+    if let Some(v) = &raw.max_queued_requests {
+        let n = *v.get_ref();
+        if n == 0 || n > 100_000 {
+            return Err(at.error(v, field("max_queued_requests"), "must be between 1 and 100000"));
+        }
+        queue.max_requests = n as usize;
+    }
+    if let Some(v) = &raw.max_queued_tokens {
+        if *v.get_ref() == 0 {
+            return Err(at.error(v, field("max_queued_tokens"), "must be at least 1"));
+        }
+        queue.max_tokens = *v.get_ref();
+    }
+    Ok(queue)
 }
 
 /// `keys` of a deployment or consumer (`table` is `deployments[i]` or `consumers[i]`): one or two

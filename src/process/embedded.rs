@@ -83,6 +83,7 @@ pub fn demo_config(
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Tokenizer::default(),
             prices: Some(DEMO_PRICES),
+            queue: crate::config::QueueConfig::off(Limits::default()),
         }],
         ledger: Some(LedgerConfig::at(DEMO_LEDGER.into())),
         store: crate::config::StoreConfig::Memory,

@@ -326,6 +326,9 @@ impl RunningGateway {
     pub async fn shutdown(self) {
         self.ready.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
+        // Requests waiting for a rate limit leave with 503 and `retry-after` now, rather than
+        // holding the drain up until they would fit.
+        self.gateway.close_queues();
         for task in self.data_tasks {
             let _ = task.await;
         }

@@ -14,6 +14,7 @@ use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
 use crate::core::quota::DeploymentQuota;
+use crate::state::admission_queue::AdmissionQueue;
 use crate::state::budget::Budget;
 use crate::state::consumer::Consumer;
 use crate::state::pool::{BackendPool, BackendRegistry};
@@ -70,6 +71,8 @@ pub struct Deployment {
     /// Active health checks of its pool's backends, when set.
     pub health_check_interval: Option<Duration>,
     pub quota: Arc<DeploymentQuota>,
+    /// Requests waiting for `quota` (when `max_wait_ms` lets them); kept across reloads.
+    pub queue: Arc<AdmissionQueue>,
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
     /// Running usage totals (see [`crate::state::totals`]); kept across reloads.
@@ -144,6 +147,13 @@ impl Deployment {
             }
             None => Arc::new(DeploymentQuota::new(config.limits, Arc::clone(clock))),
         };
+        let queue = match previous {
+            Some(previous) => {
+                previous.queue.set_config(config.queue);
+                Arc::clone(&previous.queue)
+            }
+            None => Arc::new(AdmissionQueue::new(config.queue)),
+        };
         Deployment {
             name: config.name.clone(),
             model: config.model.clone(),
@@ -158,6 +168,7 @@ impl Deployment {
             deadline: config.deadline,
             health_check_interval: config.health_check_interval,
             quota,
+            queue,
             default_max_tokens: config.default_max_tokens,
             tokenizer: config.tokenizer,
             usage: previous.map_or_else(|| Arc::new(UsageCounters::default()), |p| Arc::clone(&p.usage)),

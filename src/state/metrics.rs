@@ -44,6 +44,10 @@ pub struct Metrics {
     pub backend_first_byte: HistogramVec,
     pub overhead: HistogramVec,
     pub inflight: IntGaugeVec,
+    /// Requests (and the tokens they reserve) waiting for a deployment's buckets, read at scrape.
+    pub queue_depth: IntGaugeVec,
+    /// How long held requests waited, by how it ended.
+    pub queue_wait: HistogramVec,
     pub open_connections: IntGauge,
     pub backend_errors: IntCounterVec,
     /// Per backend of a pool.
@@ -256,6 +260,17 @@ impl Metrics {
                 "tollgate_overhead_seconds",
                 "Time tollgate itself adds before the response head: routing, body read, estimation, admission, proxying (request time to head minus the backend's time to first byte).",
                 &["deployment"],
+                LATENCY_BUCKETS,
+            )?,
+            queue_depth: gauge(
+                "tollgate_queue_depth",
+                "Requests waiting for a deployment's rate limit (unit=requests) and the tokens they reserve (unit=tokens), read at scrape time; only deployments with max_wait_ms.",
+                &["deployment", "unit"],
+            )?,
+            queue_wait: histogram(
+                "tollgate_queue_wait_seconds",
+                "How long requests held for a deployment's rate limit waited, by outcome: admitted, timed_out (429 at its max wait), refused (429 once it could no longer fit in time), left (the client went away), shutdown (503).",
+                &["deployment", "outcome"],
                 LATENCY_BUCKETS,
             )?,
             inflight: gauge(
@@ -568,6 +583,11 @@ impl Metrics {
             self.inflight
                 .with_label_values(&[name])
                 .set(deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed));
+            if !deployment.queue.config().max_wait.is_zero() {
+                let (requests, tokens) = deployment.queue.depth();
+                self.queue_depth.with_label_values(&[name, "requests"]).set(clamp(requests as u64));
+                self.queue_depth.with_label_values(&[name, "tokens"]).set(clamp(tokens));
+            }
             let now = deployment.pool.now_ns();
             for (i, backend) in deployment.pool.backends.iter().enumerate() {
                 let label = &*backend.name;
@@ -703,6 +723,7 @@ mod tests {
                 refusal: None,
                 backend: None,
                 attempts: 0,
+                queued: None,
             });
         }
         let text = metrics.render(&DeploymentTable::default(), &[], &[]);

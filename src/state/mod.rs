@@ -2,6 +2,7 @@
 //! backend client and caches, the quota store (memory or Redis), the usage totals, records and
 //! their recorder, the Prometheus metrics, and the usage ledger. Imports core and config only.
 
+pub mod admission_queue;
 pub mod budget;
 pub mod budget_alerts;
 pub mod certificate;

@@ -79,6 +79,8 @@ pub struct UsageRecord {
     pub backend: Option<Arc<str>>,
     /// Attempts sent to backends (0 when none was sent).
     pub attempts: u32,
+    /// How long it waited for the buckets (`max_wait_ms`), when it did.
+    pub queued: Option<Duration>,
 }
 
 impl UsageRecord {

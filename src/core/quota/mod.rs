@@ -7,6 +7,7 @@
 //! that lets other requests see a half-taken state).
 
 pub mod bucket;
+pub mod fair;
 pub mod period;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -6,12 +6,14 @@
 //! [`crate::core::quota::admit_levels`]).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::auth::Caller;
 use super::{Gateway, Trace};
 use crate::core::quota::period::Stamp;
 use crate::core::quota::{Denial, QuotaState};
 use crate::planes::data::error::ApiError;
+use crate::state::admission_queue::{CallerId, Full, Ticket};
 use crate::state::deployment::Deployment;
 use crate::state::quota_store::{ConsumerAdmission, ConsumerHold, Hold, Refusal};
 
@@ -36,22 +38,168 @@ impl Reserve {
 }
 
 impl Gateway {
-    /// Stage 5, for a request that arrived at `now_unix` (the periods it counts in). Fills `trace.quota` (the binding level's buckets, for the headers) and, for a
-    /// consumer, `trace.consumer_quota`.
+    /// Stage 5, for a request that arrived at `now_unix` (the periods it counts in). Fills
+    /// `trace.quota` (the binding level's buckets, for the headers) and, for a consumer,
+    /// `trace.consumer_quota`; `trace.queued` when it waited. `asked` is the request's own
+    /// `x-ms-max-wait-ms`: with the deployment's `max_wait_ms` it sets how long the request may
+    /// wait for the buckets instead of a 429 ([`crate::state::admission_queue`]).
     pub(super) async fn admit(
         &self,
         deployment: &Arc<Deployment>,
         caller: &Caller,
         reserve: Reserve,
         now_unix: u64,
+        asked: Option<Duration>,
         trace: &mut Trace,
     ) -> Result<Taken, ApiError> {
         if let Some(refused) = budget_refusal(deployment, caller, now_unix) {
             return Err(refused);
         }
+        let queue = &deployment.queue;
+        let allowed = queue.allowed_wait(asked);
+        if allowed.is_zero() {
+            return match self.take(deployment, caller, reserve, now_unix, trace).await {
+                Ok(taken) => Ok(taken),
+                Err(refusal) => Err(self.refused(refusal, deployment, caller, reserve, now_unix, trace).await),
+            };
+        }
+        let arrived = Instant::now();
+        let deadline = arrived + allowed;
+        let who = match &caller.consumer {
+            Some(grant) => CallerId::Consumer(Arc::clone(&grant.consumer.label)),
+            None => CallerId::Key(caller.key_slot as u8),
+        };
+        let mut ticket: Option<Ticket> = None;
+        // Set once it is held (queued, or waiting for its own limit): observes the wait when
+        // the request ends, however it ends (dropped with its client: `left`).
+        let mut held: Option<Held> = None;
+        let hold = |held: &mut Option<Held>| {
+            held.get_or_insert_with(|| Held {
+                metrics: Arc::clone(&self.metrics),
+                deployment: Arc::clone(deployment),
+                since: arrived,
+                outcome: "left",
+            });
+        };
+        let end = |held: &mut Option<Held>, outcome: &'static str| {
+            if let Some(held) = held {
+                held.outcome = outcome;
+            }
+        };
+        loop {
+            // With requests already waiting, a new one lines up behind them instead of trying the
+            // buckets first (it would take what refills for them).
+            if ticket.is_none() && queue.busy() {
+                ticket = Some(self.line_up(deployment, &who, reserve, deadline)?);
+                hold(&mut held);
+            }
+            if let Some(ticket) = &ticket {
+                tokio::select! {
+                    turn = ticket.turn() => if turn.is_err() {
+                        end(&mut held, "shutdown");
+                        return Err(ApiError::ShuttingDown);
+                    },
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        end(&mut held, "timed_out");
+                        return Err(self.timed_out(deployment, arrived));
+                    }
+                }
+            }
+            let refusal = match self.take(deployment, caller, reserve, now_unix, trace).await {
+                Ok(taken) => {
+                    if let Some(ticket) = ticket.take() {
+                        ticket.admitted();
+                    }
+                    if held.is_some() {
+                        trace.queued = Some(arrived.elapsed());
+                    }
+                    end(&mut held, "admitted");
+                    return Ok(taken);
+                }
+                Err(refusal) => refusal,
+            };
+            let Some((wait_ns, own)) = wait_of(&refusal) else {
+                end(&mut held, "refused");
+                return Err(self.refused(refusal, deployment, caller, reserve, now_unix, trace).await);
+            };
+            let fits_at = Instant::now() + Duration::from_nanos(wait_ns);
+            // Never in time: the 429 now, with the exact wait, rather than a pointless hold.
+            if fits_at > deadline {
+                end(&mut held, "refused");
+                return Err(self.refused(refusal, deployment, caller, reserve, now_unix, trace).await);
+            }
+            hold(&mut held);
+            if own {
+                // Its own (consumer's) limit binds: it waits for that out of the line, so that
+                // it holds nobody else up, and lines up again after.
+                drop(ticket.take());
+            } else if ticket.is_none() {
+                ticket = Some(self.line_up(deployment, &who, reserve, deadline)?);
+            }
+            // The buckets cannot hold it before `fits_at`: wait for then (holding its turn, if it
+            // has it: it is the one to go next).
+            tokio::select! {
+                () = tokio::time::sleep_until(fits_at.into()) => {}
+                () = queue.closed() => {
+                    end(&mut held, "shutdown");
+                    return Err(ApiError::ShuttingDown);
+                }
+            }
+        }
+    }
+
+    /// Joins the deployment's queue, unless the requests ahead cannot be through before
+    /// `deadline` (then a 429 at once) or the queue is at its caps.
+    fn line_up(
+        &self,
+        deployment: &Deployment,
+        who: &CallerId,
+        reserve: Reserve,
+        deadline: Instant,
+    ) -> Result<Ticket, ApiError> {
+        let queue = &deployment.queue;
+        let ahead = ahead_ns(deployment, queue.depth());
+        if Instant::now() + Duration::from_nanos(ahead) > deadline {
+            return Err(ApiError::QueueTimeout {
+                deployment: deployment.name.clone(),
+                waited_ms: 0,
+                retry_after_ns: ahead,
+            });
+        }
+        queue.enqueue(who.clone(), reserve.total()).map_err(|full| match full {
+            Full::Closed => ApiError::ShuttingDown,
+            Full::Requests(n) => ApiError::QueueFull {
+                deployment: deployment.name.clone(),
+                what: format!("max_queued_requests = {n}"),
+                retry_after_ns: ahead,
+            },
+            Full::Tokens(n) => ApiError::QueueFull {
+                deployment: deployment.name.clone(),
+                what: format!("max_queued_tokens = {n}"),
+                retry_after_ns: ahead,
+            },
+        })
+    }
+
+    fn timed_out(&self, deployment: &Deployment, arrived: Instant) -> ApiError {
+        ApiError::QueueTimeout {
+            deployment: deployment.name.clone(),
+            waited_ms: arrived.elapsed().as_millis() as u64,
+            retry_after_ns: ahead_ns(deployment, deployment.queue.depth()).max(1_000_000),
+        }
+    }
+
+    /// One try at every level that applies; on success fills the trace's quota state.
+    async fn take(
+        &self,
+        deployment: &Arc<Deployment>,
+        caller: &Caller,
+        reserve: Reserve,
+        now_unix: u64,
+        trace: &mut Trace,
+    ) -> Result<Taken, Refusal> {
         let reserved = reserve.total();
-        let consumer = caller.consumer.as_ref();
-        let admitted = match consumer {
+        match caller.consumer.as_ref() {
             None => self.quota.admit(deployment, reserved).await.map(|(state, hold)| {
                 trace.quota = state;
                 Taken { hold, consumer: None }
@@ -63,11 +211,21 @@ impl Gateway {
                     Taken { hold, consumer: Some((consumer_hold, admission.stamp)) }
                 },
             ),
-        };
-        let refusal = match admitted {
-            Ok(taken) => return Ok(taken),
-            Err(refusal) => refusal,
-        };
+        }
+    }
+
+    /// The refusal as the API's error, the trace filled for the headers.
+    async fn refused(
+        &self,
+        refusal: Refusal,
+        deployment: &Arc<Deployment>,
+        caller: &Caller,
+        reserve: Reserve,
+        now_unix: u64,
+        trace: &mut Trace,
+    ) -> ApiError {
+        let reserved = reserve.total();
+        let consumer = caller.consumer.as_ref();
         let consumer_label = || consumer.map(|c| Arc::clone(&c.consumer.label));
         let owner = |own: bool| match consumer.filter(|_| own) {
             Some(c) => format!("consumer '{}' on deployment '{}'", c.consumer.label, deployment.name),
@@ -84,7 +242,7 @@ impl Gateway {
                 trace.quota = tightest(&levels);
                 trace.consumer_quota = Some(*levels);
                 let label = consumer_label().unwrap_or_else(|| Arc::from("-"));
-                return Err(ApiError::QuotaExceeded {
+                return ApiError::QuotaExceeded {
                     scope: if consumer_wide {
                         format!("consumer '{label}'")
                     } else {
@@ -95,11 +253,11 @@ impl Gateway {
                     used: denial.used,
                     reset_unix: denial.reset_unix,
                     retry_after_s: denial.reset_unix.saturating_sub(now_unix).max(1),
-                });
+                };
             }
-            Refusal::StoreUnavailable => return Err(ApiError::QuotaStoreUnavailable),
+            Refusal::StoreUnavailable => return ApiError::QuotaStoreUnavailable,
         };
-        Err(match denial {
+        match denial {
             Denial::Exhausted { limit, retry_after_ns, state } => {
                 trace.quota = Some(state);
                 trace.limited_by = Some(limit);
@@ -125,8 +283,45 @@ impl Gateway {
                     capacity,
                 }
             }
-        })
+        }
     }
+}
+
+/// A held request's wait, observed in `tollgate_queue_wait_seconds` when it ends.
+struct Held {
+    metrics: Arc<crate::state::metrics::Metrics>,
+    deployment: Arc<Deployment>,
+    since: Instant,
+    outcome: &'static str,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.metrics
+            .queue_wait
+            .with_label_values(&[self.deployment.name.as_str(), self.outcome])
+            .observe(self.since.elapsed().as_secs_f64());
+    }
+}
+
+/// In how long the buckets will hold the request, and whether the binding level is the
+/// consumer's own (its grant's buckets) rather than the deployment's; `None` when waiting
+/// cannot help (too large for the buckets, a period quota, the store down).
+fn wait_of(refusal: &Refusal) -> Option<(u64, bool)> {
+    match refusal {
+        Refusal::Denied(Denial::Exhausted { retry_after_ns, .. })
+        | Refusal::DeniedConsumer(Denial::Exhausted { retry_after_ns, .. }, _) => Some((*retry_after_ns, false)),
+        Refusal::GrantDenied(Denial::Exhausted { retry_after_ns, .. }, _) => Some((*retry_after_ns, true)),
+        _ => None,
+    }
+}
+
+/// How long the deployment's buckets take to refill what the requests queued reserve: the
+/// earliest a request lining up behind them could be admitted.
+fn ahead_ns(deployment: &Deployment, (requests, tokens): (usize, u64)) -> u64 {
+    let limits = deployment.quota.limits();
+    let per = |count: u64, per_minute: u64| (u128::from(count) * 60_000_000_000 / u128::from(per_minute.max(1))) as u64;
+    per(requests as u64, limits.requests_per_minute).max(per(tokens, limits.tokens_per_minute))
 }
 
 /// A hard budget over the deployment (its project or subscription) or the consumer that is

@@ -131,6 +131,18 @@ pub enum ApiError {
         completion: u64,
         capacity: u64,
     },
+    #[error(
+        "deployment '{deployment}' has as many requests waiting for its rate limit as it holds ({what}); retry after {} ms", ceil_millis(*retry_after_ns)
+    )]
+    QueueFull { deployment: String, what: String, retry_after_ns: u64 },
+    #[error(
+        "this request waited {waited_ms} ms for deployment '{deployment}' (the most it may wait: max_wait_ms or x-ms-max-wait-ms) and its rate limit still could not take it; retry after {} ms", ceil_millis(*retry_after_ns)
+    )]
+    QueueTimeout { deployment: String, waited_ms: u64, retry_after_ns: u64 },
+    #[error("the gateway is shutting down and sent away the requests waiting for a rate limit; retry in a second")]
+    ShuttingDown,
+    #[error("header '{name}' {reason}")]
+    InvalidHeader { name: &'static str, reason: String },
     #[error("{reason}")]
     DeploymentUnhealthy { reason: String },
     #[error(
@@ -181,6 +193,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::QuotaExceeded { .. } | ApiError::BudgetExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
+            ApiError::QueueFull { .. } | ApiError::QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             ApiError::DeploymentUnhealthy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::QuotaStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BackendsBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -211,6 +226,9 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => "QuotaExceeded",
             ApiError::BudgetExceeded { .. } => "BudgetExceeded",
             ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
+            ApiError::QueueFull { .. } | ApiError::QueueTimeout { .. } => "TooManyRequests",
+            ApiError::ShuttingDown => "ServiceUnavailable",
+            ApiError::InvalidHeader { .. } => "InvalidHeader",
             ApiError::DeploymentUnhealthy { .. } => "ServiceUnavailable",
             ApiError::QuotaStoreUnavailable => "ServiceUnavailable",
             ApiError::BackendsBusy { .. } => "TooManyRequests",
@@ -241,6 +259,10 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::BudgetExceeded { .. } => "budget_exceeded",
             ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::QueueTimeout { .. } => "queue_timeout",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::InvalidHeader { .. } => "invalid_header",
             ApiError::DeploymentUnhealthy { .. } => "deployment_unhealthy",
             ApiError::QuotaStoreUnavailable => "quota_store_unavailable",
             ApiError::BackendsBusy { .. } => "backends_busy",
@@ -263,7 +285,12 @@ impl ApiError {
                 }
             }
             ApiError::RateLimited { retry_after_ns, .. } => set_retry_after(response.headers_mut(), *retry_after_ns),
-            ApiError::QuotaStoreUnavailable => set_retry_after(response.headers_mut(), 1_000_000_000),
+            ApiError::QuotaStoreUnavailable | ApiError::ShuttingDown => {
+                set_retry_after(response.headers_mut(), 1_000_000_000)
+            }
+            ApiError::QueueFull { retry_after_ns, .. } | ApiError::QueueTimeout { retry_after_ns, .. } => {
+                set_retry_after(response.headers_mut(), *retry_after_ns)
+            }
             // Whole seconds until the period ends: no `retry-after-ms` (nothing to pace).
             ApiError::QuotaExceeded { retry_after_s, .. } | ApiError::BudgetExceeded { retry_after_s, .. } => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));

@@ -122,6 +122,8 @@ struct Trace {
     outcome: Option<Outcome>,
     /// The request body while not read to its end (a refusal may come before or midway).
     unread: Option<Incoming>,
+    /// How long it was held waiting for the buckets, when it was (`x-ms-queued-ms`).
+    queued: Option<std::time::Duration>,
 }
 
 impl Gateway {
@@ -175,6 +177,13 @@ impl Gateway {
         &self.metrics
     }
 
+    /// Shutdown: every deployment's waiting requests are answered 503, and none queue again.
+    pub fn close_queues(&self) {
+        for deployment in self.deployments.load().iter() {
+            deployment.queue.close();
+        }
+    }
+
     /// Serves one request. Never fails: every error becomes the API's error response.
     /// `worker` is the data-plane worker the connection is served on (its backend pools are used).
     pub async fn handle(&self, request: Request<Incoming>, worker: Worker) -> Response<ProxyBody> {
@@ -201,6 +210,9 @@ impl Gateway {
         if let Some(state) = &trace.quota {
             set_quota_headers(headers, state, trace.consumer_quota.as_ref());
         }
+        if let Some(queued) = trace.queued {
+            headers.insert(names::X_MS_QUEUED_MS, http::HeaderValue::from(queued.as_millis() as u64));
+        }
         if let Some(body) = trace.unread.take() {
             body::drain_after_refusal(version, body, self.max_body_bytes, self.body_read_timeout);
         }
@@ -220,6 +232,7 @@ impl Gateway {
                     started_at,
                     estimated_prompt_tokens: trace.estimated_prompt_tokens,
                     limited_by: trace.limited_by,
+                    queued: trace.queued,
                 };
                 let mut record = facts.unbilled(status, trace.outcome.unwrap_or(Outcome::Rejected));
                 record.refusal = error_label;
@@ -281,6 +294,8 @@ impl Gateway {
         if let Health::Unhealthy(reason) = &deployment.health {
             return Err(ApiError::DeploymentUnhealthy { reason: reason.clone() });
         }
+        // Read before the body, so that a bad value costs no body read.
+        let asked = names::max_wait(&parts.headers)?;
 
         // `/info` is metadata: not charged to the quota, answered from a short-lived copy.
         if route == ApiRoute::Info {
@@ -307,7 +322,7 @@ impl Gateway {
         let reserve = admit::Reserve { prompt: estimate.prompt_tokens, completion };
         let reserved = reserve.total();
         let now_unix = crate::core::clock::unix_seconds(started_at);
-        let admit::Taken { hold, consumer } = self.admit(&deployment, &caller, reserve, now_unix, trace).await?;
+        let admit::Taken { hold, consumer } = self.admit(&deployment, &caller, reserve, now_unix, asked, trace).await?;
         let facts = RequestFacts {
             deployment: Arc::clone(&deployment),
             key_slot: caller.key_slot,
@@ -318,6 +333,7 @@ impl Gateway {
             started_at,
             estimated_prompt_tokens: estimate.prompt_tokens,
             limited_by: None,
+            queued: trace.queued,
         };
         let mut reservation = Reservation::new(facts, reserved, hold, consumer, Arc::clone(&self.sink));
         trace.reserved = true;

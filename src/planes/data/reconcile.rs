@@ -35,6 +35,8 @@ pub struct RequestFacts {
     pub started_at: SystemTime,
     pub estimated_prompt_tokens: u64,
     pub limited_by: Option<LimitKind>,
+    /// How long it waited for the buckets, when it did.
+    pub queued: Option<std::time::Duration>,
 }
 
 impl RequestFacts {
@@ -68,6 +70,7 @@ impl RequestFacts {
             refusal: None,
             backend,
             attempts,
+            queued: self.queued,
         }
     }
 }

@@ -48,6 +48,9 @@ pub struct LedgerLine<'a> {
     /// Attempts sent to backends (more than 1 after retries; 0 when none was sent).
     #[serde(default)]
     pub attempts: u32,
+    /// How long the request waited for the deployment's rate limit (`max_wait_ms`), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_ms: Option<f64>,
     /// The project of the deployment (which pays for the request).
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub project: Option<Cow<'a, str>>,
@@ -140,6 +143,7 @@ impl<'a> LedgerLine<'a> {
             estimated_prompt_tokens: record.estimated_prompt_tokens,
             backend: record.backend.as_deref().map(Cow::Borrowed),
             attempts: record.attempts,
+            queued_ms: record.queued.map(|q| (q.as_secs_f64() * 1e6).round() / 1e3),
             project: Some(Cow::Borrowed(&record.deployment.project)),
             consumer: record.consumer.as_ref().map(|c| Cow::Borrowed(&*c.label)),
             admitted: record.consumer.as_ref().map(|_| record.admitted),

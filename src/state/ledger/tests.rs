@@ -47,6 +47,7 @@ fn record(deployment: &Arc<Deployment>, tokens: u64, at: SystemTime) -> UsageRec
         refusal: None,
         backend: None,
         attempts: 0,
+        queued: None,
     }
 }
 

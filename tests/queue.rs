@@ -1,0 +1,204 @@
+//! Waiting instead of 429 (`max_wait_ms`, `x-ms-max-wait-ms`): requests that will fit the
+//! buckets within their wait are held and admitted in a fair order; the queue is bounded; a
+//! client that leaves takes nothing; shutdown sends the waiting away with 503.
+//!
+//! These run on the real clock: the deployment allows 60,000 tokens a minute (1,000 a second),
+//! one request drains the bucket, and each later request reserves ~500 tokens (~0.5 s of refill).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+
+const TOKENS_PER_MINUTE: u64 = 60_000;
+/// A request reserving ~500 tokens, and a mock told to answer all of its `max_tokens` (so the
+/// reservation is spent, not refunded).
+const SMALL: &str = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":490}"#;
+
+fn setup(extra: &str) -> Setup {
+    Setup {
+        deployment: format!("tokens_per_minute = {TOKENS_PER_MINUTE}\nrequests_per_minute = 100000\n{extra}"),
+        ..Default::default()
+    }
+}
+
+/// Spends the whole tokens bucket with one request (the mock answers 59,900 tokens).
+async fn drain(h: &Harness) {
+    let body = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":59900}"#;
+    let reply = h
+        .client
+        .post(
+            &h.deployment_url("/chat/completions"),
+            &[("api-key", PRIMARY_KEY), ("x-mock-completion-tokens", "59900")],
+            body,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+async fn small(h: &Harness, key: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut headers = vec![("api-key", key), ("x-mock-completion-tokens", "490")];
+    headers.extend_from_slice(extra);
+    h.client.post(&h.deployment_url("/chat/completions"), &headers, SMALL).await
+}
+
+async fn queued_requests(h: &Harness) -> f64 {
+    let samples = parse_metrics(&h.admin_text("/metrics").await);
+    metric(&samples, "tollgate_queue_depth", &[("deployment", DEPLOYMENT), ("unit", "requests")])
+}
+
+/// Polls until `n` requests wait in the queue.
+async fn until_queued(h: &Harness, n: f64) {
+    for _ in 0..2000 {
+        if queued_requests(h).await >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("{n} requests never queued: {}", queued_requests(h).await);
+}
+
+#[tokio::test]
+async fn a_request_that_will_fit_waits_instead_of_429_and_one_that_cannot_is_told_at_once() {
+    let h = Harness::with(setup("max_wait_ms = 5000")).await;
+    drain(&h).await;
+    let reply = small(&h, PRIMARY_KEY, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.number("x-ms-queued-ms") < 5000, "held, then admitted");
+
+    // Its own limit of 0 ms: today's 429, not held (the bucket is empty again).
+    let now = small(&h, PRIMARY_KEY, &[("x-ms-max-wait-ms", "0")]).await;
+    assert_eq!(now.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(now.error_code(), "TooManyRequests");
+    assert!(now.headers.get("x-ms-queued-ms").is_none());
+    assert!(now.number("retry-after-ms") > 1);
+    // 1 ms is less than the refill it needs: the exact 429 at once, nothing waited.
+    let short = small(&h, PRIMARY_KEY, &[("x-ms-max-wait-ms", "1")]).await;
+    assert_eq!(short.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(short.headers.get("x-ms-queued-ms").is_none());
+    let bad = small(&h, PRIMARY_KEY, &[("x-ms-max-wait-ms", "soon")]).await;
+    assert_eq!((bad.status, bad.error_code().as_str()), (StatusCode::BAD_REQUEST, "InvalidHeader"));
+    assert!(bad.text().contains("x-ms-max-wait-ms"));
+
+    let samples = parse_metrics(&h.admin_text("/metrics").await);
+    let admitted = [("deployment", DEPLOYMENT), ("outcome", "admitted")];
+    assert_eq!(metric(&samples, "tollgate_queue_wait_seconds_count", &admitted), 1.0);
+}
+
+/// One key bursts ten requests, the other sends two after: alternating turns admit the light
+/// key's two among the next few, where first come, first served would put them after all ten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bursting_key_does_not_hold_a_light_one_behind_it_and_nothing_is_over_admitted() {
+    let ledger = tempfile::tempdir().unwrap();
+    let path = ledger.path().join("usage.jsonl");
+    let h = Arc::new(Harness::with(Setup { ledger: Some(path.clone()), ..setup("max_wait_ms = 10000") }).await);
+    let began = Instant::now();
+    drain(&h).await;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawn = |key: &'static str, name: &'static str| {
+        let (h, order) = (Arc::clone(&h), Arc::clone(&order));
+        tokio::spawn(async move {
+            let reply = small(&h, key, &[]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            order.lock().unwrap().push(name);
+        })
+    };
+    let heavy: Vec<_> = (0..10).map(|_| spawn(PRIMARY_KEY, "heavy")).collect();
+    until_queued(&h, 9.0).await;
+    let light: Vec<_> = (0..2).map(|_| spawn(SECONDARY_KEY, "light")).collect();
+    for task in heavy.into_iter().chain(light) {
+        task.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let second_light = order.iter().rposition(|n| *n == "light").unwrap();
+    assert!(second_light <= 5, "the light key's second request came {second_light}th: {order:?}");
+
+    // Nothing over-admitted: what the admitted requests used never passes a minute's tokens
+    // plus the refill since the start.
+    let lines = wait_for_lines(&path, 13).await;
+    let used: u64 = lines.iter().filter(|l| l["status"] == 200).map(|l| l["total_tokens"].as_u64().unwrap()).sum();
+    let bound = TOKENS_PER_MINUTE + (began.elapsed().as_secs_f64() * TOKENS_PER_MINUTE as f64 / 60.0) as u64;
+    assert!(used <= bound, "{used} tokens used, at most {bound} allowed");
+    assert_eq!(lines.iter().filter(|l| l["queued_ms"].is_number()).count(), 12, "the ledger records each wait");
+}
+
+async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    for _ in 0..500 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the ledger did not get {n} lines");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_bounded_and_a_client_that_leaves_takes_nothing() {
+    let h = Arc::new(Harness::with(setup("max_wait_ms = 10000\nmax_queued_requests = 2")).await);
+    drain(&h).await;
+    // A client that goes away while queued.
+    let leaver = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move { small(&h, PRIMARY_KEY, &[]).await })
+    };
+    until_queued(&h, 1.0).await;
+    let waiter = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move { small(&h, SECONDARY_KEY, &[]).await })
+    };
+    until_queued(&h, 2.0).await;
+    let full = small(&h, PRIMARY_KEY, &[]).await;
+    assert_eq!((full.status, full.error_code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"));
+    assert!(full.text().contains("max_queued_requests = 2"), "{}", full.text());
+    assert!(full.number("retry-after-ms") > 0);
+    leaver.abort();
+    let _ = leaver.await;
+    let reply = waiter.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // The one that left was never admitted: nothing recorded for it, nothing taken.
+    for _ in 0..500 {
+        let samples = parse_metrics(&h.admin_text("/metrics").await);
+        if metric(&samples, "tollgate_queue_wait_seconds_count", &[("deployment", DEPLOYMENT), ("outcome", "left")])
+            == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let samples = parse_metrics(&h.admin_text("/metrics").await);
+    assert_eq!(
+        metric(&samples, "tollgate_queue_wait_seconds_count", &[("deployment", DEPLOYMENT), ("outcome", "left")]),
+        1.0
+    );
+    assert_eq!(queued_requests(&h).await, 0.0);
+    let usage = h.usage_after(2).await;
+    assert_eq!(usage["requests"], 3, "drain, the waiter and the 429; not the one that left: {usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_the_waiting_away_with_503_and_retry_after() {
+    let h = Harness::with(setup("max_wait_ms = 60000")).await;
+    drain(&h).await;
+    let url = h.deployment_url("/chat/completions");
+    let client = h.client.clone();
+    // Reserving 30,000 tokens: half a minute of refill.
+    let body = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":30000}"#;
+    let waiting = tokio::spawn(async move { client.post(&url, &[("api-key", PRIMARY_KEY)], body).await });
+    until_queued(&h, 1.0).await;
+    let Harness { gateway, mock, .. } = h;
+    let shutdown = tokio::spawn(gateway.shutdown());
+    let reply = waiting.await.unwrap();
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    assert_eq!(reply.error_code(), "ServiceUnavailable");
+    assert!(reply.text().contains("shutting down"));
+    assert_eq!(reply.number("retry-after"), 1);
+    // The drain ends without waiting for the half minute the request would have needed.
+    shutdown.await.unwrap();
+    drop(mock);
+}
