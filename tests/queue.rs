@@ -202,3 +202,62 @@ async fn shutdown_sends_the_waiting_away_with_503_and_retry_after() {
     shutdown.await.unwrap();
     drop(mock);
 }
+
+#[tokio::test]
+async fn a_pre_flight_says_whether_and_when_without_taking_anything_and_is_itself_limited() {
+    let h = Harness::with(setup("max_wait_ms = 5000")).await;
+    drain(&h).await;
+    let served = h.mock.served("/chat/completions");
+    let before = h.remaining_tokens().await;
+    let url = h.deployment_url("/chat/completions?dry-run=true");
+    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], SMALL).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let json = reply.json();
+    assert_eq!(json["dryRun"], true);
+    assert_eq!(
+        (json["admittedNow"].as_bool(), json["fits"].as_bool(), json["wouldWait"].as_bool()),
+        (Some(false), Some(true), Some(true)),
+        "{json}"
+    );
+    assert_eq!(json["completionTokens"], 490);
+    assert_eq!(json["reservedTokens"].as_u64().unwrap(), 490 + json["estimatedPromptTokens"].as_u64().unwrap());
+    let retry = json["retryAfterMs"].as_u64().unwrap();
+    assert!(retry > 0 && retry <= 1000, "{json}");
+    assert_eq!(json["refusal"], serde_json::Value::Null);
+    // Nothing taken, nothing sent.
+    assert!(h.remaining_tokens().await >= before);
+    assert_eq!(h.mock.served("/chat/completions"), served);
+    // Its own wait of 0: it would not wait.
+    let zero = h.client.post(&url, &[("api-key", PRIMARY_KEY), ("x-ms-max-wait-ms", "0")], SMALL).await.json();
+    assert_eq!((zero["wouldWait"].as_bool(), zero["maxWaitMs"].as_u64()), (Some(false), Some(0)));
+    // Never fits: more than the whole minute.
+    let huge = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":70000}"#;
+    let never = h.client.post(&url, &[("api-key", PRIMARY_KEY)], huge).await.json();
+    assert_eq!(
+        (never["fits"].as_bool(), never["refusal"]["code"].as_str()),
+        (Some(false), Some("TokenLimitExceeded")),
+        "{never}"
+    );
+    assert_eq!(never["retryAfterMs"], serde_json::Value::Null);
+    // A wrong key is still a 401.
+    assert_eq!(h.client.post(&url, &[("api-key", "wrong")], SMALL).await.status, StatusCode::UNAUTHORIZED);
+
+    // The other deployment has room: admitted now. Pre-flights are limited per deployment.
+    let other = h.url("/openai/deployments/other/chat/completions?dry-run=1");
+    let now = h.client.post(&other, &[("api-key", OTHER_KEY)], SMALL).await.json();
+    assert_eq!((now["admittedNow"].as_bool(), now["retryAfterMs"].as_u64()), (Some(true), Some(0)), "{now}");
+    let mut limited = None;
+    for _ in 0..700 {
+        let reply = h.client.post(&other, &[("api-key", OTHER_KEY)], SMALL).await;
+        if reply.status != StatusCode::OK {
+            limited = Some(reply);
+            break;
+        }
+    }
+    let limited = limited.expect("pre-flights are limited");
+    assert_eq!((limited.status, limited.error_code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"));
+    assert!(limited.text().contains("pre-flights"), "{}", limited.text());
+    assert!(limited.number("retry-after-ms") > 0);
+    let usage = h.admin("/usage").await;
+    assert_eq!(usage["other"]["total_tokens"].as_u64(), Some(0), "pre-flights bill nothing: {usage}");
+}

@@ -791,3 +791,43 @@ async fn gateways_share_a_budgets_spend_and_send_each_threshold_once() {
     assert_eq!(received.lock().unwrap().len(), 3, "one webhook per threshold across the gateways");
     assert_eq!(webhooks(&c, "sent_by_another_replica").await + webhooks(&c, "delivered").await, 0.0, "C only started");
 }
+
+/// Two replicas with `max_wait_ms` on one shared bucket: each queues its own callers and tries
+/// the shared buckets at the time they will hold its turn's request; every request is admitted
+/// after waiting, and together they never take more than the one quota allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_queue_their_own_callers_and_never_over_admit_the_shared_bucket() {
+    let Some(redis) = RedisServer::start("two_replicas_queue") else { return };
+    let setup = || Setup {
+        deployment: "tokens_per_minute = 60000\nrequests_per_minute = 100000\nmax_wait_ms = 20000".into(),
+        limits: limits(&redis, ""),
+        ..Setup::default()
+    };
+    let (a, b) = (Arc::new(Harness::with(setup()).await), Arc::new(Harness::with(setup()).await));
+    let started = Instant::now();
+    let chat = |max: u64| format!(r#"{{"messages":[{{"role":"user","content":"Hi"}}],"max_tokens":{max}}}"#);
+    let send = |h: Arc<Harness>, max: u64| async move {
+        let tokens = max.to_string();
+        let headers = [("api-key", PRIMARY_KEY), ("x-mock-completion-tokens", tokens.as_str())];
+        h.client.post(&h.deployment_url("/chat/completions"), &headers, &chat(max)).await
+    };
+    // One request spends the whole shared bucket.
+    let drained = send(Arc::clone(&a), 59_900).await;
+    assert_eq!(drained.status, StatusCode::OK, "{}", drained.text());
+    let tasks: Vec<_> = (0..6).map(|i| tokio::spawn(send(Arc::clone(if i % 2 == 0 { &a } else { &b }), 490))).collect();
+    let mut used = 59_900;
+    for task in tasks {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        assert!(reply.headers.contains_key("x-ms-queued-ms"), "each waited: {:?}", reply.headers);
+        used += 490;
+    }
+    let bound = allowance(60_000, started.elapsed());
+    assert!(used <= bound, "{used} completion tokens admitted; one shared quota allows {bound}");
+    // And both replicas queued (each its own callers).
+    for h in [&a, &b] {
+        let samples = parse_metrics(&h.admin_text("/metrics").await);
+        let admitted = metric(&samples, "tollgate_queue_wait_seconds_count", &[("outcome", "admitted")]);
+        assert_eq!(admitted, 3.0);
+    }
+}

@@ -13,12 +13,15 @@ use crate::core::billing::Prices;
 use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
-use crate::core::quota::DeploymentQuota;
+use crate::core::quota::{DeploymentQuota, Limits};
 use crate::state::admission_queue::AdmissionQueue;
 use crate::state::budget::Budget;
 use crate::state::consumer::Consumer;
 use crate::state::pool::{BackendPool, BackendRegistry};
 use crate::state::totals::UsageCounters;
+
+/// Pre-flights a deployment answers per minute (all its callers together).
+pub const DRY_RUNS_PER_MINUTE: u64 = 600;
 
 /// What every deployment of one table build shares.
 #[derive(Clone, Copy)]
@@ -73,6 +76,9 @@ pub struct Deployment {
     pub quota: Arc<DeploymentQuota>,
     /// Requests waiting for `quota` (when `max_wait_ms` lets them); kept across reloads.
     pub queue: Arc<AdmissionQueue>,
+    /// Pre-flights (`?dry-run=true`) take from this instead of `quota`: they cost no quota but
+    /// are limited ([`DRY_RUNS_PER_MINUTE`]); kept across reloads.
+    pub dry_runs: Arc<DeploymentQuota>,
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
     /// Running usage totals (see [`crate::state::totals`]); kept across reloads.
@@ -147,6 +153,14 @@ impl Deployment {
             }
             None => Arc::new(DeploymentQuota::new(config.limits, Arc::clone(clock))),
         };
+        let dry_runs = previous.map_or_else(
+            || {
+                let limits =
+                    Limits { requests_per_minute: DRY_RUNS_PER_MINUTE, tokens_per_minute: DRY_RUNS_PER_MINUTE };
+                Arc::new(DeploymentQuota::new(limits, Arc::clone(clock)))
+            },
+            |p| Arc::clone(&p.dry_runs),
+        );
         let queue = match previous {
             Some(previous) => {
                 previous.queue.set_config(config.queue);
@@ -169,6 +183,7 @@ impl Deployment {
             health_check_interval: config.health_check_interval,
             quota,
             queue,
+            dry_runs,
             default_max_tokens: config.default_max_tokens,
             tokenizer: config.tokenizer,
             usage: previous.map_or_else(|| Arc::new(UsageCounters::default()), |p| Arc::clone(&p.usage)),

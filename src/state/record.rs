@@ -31,6 +31,8 @@ pub enum Outcome {
     BackendStalled,
     /// The client went away before the response was complete.
     ClientGone,
+    /// A pre-flight (`?dry-run=true`): answered whether it would be admitted, nothing taken.
+    DryRun,
 }
 
 impl Outcome {
@@ -42,6 +44,7 @@ impl Outcome {
             Outcome::BackendBroke => "backend_broke",
             Outcome::BackendStalled => "backend_stalled",
             Outcome::ClientGone => "client_gone",
+            Outcome::DryRun => "dry_run",
         }
     }
 }

@@ -318,7 +318,7 @@ fn wait_of(refusal: &Refusal) -> Option<(u64, bool)> {
 
 /// How long the deployment's buckets take to refill what the requests queued reserve: the
 /// earliest a request lining up behind them could be admitted.
-fn ahead_ns(deployment: &Deployment, (requests, tokens): (usize, u64)) -> u64 {
+pub(super) fn ahead_ns(deployment: &Deployment, (requests, tokens): (usize, u64)) -> u64 {
     let limits = deployment.quota.limits();
     let per = |count: u64, per_minute: u64| (u128::from(count) * 60_000_000_000 / u128::from(per_minute.max(1))) as u64;
     per(requests as u64, limits.requests_per_minute).max(per(tokens, limits.tokens_per_minute))
@@ -326,7 +326,7 @@ fn ahead_ns(deployment: &Deployment, (requests, tokens): (usize, u64)) -> u64 {
 
 /// A hard budget over the deployment (its project or subscription) or the consumer that is
 /// spent: 403 `BudgetExceeded` until its period ends. Nothing to check without budgets.
-fn budget_refusal(deployment: &Deployment, caller: &Caller, now: u64) -> Option<ApiError> {
+pub(super) fn budget_refusal(deployment: &Deployment, caller: &Caller, now: u64) -> Option<ApiError> {
     let consumer = caller.consumer.as_ref().map(|c| c.consumer.budgets.as_slice()).unwrap_or_default();
     deployment.budgets.iter().chain(consumer).find_map(|budget| {
         let spent = budget.exhausted(now)?;

@@ -139,6 +139,10 @@ pub enum ApiError {
         "this request waited {waited_ms} ms for deployment '{deployment}' (the most it may wait: max_wait_ms or x-ms-max-wait-ms) and its rate limit still could not take it; retry after {} ms", ceil_millis(*retry_after_ns)
     )]
     QueueTimeout { deployment: String, waited_ms: u64, retry_after_ns: u64 },
+    #[error(
+        "deployment '{deployment}' answers {per_minute} pre-flights (dry-run) per minute and has none left; retry after {} ms", ceil_millis(*retry_after_ns)
+    )]
+    DryRunsLimited { deployment: String, per_minute: u64, retry_after_ns: u64 },
     #[error("the gateway is shutting down and sent away the requests waiting for a rate limit; retry in a second")]
     ShuttingDown,
     #[error("header '{name}' {reason}")]
@@ -193,7 +197,9 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::QuotaExceeded { .. } | ApiError::BudgetExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::TokenLimitExceeded { .. } => StatusCode::BAD_REQUEST,
-            ApiError::QueueFull { .. } | ApiError::QueueTimeout { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull { .. } | ApiError::QueueTimeout { .. } | ApiError::DryRunsLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             ApiError::DeploymentUnhealthy { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -226,7 +232,9 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => "QuotaExceeded",
             ApiError::BudgetExceeded { .. } => "BudgetExceeded",
             ApiError::TokenLimitExceeded { .. } => "TokenLimitExceeded",
-            ApiError::QueueFull { .. } | ApiError::QueueTimeout { .. } => "TooManyRequests",
+            ApiError::QueueFull { .. } | ApiError::QueueTimeout { .. } | ApiError::DryRunsLimited { .. } => {
+                "TooManyRequests"
+            }
             ApiError::ShuttingDown => "ServiceUnavailable",
             ApiError::InvalidHeader { .. } => "InvalidHeader",
             ApiError::DeploymentUnhealthy { .. } => "ServiceUnavailable",
@@ -261,6 +269,7 @@ impl ApiError {
             ApiError::TokenLimitExceeded { .. } => "token_limit_exceeded",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::QueueTimeout { .. } => "queue_timeout",
+            ApiError::DryRunsLimited { .. } => "dry_runs_limited",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::InvalidHeader { .. } => "invalid_header",
             ApiError::DeploymentUnhealthy { .. } => "deployment_unhealthy",
@@ -288,7 +297,9 @@ impl ApiError {
             ApiError::QuotaStoreUnavailable | ApiError::ShuttingDown => {
                 set_retry_after(response.headers_mut(), 1_000_000_000)
             }
-            ApiError::QueueFull { retry_after_ns, .. } | ApiError::QueueTimeout { retry_after_ns, .. } => {
+            ApiError::QueueFull { retry_after_ns, .. }
+            | ApiError::QueueTimeout { retry_after_ns, .. }
+            | ApiError::DryRunsLimited { retry_after_ns, .. } => {
                 set_retry_after(response.headers_mut(), *retry_after_ns)
             }
             // Whole seconds until the period ends: no `retry-after-ms` (nothing to pace).

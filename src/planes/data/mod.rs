@@ -44,6 +44,7 @@ pub mod info;
 pub mod metered_body;
 pub mod models;
 pub mod names;
+pub mod preflight;
 pub mod quota_headers;
 pub mod reconcile;
 pub mod route;
@@ -322,6 +323,9 @@ impl Gateway {
         let reserve = admit::Reserve { prompt: estimate.prompt_tokens, completion };
         let reserved = reserve.total();
         let now_unix = crate::core::clock::unix_seconds(started_at);
+        if preflight::asked(parts.uri.query()) {
+            return self.preflight(&deployment, &caller, reserve, now_unix, asked, trace).await;
+        }
         let admit::Taken { hold, consumer } = self.admit(&deployment, &caller, reserve, now_unix, asked, trace).await?;
         let facts = RequestFacts {
             deployment: Arc::clone(&deployment),
