@@ -95,6 +95,11 @@ impl AdmissionQueue {
         self.lock().config
     }
 
+    /// Whether the deployment lets requests wait at all (one atomic load).
+    pub fn waits(&self) -> bool {
+        self.max_wait_ns.load(Ordering::Relaxed) > 0
+    }
+
     /// The longest a request may wait: its own ask (`x-ms-max-wait-ms`), at most the deployment's.
     pub fn allowed_wait(&self, asked: Option<Duration>) -> Duration {
         let most = Duration::from_nanos(self.max_wait_ns.load(Ordering::Relaxed));
