@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::{Run, Sample};
@@ -84,6 +85,24 @@ fn svg(
     Ok(out)
 }
 
+type Axes<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart from 0 to `x_max` and `y_max`, with its grid and the axes' labels.
+fn axes<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    (x_max, y_max): (f64, f64),
+    (x_label, y_label): (&str, &str),
+) -> Result<Axes<'a, 'b>, String> {
+    let mut chart = ChartBuilder::on(root)
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(failed)?;
+    chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw().map_err(failed)?;
+    Ok(chart)
+}
+
 fn upper(values: impl Iterator<Item = f64>) -> f64 {
     let max = values.fold(0.0, f64::max);
     if max > 0.0 { max * 1.05 } else { 1.0 }
@@ -109,13 +128,7 @@ fn cdf(title: &str, x_label: &str, series: &[(&str, Vec<f64>)]) -> Result<Chart,
         .collect();
     let x_max = upper(lines.iter().flat_map(|(_, p)| p.iter().map(|(x, _)| *x)));
     let svg = svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0f64..x_max, 0f64..1f64)
-            .map_err(failed)?;
-        chart.configure_mesh().x_desc(x_label).y_desc("share of requests").draw().map_err(failed)?;
+        let mut chart = axes(root, (x_max, 1f64), (x_label, "share of requests"))?;
         for (i, (name, points)) in lines.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
             chart
@@ -143,13 +156,7 @@ fn histogram(title: &str, x_label: &str, values: &[f64]) -> Result<Chart, String
     }
     let y_max = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.05;
     let svg = svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..top, 0f64..y_max)
-            .map_err(failed)?;
-        chart.configure_mesh().x_desc(x_label).y_desc("count").draw().map_err(failed)?;
+        let mut chart = axes(root, (top, y_max), (x_label, "count"))?;
         chart
             .draw_series(counts.iter().enumerate().map(|(i, c)| {
                 let x0 = i as f64 * width;
@@ -181,13 +188,7 @@ fn over_time(samples: &[&Sample], tokens: bool) -> Result<Chart, String> {
     let y_max = upper(per_bin.iter().copied());
     let (what, colour) = if tokens { ("output tokens/s", COLOURS[1]) } else { ("requests/s", COLOURS[0]) };
     let svg = svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..end, 0f64..y_max)
-            .map_err(failed)?;
-        chart.configure_mesh().x_desc("seconds from the start").y_desc(what).draw().map_err(failed)?;
+        let mut chart = axes(root, (end, y_max), ("seconds from the start", what))?;
         // A step line: each bin's rate across the bin.
         let points = per_bin.iter().enumerate().flat_map(|(j, v)| [(j as f64 * bin, *v), ((j + 1) as f64 * bin, *v)]);
         chart.draw_series(LineSeries::new(points, colour.stroke_width(2))).map_err(failed)?;
@@ -204,13 +205,7 @@ fn latency_over_time(samples: &[&Sample]) -> Result<Chart, String> {
     let x_max = upper(shown.iter().map(|s| s.scheduled));
     let y_max = upper(shown.iter().map(|s| s.e2e_ms));
     let svg = svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-            .map_err(failed)?;
-        chart.configure_mesh().x_desc("scheduled start, s").y_desc("ms").draw().map_err(failed)?;
+        let mut chart = axes(root, (x_max, y_max), ("scheduled start, s", "ms"))?;
         chart
             .draw_series(shown.iter().map(|s| Circle::new((s.scheduled, s.e2e_ms), 2, COLOURS[0].filled())))
             .map_err(failed)?
@@ -245,14 +240,8 @@ fn sweep_chart(sweep: &super::report::Sweep, latency: bool) -> Result<Chart, Str
     };
     let y_max = upper(series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y)));
     let svg = svg(|root| {
-        let mut chart = ChartBuilder::on(root)
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-            .map_err(failed)?;
         let y = if latency { "ms" } else { "requests/s" };
-        chart.configure_mesh().x_desc("offered requests/s").y_desc(y).draw().map_err(failed)?;
+        let mut chart = axes(root, (x_max, y_max), ("offered requests/s", y))?;
         for (i, (name, points)) in series.iter().enumerate() {
             let colour = COLOURS[i % COLOURS.len()];
             chart
