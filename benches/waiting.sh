@@ -41,7 +41,8 @@ print(f"{'':8} {'sent':>6} {'answered':>9} {'2xx':>5} {'429':>5} {'goodput/s':>1
 for mode in ("retry", "waiting"):
     r = json.load(open(f"{work}/{mode}.json"))
     text = open(f"{work}/{mode}.metrics").read()
-    answered = sum(float(v) for v in re.findall(r'^tollgate_requests_total\{deployment="bench"[^}]*\} (\S+)', text, re.M)) - 1
+    answered = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+                   if l.startswith("tollgate_requests_total{") and 'deployment="bench"' in l) - 1
     sent = r["requests_sent"] + r["retries_after_429"]
     l = r["latency_ms"]
     print(f"{mode:8} {sent:>6} {answered:>9.0f} {r['status_2xx']:>5} {r['status_429']:>5} {r['goodput_per_second']:>10.2f} "
