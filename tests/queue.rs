@@ -261,3 +261,25 @@ async fn a_pre_flight_says_whether_and_when_without_taking_anything_and_is_itsel
     let usage = h.admin("/usage").await;
     assert_eq!(usage["other"]["total_tokens"].as_u64(), Some(0), "pre-flights bill nothing: {usage}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_the_queue_ahead_would_keep_past_its_wait_is_told_at_once() {
+    let h = Arc::new(Harness::with(setup("max_wait_ms = 10000")).await);
+    drain(&h).await;
+    // Ahead: a request reserving ~2,000 tokens (two seconds of refill) waits its turn.
+    let ahead = {
+        let h = Arc::clone(&h);
+        tokio::spawn(async move {
+            let body = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2000}"#;
+            let headers = [("api-key", PRIMARY_KEY), ("x-mock-completion-tokens", "2000")];
+            h.client.post(&h.deployment_url("/chat/completions"), &headers, body).await
+        })
+    };
+    until_queued(&h, 1.0).await;
+    let told = small(&h, SECONDARY_KEY, &[("x-ms-max-wait-ms", "300")]).await;
+    assert_eq!((told.status, told.error_code().as_str()), (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"));
+    assert!(told.text().contains("already waiting"), "{}", told.text());
+    assert!(told.number("retry-after-ms") >= 300);
+    assert!(told.headers.get("x-ms-queued-ms").is_none());
+    assert_eq!(ahead.await.unwrap().status, StatusCode::OK);
+}

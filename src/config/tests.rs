@@ -146,6 +146,30 @@ fn quota_fields_default_to_the_seed_and_are_checked() {
     }
 }
 
+#[test]
+fn waiting_is_off_unless_max_wait_ms_and_its_caps_are_checked() {
+    let d = &Config::parse(&example(""), "t.toml", &no_env).unwrap().deployments[0];
+    assert_eq!(d.queue, QueueConfig::off(d.limits));
+    assert!(d.queue.max_wait.is_zero());
+    let text = example("tokens_per_minute = 5000\nmax_wait_ms = 2500\nmax_queued_requests = 7\n");
+    let d = &Config::parse(&text, "t.toml", &no_env).unwrap().deployments[0];
+    assert_eq!(
+        (d.queue.max_wait, d.queue.max_requests, d.queue.max_tokens),
+        (std::time::Duration::from_millis(2500), 7, 5000),
+        "the token cap defaults to a minute of the deployment's tokens"
+    );
+    for (extra, field) in [
+        ("max_wait_ms = 600001", "max_wait_ms"),
+        ("max_queued_requests = 0", "max_queued_requests"),
+        ("max_queued_requests = 100001", "max_queued_requests"),
+        ("max_queued_tokens = 0", "max_queued_tokens"),
+    ] {
+        let err = Config::parse(&example(extra), "t.toml", &no_env).unwrap_err();
+        assert!(err.field.ends_with(field), "{extra}: {err}");
+        assert_eq!(err.line, 10, "{err}");
+    }
+}
+
 fn with_limits(limits: &str) -> String {
     format!("[limits]\n{limits}\n{}", example(""))
 }

@@ -35,6 +35,19 @@ fn rate_limited_message(
     )
 }
 
+fn queue_timeout_message(deployment: &str, waited_ms: u64, retry_after_ns: u64) -> String {
+    let ms = ceil_millis(retry_after_ns);
+    if waited_ms == 0 {
+        format!(
+            "the requests already waiting for deployment '{deployment}' need about {ms} ms of its rate limit's refill, longer than this request may wait (max_wait_ms, or x-ms-max-wait-ms); retry after {ms} ms"
+        )
+    } else {
+        format!(
+            "this request waited {waited_ms} ms for deployment '{deployment}' (the most it may wait: max_wait_ms or x-ms-max-wait-ms) and its rate limit still could not take it; retry after {ms} ms"
+        )
+    }
+}
+
 fn period_word(period: crate::state::budget::BudgetPeriod) -> &'static str {
     match period {
         crate::state::budget::BudgetPeriod::Daily => "daily",
@@ -135,9 +148,7 @@ pub enum ApiError {
         "deployment '{deployment}' has as many requests waiting for its rate limit as it holds ({what}); retry after {} ms", ceil_millis(*retry_after_ns)
     )]
     QueueFull { deployment: String, what: String, retry_after_ns: u64 },
-    #[error(
-        "this request waited {waited_ms} ms for deployment '{deployment}' (the most it may wait: max_wait_ms or x-ms-max-wait-ms) and its rate limit still could not take it; retry after {} ms", ceil_millis(*retry_after_ns)
-    )]
+    #[error("{}", queue_timeout_message(deployment, *waited_ms, *retry_after_ns))]
     QueueTimeout { deployment: String, waited_ms: u64, retry_after_ns: u64 },
     #[error(
         "deployment '{deployment}' answers {per_minute} pre-flights (dry-run) per minute and has none left; retry after {} ms", ceil_millis(*retry_after_ns)
