@@ -283,3 +283,40 @@ async fn a_request_that_the_queue_ahead_would_keep_past_its_wait_is_told_at_once
     assert!(told.headers.get("x-ms-queued-ms").is_none());
     assert_eq!(ahead.await.unwrap().status, StatusCode::OK);
 }
+
+/// Consumers are the callers that take turns: a consumer bursting over both its keys is one
+/// caller, so a light consumer still alternates with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_take_turns_as_one_caller_each_whatever_keys_they_use() {
+    const HEAVY: [&str; 2] = ["HeavyConsumerKey0123456789abcdef", "HeavyConsumerKey2nd456789abcdefg"];
+    const LIGHT: &str = "LightConsumerKey0123456789abcdef";
+    let tables = format!(
+        "[[consumers]]\nname = \"heavy\"\nkeys = [\"{}\", \"{}\"]\n[[consumers.grants]]\ndeployment = \"{DEPLOYMENT}\"\n\
+         [[consumers]]\nname = \"light\"\nkeys = [\"{}\"]\n[[consumers.grants]]\ndeployment = \"{DEPLOYMENT}\"\n",
+        stored(HEAVY[0]),
+        stored(HEAVY[1]),
+        stored(LIGHT)
+    );
+    let h = Arc::new(Harness::with(Setup { tables, ..setup("max_wait_ms = 10000") }).await);
+    drain(&h).await;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawn = |key: &'static str, name: &'static str| {
+        let (h, order) = (Arc::clone(&h), Arc::clone(&order));
+        tokio::spawn(async move {
+            let reply = small(&h, key, &[]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            order.lock().unwrap().push(name);
+        })
+    };
+    let heavy: Vec<_> = (0..8).map(|i| spawn(HEAVY[i % 2], "heavy")).collect();
+    until_queued(&h, 7.0).await;
+    let light: Vec<_> = (0..2).map(|_| spawn(LIGHT, "light")).collect();
+    for task in heavy.into_iter().chain(light) {
+        task.await.unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let second_light = order.iter().rposition(|n| *n == "light").unwrap();
+    // Alternating with one heavy caller: by position 5 at the latest. Were its two keys two
+    // callers, the light one would get a third of the turns and come later.
+    assert!(second_light <= 5, "the light consumer's second request came {second_light}th: {order:?}");
+}
