@@ -95,6 +95,11 @@ async fn every_role_against_every_consumer_action() {
 async fn consumer_keys_call_their_grants_rotate_without_downtime_and_stop_when_deleted() {
     let (h, _) = start().await;
     let c = "/projects/default/consumers/app";
+    // How long requests may wait is the deployment's setting, not a grant's.
+    let waiting = json!({"grants": [{"deployment": DEPLOYMENT, "limits": {"maxWaitMs": 100}}]});
+    let refused = h.api(Method::PUT, c, Some(token("owner")), Some(waiting)).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.text());
+    assert!(refused.text().contains("maxWaitMs is a deployment's setting"), "{}", refused.text());
     let body = json!({"grants": [{"deployment": DEPLOYMENT, "limits": {"requestsPerMinute": 5}}]});
     let created = h.owner(Method::PUT, c, Some(body.clone())).await;
     assert_eq!(created.status, StatusCode::CREATED);

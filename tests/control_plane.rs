@@ -791,3 +791,38 @@ async fn admin_reads_and_the_data_plane_proceed_while_a_write_is_stuck_on_the_di
     }
     drop(safety);
 }
+
+/// `limits.maxWaitMs` on an API deployment: set at creation or by PATCH, shown by GET, bounded,
+/// not a grant's; and its requests then wait instead of a 429.
+#[tokio::test]
+async fn an_api_deployment_can_let_its_requests_wait() {
+    let h = start().await;
+    let path = "/projects/team-a/deployments/phi";
+    let body = json!({"modelId": PHI, "limits": {"tokensPerMinute": 60000, "maxWaitMs": 5000}});
+    let created = h.owner(Method::PUT, path, Some(body)).await.json();
+    assert_eq!(created["properties"]["limits"]["maxWaitMs"], 5000, "{created}");
+    let key = created["keys"]["primaryKey"].as_str().unwrap().to_owned();
+    // Spend the bucket, then a request that will fit waits for it.
+    let url = h.url("/openai/deployments/phi/chat/completions");
+    let spend = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":59900}"#;
+    let reply = h.client.post(&url, &[("api-key", &key), ("x-mock-completion-tokens", "59900")], spend).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let small = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":490}"#;
+    let reply = h.client.post(&url, &[("api-key", &key), ("x-mock-completion-tokens", "490")], small).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.headers.contains_key("x-ms-queued-ms"), "{:?}", reply.headers);
+
+    // PATCH turns it off; a PUT without it keeps what is set; bounds are checked.
+    let patched = h.owner(Method::PATCH, path, Some(json!({"limits": {"maxWaitMs": 0}}))).await.json();
+    assert_eq!(patched["properties"]["limits"]["maxWaitMs"], 0);
+    assert_eq!(patched["properties"]["limits"]["tokensPerMinute"], 60000, "other limits kept");
+    let reply = h.api(Method::PATCH, path, Some(token("owner")), Some(json!({"limits": {"maxWaitMs": 600001}}))).await;
+    assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", reply.text());
+    assert!(reply.text().contains("maxWaitMs"));
+    h.owner(Method::PATCH, path, Some(json!({"limits": {"maxWaitMs": 2000}}))).await;
+    let again = h.owner(Method::PUT, path, Some(json!({"modelId": PHI}))).await.json();
+    assert_eq!(again["properties"]["limits"]["maxWaitMs"], 2000);
+    // File deployments show theirs (none here).
+    let file = h.owner(Method::GET, &format!("/projects/default/deployments/{DEPLOYMENT}"), None).await.json();
+    assert_eq!(file["properties"]["limits"]["maxWaitMs"], 0, "{file}");
+}

@@ -92,7 +92,10 @@ pub fn build_table(
             default_max_tokens: DEFAULT_MAX_TOKENS,
             tokenizer: Default::default(),
             prices: model.prices,
-            queue: crate::config::QueueConfig::off(api.limits.map(Limits::from).unwrap_or_default()),
+            queue: crate::config::QueueConfig {
+                max_wait: std::time::Duration::from_millis(api.max_wait_ms.unwrap_or(0)),
+                ..crate::config::QueueConfig::off(api.limits.map(Limits::from).unwrap_or_default())
+            },
         };
         let before = previous.get(&api.name).map(|d| &**d);
         out.push(Arc::new(Deployment::build(&deployment_config, Origin::Api, health, subscription, before, &context)));

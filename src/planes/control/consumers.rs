@@ -118,6 +118,11 @@ fn checked_grant(
     let limits = match limits {
         None => None,
         Some(body) => {
+            if body.max_wait_ms.is_some() {
+                return Err(AdminError::unprocessable(format!(
+                    "{field}limits.maxWaitMs is a deployment's setting (PATCH the deployment), not a grant's"
+                )));
+            }
             let limits = checked_limits(body, own)?;
             for (mine, theirs, what) in [
                 (limits.requests_per_minute, own.requests_per_minute, "requestsPerMinute"),

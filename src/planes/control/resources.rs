@@ -15,6 +15,18 @@ use crate::state::deployment::{Deployment, Health, Origin};
 pub struct LimitsBody {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
+    /// A deployment's `max_wait_ms` (not a grant's).
+    pub max_wait_ms: Option<u64>,
+}
+
+/// `limits.maxWaitMs` checked: at most ten minutes.
+pub(super) fn checked_wait(body: &LimitsBody) -> Result<Option<u64>, AdminError> {
+    match body.max_wait_ms {
+        Some(ms) if ms > crate::config::MAX_WAIT.as_millis() as u64 => Err(AdminError::unprocessable(format!(
+            "limits.maxWaitMs must be at most 600000 (ten minutes); 0 turns waiting off; got {ms}"
+        ))),
+        other => Ok(other),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,7 +121,11 @@ impl ControlPlane {
                 "endpointStateReason": reason,
                 "provisioningState": "Succeeded",
                 "marketplaceSubscriptionId": d.subscription,
-                "limits": {"requestsPerMinute": limits.requests_per_minute, "tokensPerMinute": limits.tokens_per_minute},
+                "limits": {
+                    "requestsPerMinute": limits.requests_per_minute,
+                    "tokensPerMinute": limits.tokens_per_minute,
+                    "maxWaitMs": d.queue.config().max_wait.as_millis() as u64,
+                },
                 "declaredIn": match d.origin { Origin::File => "configuration", Origin::Api => "api" },
                 // The pool behind the endpoint (from the file, or the catalog model's): never keys.
                 "backends": d.pool.backends.iter().map(|b| json!({
@@ -157,10 +173,12 @@ impl ControlPlane {
                 if let Some(limits) = &body.limits {
                     let base = existing.limits.map(Limits::from).unwrap_or_default();
                     let next = checked_limits(limits, base)?;
-                    if next != base {
+                    let wait = checked_wait(limits)?.or(existing.max_wait_ms);
+                    if next != base || wait.unwrap_or(0) != existing.max_wait_ms.unwrap_or(0) {
                         may_change_limits?;
                     }
                     existing.limits = Some(stored(next));
+                    existing.max_wait_ms = wait.filter(|ms| *ms > 0);
                 }
                 return Ok(None);
             }
@@ -188,21 +206,23 @@ impl ControlPlane {
                     )));
                 }
             }
-            let limits = match &body.limits {
+            let (limits, max_wait_ms) = match &body.limits {
                 Some(l) => {
                     let limits = checked_limits(l, Limits::default())?;
-                    if limits != Limits::default() {
+                    let wait = checked_wait(l)?.filter(|ms| *ms > 0);
+                    if limits != Limits::default() || wait.is_some() {
                         may_change_limits?;
                     }
-                    Some(stored(limits))
+                    (Some(stored(limits)), wait)
                 }
-                None => None,
+                None => (None, None),
             };
             let deployment = ApiDeployment {
                 project: project.into(),
                 name: name.into(),
                 model_id: model.id.clone(),
                 limits,
+                max_wait_ms,
                 nonce: rand::random(),
                 key_generations: [1, 1],
             };
@@ -252,6 +272,9 @@ impl ControlPlane {
         self.with_deployment(project, name, |d| {
             let base = d.limits.map(Limits::from).unwrap_or_default();
             d.limits = Some(stored(checked_limits(&body.limits, base)?));
+            if let Some(ms) = checked_wait(&body.limits)? {
+                d.max_wait_ms = Some(ms).filter(|ms| *ms > 0);
+            }
             Ok(())
         })?;
         Ok(self.deployment_json(&*self.deployment_in(project, name)?))

@@ -56,6 +56,9 @@ pub struct ApiDeployment {
     pub name: String,
     pub model_id: String,
     pub limits: Option<StoredLimits>,
+    /// How long its requests may wait for its buckets instead of a 429 (`limits.maxWaitMs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<u64>,
     /// Random per creation, so a deployment deleted and made again gets new keys.
     pub nonce: u64,
     /// Bumped by `regenerateKeys`: [primary, secondary].
@@ -262,6 +265,7 @@ mod tests {
             name: "d".into(),
             model_id: "m".into(),
             limits: None,
+            max_wait_ms: None,
             nonce: 7,
             key_generations: [1, 1],
         }
