@@ -198,6 +198,7 @@ async fn shutdown_sends_the_waiting_away_with_503_and_retry_after() {
     assert_eq!(reply.error_code(), "ServiceUnavailable");
     assert!(reply.text().contains("shutting down"));
     assert_eq!(reply.number("retry-after"), 1);
+    assert!(reply.headers.contains_key("x-ms-queued-ms"), "a refusal after waiting says how long too");
     // The drain ends without waiting for the half minute the request would have needed.
     shutdown.await.unwrap();
     drop(mock);

@@ -86,22 +86,28 @@ impl Gateway {
                 held.outcome = outcome;
             }
         };
-        loop {
+        let result = loop {
             // With requests already waiting, a new one lines up behind them instead of trying the
             // buckets first (it would take what refills for them).
             if ticket.is_none() && queue.busy() {
-                ticket = Some(self.line_up(deployment, &who, reserve, deadline)?);
+                match self.line_up(deployment, &who, reserve, deadline) {
+                    Ok(t) => ticket = Some(t),
+                    Err(e) => {
+                        end(&mut held, "refused");
+                        break Err(e);
+                    }
+                }
                 hold(&mut held);
             }
             if let Some(ticket) = &ticket {
                 tokio::select! {
                     turn = ticket.turn() => if turn.is_err() {
                         end(&mut held, "shutdown");
-                        return Err(ApiError::ShuttingDown);
+                        break Err(ApiError::ShuttingDown);
                     },
                     () = tokio::time::sleep_until(deadline.into()) => {
                         end(&mut held, "timed_out");
-                        return Err(self.timed_out(deployment, arrived));
+                        break Err(self.timed_out(deployment, arrived));
                     }
                 }
             }
@@ -110,23 +116,20 @@ impl Gateway {
                     if let Some(ticket) = ticket.take() {
                         ticket.admitted();
                     }
-                    if held.is_some() {
-                        trace.queued = Some(arrived.elapsed());
-                    }
                     end(&mut held, "admitted");
-                    return Ok(taken);
+                    break Ok(taken);
                 }
                 Err(refusal) => refusal,
             };
             let Some((wait_ns, own)) = wait_of(&refusal) else {
                 end(&mut held, "refused");
-                return Err(self.refused(refusal, deployment, caller, reserve, now_unix, trace).await);
+                break Err(self.refused(refusal, deployment, caller, reserve, now_unix, trace).await);
             };
             let fits_at = Instant::now() + Duration::from_nanos(wait_ns);
             // Never in time: the 429 now, with the exact wait, rather than a pointless hold.
             if fits_at > deadline {
                 end(&mut held, "refused");
-                return Err(self.refused(refusal, deployment, caller, reserve, now_unix, trace).await);
+                break Err(self.refused(refusal, deployment, caller, reserve, now_unix, trace).await);
             }
             hold(&mut held);
             if own {
@@ -134,7 +137,13 @@ impl Gateway {
                 // it holds nobody else up, and lines up again after.
                 drop(ticket.take());
             } else if ticket.is_none() {
-                ticket = Some(self.line_up(deployment, &who, reserve, deadline)?);
+                match self.line_up(deployment, &who, reserve, deadline) {
+                    Ok(t) => ticket = Some(t),
+                    Err(e) => {
+                        end(&mut held, "refused");
+                        break Err(e);
+                    }
+                }
             }
             // The buckets cannot hold it before `fits_at`: wait for then (holding its turn, if it
             // has it: it is the one to go next).
@@ -142,10 +151,15 @@ impl Gateway {
                 () = tokio::time::sleep_until(fits_at.into()) => {}
                 () = queue.closed() => {
                     end(&mut held, "shutdown");
-                    return Err(ApiError::ShuttingDown);
+                    break Err(ApiError::ShuttingDown);
                 }
             }
+        };
+        // Held, however it ended: the answer and its ledger line say for how long.
+        if held.is_some() {
+            trace.queued = Some(arrived.elapsed());
         }
+        result
     }
 
     /// Joins the deployment's queue, unless the requests ahead cannot be through before
