@@ -330,7 +330,13 @@ async fn the_command_writes_json_csv_and_compares_two_runs() {
     let bad = tollgate(vec!["bench".into(), "compare".into(), file("a.csv"), file("b.json")]).await;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a `tollgate bench --json` report"));
+    // Extra headers reach the target: the mock answers the tokens it is told.
+    let told = tollgate(bench(&["--concurrency", "2", "--header", "x-mock-completion-tokens: 3"])).await;
+    assert!(told.status.success(), "{}", String::from_utf8_lossy(&told.stderr));
+    let told: serde_json::Value = serde_json::from_slice(&told.stdout).unwrap();
+    assert_eq!(told["output_tokens"]["max"], 3.0, "{told}");
     for (args, says) in [
+        (vec!["--header", "no-colon"], "--header 'no-colon'"),
         (vec!["--slo", "ttft=fast"], "--slo ttft"),
         (vec!["--max-tokens", "uniform:9-3"], "--max-tokens"),
         (vec!["--arrivals", "poisson"], "needs --rate"),

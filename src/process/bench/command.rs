@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Call /openai/deployments/{deployment}/... instead of the root routes.
     #[arg(long)]
     pub deployment: Option<String>,
+    /// An extra header on every request, `name: value` (repeatable), e.g.
+    /// `--header "x-ms-max-wait-ms: 5000"`.
+    #[arg(long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
     /// Built-in request mix.
     #[arg(long, value_enum, default_value_t = Mix::ShortChat)]
     pub mix: Mix,
@@ -187,9 +191,21 @@ pub fn options(args: &BenchArgs) -> Result<BenchOptions, String> {
         None if args.requests.is_some() || load == Load::Trace => None,
         None => Some(std::time::Duration::from_secs(10)),
     };
+    let headers = args
+        .headers
+        .iter()
+        .map(|h| {
+            let bad = |why: &str| format!("--header '{h}': {why}; write it like \"x-ms-max-wait-ms: 5000\"");
+            let (name, value) = h.split_once(':').ok_or_else(|| bad("no ':' between the name and the value"))?;
+            let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad("not a header name"))?;
+            let value = http::HeaderValue::from_str(value.trim()).map_err(|_| bad("not a header value"))?;
+            Ok((name, value))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(BenchOptions {
         url,
         key: args.key.clone(),
+        headers,
         deployment: args.deployment.clone(),
         prompts,
         shape,

@@ -101,6 +101,9 @@ async fn attempt(shared: &Shared, prepared: &Prepared, scheduled: Instant, mut s
         if let Some(key) = &options.key {
             request = request.header("api-key", key.as_str()).header("authorization", format!("Bearer {key}"));
         }
+        for (name, value) in &options.headers {
+            request = request.header(name, value);
+        }
         let request = match request.header("content-type", "application/json").body(Full::new(prepared.body.clone())) {
             Ok(request) => request,
             Err(e) => return failed(sample, format!("request: {e}")),

@@ -54,6 +54,8 @@ pub struct BenchOptions {
     pub url: String,
     /// Sent as `api-key` and `Authorization: Bearer`.
     pub key: Option<String>,
+    /// Extra headers on every request (`--header`), e.g. `x-ms-max-wait-ms`.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Call `/openai/deployments/{deployment}/...` instead of the root routes.
     pub deployment: Option<String>,
     pub prompts: Prompts,
@@ -86,6 +88,7 @@ impl BenchOptions {
         BenchOptions {
             url: url.into(),
             key: None,
+            headers: Vec::new(),
             deployment: None,
             prompts: Prompts::Mix(Mix::ShortChat),
             shape: Shape::default(),
