@@ -98,22 +98,7 @@ async fn a_bursting_key_does_not_hold_a_light_one_behind_it_and_nothing_is_over_
     let h = Arc::new(Harness::with(Setup { ledger: Some(path.clone()), ..setup("max_wait_ms = 10000") }).await);
     let began = Instant::now();
     drain(&h).await;
-    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let spawn = |key: &'static str, name: &'static str| {
-        let (h, order) = (Arc::clone(&h), Arc::clone(&order));
-        tokio::spawn(async move {
-            let reply = small(&h, key, &[]).await;
-            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-            order.lock().unwrap().push(name);
-        })
-    };
-    let heavy: Vec<_> = (0..10).map(|_| spawn(PRIMARY_KEY, "heavy")).collect();
-    until_queued(&h, 9.0).await;
-    let light: Vec<_> = (0..2).map(|_| spawn(SECONDARY_KEY, "light")).collect();
-    for task in heavy.into_iter().chain(light) {
-        task.await.unwrap();
-    }
-    let order = order.lock().unwrap().clone();
+    let order = burst_then_light(&h, &[PRIMARY_KEY], 10, SECONDARY_KEY).await;
     let second_light = order.iter().rposition(|n| *n == "light").unwrap();
     assert!(second_light <= 5, "the light key's second request came {second_light}th: {order:?}");
 
@@ -124,6 +109,32 @@ async fn a_bursting_key_does_not_hold_a_light_one_behind_it_and_nothing_is_over_
     let bound = TOKENS_PER_MINUTE + (began.elapsed().as_secs_f64() * TOKENS_PER_MINUTE as f64 / 60.0) as u64;
     assert!(used <= bound, "{used} tokens used, at most {bound} allowed");
     assert_eq!(lines.iter().filter(|l| l["queued_ms"].is_number()).count(), 12, "the ledger records each wait");
+}
+
+/// Sends `heavy` small requests on `heavy_keys` (in turn) and, once all but one queue, two on
+/// `light_key`; every answer must be a 200. The order the answers came in: `heavy` or `light`.
+async fn burst_then_light(
+    h: &Arc<Harness>,
+    heavy_keys: &[&'static str],
+    heavy: usize,
+    light_key: &'static str,
+) -> Vec<&'static str> {
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let spawn = |key: &'static str, name: &'static str| {
+        let (h, order) = (Arc::clone(h), Arc::clone(&order));
+        tokio::spawn(async move {
+            let reply = small(&h, key, &[]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            order.lock().unwrap().push(name);
+        })
+    };
+    let heavy: Vec<_> = (0..heavy).map(|i| spawn(heavy_keys[i % heavy_keys.len()], "heavy")).collect();
+    until_queued(h, (heavy.len() - 1) as f64).await;
+    let light: Vec<_> = (0..2).map(|_| spawn(light_key, "light")).collect();
+    for task in heavy.into_iter().chain(light) {
+        task.await.unwrap();
+    }
+    order.lock().unwrap().clone()
 }
 
 async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
@@ -300,22 +311,7 @@ async fn consumers_take_turns_as_one_caller_each_whatever_keys_they_use() {
     );
     let h = Arc::new(Harness::with(Setup { tables, ..setup("max_wait_ms = 10000") }).await);
     drain(&h).await;
-    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let spawn = |key: &'static str, name: &'static str| {
-        let (h, order) = (Arc::clone(&h), Arc::clone(&order));
-        tokio::spawn(async move {
-            let reply = small(&h, key, &[]).await;
-            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-            order.lock().unwrap().push(name);
-        })
-    };
-    let heavy: Vec<_> = (0..8).map(|i| spawn(HEAVY[i % 2], "heavy")).collect();
-    until_queued(&h, 7.0).await;
-    let light: Vec<_> = (0..2).map(|_| spawn(LIGHT, "light")).collect();
-    for task in heavy.into_iter().chain(light) {
-        task.await.unwrap();
-    }
-    let order = order.lock().unwrap().clone();
+    let order = burst_then_light(&h, &HEAVY, 8, LIGHT).await;
     let second_light = order.iter().rposition(|n| *n == "light").unwrap();
     // Alternating with one heavy caller: by position 5 at the latest. Were its two keys two
     // callers, the light one would get a third of the turns and come later.
