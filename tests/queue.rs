@@ -317,3 +317,36 @@ async fn consumers_take_turns_as_one_caller_each_whatever_keys_they_use() {
     // callers, the light one would get a third of the turns and come later.
     assert!(second_light <= 5, "the light consumer's second request came {second_light}th: {order:?}");
 }
+
+/// A consumer's pre-flight reads its own levels too: its buckets on the deployment and its
+/// period quotas.
+#[tokio::test]
+async fn a_consumers_pre_flight_reads_its_own_limits() {
+    const APP: &str = "AppConsumerKey0123456789abcdefgh";
+    let tables = format!(
+        "[[consumers]]\nname = \"app\"\nkeys = [\"{}\"]\nrequests_per_day = 1\n[[consumers.grants]]\ndeployment = \"{DEPLOYMENT}\"\ntokens_per_minute = 1000\n",
+        stored(APP)
+    );
+    let h = Harness::with(Setup { tables, ..setup("max_wait_ms = 5000") }).await;
+    let url = h.deployment_url("/chat/completions?dry-run=true");
+    let large = r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2000}"#;
+    let json = h.client.post(&url, &[("api-key", APP)], large).await.json();
+    assert_eq!(
+        (json["fits"].as_bool(), json["refusal"]["code"].as_str()),
+        (Some(false), Some("TokenLimitExceeded")),
+        "{json}"
+    );
+    assert!(json["refusal"]["message"].as_str().unwrap().contains("consumer 'default/app'"), "{json}");
+    assert_eq!((json["admittedNow"].as_bool(), json["consumerLimitsChecked"].as_bool()), (Some(false), Some(true)));
+    let first = h.client.post(&url, &[("api-key", APP)], SMALL).await.json();
+    assert_eq!((first["admittedNow"].as_bool(), first["refusal"].is_null()), (Some(true), true), "{first}");
+    // Its one request of the day, for real; then the pre-flight says the day is used up.
+    let real = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", APP)], SMALL).await;
+    assert_eq!(real.status, StatusCode::OK, "{}", real.text());
+    let json = h.client.post(&url, &[("api-key", APP)], SMALL).await.json();
+    assert_eq!(
+        (json["admittedNow"].as_bool(), json["refusal"]["code"].as_str()),
+        (Some(false), Some("QuotaExceeded")),
+        "{json}"
+    );
+}

@@ -5,7 +5,9 @@
 //! deployment's own small bucket ([`DRY_RUNS_PER_MINUTE`]), so they cannot be used to flood it.
 //!
 //! It reads the deployment's level (in process, or the shared buckets in Redis) and its
-//! budgets; a consumer's own buckets and period quotas are not consulted (the answer says so).
+//! budgets; for a consumer also its period quotas on the deployment and over all its
+//! deployments, and its own buckets on the deployment when they are in process
+//! (`consumerLimitsChecked` is false only for a consumer whose own buckets live in Redis).
 //!
 //! ```json
 //! {"dryRun": true, "deployment": "d", "admittedNow": false, "fits": true,
@@ -14,7 +16,7 @@
 //!  "queued": {"requests": 3, "tokens": 1500},
 //!  "limits": {"requestsPerMinute": 1000, "tokensPerMinute": 60000,
 //!             "remainingRequests": 998, "remainingTokens": 318},
-//!  "refusal": null, "consumerLimitsChecked": false}
+//!  "refusal": null, "consumerLimitsChecked": true}
 //! ```
 
 use std::time::Duration;
@@ -27,6 +29,7 @@ use super::body::ProxyBody;
 use super::error::ApiError;
 use super::{Gateway, Trace};
 use crate::core::quota::Denial;
+use crate::core::quota::period::PeriodKind;
 use crate::state::deployment::{DRY_RUNS_PER_MINUTE, Deployment};
 use crate::state::quota_store::QuotaStore;
 use crate::state::record::Outcome;
@@ -80,6 +83,59 @@ impl Gateway {
             }
             (QuotaStore::Redis(_), None) => return Err(ApiError::QuotaStoreUnavailable),
         };
+        // A consumer's own levels: its buckets on the deployment (in process) and its period
+        // quotas (either store).
+        let mut consumer_checked = true;
+        let mut consumer_refusal: Option<(&'static str, String)> = None;
+        let mut wait_ns = wait_ns;
+        if let Some(grant) = &caller.consumer {
+            if let Some(own) = &grant.grant().quota {
+                match &self.quota {
+                    QuotaStore::Memory => match own.wait_ns_for(reserved) {
+                        Some(own_wait) => wait_ns = wait_ns.map(|w| w.max(own_wait)),
+                        None => {
+                            wait_ns = None;
+                            consumer_refusal = Some((
+                                "TokenLimitExceeded",
+                                format!(
+                                    "this request reserves {reserved} tokens but consumer '{}' may use {} tokens per minute on deployment '{}', so it can never be admitted",
+                                    grant.consumer.label,
+                                    own.limits().tokens_per_minute,
+                                    deployment.name
+                                ),
+                            ));
+                        }
+                    },
+                    QuotaStore::Redis(_) => consumer_checked = false,
+                }
+            }
+            match self.quota.consumer_periods(&grant.consumer).await {
+                None => consumer_checked = false,
+                Some(readings) => {
+                    for reading in readings.iter().filter(|r| r.scope == deployment.name || r.scope == "*") {
+                        for (kind, limit, used, _) in reading.state.each() {
+                            let need = if kind == PeriodKind::RequestsPerDay { 1 } else { reserved };
+                            if consumer_refusal.is_none() && used.saturating_add(need) > limit {
+                                let scope = if reading.scope == "*" {
+                                    "over all its deployments".to_owned()
+                                } else {
+                                    format!("on deployment '{}'", deployment.name)
+                                };
+                                consumer_refusal = Some((
+                                    "QuotaExceeded",
+                                    format!(
+                                        "consumer '{}' has used {used} of its {limit} {} {scope}; this request needs {need} more",
+                                        grant.consumer.label,
+                                        kind.as_str()
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let refusal = refusal.or(consumer_refusal);
         // Behind requests already waiting, it would wait for them too.
         let wait_ns = wait_ns
             .map(|w| if queue.busy() { w.max(ahead_ns(deployment, (queued_requests, queued_tokens))) } else { w });
@@ -114,7 +170,7 @@ impl Gateway {
                 "remainingTokens": state.map(|s| s.remaining_tokens),
             },
             "refusal": refusal,
-            "consumerLimitsChecked": false,
+            "consumerLimitsChecked": consumer_checked,
         });
         Ok(crate::planes::respond::json_response(body.to_string()))
     }
