@@ -10,7 +10,7 @@
 //! One `std` mutex guards the ring; it is held for a few map operations, never across an await.
 //! Requests of a deployment with nobody waiting read one atomic and go on.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -33,7 +33,6 @@ pub struct AdmissionQueue {
     waiting: AtomicUsize,
     /// `max_wait` in nanoseconds, also read without the lock (zero for most deployments).
     max_wait_ns: AtomicU64,
-    closed: AtomicBool,
     /// Flips to `true` on shutdown, waking every waiter.
     closing: watch::Sender<bool>,
 }
@@ -76,7 +75,6 @@ impl AdmissionQueue {
             }),
             waiting: AtomicUsize::new(0),
             max_wait_ns: AtomicU64::new(nanos(config.max_wait)),
-            closed: AtomicBool::new(false),
             closing: watch::Sender::new(false),
         }
     }
@@ -119,7 +117,7 @@ impl AdmissionQueue {
 
     /// Queues a request of `caller` reserving `tokens`.
     pub fn enqueue(self: &Arc<Self>, caller: CallerId, tokens: u64) -> Result<Ticket, Full> {
-        if self.closed.load(Ordering::Relaxed) {
+        if self.is_closed() {
             return Err(Full::Closed);
         }
         let mut inner = self.lock();
@@ -144,12 +142,11 @@ impl AdmissionQueue {
 
     /// Shutdown: nobody new queues, and every waiter is woken to leave with a 503.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
         self.closing.send_replace(true);
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+        *self.closing.borrow()
     }
 
     /// Resolves once the queue is closed (at once when it already is).
@@ -196,11 +193,6 @@ impl Ticket {
                 () = self.queue.closed() => {}
             }
         }
-    }
-
-    /// The queue it waits in.
-    pub fn queue(&self) -> &AdmissionQueue {
-        &self.queue
     }
 
     /// The request was admitted on its turn: it leaves, its tokens counted to its caller, and

@@ -45,10 +45,6 @@ impl<C: Clone + Eq + Hash> FairQueue<C> {
         FairQueue { quantum: quantum.max(1), ring: VecDeque::new(), callers: HashMap::new(), requests: 0, tokens: 0 }
     }
 
-    pub fn set_quantum(&mut self, quantum: u64) {
-        self.quantum = quantum.max(1);
-    }
-
     /// Requests waiting, and the tokens they reserve.
     pub fn len(&self) -> usize {
         self.requests

@@ -334,8 +334,12 @@ fn wait_of(refusal: &Refusal) -> Option<(u64, bool)> {
 /// earliest a request lining up behind them could be admitted.
 pub(super) fn ahead_ns(deployment: &Deployment, (requests, tokens): (usize, u64)) -> u64 {
     let limits = deployment.quota.limits();
-    let per = |count: u64, per_minute: u64| (u128::from(count) * 60_000_000_000 / u128::from(per_minute.max(1))) as u64;
-    per(requests as u64, limits.requests_per_minute).max(per(tokens, limits.tokens_per_minute))
+    refill_ns(requests as u64, limits.requests_per_minute).max(refill_ns(tokens, limits.tokens_per_minute))
+}
+
+/// How long a bucket of `per_minute` takes to refill `count` units.
+pub(super) fn refill_ns(count: u64, per_minute: u64) -> u64 {
+    u64::try_from(u128::from(count) * 60_000_000_000 / u128::from(per_minute.max(1))).unwrap_or(u64::MAX)
 }
 
 /// A hard budget over the deployment (its project or subscription) or the consumer that is

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use http::Response;
 
-use super::admit::{Reserve, ahead_ns, budget_refusal};
+use super::admit::{Reserve, ahead_ns, budget_refusal, refill_ns};
 use super::auth::Caller;
 use super::body::ProxyBody;
 use super::error::ApiError;
@@ -72,9 +72,7 @@ impl Gateway {
             _ if reserved > capacity => None,
             (QuotaStore::Memory, _) => deployment.quota.wait_ns_for(reserved),
             (QuotaStore::Redis(_), Some(s)) => {
-                let short = |need: u64, have: u64, per_minute: u64| {
-                    (u128::from(need.saturating_sub(have)) * 60_000_000_000 / u128::from(per_minute.max(1))) as u64
-                };
+                let short = |need: u64, have: u64, per_minute: u64| refill_ns(need.saturating_sub(have), per_minute);
                 Some(short(1, s.remaining_requests, s.limit_requests).max(short(
                     reserved,
                     s.remaining_tokens,

@@ -89,7 +89,6 @@ pub(super) async fn one(shared: &Shared, prepared: &Prepared, request: u64, sche
 
 async fn attempt(shared: &Shared, prepared: &Prepared, scheduled: Instant, mut sample: Sample) -> Sample {
     let options = &shared.options;
-    let url = format!("{}{}", options.url.trim_end_matches('/'), prepared.path);
     let failed = |mut sample: Sample, why: String| {
         sample.e2e_ms = ms(scheduled.elapsed());
         sample.status = 0;
@@ -97,14 +96,11 @@ async fn attempt(shared: &Shared, prepared: &Prepared, scheduled: Instant, mut s
         sample
     };
     loop {
-        let mut request = Request::post(url.as_str());
-        if let Some(key) = &options.key {
-            request = request.header("api-key", key.as_str()).header("authorization", format!("Bearer {key}"));
-        }
-        for (name, value) in &options.headers {
+        let mut request = Request::post(prepared.uri.clone());
+        for (name, value) in &shared.headers {
             request = request.header(name, value);
         }
-        let request = match request.header("content-type", "application/json").body(Full::new(prepared.body.clone())) {
+        let request = match request.body(Full::new(prepared.body.clone())) {
             Ok(request) => request,
             Err(e) => return failed(sample, format!("request: {e}")),
         };

@@ -122,6 +122,8 @@ struct Shared {
     client: HttpClient,
     options: BenchOptions,
     prepared: Arc<[Prepared]>,
+    /// The key's two headers, `--header`s and the content type, built once.
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
     step: u32,
     begun: Instant,
     started: AtomicU64,
@@ -135,8 +137,16 @@ struct Shared {
 /// Runs the load (or the sweep) and returns the report with every sample.
 pub async fn run(options: BenchOptions, show_progress: bool) -> Result<Run, String> {
     check(&options)?;
+    let root = options.url.trim_end_matches('/');
     let prepared: Arc<[Prepared]> =
-        workload::prepare(&options.prompts, options.shape, options.deployment.as_deref(), options.seed)?.into();
+        workload::prepare(&options.prompts, options.shape, options.deployment.as_deref(), options.seed)?
+            .into_iter()
+            .map(|mut p| {
+                p.uri = format!("{root}{}", p.path).parse().map_err(|e| format!("--url '{root}{}': {e}", p.path))?;
+                Ok(p)
+            })
+            .collect::<Result<Vec<_>, String>>()?
+            .into();
     let progress = progress::Progress::new(show_progress);
     let client = client();
     if options.sweep.is_empty() {
@@ -224,6 +234,7 @@ async fn run_step(
         client: client.clone(),
         options: options.clone(),
         prepared: Arc::clone(prepared),
+        headers: request_headers(options)?,
         step,
         begun,
         started: AtomicU64::new(0),
@@ -281,6 +292,21 @@ async fn run_step(
     let exhausted = shared.exhausted.load(Ordering::Relaxed) || options.duration.is_none();
     let window = window(options, &samples, exhausted)?;
     Ok((samples, window))
+}
+
+/// The headers every request carries: the key (as `api-key` and Bearer), `--header`s, the JSON
+/// content type.
+fn request_headers(options: &BenchOptions) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, String> {
+    let mut headers = Vec::with_capacity(options.headers.len() + 3);
+    if let Some(key) = &options.key {
+        let value =
+            |v: String| http::HeaderValue::try_from(v).map_err(|_| "--key is not a valid header value".to_owned());
+        headers.push((http::HeaderName::from_static("api-key"), value(key.clone())?));
+        headers.push((http::header::AUTHORIZATION, value(format!("Bearer {key}"))?));
+    }
+    headers.extend(options.headers.iter().cloned());
+    headers.push((http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json")));
+    Ok(headers)
 }
 
 /// Sends request `n`, counted in flight while it runs.

@@ -100,6 +100,8 @@ pub struct Shape {
 pub struct Prepared {
     /// The path after the root URL.
     pub path: String,
+    /// The root URL and the path, parsed once (set by the run, which knows the root).
+    pub uri: http::Uri,
     pub body: Bytes,
     pub stream: bool,
     /// The replayed trace's timestamp.
@@ -161,7 +163,7 @@ pub fn prepare(prompts: &Prompts, shape: Shape, deployment: Option<&str>, seed: 
             "/chat/completions"
         };
         let stream = value.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        Ok(Prepared { path: path(route), body, stream, at: None })
+        Ok(Prepared { path: path(route), uri: http::Uri::default(), body, stream, at: None })
     };
     let shaped = shape != Shape::default();
     match prompts {
