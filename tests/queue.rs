@@ -111,6 +111,41 @@ async fn a_bursting_key_does_not_hold_a_light_one_behind_it_and_nothing_is_over_
     assert_eq!(lines.iter().filter(|l| l["queued_ms"].is_number()).count(), 12, "the ledger records each wait");
 }
 
+/// The form: one key offers ten requests for each of the other's, against a quota that
+/// serves far fewer. The light key asks for less than its fair half, so each of its requests is
+/// admitted within one refill interval (one request's worth) of arriving: at most the request
+/// whose turn it already is and one heavy turn go first, however many heavy requests wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_sending_ten_times_the_others_rate_gets_no_more_than_its_fair_share_first() {
+    let h = Arc::new(Harness::with(setup("max_wait_ms = 60000")).await);
+    drain(&h).await;
+    let admitted = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
+    let spawn = |key: &'static str, name: &'static str| {
+        let (h, admitted) = (Arc::clone(&h), Arc::clone(&admitted));
+        tokio::spawn(async move {
+            let reply = small(&h, key, &[]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+            admitted.lock().unwrap().push(name);
+        })
+    };
+    let mut heavy = Vec::new();
+    for round in 0..3 {
+        // Ten more heavy requests, and then one light one, queued behind them.
+        let before = queued_requests(&h).await;
+        heavy.extend((0..10).map(|_| spawn(PRIMARY_KEY, "heavy")));
+        until_queued(&h, before + 10.0 - 1.0).await;
+        let seen = admitted.lock().unwrap().len();
+        spawn(SECONDARY_KEY, "light").await.unwrap();
+        let order = admitted.lock().unwrap().clone();
+        let heavy_first = order[seen..].iter().filter(|n| **n == "heavy").count();
+        assert!(heavy_first <= 2, "round {round}: {heavy_first} heavy requests went before the light one: {order:?}");
+    }
+    assert!(queued_requests(&h).await >= 20.0, "the heavy key stayed backlogged throughout");
+    for task in heavy {
+        task.abort();
+    }
+}
+
 /// Sends `heavy` small requests on `heavy_keys` (in turn) and, once all but one queue, two on
 /// `light_key`; every answer must be a 200. The order the answers came in: `heavy` or `light`.
 async fn burst_then_light(

@@ -831,3 +831,46 @@ async fn two_replicas_queue_their_own_callers_and_never_over_admit_the_shared_bu
         assert_eq!(admitted, 3.0);
     }
 }
+
+#[tokio::test]
+async fn a_pre_flight_reads_a_consumers_own_buckets_from_redis() {
+    let Some(redis) = RedisServer::start("a_pre_flight_reads_a_consumers_own_buckets_from_redis") else { return };
+    const APP: &str = "RedisPreflightConsumerKey0123456";
+    let consumers = format!(
+        "[[consumers]]\nname = \"app\"\nkeys = [\"{}\"]\n[[consumers.grants]]\ndeployment = \"{DEPLOYMENT}\"\nrequests_per_minute = 2\n",
+        stored(APP)
+    );
+    let setup = || Setup {
+        deployment: "requests_per_minute = 100".into(),
+        tables: consumers.clone(),
+        limits: limits(&redis, ""),
+        ..Setup::default()
+    };
+    let (spender, asker) = (Harness::with(setup()).await, Harness::with(setup()).await);
+    let dry_run = |h: &Harness| h.deployment_url("/chat/completions?dry-run=true");
+    let before = asker.client.post(&dry_run(&asker), &[("api-key", APP)], CHAT).await.json();
+    assert_eq!(
+        (before["admittedNow"].as_bool(), before["consumerLimitsChecked"].as_bool()),
+        (Some(true), Some(true)),
+        "{before}"
+    );
+    for _ in 0..2 {
+        let reply = spender.client.post(&spender.deployment_url("/chat/completions"), &[("api-key", APP)], CHAT).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    // The other replica has admitted nothing for the consumer: what it says comes from Redis.
+    let after = asker.client.post(&dry_run(&asker), &[("api-key", APP)], CHAT).await.json();
+    assert_eq!(
+        (after["admittedNow"].as_bool(), after["fits"].as_bool(), after["consumerLimitsChecked"].as_bool()),
+        (Some(false), Some(true), Some(true)),
+        "{after}"
+    );
+    assert!(after["refusal"].is_null(), "{after}");
+    // Two a minute: the next request refills in up to 30 s. The deployment itself has room.
+    let retry_ms = after["retryAfterMs"].as_u64().unwrap();
+    assert!(retry_ms > 0 && retry_ms <= 30_000, "{after}");
+    assert!(after["limits"]["remainingRequests"].as_u64().unwrap() >= 97, "{after}");
+    // And the real request is refused as the pre-flight said.
+    let real = asker.client.post(&asker.deployment_url("/chat/completions"), &[("api-key", APP)], CHAT).await;
+    assert_eq!(real.status, StatusCode::TOO_MANY_REQUESTS, "{}", real.text());
+}

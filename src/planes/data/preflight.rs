@@ -5,9 +5,9 @@
 //! deployment's own small bucket ([`DRY_RUNS_PER_MINUTE`]), so they cannot be used to flood it.
 //!
 //! It reads the deployment's level (in process, or the shared buckets in Redis) and its
-//! budgets; for a consumer also its period quotas on the deployment and over all its
-//! deployments, and its own buckets on the deployment when they are in process
-//! (`consumerLimitsChecked` is false only for a consumer whose own buckets live in Redis).
+//! budgets; for a consumer also its own buckets on the deployment and its period quotas on the
+//! deployment and over all its deployments, from either store (`consumerLimitsChecked` is false
+//! only when the shared store did not answer for them).
 //!
 //! ```json
 //! {"dryRun": true, "deployment": "d", "admittedNow": false, "fits": true,
@@ -41,6 +41,17 @@ pub fn asked(query: Option<&str>) -> bool {
     })
 }
 
+/// When one request and `reserved` tokens fit buckets at `levels` (read from the shared store):
+/// to a token's refill, since the store's levels are whole units of its own clock.
+fn wait_from_levels(reserved: u64, levels: &crate::core::quota::QuotaState) -> u64 {
+    let short = |need: u64, have: u64, per_minute: u64| refill_ns(need.saturating_sub(have), per_minute);
+    short(1, levels.remaining_requests, levels.limit_requests).max(short(
+        reserved,
+        levels.remaining_tokens,
+        levels.limit_tokens,
+    ))
+}
+
 impl Gateway {
     pub(super) async fn preflight(
         &self,
@@ -71,40 +82,37 @@ impl Gateway {
         let wait_ns = match (&self.quota, &state) {
             _ if reserved > capacity => None,
             (QuotaStore::Memory, _) => deployment.quota.wait_ns_for(reserved),
-            (QuotaStore::Redis(_), Some(s)) => {
-                let short = |need: u64, have: u64, per_minute: u64| refill_ns(need.saturating_sub(have), per_minute);
-                Some(short(1, s.remaining_requests, s.limit_requests).max(short(
-                    reserved,
-                    s.remaining_tokens,
-                    s.limit_tokens,
-                )))
-            }
+            (QuotaStore::Redis(_), Some(s)) => Some(wait_from_levels(reserved, s)),
             (QuotaStore::Redis(_), None) => return Err(ApiError::QuotaStoreUnavailable),
         };
-        // A consumer's own levels: its buckets on the deployment (in process) and its period
-        // quotas (either store).
+        // A consumer's own levels: its buckets on the deployment and its period quotas (either
+        // store).
         let mut consumer_checked = true;
         let mut consumer_refusal: Option<(&'static str, String)> = None;
         let mut wait_ns = wait_ns;
         if let Some(grant) = &caller.consumer {
             if let Some(own) = &grant.grant().quota {
-                match &self.quota {
-                    QuotaStore::Memory => match own.wait_ns_for(reserved) {
-                        Some(own_wait) => wait_ns = wait_ns.map(|w| w.max(own_wait)),
-                        None => {
-                            wait_ns = None;
-                            consumer_refusal = Some((
-                                "TokenLimitExceeded",
-                                format!(
-                                    "this request reserves {reserved} tokens but consumer '{}' may use {} tokens per minute on deployment '{}', so it can never be admitted",
-                                    grant.consumer.label,
-                                    own.limits().tokens_per_minute,
-                                    deployment.name
-                                ),
-                            ));
-                        }
-                    },
-                    QuotaStore::Redis(_) => consumer_checked = false,
+                let own_capacity = own.limits().tokens_per_minute;
+                let own_wait = match &self.quota {
+                    _ if reserved > own_capacity => Some(None),
+                    QuotaStore::Memory => Some(own.wait_ns_for(reserved)),
+                    QuotaStore::Redis(_) => {
+                        self.quota.grant_state(deployment, grant).await.map(|s| Some(wait_from_levels(reserved, &s)))
+                    }
+                };
+                match own_wait {
+                    Some(Some(own_wait)) => wait_ns = wait_ns.map(|w| w.max(own_wait)),
+                    Some(None) => {
+                        wait_ns = None;
+                        consumer_refusal = Some((
+                            "TokenLimitExceeded",
+                            format!(
+                                "this request reserves {reserved} tokens but consumer '{}' may use {own_capacity} tokens per minute on deployment '{}', so it can never be admitted",
+                                grant.consumer.label, deployment.name
+                            ),
+                        ));
+                    }
+                    None => consumer_checked = false, // the shared store did not answer
                 }
             }
             match self.quota.consumer_periods(&grant.consumer).await {

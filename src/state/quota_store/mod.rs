@@ -285,6 +285,16 @@ impl QuotaStore {
         }
     }
 
+    /// A consumer's own buckets on the deployment now (`None` without its own limits there, or
+    /// while a shared store cannot be read).
+    pub async fn grant_state(&self, deployment: &Deployment, caller: &ConsumerGrant) -> Option<QuotaState> {
+        let quota = caller.grant().quota.as_ref()?;
+        match self {
+            QuotaStore::Memory => Some(quota.state()),
+            QuotaStore::Redis(store) => store.read_grant(&deployment.name, caller, quota.limits()).await,
+        }
+    }
+
     /// A consumer's period quotas now, each grant's with such quotas and then the consumer-wide
     /// ones (from the shared store with Redis; `None` while it cannot be read).
     pub async fn consumer_periods(&self, consumer: &Arc<Consumer>) -> Option<Vec<PeriodReading>> {

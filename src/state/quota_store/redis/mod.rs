@@ -420,7 +420,7 @@ impl RedisStore {
         limits: Limits,
         tokens: u64,
     ) -> Result<Result<QuotaState, Denial>, StoreUnreachable> {
-        let (admitted, buckets) = self.call_admit(deployment, limits, tokens, true, "admit").await?;
+        let (admitted, buckets) = self.call_admit(&self.key(deployment), limits, tokens, true, "admit").await?;
         if admitted { Ok(Ok(buckets.state())) } else { Ok(Err(buckets.denial(tokens))) }
     }
 
@@ -429,12 +429,22 @@ impl RedisStore {
         if !self.is_up() {
             return None;
         }
-        self.call_admit(deployment, limits, 0, false, "read").await.ok().map(|(_, buckets)| buckets.state())
+        self.call_admit(&self.key(deployment), limits, 0, false, "read").await.ok().map(|(_, buckets)| buckets.state())
+    }
+
+    /// A consumer's own buckets on a deployment now (no change), `None` when the store cannot
+    /// be read. Same read-only script as [`Self::read`], on the grant's key.
+    pub async fn read_grant(&self, deployment: &str, caller: &ConsumerGrant, limits: Limits) -> Option<QuotaState> {
+        if !self.is_up() {
+            return None;
+        }
+        let key = &self.grant_keys(deployment, caller)[0];
+        self.call_admit(key, limits, 0, false, "read").await.ok().map(|(_, buckets)| buckets.state())
     }
 
     async fn call_admit(
         &self,
-        deployment: &str,
+        key: &str,
         limits: Limits,
         tokens: u64,
         take: bool,
@@ -445,7 +455,7 @@ impl RedisStore {
             return Err(StoreUnreachable { op });
         };
         let mut connection = ConnectionManager::clone(&connection);
-        let mut invocation = self.admit_script.key(self.key(deployment));
+        let mut invocation = self.admit_script.key(key);
         invocation.arg(limits.requests_per_minute).arg(limits.tokens_per_minute).arg(tokens).arg(if take {
             "1"
         } else {
