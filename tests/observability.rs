@@ -14,8 +14,10 @@ use tollgate::core::clock::ManualClock;
 
 const KEY: (&str, &str) = ("api-key", PRIMARY_KEY);
 
-#[tokio::test]
-async fn metrics_count_known_traffic_exactly() {
+/// Known traffic on the demo deployment (8 a minute): 8 served, 2 refused (429), 3 with a wrong
+/// key; one request to "gone", whose backend is closed (502). `metrics` is the `[metrics]`
+/// table. The scrape, its samples, and the prompt and completion tokens served.
+async fn known_traffic(metrics: &str) -> (Harness, String, Vec<Sample>, u64, u64) {
     let clock = Arc::new(ManualClock::new(0));
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let h = Harness::with(Setup {
@@ -24,6 +26,7 @@ async fn metrics_count_known_traffic_exactly() {
             "[[deployments]]\nname = \"gone\"\nmodel = \"m\"\nbackend = \"http://{closed}\"\nkeys = [\"{}\"]\n",
             stored(PRIMARY_KEY)
         ),
+        tables: metrics.into(),
         clock: Some(clock),
         ..Default::default()
     })
@@ -49,16 +52,34 @@ async fn metrics_count_known_traffic_exactly() {
 
     let reply = h.client.call(http::Method::GET, &format!("http://{}/metrics", h.gateway.admin_addr), &[], "").await;
     assert!(reply.header("content-type").starts_with("text/plain; version=0.0.4"));
-    let m = parse_metrics(&reply.text());
+    let text = reply.text();
+    // Labels never carry keys or request ids.
+    assert!(!text.contains(PRIMARY_KEY) && !text.contains("WrongKeyXYZ123"));
+    let samples = parse_metrics(&text);
+    (h, text, samples, prompt, completion)
+}
+
+/// The counters every detail level keeps per deployment (`deployment`: its label).
+fn assert_counters(m: &[Sample], deployment: &str, gone: &str) {
+    let d = ("deployment", deployment);
+    let chat = ("route", "chat_completions");
+    assert_eq!(metric(m, "tollgate_requests_total", &[d, chat, ("code", "200")]), 8.0);
+    assert_eq!(metric(m, "tollgate_requests_total", &[d, chat, ("code", "429")]), 2.0);
+    assert_eq!(metric(m, "tollgate_requests_total", &[d, chat, ("code", "401")]), 3.0);
+    assert_eq!(metric(m, "tollgate_requests_total", &[("deployment", gone), ("code", "502")]), 1.0);
+    assert_eq!(metric(m, "tollgate_ratelimit_rejections_total", &[d, ("limit", "requests")]), 2.0);
+    assert_eq!(metric(m, "tollgate_ratelimit_rejections_total", &[d, ("limit", "tokens")]), 0.0);
+    assert_eq!(metric(m, "tollgate_auth_failures_total", &[d]), 3.0);
+    assert_eq!(metric(m, "tollgate_backend_errors_total", &[("deployment", gone), ("kind", "connect")]), 1.0);
+    assert!(metric(m, "tollgate_open_connections", &[]) >= 1.0);
+}
+
+#[tokio::test]
+async fn metrics_count_known_traffic_exactly_with_full_detail() {
+    let (_h, _, m, prompt, completion) = known_traffic("[metrics]\ndeployments = \"full\"\n").await;
+    assert_counters(&m, DEPLOYMENT, "gone");
     let d = ("deployment", DEPLOYMENT);
     let chat = ("route", "chat_completions");
-    assert_eq!(metric(&m, "tollgate_requests_total", &[d, chat, ("code", "200")]), 8.0);
-    assert_eq!(metric(&m, "tollgate_requests_total", &[d, chat, ("code", "429")]), 2.0);
-    assert_eq!(metric(&m, "tollgate_requests_total", &[d, chat, ("code", "401")]), 3.0);
-    assert_eq!(metric(&m, "tollgate_requests_total", &[("deployment", "gone"), ("code", "502")]), 1.0);
-    assert_eq!(metric(&m, "tollgate_ratelimit_rejections_total", &[d, ("limit", "requests")]), 2.0);
-    assert_eq!(metric(&m, "tollgate_ratelimit_rejections_total", &[d, ("limit", "tokens")]), 0.0);
-    assert_eq!(metric(&m, "tollgate_auth_failures_total", &[d]), 3.0);
     assert_eq!(metric(&m, "tollgate_tokens_total", &[d, ("kind", "prompt"), ("source", "reported")]), prompt as f64);
     assert_eq!(
         metric(&m, "tollgate_tokens_total", &[d, ("kind", "completion"), ("source", "reported")]),
@@ -72,15 +93,86 @@ async fn metrics_count_known_traffic_exactly() {
         metric(&m, "tollgate_ratelimit_remaining", &[d, ("limit", "tokens")]),
         (200_000 - prompt - completion) as f64
     );
-    assert_eq!(metric(&m, "tollgate_inflight_requests", &[d]), 0.0);
-    assert_eq!(metric(&m, "tollgate_backend_errors_total", &[("deployment", "gone"), ("kind", "connect")]), 1.0);
+    assert_eq!(sample_count(&m, "tollgate_inflight_requests", &[d]), 1);
     assert_eq!(metric(&m, "tollgate_request_duration_seconds_count", &[d, chat]), 10.0);
     assert_eq!(metric(&m, "tollgate_backend_first_byte_seconds_count", &[d]), 8.0);
     assert_eq!(metric(&m, "tollgate_overhead_seconds_count", &[d]), 8.0);
     assert_eq!(metric(&m, "tollgate_prompt_estimate_ratio_count", &[d]), 8.0);
-    assert!(metric(&m, "tollgate_open_connections", &[]) >= 1.0);
-    // Labels never carry keys or request ids.
-    assert!(!reply.text().contains(PRIMARY_KEY) && !reply.text().contains("WrongKeyXYZ123"));
+}
+
+#[tokio::test]
+async fn by_default_a_deployment_keeps_its_counters_and_limits_and_the_histograms_are_gateway_wide() {
+    let (_h, text, m, prompt, completion) = known_traffic("").await;
+    assert_counters(&m, DEPLOYMENT, "gone");
+    let d = ("deployment", DEPLOYMENT);
+    let everyone = ("deployment", "");
+    let chat = ("route", "chat_completions");
+    assert_eq!(
+        metric(&m, "tollgate_tokens_total", &[d, ("kind", "total"), ("source", "reported")]),
+        (prompt + completion) as f64
+    );
+    assert_eq!(sample_count(&m, "tollgate_tokens_total", &[d]), 1, "one token series");
+    assert_eq!(metric(&m, "tollgate_ratelimit_limit", &[d, ("limit", "requests")]), 8.0);
+    assert_eq!(metric(&m, "tollgate_ratelimit_limit", &[d, ("limit", "tokens")]), 200_000.0);
+    assert_eq!(sample_count(&m, "tollgate_ratelimit_remaining", &[]), 0, "levels only with full detail");
+    // Histograms and in-flight counts of every deployment, together.
+    assert_eq!(metric(&m, "tollgate_request_duration_seconds_count", &[everyone, chat]), 11.0);
+    assert_eq!(metric(&m, "tollgate_backend_first_byte_seconds_count", &[everyone]), 8.0);
+    assert_eq!(metric(&m, "tollgate_overhead_seconds_count", &[everyone]), 8.0);
+    assert_eq!(metric(&m, "tollgate_prompt_estimate_ratio_count", &[everyone]), 8.0);
+    assert_eq!(sample_count(&m, "tollgate_inflight_requests", &[]), 1);
+    assert_eq!(sample_count(&m, "tollgate_inflight_requests", &[everyone]), 1);
+    let own = m.iter().filter(|s| s.labels.get("deployment").map(String::as_str) == Some(DEPLOYMENT)).count();
+    // requests 200/429/401, the 429s by limit, the 401s, one token series, two limits.
+    assert_eq!(own, 3 + 1 + 1 + 1 + 2, "{text}");
+}
+
+#[tokio::test]
+async fn with_deployments_off_everything_is_counted_gateway_wide() {
+    let (_h, text, m, prompt, _) = known_traffic("[metrics]\ndeployments = \"off\"\nfull_detail = [\"gone\"]\n").await;
+    assert!(!text.contains(&format!("deployment=\"{DEPLOYMENT}\"")), "{text}");
+    let everyone = ("deployment", "");
+    let chat = ("route", "chat_completions");
+    assert_eq!(metric(&m, "tollgate_requests_total", &[everyone, chat, ("code", "200")]), 8.0);
+    assert_eq!(metric(&m, "tollgate_tokens_total", &[everyone, ("kind", "prompt")]), prompt as f64);
+    assert_eq!(sample_count(&m, "tollgate_ratelimit_limit", &[everyone]), 0);
+    // `full_detail` names one deployment that keeps everything of its own.
+    let gone = ("deployment", "gone");
+    assert_eq!(metric(&m, "tollgate_requests_total", &[gone, ("code", "502")]), 1.0);
+    assert_eq!(metric(&m, "tollgate_request_duration_seconds_count", &[gone]), 1.0);
+    assert_eq!(metric(&m, "tollgate_ratelimit_remaining", &[gone, ("limit", "requests")]), 999.0);
+}
+
+#[tokio::test]
+async fn a_deleted_deployments_series_leave_the_scrape_and_a_detail_change_applies_on_reload() {
+    let (h, _, m, _, _) = known_traffic(&common::admin::token_tables()).await;
+    assert_counters(&m, DEPLOYMENT, "gone");
+    // "gone" leaves the file, and the demo deployment gets full detail.
+    let text = std::fs::read_to_string(&h.config_path).unwrap();
+    let start = text.find("[[deployments]]\nname = \"gone\"").unwrap();
+    let end = start + text[start..].find("keys = ").unwrap();
+    let end = end + text[end..].find('\n').unwrap() + 1;
+    let text = format!("{}{}\n[metrics]\nfull_detail = [\"{DEPLOYMENT}\"]\n", &text[..start], &text[end..]);
+    std::fs::write(&h.config_path, text).unwrap();
+    h.owner(Method::POST, "/reload", None).await;
+    let scrape = h.admin_text("/metrics").await;
+    assert!(!scrape.contains("deployment=\"gone\""), "{scrape}");
+    let m = parse_metrics(&scrape);
+    let d = ("deployment", DEPLOYMENT);
+    // Its series started again at the new detail: the summary's counters are gone with it...
+    assert_eq!(sample_count(&m, "tollgate_tokens_total", &[d, ("kind", "total")]), 0, "{scrape}");
+    assert_eq!(sample_count(&m, "tollgate_requests_total", &[d]), 0, "{scrape}");
+    // ...and its levels are there now.
+    assert_eq!(metric(&m, "tollgate_ratelimit_remaining", &[d, ("limit", "requests")]), 0.0);
+    assert_eq!(
+        h.client
+            .post(&h.url("/openai/deployments/other/chat/completions"), &[("api-key", OTHER_KEY)], CHAT)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let m = parse_metrics(&h.admin_text("/metrics").await);
+    assert_eq!(metric(&m, "tollgate_requests_total", &[("deployment", "other"), ("code", "200")]), 1.0);
 }
 
 #[tokio::test]
@@ -317,12 +409,61 @@ async fn a_real_prometheus_scrapes_the_gateway() {
             break;
         }
     }
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
-    let sample = found.expect("Prometheus never returned tollgate_requests_total");
+    let Some(sample) = found else {
+        let _ = prometheus.kill();
+        panic!("Prometheus never returned tollgate_requests_total");
+    };
     assert_eq!(sample["metric"]["deployment"], DEPLOYMENT);
     assert_eq!(sample["metric"]["job"], "tollgate");
     assert_eq!(sample["value"][1], "1");
+    // Every traffic, quota and latency panel of the shipped dashboard answers for the demo
+    // deployment at the default metrics detail (the others need 429s, errors, consumers, prices
+    // or full detail, none of which this traffic has).
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{root}/config/grafana/tollgate-quotas.json")).unwrap())
+            .unwrap();
+    let mut unanswered = Vec::new();
+    for panel in dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| [1, 2, 4, 5, 6, 7].contains(&p["id"].as_u64().unwrap()))
+    {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            if expr.contains("ratelimit_remaining") || expr.contains("backend_errors") {
+                continue;
+            }
+            let expr = expr.replace("$deployment", DEPLOYMENT);
+            let mut answered = false;
+            for _ in 0..100 {
+                let url = format!("http://127.0.0.1:{port}/api/v1/query?query={}", percent_encode(&expr));
+                if let Some(reply) = h.client.try_get(&url).await.filter(|r| r.status == StatusCode::OK) {
+                    if reply.json()["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                        answered = true;
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if !answered {
+                unanswered.push(expr);
+            }
+        }
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert!(unanswered.is_empty(), "dashboard queries without an answer: {unanswered:#?}");
+}
+
+/// A query string's value, percent-encoded (PromQL has braces, quotes and spaces).
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[tokio::test]

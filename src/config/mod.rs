@@ -7,6 +7,7 @@ mod backend_url;
 pub mod billing;
 mod catalog;
 pub mod ledger;
+pub mod metrics;
 mod raw;
 mod store;
 mod validate;
@@ -62,6 +63,8 @@ pub struct Config {
     pub consumers: Vec<ConsumerConfig>,
     /// `[billing]`: the currency of prices and costs.
     pub billing: billing::BillingConfig,
+    /// `[metrics]`: the detail `/metrics` keeps.
+    pub metrics: metrics::MetricsConfig,
 }
 
 /// Most consumers one gateway holds (their names are metric labels: this bounds the series).

@@ -30,6 +30,17 @@ pub struct RawConfig {
     pub consumers: Vec<Spanned<RawConsumer>>,
     /// `[billing]`: the one currency prices and costs are in.
     pub billing: Option<RawBilling>,
+    /// `[metrics]`: the detail `/metrics` keeps.
+    pub metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub deployments: Option<Spanned<String>>,
+    pub full_detail: Option<Vec<Spanned<String>>>,
+    pub consumers: Option<Spanned<String>>,
+    pub backends: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -130,7 +130,8 @@ pub(super) fn validate(
     let store = super::store::validate_store(raw.limits.as_ref(), at)?;
     let consumers = super::validate_consumer::validate_consumers(&raw.consumers, at, &deployments)?;
     let billing = super::billing::validate_billing(raw.billing.as_ref(), at, env)?;
-    Ok(Config { server, admin, backend, deployments, models, ledger, store, consumers, billing })
+    let metrics = super::metrics::validate_metrics(raw.metrics.as_ref(), at)?;
+    Ok(Config { server, admin, backend, deployments, models, ledger, store, consumers, billing, metrics })
 }
 
 /// Each backend URL's limits as first declared (one map, so a file of 10,000 deployments is

@@ -69,6 +69,7 @@ pub fn demo_config(
             prices: Some(DEMO_PRICES),
         }],
         backend: BackendSettings { workers: crate::config::default_workers(), ..BackendSettings::default() },
+        metrics: crate::config::metrics::MetricsConfig::standard(),
         deployments: vec![DeploymentConfig {
             name: DEMO_DEPLOYMENT.into(),
             model: DEMO_MODEL.into(),

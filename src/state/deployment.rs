@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::HeaderValue;
 
+use crate::config::metrics::{DeploymentDetail, MetricsConfig};
 use crate::config::{BackendSettings, DeploymentConfig};
 use crate::core::billing::Prices;
 use crate::core::clock::Clock;
@@ -34,6 +35,8 @@ pub struct BuildContext<'a> {
     pub currency: &'a Arc<str>,
     /// The table's budgets (a deployment keeps those that watch it).
     pub budgets: &'a [Arc<Budget>],
+    /// `[metrics]`: the detail each deployment exports.
+    pub metrics: &'a MetricsConfig,
 }
 
 /// Where a deployment was declared.
@@ -89,6 +92,8 @@ pub struct Deployment {
     pub info: InfoCache,
     /// Its busiest metric series, resolved once ([`crate::state::metrics::DeploymentSeries`]).
     pub series: crate::state::metrics::DeploymentSeries,
+    /// What `/metrics` keeps of it (`[metrics]`).
+    pub metric_detail: MetricDetail,
     /// What its tokens cost, as of this table (a request is billed at the prices of the table it
     /// arrived under); none: its requests cost nothing and the ledger writes no cost.
     pub prices: Option<Prices>,
@@ -114,7 +119,33 @@ impl BackendAuth {
     }
 }
 
+/// What `/metrics` keeps of one deployment: its detail level, and whether its consumers' and
+/// pool backends' series are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricDetail {
+    pub deployment: DeploymentDetail,
+    pub consumers: bool,
+    pub backends: bool,
+}
+
 impl Deployment {
+    /// The `deployment` label of its counters and limits: its name, or "" (the gateway-wide
+    /// series) when `[metrics] deployments = "off"`.
+    pub fn counter_label(&self) -> &str {
+        if self.metric_detail.deployment == DeploymentDetail::Off { "" } else { &self.name }
+    }
+
+    /// The `deployment` label of its histograms, token split, levels and in-flight count: its
+    /// name only with full detail, else "" (counted gateway-wide).
+    pub fn detail_label(&self) -> &str {
+        if self.metric_detail.deployment == DeploymentDetail::Full { &self.name } else { "" }
+    }
+
+    /// The `backend` label of a pool backend's counters: its name, or "" with `backends = "off"`.
+    pub fn backend_label<'a>(&self, backend: &'a str) -> &'a str {
+        if self.metric_detail.backends { backend } else { "" }
+    }
+
     /// The name of the subscription it depends on (`s` of `/projects/p/subscriptions/s`).
     pub fn subscription_name(&self) -> Option<&str> {
         self.subscription.as_deref().and_then(|id| id.rsplit('/').next())
@@ -123,8 +154,15 @@ impl Deployment {
     pub fn from_config(config: &DeploymentConfig, clock: &Arc<dyn Clock>) -> Deployment {
         let (registry, settings) = (BackendRegistry::default(), BackendSettings::default());
         let currency: Arc<str> = Arc::from(crate::config::billing::DEFAULT_CURRENCY);
-        let context =
-            BuildContext { registry: &registry, clock, settings: &settings, currency: &currency, budgets: &[] };
+        let metrics = MetricsConfig::standard();
+        let context = BuildContext {
+            registry: &registry,
+            clock,
+            settings: &settings,
+            currency: &currency,
+            budgets: &[],
+            metrics: &metrics,
+        };
         Deployment::build(config, Origin::File, Health::Online, None, None, &context)
     }
 
@@ -139,7 +177,7 @@ impl Deployment {
         previous: Option<&Deployment>,
         context: &BuildContext<'_>,
     ) -> Deployment {
-        let BuildContext { registry, clock, settings, currency, budgets } = *context;
+        let BuildContext { registry, clock, settings, currency, budgets, metrics } = *context;
         let budgets = budgets
             .iter()
             .filter(|b| b.watches_deployment(&config.project, subscription.as_deref()))
@@ -193,6 +231,11 @@ impl Deployment {
             ),
             info: InfoCache::new(Arc::clone(clock)),
             series: Default::default(),
+            metric_detail: MetricDetail {
+                deployment: metrics.detail_of(&config.name),
+                consumers: metrics.consumers,
+                backends: metrics.backends,
+            },
             prices: config.prices,
             currency: Arc::clone(currency),
             budgets,

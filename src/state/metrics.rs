@@ -4,14 +4,17 @@
 //! label sets stay bounded: deployments (from the configuration), routes, status codes, limit
 //! kinds. Never keys, never request ids.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
+use crate::config::metrics::DeploymentDetail;
 use crate::core::billing::Meter;
 use crate::core::meter::CountSource;
 use crate::core::pool::health::Status;
@@ -383,6 +386,69 @@ impl Metrics {
         })
     }
 
+    /// After a new table is published: removes the series of deployments that left it or whose
+    /// `[metrics]` detail changed (they start again as the new detail says), and of consumers
+    /// that left it, so a scrape holds only what exists. One pass over each family's series, and
+    /// only when something left or changed.
+    pub fn forget(&self, before: &DeploymentTable, after: &DeploymentTable) {
+        let deployments: HashSet<&str> = before
+            .iter()
+            .filter(|d| after.get(&d.name).is_none_or(|now| now.metric_detail != d.metric_detail))
+            .map(|d| d.name.as_str())
+            .collect();
+        let staying: HashSet<&str> = after.consumers().iter().map(|c| &*c.label).collect();
+        let consumers: HashSet<&str> =
+            before.consumers().iter().map(|c| &*c.label).filter(|c| !staying.contains(c)).collect();
+        if !deployments.is_empty() {
+            let by = |vec: &dyn Forget| vec.forget("deployment", &deployments);
+            for vec in [
+                &self.requests as &dyn Forget,
+                &self.ratelimit_rejections,
+                &self.auth_failures,
+                &self.tokens,
+                &self.ratelimit_limit,
+                &self.ratelimit_remaining,
+                &self.request_duration,
+                &self.backend_first_byte,
+                &self.overhead,
+                &self.inflight,
+                &self.queue_depth,
+                &self.queue_wait,
+                &self.backend_errors,
+                &self.backend_attempts,
+                &self.backend_ejections,
+                &self.retries,
+                &self.backend_health_checks,
+                &self.backend_state,
+                &self.backend_inflight,
+                &self.backend_ratelimit_remaining,
+                &self.prompt_estimate_ratio,
+                &self.consumer_requests,
+                &self.consumer_tokens,
+                &self.consumer_rejections,
+            ] {
+                by(vec);
+            }
+            self.consumer_quota_used_ratio.forget("scope", &deployments);
+            self.consumer_quota_limit.forget("scope", &deployments);
+        }
+        if !consumers.is_empty() {
+            for vec in [
+                &self.consumer_requests as &dyn Forget,
+                &self.consumer_tokens,
+                &self.consumer_rejections,
+                &self.consumer_quota_used_ratio,
+                &self.consumer_quota_limit,
+            ] {
+                vec.forget("consumer", &consumers);
+            }
+        }
+        if after.iter().next().is_some_and(|d| !d.metric_detail.consumers) {
+            self.consumer_quota_used_ratio.reset();
+            self.consumer_quota_limit.reset();
+        }
+    }
+
     /// Counts one reload of the configuration file.
     pub fn observe_reload(&self, applied: bool) {
         self.config_reloads.with_label_values(&[if applied { "applied" } else { "refused" }]).inc();
@@ -391,7 +457,7 @@ impl Metrics {
 
     /// `tollgate_backend_first_byte_seconds` and `tollgate_overhead_seconds` of a forwarded request.
     pub fn observe_forwarded(&self, deployment: &Deployment, first_byte: Duration, overhead: Duration) {
-        let name = deployment.name.as_str();
+        let name = deployment.detail_label();
         let series = &deployment.series;
         series
             .first_byte
@@ -401,23 +467,20 @@ impl Metrics {
     }
 
     /// Counts one attempt sent to a backend of a pool, by its result.
-    pub fn observe_attempt(&self, deployment: &str, backend: &PoolBackend, result: &str) {
+    pub fn observe_attempt(&self, deployment: &Deployment, backend: &PoolBackend, result: &str) {
+        let labels = [deployment.counter_label(), deployment.backend_label(&backend.name), result];
         if result == "ok" {
-            let name = &*backend.name;
-            backend
-                .series()
-                .ok
-                .get_or_init(|| self.backend_attempts.with_label_values(&[deployment, name, "ok"]))
-                .inc();
+            backend.series().ok.get_or_init(|| self.backend_attempts.with_label_values(&labels)).inc();
         } else {
-            self.backend_attempts.with_label_values(&[deployment, &backend.name, result]).inc();
+            self.backend_attempts.with_label_values(&labels).inc();
         }
     }
 
     /// Counts one finished, authenticated request.
     pub fn observe(&self, record: &UsageRecord) {
         let series = &record.deployment.series;
-        let deployment = record.deployment.name.as_str();
+        let deployment = record.deployment.counter_label();
+        let detail = record.deployment.detail_label();
         let route = record.route.label();
         let duration = record.duration.as_secs_f64();
         match series.ok.get(record.route as usize).filter(|_| record.status == 200) {
@@ -425,7 +488,7 @@ impl Metrics {
                 let (requests, durations) = ok.get_or_init(|| {
                     (
                         self.requests.with_label_values(&[deployment, route, "200"]),
-                        self.request_duration.with_label_values(&[deployment, route]),
+                        self.request_duration.with_label_values(&[detail, route]),
                     )
                 });
                 requests.inc();
@@ -433,7 +496,7 @@ impl Metrics {
             }
             None => {
                 self.requests.with_label_values(&[deployment, route, metric_status(record.status)]).inc();
-                self.request_duration.with_label_values(&[deployment, route]).observe(duration);
+                self.request_duration.with_label_values(&[detail, route]).observe(duration);
             }
         }
         match record.outcome {
@@ -444,7 +507,7 @@ impl Metrics {
         if let Some(limit) = record.limited_by {
             self.ratelimit_rejections.with_label_values(&[deployment, limit.as_str()]).inc();
         }
-        if let Some(consumer) = &record.consumer {
+        if let Some(consumer) = record.consumer.as_ref().filter(|_| record.deployment.metric_detail.consumers) {
             self.observe_consumer(consumer, record);
         }
         if let Some(cost) = record.cost().filter(|c| c.total().0 > 0) {
@@ -466,6 +529,30 @@ impl Metrics {
             CountSource::None => return,
         };
         let reported = record.source == CountSource::Reported;
+        if record.deployment.metric_detail.deployment == DeploymentDetail::Summary {
+            // One series of the prompt and completion tokens together (the split is kept with
+            // full detail, and gateway-wide with deployments = "off").
+            let tokens = record.prompt_tokens + record.completion_tokens;
+            if tokens > 0 {
+                let total = || self.tokens.with_label_values(&[deployment, "total", source]);
+                if reported { series.reported_prompt.get_or_init(total).inc_by(tokens) } else { total().inc_by(tokens) }
+            }
+        } else {
+            self.observe_token_split(record, deployment, source);
+        }
+        if record.source == CountSource::Reported && record.prompt_tokens > 0 && record.estimated_prompt_tokens > 0 {
+            let ratio = record.estimated_prompt_tokens as f64 / record.prompt_tokens as f64;
+            series
+                .estimate_ratio
+                .get_or_init(|| self.prompt_estimate_ratio.with_label_values(&[detail]))
+                .observe(ratio);
+        }
+    }
+
+    /// `tollgate_tokens_total` by kind (prompt, completion).
+    fn observe_token_split(&self, record: &UsageRecord, deployment: &str, source: &'static str) {
+        let series = &record.deployment.series;
+        let reported = record.source == CountSource::Reported;
         for (kind, tokens, cached) in [
             ("prompt", record.prompt_tokens, &series.reported_prompt),
             ("completion", record.completion_tokens, &series.reported_completion),
@@ -479,13 +566,6 @@ impl Metrics {
             } else {
                 self.tokens.with_label_values(&[deployment, kind, source]).inc_by(tokens);
             }
-        }
-        if record.source == CountSource::Reported && record.prompt_tokens > 0 && record.estimated_prompt_tokens > 0 {
-            let ratio = record.estimated_prompt_tokens as f64 / record.prompt_tokens as f64;
-            series
-                .estimate_ratio
-                .get_or_init(|| self.prompt_estimate_ratio.with_label_values(&[deployment]))
-                .observe(ratio);
         }
     }
 
@@ -562,31 +642,49 @@ impl Metrics {
         readings: &[QuotaReading],
         consumers: &[Option<Vec<PeriodReading>>],
     ) -> String {
+        // In-flight requests of deployments without full detail, counted together.
+        let mut shared_inflight = None::<i64>;
         for (deployment, reading) in deployments.iter().zip(readings) {
-            let name = deployment.name.as_str();
-            match &reading.deployment {
-                Some(state) => {
-                    for (limit, per_minute, remaining) in [
-                        (LimitKind::Requests, state.limit_requests, state.remaining_requests),
-                        (LimitKind::Tokens, state.limit_tokens, state.remaining_tokens),
-                    ] {
-                        self.ratelimit_limit.with_label_values(&[name, limit.as_str()]).set(clamp(per_minute));
-                        self.ratelimit_remaining.with_label_values(&[name, limit.as_str()]).set(clamp(remaining));
-                    }
-                }
-                None => {
-                    for limit in [LimitKind::Requests, LimitKind::Tokens] {
-                        let _ = self.ratelimit_remaining.remove_label_values(&[name, limit.as_str()]);
+            let name = deployment.counter_label();
+            let detail = deployment.metric_detail.deployment;
+            let inflight = deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed);
+            if detail == DeploymentDetail::Full {
+                self.inflight.with_label_values(&[name]).set(inflight);
+            } else {
+                *shared_inflight.get_or_insert(0) += inflight;
+            }
+            if detail == DeploymentDetail::Off {
+                continue;
+            }
+            let limits = deployment.quota.limits();
+            for (limit, per_minute) in
+                [(LimitKind::Requests, limits.requests_per_minute), (LimitKind::Tokens, limits.tokens_per_minute)]
+            {
+                self.ratelimit_limit.with_label_values(&[name, limit.as_str()]).set(clamp(per_minute));
+            }
+            if detail == DeploymentDetail::Full {
+                for limit in [LimitKind::Requests, LimitKind::Tokens] {
+                    let remaining = reading.deployment.map(|state| match limit {
+                        LimitKind::Requests => state.remaining_requests,
+                        LimitKind::Tokens => state.remaining_tokens,
+                    });
+                    match remaining {
+                        Some(remaining) => {
+                            self.ratelimit_remaining.with_label_values(&[name, limit.as_str()]).set(clamp(remaining))
+                        }
+                        None => {
+                            let _ = self.ratelimit_remaining.remove_label_values(&[name, limit.as_str()]);
+                        }
                     }
                 }
             }
-            self.inflight
-                .with_label_values(&[name])
-                .set(deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed));
             if !deployment.queue.config().max_wait.is_zero() {
                 let (requests, tokens) = deployment.queue.depth();
                 self.queue_depth.with_label_values(&[name, "requests"]).set(clamp(requests as u64));
                 self.queue_depth.with_label_values(&[name, "tokens"]).set(clamp(tokens));
+            }
+            if !deployment.metric_detail.backends {
+                continue;
             }
             let now = deployment.pool.now_ns();
             for (i, backend) in deployment.pool.backends.iter().enumerate() {
@@ -619,6 +717,9 @@ impl Metrics {
                 }
             }
         }
+        if let Some(inflight) = shared_inflight {
+            self.inflight.with_label_values(&[""]).set(inflight);
+        }
         self.render_consumers(deployments, consumers);
         for budget in deployments.budgets() {
             for (period, amount, spent, _) in budget.state(budget.clock.unix_seconds()) {
@@ -632,6 +733,25 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A metric family whose series can be removed by one label's value.
+trait Forget {
+    fn forget(&self, label: &str, values: &HashSet<&str>);
+}
+
+impl<B: MetricVecBuilder> Forget for MetricVec<B> {
+    fn forget(&self, label: &str, values: &HashSet<&str>) {
+        for family in self.collect() {
+            for metric in family.get_metric() {
+                let labels = metric.get_label();
+                if labels.iter().any(|l| l.name() == label && values.contains(l.value())) {
+                    let all: HashMap<&str, &str> = labels.iter().map(|l| (l.name(), l.value())).collect();
+                    let _ = self.remove(&all);
+                }
+            }
+        }
     }
 }
 
@@ -689,14 +809,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn cached_series_are_the_registered_ones() {
+    /// A deployment called "cached" at `detail`, after two forwarded requests and three
+    /// finished ones (200, 200, 201) of 10 prompt tokens each: the exposition.
+    fn exported(detail: DeploymentDetail) -> String {
         let metrics = Metrics::new(Registry::new()).unwrap();
         let text = "[[deployments]]\nname = \"cached\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824\"]\n";
         let config = crate::config::Config::parse(text, "t.toml", &|_| None).unwrap();
         let clock: std::sync::Arc<dyn crate::core::clock::Clock> =
             std::sync::Arc::new(crate::core::clock::MonotonicClock::new());
-        let deployment = Deployment::from_config(&config.deployments[0], &clock);
+        let mut deployment = Deployment::from_config(&config.deployments[0], &clock);
+        deployment.metric_detail.deployment = detail;
         for _ in 0..2 {
             metrics.observe_forwarded(&deployment, Duration::from_millis(1), Duration::from_micros(5));
         }
@@ -726,7 +848,12 @@ mod tests {
                 queued: None,
             });
         }
-        let text = metrics.render(&DeploymentTable::default(), &[], &[]);
+        metrics.render(&DeploymentTable::default(), &[], &[])
+    }
+
+    #[test]
+    fn cached_series_are_the_registered_ones() {
+        let text = exported(DeploymentDetail::Full);
         assert!(text.contains("tollgate_backend_first_byte_seconds_count{deployment=\"cached\"} 2"), "{text}");
         let requests = |code: &str| {
             format!("tollgate_requests_total{{code=\"{code}\",deployment=\"cached\",route=\"chat_completions\"}}")
@@ -745,5 +872,40 @@ mod tests {
         );
         assert!(!text.contains("kind=\"completion\""), "no series for zero tokens: {text}");
         assert!(text.contains("tollgate_overhead_seconds_count{deployment=\"cached\"} 2"), "{text}");
+    }
+
+    #[test]
+    fn a_summary_keeps_the_counters_and_counts_the_histograms_gateway_wide() {
+        let text = exported(DeploymentDetail::Summary);
+        let requests = "tollgate_requests_total{code=\"200\",deployment=\"cached\",route=\"chat_completions\"} 2";
+        assert!(text.contains(requests), "{text}");
+        assert!(
+            text.contains("tollgate_tokens_total{deployment=\"cached\",kind=\"total\",source=\"reported\"} 30"),
+            "{text}"
+        );
+        assert!(text.contains("tollgate_backend_first_byte_seconds_count{deployment=\"\"} 2"), "{text}");
+        assert!(
+            text.contains("tollgate_request_duration_seconds_count{deployment=\"\",route=\"chat_completions\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("tollgate_prompt_estimate_ratio_count{deployment=\"\"} 3"), "{text}");
+        let own: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("deployment=\"cached\"") && !l.starts_with("tollgate_requests_total"))
+            .filter(|l| !l.starts_with("tollgate_tokens_total"))
+            .collect();
+        assert!(own.is_empty(), "only counters of its own: {own:?}");
+    }
+
+    #[test]
+    fn off_counts_everything_gateway_wide() {
+        let text = exported(DeploymentDetail::Off);
+        assert!(!text.contains("deployment=\"cached\""), "{text}");
+        let requests = "tollgate_requests_total{code=\"200\",deployment=\"\",route=\"chat_completions\"} 2";
+        assert!(text.contains(requests), "{text}");
+        assert!(
+            text.contains("tollgate_tokens_total{deployment=\"\",kind=\"prompt\",source=\"reported\"} 30"),
+            "{text}"
+        );
     }
 }

@@ -381,3 +381,12 @@ pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .map(|s| s.value)
         .sum()
 }
+
+/// How many samples are named `name` with labels including all of `labels` (series, for a
+/// gauge or counter).
+pub fn sample_count(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> usize {
+    samples
+        .iter()
+        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .count()
+}

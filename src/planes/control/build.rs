@@ -44,8 +44,14 @@ pub fn build_table(
     let registry = BackendRegistry::seeded(previous.iter().map(|d| &d.pool));
     let currency: Arc<str> = Arc::from(config.billing.currency.as_str());
     let budgets = crate::state::budget::build_budgets(&config.billing.budgets, previous.budgets(), clock);
-    let context =
-        BuildContext { registry: &registry, clock, settings: &config.backend, currency: &currency, budgets: &budgets };
+    let context = BuildContext {
+        registry: &registry,
+        clock,
+        settings: &config.backend,
+        currency: &currency,
+        budgets: &budgets,
+        metrics: &config.metrics,
+    };
     for file in &config.deployments {
         out.push(Arc::new(Deployment::build(
             file,

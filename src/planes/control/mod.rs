@@ -205,7 +205,9 @@ impl ControlPlane {
         }
         writer.retired.update(&before, &table, now);
         self.snapshot.store(Arc::new(Snapshot { config: current.config.clone(), state: next }));
-        self.live.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.live.store(Arc::clone(&table));
+        self.metrics.forget(&before, &table);
         Ok(result)
     }
 
@@ -243,11 +245,18 @@ impl ControlPlane {
         let deployments = table.len();
         writer.retired.update(&before, &table, now);
         self.snapshot.store(Arc::new(Snapshot { config, state: current.state.clone() }));
-        self.live.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.live.store(Arc::clone(&table));
+        self.metrics.forget(&before, &table);
         if let Some(tls) = &self.tls {
             tls.reload().map_err(ReloadError::Tls)?;
         }
         Ok(ReloadReport { deployments, restart_needed })
+    }
+
+    /// Whether `/metrics` keeps series per consumer (`[metrics] consumers`).
+    pub fn consumer_metrics(&self) -> bool {
+        self.read(|config, _| config.metrics.consumers)
     }
 
     /// Whether a presented bearer token is the configured metrics token (`None` when `/metrics`

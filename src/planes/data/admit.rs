@@ -313,7 +313,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         self.metrics
             .queue_wait
-            .with_label_values(&[self.deployment.name.as_str(), self.outcome])
+            .with_label_values(&[self.deployment.detail_label(), self.outcome])
             .observe(self.since.elapsed().as_secs_f64());
     }
 }

@@ -99,7 +99,7 @@ impl Gateway {
             tried |= bit;
             attempts += 1;
             if attempts > 1 {
-                self.metrics.retries.with_label_values(&[deployment.name.as_str()]).inc();
+                self.metrics.retries.with_label_values(&[deployment.counter_label()]).inc();
             }
             let another = attempts < deployment.max_attempts && (tried.count_ones() as usize) < pool.len();
             let sent_headers = if another { headers.clone() } else { headers.take() }.unwrap_or_default();
@@ -199,7 +199,7 @@ impl Gateway {
         // Per-backend series are for pools: a one-backend deployment's attempts are its
         // requests (`tollgate_requests_total`, `tollgate_backend_errors_total`).
         if deployment.pool.len() > 1 {
-            self.metrics.observe_attempt(&deployment.name, backend, result);
+            self.metrics.observe_attempt(deployment, backend, result);
         }
         self.observe_change(deployment, backend, change);
     }
@@ -208,7 +208,10 @@ impl Gateway {
     pub(super) fn observe_change(&self, deployment: &Deployment, backend: &PoolBackend, change: Option<Change>) {
         let Some(change) = change else { return };
         if let Some(ns) = change.ejected_for_ns {
-            self.metrics.backend_ejections.with_label_values(&[deployment.name.as_str(), &backend.name]).inc();
+            self.metrics
+                .backend_ejections
+                .with_label_values(&[deployment.counter_label(), deployment.backend_label(&backend.name)])
+                .inc();
             tracing::warn!(
                 deployment = deployment.name.as_str(),
                 backend = &*backend.name,

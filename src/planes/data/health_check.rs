@@ -86,7 +86,8 @@ impl Gateway {
             Ok(_) => "bad_status",
             Err(error) => super::failover::attempt_error_kind(error),
         };
-        self.metrics.backend_health_checks.with_label_values(&[deployment.name.as_str(), &backend.name, result]).inc();
+        let labels = [deployment.counter_label(), deployment.backend_label(&backend.name), result];
+        self.metrics.backend_health_checks.with_label_values(&labels).inc();
         if let Err(error) = &sent {
             tracing::debug!(deployment = deployment.name.as_str(), backend = &*backend.name, %error, "health check failed");
         }

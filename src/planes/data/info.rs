@@ -122,7 +122,7 @@ impl Gateway {
             }
             Err(error) => {
                 if let Some(kind) = backend_error_kind(&error) {
-                    self.metrics.backend_errors.with_label_values(&[deployment.name.as_str(), kind]).inc();
+                    self.metrics.backend_errors.with_label_values(&[deployment.counter_label(), kind]).inc();
                 }
                 trace.outcome = Some(Outcome::BackendFailed);
                 Err(error)

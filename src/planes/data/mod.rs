@@ -242,7 +242,7 @@ impl Gateway {
             // Not authenticated: no usage record, only metrics and the access log.
             _ => {
                 if let (Some(deployment), Some(route)) = (&trace.deployment, trace.route) {
-                    let name = deployment.name.as_str();
+                    let name = deployment.counter_label();
                     self.metrics.requests.with_label_values(&[name, route.label(), metric_status(status)]).inc();
                     if status == 401 {
                         self.metrics.auth_failures.with_label_values(&[name]).inc();
@@ -383,7 +383,7 @@ impl Gateway {
             Err(failover::Failed { error, attempts }) => {
                 let kind = backend_error_kind(&error);
                 if let Some(kind) = kind {
-                    self.metrics.backend_errors.with_label_values(&[deployment.name.as_str(), kind]).inc();
+                    self.metrics.backend_errors.with_label_values(&[deployment.counter_label(), kind]).inc();
                 }
                 reservation.attempted(attempts);
                 let outcome = if kind.is_some() { Outcome::BackendFailed } else { Outcome::Rejected };
