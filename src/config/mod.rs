@@ -243,7 +243,7 @@ impl Default for BackendSettings {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentConfig {
     pub name: String,
     pub model: String,

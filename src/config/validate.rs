@@ -109,9 +109,10 @@ pub(super) fn validate(
     let mut quotas = BackendQuotas::default();
     let models = validate_models(&raw.models, at, env, &mut quotas)?;
     let mut deployments: Vec<DeploymentConfig> = Vec::with_capacity(raw.deployments.len());
+    let mut names = std::collections::HashSet::with_capacity(raw.deployments.len());
     for (index, spanned) in raw.deployments.iter().enumerate() {
         let deployment = validate_deployment(spanned.get_ref(), index, at, env, &backend, &models)?;
-        if deployments.iter().any(|d| d.name.eq_ignore_ascii_case(&deployment.name)) {
+        if !names.insert(deployment.name.to_ascii_lowercase()) {
             return Err(at.error(
                 &spanned.get_ref().name,
                 format!("deployments[{index}].name"),

@@ -33,10 +33,13 @@ pub(super) fn validate_consumers(
         }
     }
     let mut out: Vec<ConsumerConfig> = Vec::with_capacity(raw.len());
+    // Lookups by name, not scans: a file may declare 10,000 deployments and consumers.
+    let by_name: HashMap<&str, &DeploymentConfig> = deployments.iter().map(|d| (d.name.as_str(), d)).collect();
+    let mut names: std::collections::HashSet<(String, String)> = std::collections::HashSet::with_capacity(raw.len());
     for (index, spanned) in raw.iter().enumerate() {
-        let consumer = validate_consumer(spanned.get_ref(), index, at, deployments)?;
+        let consumer = validate_consumer(spanned.get_ref(), index, at, &by_name)?;
         let c = spanned.get_ref();
-        if out.iter().any(|o| o.project == consumer.project && o.name.eq_ignore_ascii_case(&consumer.name)) {
+        if !names.insert((consumer.project.clone(), consumer.name.to_ascii_lowercase())) {
             return Err(at.error(
                 &c.name,
                 format!("consumers[{index}].name"),
@@ -65,7 +68,7 @@ fn validate_consumer(
     c: &RawConsumer,
     index: usize,
     at: &Locator<'_>,
-    deployments: &[DeploymentConfig],
+    deployments: &HashMap<&str, &DeploymentConfig>,
 ) -> Result<ConsumerConfig, ConfigError> {
     let field = |name: &str| format!("consumers[{index}].{name}");
     check_consumer_name(c.name.get_ref()).map_err(|why| at.error(&c.name, field("name"), why))?;
@@ -114,11 +117,11 @@ fn validate_grant(
     g: &RawGrant,
     table: &str,
     at: &Locator<'_>,
-    deployments: &[DeploymentConfig],
+    deployments: &HashMap<&str, &DeploymentConfig>,
 ) -> Result<GrantConfig, ConfigError> {
     let field = |name: &str| format!("{table}.{name}");
     let name = g.deployment.get_ref();
-    let deployment = deployments.iter().find(|d| d.name == *name).ok_or_else(|| {
+    let deployment = deployments.get(name.as_str()).ok_or_else(|| {
         at.error(
             &g.deployment,
             field("deployment"),

@@ -30,6 +30,36 @@ pub enum TableConflict {
     ModelRemoved { model: String, deployment: String, project: String },
 }
 
+/// What the live table was built from. A deployment whose inputs are all the same is carried
+/// into the next table as it is (the same `Arc`, with its client pools, `/info` cache and
+/// resolved metric series), so a reload or an admin change costs what changed, not the table.
+pub struct Reuse<'a> {
+    pub config: &'a Config,
+    pub state: &'a ControlState,
+    pub live: &'a DeploymentTable,
+}
+
+impl Reuse<'_> {
+    /// The live deployment `name`, when the settings every deployment is built with are the same
+    /// and it is watched by no budget (budgets are rebuilt with each table; their deployments
+    /// are too).
+    fn candidate(
+        &self,
+        name: &str,
+        config: &Config,
+        budgets: &[Arc<crate::state::budget::Budget>],
+    ) -> Option<&Arc<Deployment>> {
+        let before = self.config;
+        let same = before.backend == config.backend
+            && before.billing.currency == config.billing.currency
+            && before.metrics == config.metrics;
+        let deployment = self.live.get(name).filter(|_| same)?;
+        let unwatched = deployment.budgets.is_empty()
+            && !budgets.iter().any(|b| b.watches_deployment(&deployment.project, deployment.subscription.as_deref()));
+        unwatched.then_some(deployment)
+    }
+}
+
 /// Builds the table; fails when the file and the admin state disagree (a name used twice, a
 /// catalog model removed while deployments use it).
 pub fn build_table(
@@ -38,6 +68,7 @@ pub fn build_table(
     secret: &KeySecret,
     previous: &DeploymentTable,
     clock: &Arc<dyn Clock>,
+    reuse: Option<&Reuse<'_>>,
 ) -> Result<DeploymentTable, TableConflict> {
     let mut out: Vec<Arc<Deployment>> = Vec::with_capacity(config.deployments.len() + state.deployments.len());
     // One health and one set of buckets per backend URL, whichever deployments send to it.
@@ -52,7 +83,22 @@ pub fn build_table(
         budgets: &budgets,
         metrics: &config.metrics,
     };
+    // The inputs of the live table's deployments, by name.
+    let old_files: HashMap<&str, &DeploymentConfig> =
+        reuse.map(|r| r.config.deployments.iter().map(|d| (d.name.as_str(), d)).collect()).unwrap_or_default();
+    let old_api: HashMap<&str, &ApiDeployment> =
+        reuse.map(|r| r.state.deployments.iter().map(|d| (d.name.as_str(), d)).collect()).unwrap_or_default();
+    let old_models: HashMap<&str, &crate::config::CatalogModel> =
+        reuse.map(|r| r.config.models.iter().map(|m| (m.id.as_str(), m)).collect()).unwrap_or_default();
     for file in &config.deployments {
+        let kept = reuse
+            .filter(|_| old_files.get(file.name.as_str()) == Some(&file))
+            .and_then(|r| r.candidate(&file.name, config, &budgets))
+            .filter(|d| d.origin == Origin::File);
+        if let Some(kept) = kept {
+            out.push(Arc::clone(kept));
+            continue;
+        }
         out.push(Arc::new(Deployment::build(
             file,
             Origin::File,
@@ -84,6 +130,15 @@ pub fn build_table(
                 ),
             },
         };
+        let kept = reuse
+            .filter(|_| old_api.get(api.name.as_str()) == Some(&api))
+            .filter(|_| old_models.get(model.id.as_str()) == Some(&model))
+            .and_then(|r| r.candidate(&api.name, config, &budgets))
+            .filter(|d| d.origin == Origin::Api && d.health == health && d.subscription == subscription);
+        if let Some(kept) = kept {
+            out.push(Arc::clone(kept));
+            continue;
+        }
         let deployment_config = DeploymentConfig {
             name: api.name.clone(),
             model: model.id.clone(),
@@ -167,5 +222,41 @@ pub fn key_pair(secret: &KeySecret, deployment: &ApiDeployment) -> KeyPair {
     KeyPair {
         primary: KeyDigest::of(secret.derive_key(deployment, 0).as_bytes()),
         secondary: Some(KeyDigest::of(secret.derive_key(deployment, 1).as_bytes())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(second_tokens: u64) -> Config {
+        let key = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        let text = format!(
+            "[[deployments]]\nname = \"a\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{key}\"]\n\
+             [[deployments]]\nname = \"b\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{key}\"]\ntokens_per_minute = {second_tokens}\n"
+        );
+        Config::parse(&text, "t.toml", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn a_rebuild_carries_unchanged_deployments_over_and_rebuilds_changed_ones() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::core::clock::ManualClock::new(0));
+        let (state, secret) = (ControlState::default(), KeySecret::random());
+        let first_config = config(1000);
+        let first = build_table(&first_config, &state, &secret, &DeploymentTable::default(), &clock, None).unwrap();
+        let reuse = Reuse { config: &first_config, state: &state, live: &first };
+        let same = build_table(&first_config, &state, &secret, &first, &clock, Some(&reuse)).unwrap();
+        for name in ["a", "b"] {
+            assert!(Arc::ptr_eq(first.get(name).unwrap(), same.get(name).unwrap()), "{name} carried over");
+        }
+        let changed = build_table(&config(2000), &state, &secret, &first, &clock, Some(&reuse)).unwrap();
+        assert!(Arc::ptr_eq(first.get("a").unwrap(), changed.get("a").unwrap()));
+        let (before, after) = (first.get("b").unwrap(), changed.get("b").unwrap());
+        assert!(!Arc::ptr_eq(before, after), "b changed: rebuilt");
+        assert_eq!(after.quota.limits().tokens_per_minute, 2000);
+        assert!(Arc::ptr_eq(&before.quota, &after.quota), "its buckets carry on");
+        // Without what the live table was built from, everything is built again.
+        let fresh = build_table(&first_config, &state, &secret, &first, &clock, None).unwrap();
+        assert!(!Arc::ptr_eq(first.get("a").unwrap(), fresh.get("a").unwrap()));
     }
 }

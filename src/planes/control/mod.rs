@@ -150,7 +150,7 @@ impl ControlPlane {
             ),
             None => (ControlState::default(), KeySecret::random()),
         };
-        let table = build::build_table(&config, &state, &secret, &DeploymentTable::default(), &clock)?;
+        let table = build::build_table(&config, &state, &secret, &DeploymentTable::default(), &clock, None)?;
         Ok(ControlPlane {
             writer: Mutex::new(Writer {
                 file_listen: file_listen.unwrap_or((config.server.listen, config.admin.listen)),
@@ -196,7 +196,8 @@ impl ControlPlane {
         let now = std::time::Instant::now();
         let before = self.live.load_full();
         let previous = writer.retired.with_live(&before, now);
-        let table = build::build_table(&current.config, &next, &self.secret, &previous, &self.clock)
+        let reuse = build::Reuse { config: &current.config, state: &current.state, live: &before };
+        let table = build::build_table(&current.config, &next, &self.secret, &previous, &self.clock, Some(&reuse))
             .map_err(|e| AdminError::conflict(e.to_string()))?;
         if let Some(path) = &self.state_path {
             self.state_writer.save(&next, path).map_err(|e| {
@@ -236,7 +237,8 @@ impl ControlPlane {
         let now = std::time::Instant::now();
         let before = self.live.load_full();
         let previous = writer.retired.with_live(&before, now);
-        let table = build::build_table(&config, &current.state, &self.secret, &previous, &self.clock)
+        let reuse = build::Reuse { config: &current.config, state: &current.state, live: &before };
+        let table = build::build_table(&config, &current.state, &self.secret, &previous, &self.clock, Some(&reuse))
             .map_err(ReloadError::Conflict)?;
         if !force {
             reload::refuse_emptying(&current.config, &config, before.len(), table.len())?;

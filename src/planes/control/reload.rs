@@ -182,10 +182,11 @@ impl Retired {
 
     /// Remembers what left between `before` and `after`, and forgets what came back or is old.
     pub fn update(&mut self, before: &DeploymentTable, after: &DeploymentTable, now: Instant) {
-        self.0.retain(|(d, at)| after.get(&d.name).is_none() && now.duration_since(*at) < RETIRED_FOR);
-        for gone in before.iter().filter(|d| after.get(&d.name).is_none()) {
-            self.0.retain(|(d, _)| d.name != gone.name);
-            self.0.push((Arc::clone(gone), now));
-        }
+        let gone: Vec<&Arc<Deployment>> = before.iter().filter(|d| after.get(&d.name).is_none()).collect();
+        let leaving: std::collections::HashSet<&str> = gone.iter().map(|d| d.name.as_str()).collect();
+        self.0.retain(|(d, at)| {
+            after.get(&d.name).is_none() && !leaving.contains(d.name.as_str()) && now.duration_since(*at) < RETIRED_FOR
+        });
+        self.0.extend(gone.into_iter().map(|d| (Arc::clone(d), now)));
     }
 }
