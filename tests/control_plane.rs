@@ -826,3 +826,81 @@ async fn an_api_deployment_can_let_its_requests_wait() {
     let file = h.owner(Method::GET, &format!("/projects/default/deployments/{DEPLOYMENT}"), None).await.json();
     assert_eq!(file["properties"]["limits"]["maxWaitMs"], 0, "{file}");
 }
+
+/// `$top` / `$skipToken` pages: every deployment that exists throughout is listed exactly once,
+/// while deployments are added between pages (before the token and after it).
+#[tokio::test]
+async fn pages_list_every_deployment_once_while_more_are_added() {
+    let file = |name: &str| {
+        format!(
+            "[[deployments]]\nname = \"{name}\"\nmodel = \"m\"\nbackend = \"{{mock}}\"\nkeys = [\"{}\"]\nproject = \"fleet\"\n",
+            stored(OTHER_KEY)
+        )
+    };
+    let h = Harness::with(Setup {
+        tables: tables(),
+        more_deployments: (0..7).map(|i| file(&format!("p{i:02}"))).collect(),
+        ..Default::default()
+    })
+    .await;
+    let mock = h.mock.url();
+    let add = |name: String| {
+        let h = &h;
+        let text = file(&name).replace("{mock}", &mock);
+        async move {
+            let mut config = std::fs::read_to_string(&h.config_path).unwrap();
+            config.push_str(&text);
+            std::fs::write(&h.config_path, config).unwrap();
+            h.owner(Method::POST, "/reload", None).await;
+        }
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut link = Some("/projects/fleet/deployments?$top=3".to_owned());
+    let mut pages = 0;
+    while let Some(path) = link {
+        let page = h.owner(Method::GET, &path, None).await.json();
+        let names: Vec<String> =
+            page["value"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().into()).collect();
+        assert!(names.len() <= 3, "{page}");
+        seen.extend(names);
+        add(format!("a{pages}")).await; // sorts before every token: never listed
+        add(format!("z{pages}")).await; // after: listed once, on a later page
+        pages += 1;
+        link = page["nextLink"].as_str().map(str::to_owned);
+        assert!(pages < 20, "pages never end: {seen:?}");
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "listed twice: {seen:?}");
+    for i in 0..7 {
+        assert!(seen.contains(&format!("p{i:02}")), "p{i:02} missing: {seen:?}");
+    }
+    assert!(seen.iter().all(|n| !n.starts_with('a')), "{seen:?}");
+    assert!(seen.contains(&"z0".to_owned()), "{seen:?}");
+
+    // /quotas and /usage: one project's deployments, paged, the next page in a Link header.
+    let mut quotas = Vec::new();
+    let mut next = Some("/quotas?project=fleet&$top=4".to_owned());
+    while let Some(path) = next {
+        let reply = h.api(Method::GET, &path, Some(token("reader")), None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        let body = reply.json();
+        assert!(body.as_object().unwrap().len() <= 4);
+        quotas.extend(body.as_object().unwrap().keys().cloned());
+        next = reply.headers.get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with("; rel=\"next\""), "{l}");
+            l[1..l.find('>').unwrap()].to_owned()
+        });
+    }
+    let listed = h.owner(Method::GET, "/projects/fleet/deployments", None).await.json();
+    let all: Vec<&str> = listed["value"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(all.len(), 7 + 2 * pages, "{listed}");
+    assert_eq!(quotas, all, "every fleet deployment once, in order, and no other project's");
+    let usage = h.api(Method::GET, "/usage?project=default", Some(token("reader")), None).await.json();
+    assert!(usage.get(DEPLOYMENT).is_some() && usage.get("p00").is_none(), "{usage}");
+    let bad = h.api(Method::GET, "/projects/fleet/deployments?$top=5000", Some(token("reader")), None).await;
+    assert_eq!((bad.status, bad.error_code().as_str()), (StatusCode::BAD_REQUEST, "BadRequest"));
+    assert!(bad.text().contains("from 1 to 1000"), "{}", bad.text());
+}

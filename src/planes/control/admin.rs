@@ -1,6 +1,7 @@
 //! The admin listener: liveness, readiness, Prometheus metrics, usage totals and quota levels
 //! (the control plane API hangs here later).
 
+use super::paging::Page;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use crate::core::roles::Action;
 use crate::planes::control::AdminBody;
 use crate::planes::control::{AdminError, ControlPlane, api};
 use crate::planes::respond::error_response;
-use crate::state::deployment::{Deployment, DeploymentTable};
+use crate::state::deployment::Deployment;
 use crate::state::ledger::Ledger;
 use crate::state::metrics::{Metrics, QuotaReading};
 use crate::state::quota_store::QuotaStore;
@@ -73,6 +74,35 @@ impl Admin {
             _ => None,
         };
         let visible = |d: &Deployment| token.as_ref().is_none_or(|t| t.may_use_project(&d.project));
+        // `/usage` and `/quotas` come in pages of deployments by name, of one project if asked.
+        let page = match path {
+            "/usage" | "/quotas" => match Page::parse(request.uri().query().unwrap_or(""), true) {
+                Ok(page) => page,
+                Err(error) => return api::error_reply(&error),
+            },
+            _ => Page::default(),
+        };
+        let table = self.control.live().load_full();
+        let (listed, next) = match path {
+            "/usage" | "/quotas" => {
+                let mut all: Vec<&Arc<Deployment>> = table
+                    .iter()
+                    .filter(|d| visible(d) && page.project.as_deref().is_none_or(|p| d.project == p))
+                    .collect();
+                all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                page.cut(all, |d| &d.name)
+            }
+            _ => (Vec::new(), None),
+        };
+        let paged = |mut response: Response<AdminBody>| {
+            if let Some(link) = next
+                .as_ref()
+                .and_then(|t| HeaderValue::from_str(&format!("<{}>; rel=\"next\"", page.next_link(path, t))).ok())
+            {
+                response.headers_mut().insert(header::LINK, link);
+            }
+            response
+        };
         match path {
             "/healthz" => json(r#"{"status":"ok"}"#.into()),
             "/readyz" if self.ready.load(std::sync::atomic::Ordering::SeqCst) => json(r#"{"status":"ready"}"#.into()),
@@ -81,8 +111,8 @@ impl Admin {
                 "ShuttingDown",
                 "this gateway is shutting down: route new traffic elsewhere",
             ),
-            "/usage" => match self.usage(&visible) {
-                Ok(body) => json(body),
+            "/usage" => match self.usage(&listed) {
+                Ok(body) => paged(json(body)),
                 Err(error) => error_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "InternalError",
@@ -90,8 +120,8 @@ impl Admin {
                 ),
             },
             "/metrics" => {
-                let table = self.control.live().load_full();
-                let states = self.quota_states(&table, true).await;
+                let all: Vec<&Arc<Deployment>> = table.iter().collect();
+                let states = self.quota_states(&all, true).await;
                 let mut periods = Vec::with_capacity(table.consumers().len());
                 if self.control.consumer_metrics() {
                     for consumer in table.consumers() {
@@ -106,7 +136,7 @@ impl Admin {
                 response
             }
             "/budgets" => json(self.budgets(token.as_ref())),
-            _ => json(self.quotas(&visible).await),
+            _ => paged(json(self.quotas(&listed).await)),
         }
     }
 
@@ -142,11 +172,10 @@ impl Admin {
         serde_json::Value::Object(out).to_string()
     }
 
-    /// Each deployment's usage totals since start.
-    fn usage(&self, visible: &(dyn Fn(&Deployment) -> bool + Sync)) -> Result<String, serde_json::Error> {
-        let table = self.control.live().load_full();
+    /// The usage totals since start of `deployments` (a page, by name).
+    fn usage(&self, deployments: &[&Arc<Deployment>]) -> Result<String, serde_json::Error> {
         let totals: std::collections::BTreeMap<&str, _> =
-            table.iter().filter(|d| visible(d)).map(|d| (d.name.as_str(), d.usage.read())).collect();
+            deployments.iter().map(|d| (d.name.as_str(), d.usage.read())).collect();
         serde_json::to_string(&totals)
     }
 
@@ -154,10 +183,10 @@ impl Admin {
     /// deployment whose buckets cannot be read while the store is down). `for_metrics`: only
     /// what `/metrics` exports (a deployment's levels with full detail, its backends' when
     /// backends are kept), so a scrape of 10,000 deployments in Redis is not 10,000 round trips.
-    async fn quota_states(&self, table: &DeploymentTable, for_metrics: bool) -> Vec<QuotaReading> {
+    async fn quota_states(&self, deployments: &[&Arc<Deployment>], for_metrics: bool) -> Vec<QuotaReading> {
         use crate::config::metrics::DeploymentDetail;
-        let mut states = Vec::with_capacity(table.len());
-        for deployment in table.iter() {
+        let mut states = Vec::with_capacity(deployments.len());
+        for deployment in deployments {
             let detail = deployment.metric_detail;
             let mut backends = Vec::with_capacity(deployment.pool.len());
             if !for_metrics || (detail.backends && detail.deployment != DeploymentDetail::Off) {
@@ -175,13 +204,13 @@ impl Admin {
         states
     }
 
-    /// Each deployment's buckets now: limits and what remains (null while they cannot be read).
-    async fn quotas(&self, visible: &(dyn Fn(&Deployment) -> bool + Sync)) -> String {
-        let table = self.control.live().load_full();
-        let states = self.quota_states(&table, false).await;
+    /// The buckets of `deployments` (a page, by name) now: limits and what remains (null while
+    /// they cannot be read).
+    async fn quotas(&self, deployments: &[&Arc<Deployment>]) -> String {
+        let states = self.quota_states(deployments, false).await;
         let mut out = serde_json::Map::new();
         let now = |d: &Deployment| d.pool.now_ns();
-        for (deployment, reading) in table.iter().zip(states).filter(|(d, _)| visible(d)) {
+        for (deployment, reading) in deployments.iter().zip(states) {
             let value = match reading.deployment {
                 Some(s) => {
                     let at = now(deployment);

@@ -27,6 +27,7 @@
 //! | PUT, DELETE | `/tokens/{name}` | ManageTokens |
 //! | POST | `/reload[?force=true]` | Reload |
 
+use super::paging::Page;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -292,8 +293,8 @@ async fn serve(
     let body = request.into_body();
     let ok = |v: Value| Ok((StatusCode::OK, v));
     match (route, action) {
-        (Route::Models, _) => ok(control.catalog_json()),
-        (Route::Subscriptions { project }, _) => ok(control.subscriptions_json(&project)),
+        (Route::Models, _) => ok(control.catalog_json(&Page::parse(&query, false)?)),
+        (Route::Subscriptions { project }, _) => ok(control.subscriptions_json(&project, &Page::parse(&query, false)?)),
         (Route::SubscriptionCosts { project, name }, _) => {
             control.subscription_json(&project, &name)?;
             ok(ledger_reports::subscription_costs(ledger, &project, &name, &query).await?)
@@ -311,7 +312,7 @@ async fn serve(
             blocking(control, move |c| c.unsubscribe(&p, &n)).await?;
             ok(json!({"deleted": format!("/projects/{project}/subscriptions/{name}")}))
         }
-        (Route::Deployments { project }, _) => ok(control.deployments_json(&project)),
+        (Route::Deployments { project }, _) => ok(control.deployments_json(&project, &Page::parse(&query, false)?)),
         (Route::Deployment { project, name }, Action::ReadDeployments) => {
             ok(control.deployment_json(&*control.deployment_in(&project, &name)?))
         }
@@ -363,7 +364,7 @@ async fn serve(
             blocking(control, move |c| c.delete_grant(&project, &name, &consumer_project, &consumer)).await?;
             ok(json!({"deleted": id}))
         }
-        (Route::Consumers { project }, _) => ok(control.consumers_json(&project)),
+        (Route::Consumers { project }, _) => ok(control.consumers_json(&project, &Page::parse(&query, false)?)),
         (Route::Consumer { project, name }, Action::ReadConsumers) => ok(control.consumer_json(&project, &name)?),
         (Route::Consumer { project, name }, Action::PutConsumer) => {
             let body = json_body(body).await?;
@@ -390,7 +391,7 @@ async fn serve(
             };
             ok(answer)
         }
-        (Route::Tokens, _) => ok(control.tokens_json()),
+        (Route::Tokens, _) => ok(control.tokens_json(&Page::parse(&query, false)?)),
         (Route::Token { name }, _) if method == Method::PUT => {
             let body = json_body(body).await?;
             Ok((StatusCode::CREATED, blocking(control, move |c| c.put_token(&name, body)).await?))

@@ -225,11 +225,16 @@ impl ControlPlane {
         })
     }
 
-    pub fn consumers_json(&self, project: &str) -> Value {
+    pub fn consumers_json(&self, project: &str, page: &super::paging::Page) -> Value {
         self.read(|config, state| {
             let mut list: Vec<Declared<'_>> = declared(config, state).filter(|c| c.project() == project).collect();
             list.sort_by(|a, b| a.name().cmp(b.name()));
-            json!({"value": list.iter().map(|c| self.consumer_value(config, c)).collect::<Vec<_>>()})
+            page.list(
+                &format!("/projects/{project}/consumers"),
+                list.iter(),
+                |c| c.name(),
+                |c| self.consumer_value(config, c),
+            )
         })
     }
 

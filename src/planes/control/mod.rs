@@ -15,6 +15,7 @@ pub mod api;
 mod build;
 pub mod consumers;
 mod ledger_reports;
+pub mod paging;
 pub mod reload;
 mod resources;
 pub mod state;

@@ -88,11 +88,11 @@ pub(super) fn check_names(project: &str, name: &str) -> Result<(), AdminError> {
 }
 
 impl ControlPlane {
-    pub fn deployments_json(&self, project: &str) -> Value {
+    pub fn deployments_json(&self, project: &str, page: &super::paging::Page) -> Value {
         let table = self.live.load();
         let mut list: Vec<&std::sync::Arc<Deployment>> = table.iter().filter(|d| d.project == project).collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        json!({"value": list.into_iter().map(|d| self.deployment_json(d)).collect::<Vec<_>>()})
+        list.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        page.list(&format!("/projects/{project}/deployments"), list, |d| &d.name, |d| self.deployment_json(d))
     }
 
     pub fn deployment_in(&self, project: &str, name: &str) -> Result<std::sync::Arc<Deployment>, AdminError> {

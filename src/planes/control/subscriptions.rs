@@ -16,22 +16,21 @@ pub struct SubscriptionBody {
 }
 
 impl ControlPlane {
-    pub fn catalog_json(&self) -> Value {
+    pub fn catalog_json(&self, page: &super::paging::Page) -> Value {
         self.read(|config, _| {
-            let models: Vec<Value> = config
-                .models
-                .iter()
-                .map(|m| json!({"id": m.id, "version": m.version, "offer": m.offer, "requiresSubscription": m.offer.is_some()}))
-                .collect();
-            json!({"value": models})
+            let mut models: Vec<_> = config.models.iter().collect();
+            models.sort_by(|a, b| a.id.cmp(&b.id));
+            page.list("/models", models, |m| &m.id, |m| {
+                json!({"id": m.id, "version": m.version, "offer": m.offer, "requiresSubscription": m.offer.is_some()})
+            })
         })
     }
 
-    pub fn subscriptions_json(&self, project: &str) -> Value {
+    pub fn subscriptions_json(&self, project: &str, page: &super::paging::Page) -> Value {
         self.read(|_, state| {
-            let subs: Vec<Value> =
-                state.subscriptions.iter().filter(|s| s.project == project).map(subscription_json).collect();
-            json!({"value": subs})
+            let mut subs: Vec<_> = state.subscriptions.iter().filter(|s| s.project == project).collect();
+            subs.sort_by(|a, b| a.name.cmp(&b.name));
+            page.list(&format!("/projects/{project}/subscriptions"), subs, |s| &s.name, subscription_json)
         })
     }
 

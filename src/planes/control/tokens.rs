@@ -17,16 +17,15 @@ pub struct TokenBody {
 }
 
 impl ControlPlane {
-    pub fn tokens_json(&self) -> Value {
+    pub fn tokens_json(&self, page: &super::paging::Page) -> Value {
         self.read(|config, state| {
-            let file = config.admin.tokens.iter().map(
-                |t| json!({"name": t.name, "role": t.role, "projects": t.projects, "declaredIn": "configuration"}),
-            );
-            let api = state
-                .tokens
-                .iter()
-                .map(|t| json!({"name": t.name, "role": t.role, "projects": t.projects, "declaredIn": "api"}));
-            json!({"value": file.chain(api).collect::<Vec<_>>()})
+            let file = config.admin.tokens.iter().map(|t| (t.name.as_str(), t.role, &t.projects, "configuration"));
+            let api = state.tokens.iter().map(|t| (t.name.as_str(), t.role, &t.projects, "api"));
+            let mut all: Vec<_> = file.chain(api).collect();
+            all.sort_by(|a, b| a.0.cmp(b.0));
+            page.list("/tokens", all, |t| t.0, |(name, role, projects, from)| {
+                json!({"name": name, "role": role, "projects": projects, "declaredIn": from})
+            })
         })
     }
 
