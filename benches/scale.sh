@@ -14,6 +14,7 @@
 #
 #   benches/scale.sh [N ... (default: 1 1000 10000)]
 #   SECONDS_PER_RUN=10 SKIP_BUILD=1 BIN=path/to/tollgate benches/scale.sh 10000
+#   METRICS=full benches/scale.sh 10000     # [metrics] deployments = "full" (default: summary)
 #
 # Needs nginx and wrk (Debian packages).
 set -euo pipefail
@@ -40,7 +41,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 
 # The config of N deployments; `python3 gen N FILE LUA [tokens_per_minute of d0]`.
 cat > "$WORK/gen.py" <<'PY'
-import hashlib, sys
+import hashlib, os, sys
 n, path, lua = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 tpm0 = sys.argv[4]
 backend, gateway, admin, token, work = sys.argv[5:10]
@@ -48,6 +49,8 @@ key = lambda i: f"ScaleKey{i:010d}abcdefghijklmn"
 with open(path, "w") as f:
     f.write(f'[server]\nlisten = "{gateway}"\n[admin]\nlisten = "{admin}"\nstate_file = "{work}/state.json"\n')
     f.write(f'[[admin.tokens]]\nname = "ops"\nrole = "owner"\ntoken = "sha256:{hashlib.sha256(token.encode()).hexdigest()}"\n')
+    if os.environ.get("METRICS"):
+        f.write(f'[metrics]\ndeployments = "{os.environ["METRICS"]}"\n')
     for i in range(n):
         tpm = tpm0 if i == 0 else "1000000000"
         f.write(f'[[deployments]]\nname = "d{i}"\nmodel = "m"\nbackend = "http://{backend}"\n'

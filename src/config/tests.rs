@@ -509,3 +509,27 @@ mod consumers {
         }
     }
 }
+
+#[test]
+fn metrics_detail_defaults_to_summary_and_names_its_errors() {
+    use crate::config::metrics::DeploymentDetail;
+    let config = Config::parse(&example(""), "t.toml", &no_env).unwrap();
+    assert_eq!(config.metrics, crate::config::metrics::MetricsConfig::standard());
+    assert_eq!(config.metrics.detail_of("anything"), DeploymentDetail::Summary);
+    let text =
+        format!("{}\n[metrics]\ndeployments = \"off\"\nfull_detail = [\"a\"]\nconsumers = \"off\"\n", example(""));
+    let config = Config::parse(&text, "t.toml", &no_env).unwrap();
+    assert_eq!(config.metrics.detail_of("a"), DeploymentDetail::Full);
+    assert_eq!(config.metrics.detail_of("b"), DeploymentDetail::Off);
+    assert!(!config.metrics.consumers && config.metrics.backends);
+    for (table, field, says) in [
+        ("deployments = \"most\"", "metrics.deployments", "use \"off\", \"summary\" or \"full\""),
+        ("full_detail = [\"a\", \"a\"]", "metrics.full_detail", "listed twice"),
+        ("backends = \"no\"", "metrics.backends", "use \"on\" or \"off\""),
+    ] {
+        let text = format!("{}\n[metrics]\n{table}\n", example(""));
+        let error = Config::parse(&text, "t.toml", &no_env).unwrap_err();
+        assert_eq!(error.field, field, "{error}");
+        assert!(error.message.contains(says), "{error}");
+    }
+}

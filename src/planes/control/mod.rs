@@ -232,7 +232,9 @@ impl ControlPlane {
         let Some(path) = &self.config_path else {
             return Err(ReloadError::NoFile);
         };
+        let started = std::time::Instant::now();
         let mut config = Config::load(path)?;
+        let read = started.elapsed();
         let mut writer = self.lock();
         let current = self.snapshot.load_full();
         let now = std::time::Instant::now();
@@ -254,7 +256,8 @@ impl ControlPlane {
         if let Some(tls) = &self.tls {
             tls.reload().map_err(ReloadError::Tls)?;
         }
-        Ok(ReloadReport { deployments, restart_needed })
+        let rebuilt = table.iter().filter(|d| before.get(&d.name).is_none_or(|b| !Arc::ptr_eq(b, d))).count();
+        Ok(ReloadReport { deployments, restart_needed, rebuilt, read, apply: started.elapsed() - read })
     }
 
     /// Whether `/metrics` keeps series per consumer (`[metrics] consumers`).
@@ -359,6 +362,9 @@ pub fn watch_config(
             match tokio::task::spawn_blocking(move || control.reload(false)).await {
                 Ok(Ok(report)) => tracing::info!(
                     deployments = report.deployments,
+                    rebuilt = report.rebuilt,
+                    read_ms = report.read.as_secs_f64() * 1e3,
+                    apply_ms = report.apply.as_secs_f64() * 1e3,
                     restart_needed = report.restart_needed.len(),
                     "configuration reloaded ({why})"
                 ),

@@ -39,11 +39,18 @@ pub struct ReloadReport {
     pub deployments: usize,
     /// Changes in the file that were not applied because they need a restart, each saying so.
     pub restart_needed: Vec<String>,
+    /// Deployments built anew (the others were carried over as they were).
+    pub rebuilt: usize,
+    /// Reading and validating the file, and building and publishing the table.
+    pub read: Duration,
+    pub apply: Duration,
 }
 
 impl ReloadReport {
     pub fn to_json(&self) -> Value {
-        json!({"reloaded": true, "deployments": self.deployments, "restartNeeded": self.restart_needed})
+        let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+        json!({"reloaded": true, "deployments": self.deployments, "rebuilt": self.rebuilt,
+               "readMs": ms(self.read), "applyMs": ms(self.apply), "restartNeeded": self.restart_needed})
     }
 }
 
