@@ -25,6 +25,7 @@ use crate::state::deployment::{Deployment, DeploymentTable};
 use crate::state::pool::PoolBackend;
 use crate::state::quota_store::PeriodReading;
 use crate::state::record::{Outcome, UsageRecord};
+use crate::state::scrape_gauges::GaugeFamily;
 
 /// Latency buckets from 10 µs to 5 minutes, fine enough to see the gateway's own tens of
 /// microseconds and wide enough for long completions.
@@ -41,14 +42,9 @@ pub struct Metrics {
     pub ratelimit_rejections: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub tokens: IntCounterVec,
-    pub ratelimit_limit: IntGaugeVec,
-    pub ratelimit_remaining: IntGaugeVec,
     pub request_duration: HistogramVec,
     pub backend_first_byte: HistogramVec,
     pub overhead: HistogramVec,
-    pub inflight: IntGaugeVec,
-    /// Requests (and the tokens they reserve) waiting for a deployment's buckets, read at scrape.
-    pub queue_depth: IntGaugeVec,
     /// How long held requests waited, by how it ended.
     pub queue_wait: HistogramVec,
     pub open_connections: IntGauge,
@@ -237,16 +233,6 @@ impl Metrics {
                 "Tokens billed, by kind (prompt, completion) and source (reported by the backend, estimated by tollgate).",
                 &["deployment", "kind", "source"],
             )?,
-            ratelimit_limit: gauge(
-                "tollgate_ratelimit_limit",
-                "Quota per minute of each bucket (requests, tokens).",
-                &["deployment", "limit"],
-            )?,
-            ratelimit_remaining: gauge(
-                "tollgate_ratelimit_remaining",
-                "What each bucket holds now (never negative), read at scrape time.",
-                &["deployment", "limit"],
-            )?,
             request_duration: histogram(
                 "tollgate_request_duration_seconds",
                 "Time from a request's arrival to the end of its response body.",
@@ -265,21 +251,11 @@ impl Metrics {
                 &["deployment"],
                 LATENCY_BUCKETS,
             )?,
-            queue_depth: gauge(
-                "tollgate_queue_depth",
-                "Requests waiting for a deployment's rate limit (unit=requests) and the tokens they reserve (unit=tokens), read at scrape time; only deployments with max_wait_ms.",
-                &["deployment", "unit"],
-            )?,
             queue_wait: histogram(
                 "tollgate_queue_wait_seconds",
                 "How long requests held for a deployment's rate limit waited, by outcome: admitted, timed_out (429 at its max wait), refused (429 once it could no longer fit in time), left (the client went away), shutdown (503).",
                 &["deployment", "outcome"],
                 LATENCY_BUCKETS,
-            )?,
-            inflight: gauge(
-                "tollgate_inflight_requests",
-                "Admitted requests whose response has not finished.",
-                &["deployment"],
             )?,
             open_connections,
             backend_attempts: counter(
@@ -406,13 +382,9 @@ impl Metrics {
                 &self.ratelimit_rejections,
                 &self.auth_failures,
                 &self.tokens,
-                &self.ratelimit_limit,
-                &self.ratelimit_remaining,
                 &self.request_duration,
                 &self.backend_first_byte,
                 &self.overhead,
-                &self.inflight,
-                &self.queue_depth,
                 &self.queue_wait,
                 &self.backend_errors,
                 &self.backend_attempts,
@@ -642,14 +614,27 @@ impl Metrics {
         readings: &[QuotaReading],
         consumers: &[Option<Vec<PeriodReading>>],
     ) -> String {
-        // In-flight requests of deployments without full detail, counted together.
+        // The deployments' own gauges, from the table (see `scrape_gauges`); in-flight requests
+        // of deployments without full detail are counted together.
+        let mut limit_family =
+            GaugeFamily::new("tollgate_ratelimit_limit", "Quota per minute of each bucket (requests, tokens).");
+        let mut remaining_family = GaugeFamily::new(
+            "tollgate_ratelimit_remaining",
+            "What each bucket holds now (never negative), read at scrape time.",
+        );
+        let mut inflight_family =
+            GaugeFamily::new("tollgate_inflight_requests", "Admitted requests whose response has not finished.");
+        let mut queue_family = GaugeFamily::new(
+            "tollgate_queue_depth",
+            "Requests waiting for a deployment's rate limit (unit=requests) and the tokens they reserve (unit=tokens), read at scrape time; only deployments with max_wait_ms.",
+        );
         let mut shared_inflight = None::<i64>;
         for (deployment, reading) in deployments.iter().zip(readings) {
             let name = deployment.counter_label();
             let detail = deployment.metric_detail.deployment;
             let inflight = deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed);
             if detail == DeploymentDetail::Full {
-                self.inflight.with_label_values(&[name]).set(inflight);
+                inflight_family.sample(&[("deployment", name)], inflight);
             } else {
                 *shared_inflight.get_or_insert(0) += inflight;
             }
@@ -660,28 +645,20 @@ impl Metrics {
             for (limit, per_minute) in
                 [(LimitKind::Requests, limits.requests_per_minute), (LimitKind::Tokens, limits.tokens_per_minute)]
             {
-                self.ratelimit_limit.with_label_values(&[name, limit.as_str()]).set(clamp(per_minute));
+                limit_family.sample(&[("deployment", name), ("limit", limit.as_str())], clamp(per_minute));
             }
-            if detail == DeploymentDetail::Full {
-                for limit in [LimitKind::Requests, LimitKind::Tokens] {
-                    let remaining = reading.deployment.map(|state| match limit {
-                        LimitKind::Requests => state.remaining_requests,
-                        LimitKind::Tokens => state.remaining_tokens,
-                    });
-                    match remaining {
-                        Some(remaining) => {
-                            self.ratelimit_remaining.with_label_values(&[name, limit.as_str()]).set(clamp(remaining))
-                        }
-                        None => {
-                            let _ = self.ratelimit_remaining.remove_label_values(&[name, limit.as_str()]);
-                        }
-                    }
+            // None while a shared store cannot be read: no level rather than a stale one.
+            if let (DeploymentDetail::Full, Some(state)) = (detail, reading.deployment) {
+                for (limit, remaining) in
+                    [(LimitKind::Requests, state.remaining_requests), (LimitKind::Tokens, state.remaining_tokens)]
+                {
+                    remaining_family.sample(&[("deployment", name), ("limit", limit.as_str())], clamp(remaining));
                 }
             }
             if !deployment.queue.config().max_wait.is_zero() {
                 let (requests, tokens) = deployment.queue.depth();
-                self.queue_depth.with_label_values(&[name, "requests"]).set(clamp(requests as u64));
-                self.queue_depth.with_label_values(&[name, "tokens"]).set(clamp(tokens));
+                queue_family.sample(&[("deployment", name), ("unit", "requests")], clamp(requests as u64));
+                queue_family.sample(&[("deployment", name), ("unit", "tokens")], clamp(tokens));
             }
             if !deployment.metric_detail.backends {
                 continue;
@@ -718,7 +695,7 @@ impl Metrics {
             }
         }
         if let Some(inflight) = shared_inflight {
-            self.inflight.with_label_values(&[""]).set(inflight);
+            inflight_family.sample(&[("deployment", "")], inflight);
         }
         self.render_consumers(deployments, consumers);
         for budget in deployments.budgets() {
@@ -732,7 +709,11 @@ impl Metrics {
         if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
             return String::new();
         }
-        String::from_utf8(out).unwrap_or_default()
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        for family in [limit_family, remaining_family, inflight_family, queue_family] {
+            family.finish(&mut text);
+        }
+        text
     }
 }
 

@@ -14,5 +14,6 @@ pub mod pool;
 pub mod quota_store;
 pub mod record;
 pub mod request_id;
+pub mod scrape_gauges;
 pub mod totals;
 pub mod upstream;
