@@ -376,7 +376,6 @@ impl Metrics {
         let consumers: HashSet<&str> =
             before.consumers().iter().map(|c| &*c.label).filter(|c| !staying.contains(c)).collect();
         if !deployments.is_empty() {
-            let by = |vec: &dyn Forget| vec.forget("deployment", &deployments);
             for vec in [
                 &self.requests as &dyn Forget,
                 &self.ratelimit_rejections,
@@ -399,7 +398,7 @@ impl Metrics {
                 &self.consumer_tokens,
                 &self.consumer_rejections,
             ] {
-                by(vec);
+                vec.forget("deployment", &deployments);
             }
             self.consumer_quota_used_ratio.forget("scope", &deployments);
             self.consumer_quota_limit.forget("scope", &deployments);

@@ -40,20 +40,19 @@ pub struct Reuse<'a> {
 }
 
 impl Reuse<'_> {
-    /// The live deployment `name`, when the settings every deployment is built with are the same
-    /// and it is watched by no budget (budgets are rebuilt with each table; their deployments
-    /// are too).
-    fn candidate(
-        &self,
-        name: &str,
-        config: &Config,
-        budgets: &[Arc<crate::state::budget::Budget>],
-    ) -> Option<&Arc<Deployment>> {
+    /// Whether the settings every deployment is built with are those of the live table (if not,
+    /// nothing is carried over).
+    fn same_settings(&self, config: &Config) -> bool {
         let before = self.config;
-        let same = before.backend == config.backend
+        before.backend == config.backend
             && before.billing.currency == config.billing.currency
-            && before.metrics == config.metrics;
-        let deployment = self.live.get(name).filter(|_| same)?;
+            && before.metrics == config.metrics
+    }
+
+    /// The live deployment `name`, when it is watched by no budget (budgets are rebuilt with
+    /// each table; their deployments are too).
+    fn candidate(&self, name: &str, budgets: &[Arc<crate::state::budget::Budget>]) -> Option<&Arc<Deployment>> {
+        let deployment = self.live.get(name)?;
         let unwatched = deployment.budgets.is_empty()
             && !budgets.iter().any(|b| b.watches_deployment(&deployment.project, deployment.subscription.as_deref()));
         unwatched.then_some(deployment)
@@ -83,6 +82,7 @@ pub fn build_table(
         budgets: &budgets,
         metrics: &config.metrics,
     };
+    let reuse = reuse.filter(|r| r.same_settings(config));
     // The inputs of the live table's deployments, by name.
     let old_files: HashMap<&str, &DeploymentConfig> =
         reuse.map(|r| r.config.deployments.iter().map(|d| (d.name.as_str(), d)).collect()).unwrap_or_default();
@@ -93,7 +93,7 @@ pub fn build_table(
     for file in &config.deployments {
         let kept = reuse
             .filter(|_| old_files.get(file.name.as_str()) == Some(&file))
-            .and_then(|r| r.candidate(&file.name, config, &budgets))
+            .and_then(|r| r.candidate(&file.name, &budgets))
             .filter(|d| d.origin == Origin::File);
         if let Some(kept) = kept {
             out.push(Arc::clone(kept));
@@ -133,7 +133,7 @@ pub fn build_table(
         let kept = reuse
             .filter(|_| old_api.get(api.name.as_str()) == Some(&api))
             .filter(|_| old_models.get(model.id.as_str()) == Some(&model))
-            .and_then(|r| r.candidate(&api.name, config, &budgets))
+            .and_then(|r| r.candidate(&api.name, &budgets))
             .filter(|d| d.origin == Origin::Api && d.health == health && d.subscription == subscription);
         if let Some(kept) = kept {
             out.push(Arc::clone(kept));
