@@ -300,8 +300,9 @@ impl QueueConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
     pub url: BackendUrl,
-    /// How metrics, logs and the ledger name it: the `name` given, or the URL.
-    pub name: String,
+    /// How metrics, logs and the ledger name it: the `name` given, or the URL (shared with the
+    /// pools built from it).
+    pub name: std::sync::Arc<str>,
     /// The key sent to the backend, read from the environment variable named in the file.
     pub key: Option<crate::core::secret::Secret>,
     /// Speak HTTP/2 to it (ALPN `h2`, or prior knowledge over plain TCP).
@@ -323,7 +324,16 @@ impl BackendConfig {
         http2: bool,
         ca: Option<BackendCa>,
     ) -> BackendConfig {
-        BackendConfig { name: url.to_string(), url, key, http2, ca, limits: None, weight: 1, priority: 0 }
+        BackendConfig {
+            name: std::sync::Arc::from(url.to_string()),
+            url,
+            key,
+            http2,
+            ca,
+            limits: None,
+            weight: 1,
+            priority: 0,
+        }
     }
 }
 
@@ -339,6 +349,19 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// Deployments declared as in `before` take `before`'s copies: a reload keeps the live
+    /// deployments it finds unchanged, and their pools share `before`'s backend names and URLs,
+    /// so the file's fresh copies of them would be a second copy of each (~90 bytes a deployment).
+    pub fn share_unchanged(&mut self, before: &Config) {
+        let old: std::collections::HashMap<&str, &DeploymentConfig> =
+            before.deployments.iter().map(|d| (d.name.as_str(), d)).collect();
+        for deployment in &mut self.deployments {
+            if let Some(&same) = old.get(deployment.name.as_str()).filter(|&&o| o == deployment) {
+                deployment.clone_from(same);
+            }
+        }
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

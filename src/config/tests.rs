@@ -300,11 +300,11 @@ fn a_pool_of_backends_parses_with_its_own_limits_weights_and_priorities() {
     assert_eq!((d.max_attempts, d.deadline), (2, Duration::from_millis(9000)));
     let [east, west] = d.backends.as_slice() else { panic!("two backends: {:?}", d.backends) };
     assert_eq!(east.url.to_string(), "https://llama-east.example.net");
-    assert_eq!(east.name, "https://llama-east.example.net");
+    assert_eq!(&*east.name, "https://llama-east.example.net");
     assert_eq!(east.key.as_ref().map(crate::core::secret::Secret::expose), Some("east-secret"));
     assert_eq!(east.limits, Some(Limits { requests_per_minute: 1000, tokens_per_minute: 200_000 }));
     assert_eq!((east.weight, east.priority), (3, 0));
-    assert_eq!(west.name, "west");
+    assert_eq!(&*west.name, "west");
     assert_eq!(west.key, None);
     // Only tokens limited: requests as good as unlimited.
     assert_eq!(west.limits, Some(Limits { requests_per_minute: MAX_PER_MINUTE, tokens_per_minute: 200_000 }));

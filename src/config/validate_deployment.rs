@@ -139,7 +139,7 @@ pub(super) fn validate_backends(
                         "a backend's name is 1 to 100 visible ASCII characters, no spaces (it becomes a metric label)",
                     ));
                 }
-                if out.iter().any(|other| other.name == *text) {
+                if out.iter().any(|other| *other.name == **text) {
                     return Err(at.error(
                         name,
                         field("name"),
@@ -170,7 +170,7 @@ pub(super) fn validate_backends(
         };
         out.push(BackendConfig {
             url,
-            name,
+            name: name.into(),
             key: env_key(at, entry.key_env.as_ref(), field("key_env"), env)?,
             http2: entry.http2,
             ca: ca_file(at, entry.ca_file.as_ref(), field("ca_file"))?,

@@ -1,7 +1,7 @@
 //! The deployments a gateway serves, ready for the hot path: looked up by name, keys as digests,
 //! backend credentials as pre-built header values.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,11 +77,13 @@ pub struct Deployment {
     /// Active health checks of its pool's backends, when set.
     pub health_check_interval: Option<Duration>,
     pub quota: Arc<DeploymentQuota>,
-    /// Requests waiting for `quota` (when `max_wait_ms` lets them); kept across reloads.
-    pub queue: Arc<AdmissionQueue>,
+    /// Requests waiting for `quota`: made when `max_wait_ms` lets them wait, then kept across
+    /// reloads.
+    pub queue: Option<Arc<AdmissionQueue>>,
     /// Pre-flights (`?dry-run=true`) take from this instead of `quota`: they cost no quota but
-    /// are limited ([`DRY_RUNS_PER_MINUTE`]); kept across reloads.
-    pub dry_runs: Arc<DeploymentQuota>,
+    /// are limited ([`DRY_RUNS_PER_MINUTE`]); made on the first one, kept across reloads
+    /// ([`Deployment::dry_runs`]).
+    dry_runs: std::sync::OnceLock<Arc<DeploymentQuota>>,
     pub default_max_tokens: u64,
     pub tokenizer: Tokenizer,
     /// Running usage totals (see [`crate::state::totals`]); kept across reloads.
@@ -91,7 +93,7 @@ pub struct Deployment {
     /// The backend's last `/info` answer (started afresh by a reload, which may change the backend).
     pub info: InfoCache,
     /// Its busiest metric series, resolved once ([`crate::state::metrics::DeploymentSeries`]).
-    pub series: crate::state::metrics::DeploymentSeries,
+    pub series: crate::state::metrics::LazySeries,
     /// What `/metrics` keeps of it (`[metrics]`).
     pub metric_detail: MetricDetail,
     /// What its tokens cost, as of this table (a request is billed at the prices of the table it
@@ -146,6 +148,25 @@ impl Deployment {
         if self.metric_detail.backends { backend } else { "" }
     }
 
+    /// The buckets of its pre-flights, made on the first one. (One a table build races with
+    /// may get fresh buckets in the new table: at most one minute's allowance more.)
+    pub fn dry_runs(&self) -> &DeploymentQuota {
+        self.dry_runs.get_or_init(|| {
+            let limits = Limits { requests_per_minute: DRY_RUNS_PER_MINUTE, tokens_per_minute: DRY_RUNS_PER_MINUTE };
+            Arc::new(DeploymentQuota::new(limits, Arc::clone(self.pool.clock())))
+        })
+    }
+
+    /// Its queue, when requests may wait in it now.
+    pub fn waiting_room(&self) -> Option<&Arc<AdmissionQueue>> {
+        self.queue.as_ref().filter(|q| q.waits())
+    }
+
+    /// Requests queued and the tokens they reserve.
+    pub fn queue_depth(&self) -> (usize, u64) {
+        self.queue.as_ref().map_or((0, 0), |q| q.depth())
+    }
+
     /// The name of the subscription it depends on (`s` of `/projects/p/subscriptions/s`).
     pub fn subscription_name(&self) -> Option<&str> {
         self.subscription.as_deref().and_then(|id| id.rsplit('/').next())
@@ -191,20 +212,20 @@ impl Deployment {
             }
             None => Arc::new(DeploymentQuota::new(config.limits, Arc::clone(clock))),
         };
-        let dry_runs = previous.map_or_else(
-            || {
-                let limits =
-                    Limits { requests_per_minute: DRY_RUNS_PER_MINUTE, tokens_per_minute: DRY_RUNS_PER_MINUTE };
-                Arc::new(DeploymentQuota::new(limits, Arc::clone(clock)))
-            },
-            |p| Arc::clone(&p.dry_runs),
-        );
-        let queue = match previous {
-            Some(previous) => {
-                previous.queue.set_config(config.queue);
-                Arc::clone(&previous.queue)
+        let dry_runs = std::sync::OnceLock::new();
+        if let Some(kept) = previous.and_then(|p| p.dry_runs.get()) {
+            let _ = dry_runs.set(Arc::clone(kept));
+        }
+        // A queue only where requests may wait (most deployments never do: 300 bytes saved on
+        // each); once made it is kept, so a reload that turns waiting off still closes it on
+        // shutdown and its waiters finish their turns.
+        let queue = match previous.and_then(|p| p.queue.as_ref()) {
+            Some(kept) => {
+                kept.set_config(config.queue);
+                Some(Arc::clone(kept))
             }
-            None => Arc::new(AdmissionQueue::new(config.queue)),
+            None if !config.queue.max_wait.is_zero() => Some(Arc::new(AdmissionQueue::new(config.queue))),
+            None => None,
         };
         Deployment {
             name: config.name.clone(),
@@ -229,7 +250,7 @@ impl Deployment {
                 || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 |p| p.created_unix,
             ),
-            info: InfoCache::new(Arc::clone(clock)),
+            info: InfoCache::default(),
             series: Default::default(),
             metric_detail: MetricDetail {
                 deployment: metrics.detail_of(&config.name),
@@ -247,30 +268,77 @@ impl Deployment {
 /// alone then says which one is meant); the consumers by their keys.
 #[derive(Debug, Default)]
 pub struct DeploymentTable {
-    by_name: HashMap<String, Arc<Deployment>>,
-    by_key: HashMap<IndexedDigest, Vec<Arc<Deployment>>>,
+    by_name: HashSet<ByName>,
+    /// A key of one deployment (the usual case: no allocation beside the slot)...
+    by_key: HashMap<IndexedDigest, Arc<Deployment>>,
+    /// ...and keys several deployments share, their owners sorted by name.
+    shared_keys: HashMap<IndexedDigest, Vec<Arc<Deployment>>>,
     consumers: Vec<Arc<Consumer>>,
     consumer_by_key: HashMap<IndexedDigest, Arc<Consumer>>,
     budgets: Vec<Arc<Budget>>,
 }
 
+/// A deployment in a set looked up by its name (the name is not copied into a key: at 10,000
+/// deployments the table should cost little beside them).
+#[derive(Debug)]
+struct ByName(Arc<Deployment>);
+
+impl std::borrow::Borrow<str> for ByName {
+    fn borrow(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl PartialEq for ByName {
+    fn eq(&self, other: &ByName) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for ByName {}
+
+impl std::hash::Hash for ByName {
+    // As `str` hashes: `Borrow<str>` lookups find it.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.name.as_str().hash(state);
+    }
+}
+
 impl DeploymentTable {
+    // `ByName` hashes and compares the deployment's name only, which never changes.
+    #[allow(clippy::mutable_key_type)]
     pub fn from_deployments(deployments: Vec<Arc<Deployment>>) -> DeploymentTable {
-        let by_name: HashMap<String, Arc<Deployment>> = deployments.into_iter().map(|d| (d.name.clone(), d)).collect();
-        let mut by_key: HashMap<IndexedDigest, Vec<Arc<Deployment>>> = HashMap::new();
-        for deployment in by_name.values() {
+        let mut by_name: HashSet<ByName> = HashSet::with_capacity(deployments.len());
+        for deployment in deployments {
+            by_name.replace(ByName(deployment)); // as a map would: the last of a name stays
+        }
+        let mut owners_of: HashMap<IndexedDigest, Vec<Arc<Deployment>>> = HashMap::new();
+        let mut by_key: HashMap<IndexedDigest, Arc<Deployment>> = HashMap::with_capacity(by_name.len());
+        for ByName(deployment) in &by_name {
             let keys = &deployment.keys;
-            for digest in std::iter::once(keys.primary).chain(keys.secondary) {
-                let owners = by_key.entry(IndexedDigest(digest)).or_default();
-                if !owners.iter().any(|d| Arc::ptr_eq(d, deployment)) {
+            let secondary = keys.secondary.filter(|s| !s.ct_eq(&keys.primary));
+            for digest in std::iter::once(keys.primary).chain(secondary) {
+                let digest = IndexedDigest(digest);
+                if let Some(owners) = owners_of.get_mut(&digest) {
                     owners.push(Arc::clone(deployment));
+                } else if let Some(first) = by_key.remove(&digest) {
+                    owners_of.insert(digest, vec![first, Arc::clone(deployment)]);
+                } else {
+                    by_key.insert(digest, Arc::clone(deployment));
                 }
             }
         }
-        for owners in by_key.values_mut() {
+        for owners in owners_of.values_mut() {
             owners.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        DeploymentTable { by_name, by_key, consumers: Vec::new(), consumer_by_key: HashMap::new(), budgets: Vec::new() }
+        DeploymentTable {
+            by_name,
+            by_key,
+            shared_keys: owners_of,
+            consumers: Vec::new(),
+            consumer_by_key: HashMap::new(),
+            budgets: Vec::new(),
+        }
     }
 
     /// The table with these consumers (built over its deployments).
@@ -298,7 +366,11 @@ impl DeploymentTable {
     /// The deployments a key may call: those whose keys include this digest, or the consumer's
     /// whose key it is (sorted by name; usually one).
     pub fn for_key(&self, digest: &KeyDigest) -> &[Arc<Deployment>] {
-        match self.by_key.get(&IndexedDigest(*digest)) {
+        let digest_key = IndexedDigest(*digest);
+        if let Some(only) = self.by_key.get(&digest_key) {
+            return std::slice::from_ref(only);
+        }
+        match self.shared_keys.get(&digest_key) {
             Some(owners) => owners,
             None => self.consumer_for_key(digest).map_or(&[], |c| c.deployments.as_slice()),
         }
@@ -322,11 +394,11 @@ impl DeploymentTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Deployment>> {
-        self.by_name.values()
+        self.by_name.iter().map(|d| &d.0)
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Deployment>> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(|d| &d.0)
     }
 
     pub fn len(&self) -> usize {
@@ -338,12 +410,11 @@ impl DeploymentTable {
     }
 }
 
-/// One deployment's last `/info` answer.
-#[derive(Debug)]
+/// One deployment's last `/info` answer, made on the first `/info` call (most deployments never
+/// get one, and an idle deployment should cost little).
+#[derive(Debug, Default)]
 pub struct InfoCache {
-    pub clock: Arc<dyn Clock>,
-    /// Held across the fetch: concurrent misses wait for the one fetch instead of each forwarding.
-    pub slot: tokio::sync::Mutex<Option<Kept>>,
+    slot: std::sync::OnceLock<Box<tokio::sync::Mutex<Option<Kept>>>>,
 }
 
 #[derive(Debug)]
@@ -354,7 +425,8 @@ pub struct Kept {
 }
 
 impl InfoCache {
-    pub fn new(clock: Arc<dyn Clock>) -> InfoCache {
-        InfoCache { clock, slot: tokio::sync::Mutex::new(None) }
+    /// Held across the fetch: concurrent misses wait for the one fetch instead of each forwarding.
+    pub fn slot(&self) -> &tokio::sync::Mutex<Option<Kept>> {
+        self.slot.get_or_init(Default::default)
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use prometheus::IntCounter;
 
-use crate::config::{BackendCa, BackendConfig, BackendSettings, BackendUrl};
+use crate::config::{BackendConfig, BackendSettings, BackendUrl};
 use crate::core::clock::Clock;
 use crate::core::pool::health::{Admission, Change, Health, Status};
 use crate::core::pool::select::{Member, SmoothWeighted};
@@ -35,7 +35,9 @@ pub struct PoolBackend {
     pub bucket_key: Arc<str>,
     pub auth: Option<BackendAuth>,
     pub http2: bool,
-    pub ca: Option<BackendCa>,
+    /// The private CA's certificates its client was built with (a reload with the same ones
+    /// keeps the client).
+    pub ca: Option<Arc<[u8]>>,
     /// Pools for a backend behind a private CA; `None` uses the gateway's shared pools.
     pub client: Option<Arc<BackendClient>>,
     /// Its own limits and in-process buckets, when it has limits (shared per URL).
@@ -97,11 +99,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// from the table before.
 #[derive(Debug, Default)]
 pub struct BackendRegistry {
-    by_url: Mutex<HashMap<String, Known>>,
+    by_url: Mutex<HashMap<Arc<str>, Known>>,
 }
 
 #[derive(Debug, Clone)]
 struct Known {
+    /// `backend:{url}`, shared by every pool backend at that URL.
+    bucket_key: Arc<str>,
     health: Arc<Mutex<Health>>,
     quota: Option<Arc<DeploymentQuota>>,
 }
@@ -112,9 +116,11 @@ impl BackendRegistry {
         let mut by_url = HashMap::new();
         for pool in pools {
             for b in &pool.backends {
-                by_url
-                    .entry(b.bucket_key.to_string())
-                    .or_insert_with(|| Known { health: Arc::clone(&b.health), quota: b.quota.clone() });
+                by_url.entry(Arc::clone(&b.bucket_key)).or_insert_with(|| Known {
+                    bucket_key: Arc::clone(&b.bucket_key),
+                    health: Arc::clone(&b.health),
+                    quota: b.quota.clone(),
+                });
             }
         }
         BackendRegistry { by_url: Mutex::new(by_url) }
@@ -124,7 +130,12 @@ impl BackendRegistry {
     /// (levels kept), or go when it has none.
     fn get(&self, key: &str, limits: Option<Limits>, clock: &Arc<dyn Clock>) -> Known {
         let mut by_url = lock(&self.by_url);
-        let known = by_url.entry(key.to_owned()).or_insert_with(|| Known { health: Arc::default(), quota: None });
+        let bucket_key = by_url.get(key).map_or_else(|| Arc::from(key), |k| Arc::clone(&k.bucket_key));
+        let known = by_url.entry(Arc::clone(&bucket_key)).or_insert_with(|| Known {
+            bucket_key,
+            health: Arc::default(),
+            quota: None,
+        });
         known.quota = match (limits, known.quota.take()) {
             (None, _) => None,
             (Some(limits), Some(quota)) => {
@@ -218,21 +229,20 @@ impl BackendPool {
                     previous.and_then(|p| p.backends.iter().find(|b| b.url == config.url && *b.name == *config.name));
                 // A private CA gets its own pools; the same CA as before keeps them (and their connections).
                 let client = config.ca.as_ref().map(|ca| match before {
-                    Some(b) if b.ca.as_ref() == Some(ca) => b
+                    Some(b) if b.ca.as_deref() == Some(&*ca.pem) => b
                         .client
                         .clone()
                         .unwrap_or_else(|| Arc::new(BackendClient::with_roots(settings, Some(ca.roots())))),
                     _ => Arc::new(BackendClient::with_roots(settings, Some(ca.roots()))),
                 });
-                let bucket_key: Arc<str> = Arc::from(format!("backend:{}", config.url));
-                let known = registry.get(&bucket_key, config.limits, clock);
+                let known = registry.get(&format!("backend:{}", config.url), config.limits, clock);
                 PoolBackend {
                     url: config.url.clone(),
-                    name: Arc::from(config.name.as_str()),
-                    bucket_key,
+                    name: Arc::clone(&config.name),
+                    bucket_key: known.bucket_key,
                     auth: config.key.as_ref().and_then(|k| BackendAuth::new(k.expose())),
                     http2: config.http2,
-                    ca: config.ca.clone(),
+                    ca: config.ca.as_ref().map(|ca| Arc::clone(&ca.pem)),
                     client,
                     quota: known.quota,
                     weight: config.weight,
@@ -242,9 +252,11 @@ impl BackendPool {
                 }
             })
             .collect();
-        let members = backends.iter().map(|b| Member { weight: b.weight, priority: b.priority }).collect();
+        // One backend is never chosen between (see `pick`): no selector state to keep for it.
+        let choices = if backends.len() > 1 { backends.as_slice() } else { &[] };
+        let members = choices.iter().map(|b| Member { weight: b.weight, priority: b.priority }).collect();
         BackendPool {
-            selector: Mutex::new(SmoothWeighted::new(backends.len())),
+            selector: Mutex::new(SmoothWeighted::new(choices.len())),
             backends,
             members,
             clock: Arc::clone(clock),
@@ -261,6 +273,10 @@ impl BackendPool {
 
     pub fn now_ns(&self) -> u64 {
         self.clock.now_ns()
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// The backend for the next attempt, skipping those in `tried` (a bit per backend), with

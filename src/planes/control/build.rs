@@ -230,12 +230,45 @@ mod tests {
     use super::*;
 
     fn config(second_tokens: u64) -> Config {
+        config_with(&format!("tokens_per_minute = {second_tokens}"))
+    }
+
+    /// Deployments `a` and `b` (sharing one key), `b` with `extra` settings.
+    fn config_with(extra: &str) -> Config {
         let key = "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
         let text = format!(
             "[[deployments]]\nname = \"a\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{key}\"]\n\
-             [[deployments]]\nname = \"b\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{key}\"]\ntokens_per_minute = {second_tokens}\n"
+             [[deployments]]\nname = \"b\"\nmodel = \"m\"\nbackend = \"http://127.0.0.1:1\"\nkeys = [\"{key}\"]\n{extra}\n"
         );
         Config::parse(&text, "t.toml", &|_| None).unwrap()
+    }
+
+    #[test]
+    fn queues_and_preflight_buckets_are_made_when_first_needed_and_then_kept() {
+        let clock: Arc<dyn Clock> = Arc::new(crate::core::clock::ManualClock::new(0));
+        let (state, secret) = (ControlState::default(), KeySecret::random());
+        let off = config_with("");
+        let first = build_table(&off, &state, &secret, &DeploymentTable::default(), &clock, None).unwrap();
+        let b = first.get("b").unwrap();
+        assert!(b.queue.is_none() && b.waiting_room().is_none(), "nothing waits: no queue");
+        assert_eq!(b.queue_depth(), (0, 0));
+        assert!(b.dry_runs().admit(0).is_ok());
+        // Waiting turned on: a queue, and the pre-flight buckets carried over.
+        let on = config_with("max_wait_ms = 500");
+        let waiting = build_table(&on, &state, &secret, &first, &clock, None).unwrap();
+        let queued = waiting.get("b").unwrap();
+        let queue = queued.waiting_room().expect("b lets requests wait");
+        assert_eq!(queue.config().max_wait, std::time::Duration::from_millis(500));
+        assert!(std::ptr::eq(b.dry_runs(), queued.dry_runs()), "the pre-flight buckets carry on");
+        assert!(waiting.get("a").unwrap().queue.is_none());
+        // Off again: the queue stays (its waiters finish, shutdown closes it) but takes nobody.
+        let again = build_table(&off, &state, &secret, &waiting, &clock, None).unwrap();
+        let kept = again.get("b").unwrap();
+        assert!(kept.queue.as_ref().is_some_and(|q| Arc::ptr_eq(q, queue)));
+        assert!(kept.waiting_room().is_none());
+        // The key both deployments share finds both, by name.
+        let owners: Vec<&str> = again.for_key(&kept.keys.primary).iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(owners, ["a", "b"]);
     }
 
     #[test]

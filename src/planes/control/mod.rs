@@ -237,6 +237,7 @@ impl ControlPlane {
         let read = started.elapsed();
         let mut writer = self.lock();
         let current = self.snapshot.load_full();
+        config.share_unchanged(&current.config);
         let now = std::time::Instant::now();
         let before = self.live.load_full();
         let previous = writer.retired.with_live(&before, now);

@@ -124,7 +124,7 @@ impl ControlPlane {
                 "limits": {
                     "requestsPerMinute": limits.requests_per_minute,
                     "tokensPerMinute": limits.tokens_per_minute,
-                    "maxWaitMs": d.queue.config().max_wait.as_millis() as u64,
+                    "maxWaitMs": d.waiting_room().map_or(0, |q| q.config().max_wait.as_millis() as u64),
                 },
                 "declaredIn": match d.origin { Origin::File => "configuration", Origin::Api => "api" },
                 // The pool behind the endpoint (from the file, or the catalog model's): never keys.

@@ -13,7 +13,7 @@ use super::{Gateway, Trace};
 use crate::core::quota::period::Stamp;
 use crate::core::quota::{Denial, QuotaState};
 use crate::planes::data::error::ApiError;
-use crate::state::admission_queue::{CallerId, Full, Ticket};
+use crate::state::admission_queue::{AdmissionQueue, CallerId, Full, Ticket};
 use crate::state::deployment::Deployment;
 use crate::state::quota_store::{ConsumerAdmission, ConsumerHold, Hold, Refusal};
 
@@ -55,14 +55,13 @@ impl Gateway {
         if let Some(refused) = budget_refusal(deployment, caller, now_unix) {
             return Err(refused);
         }
-        let queue = &deployment.queue;
-        let allowed = queue.allowed_wait(asked);
-        if allowed.is_zero() {
+        let room = deployment.waiting_room().map(|queue| (queue, queue.allowed_wait(asked)));
+        let Some((queue, allowed)) = room.filter(|(_, allowed)| !allowed.is_zero()) else {
             return match self.take(deployment, caller, reserve, now_unix, trace).await {
                 Ok(taken) => Ok(taken),
                 Err(refusal) => Err(self.refused(refusal, deployment, caller, reserve, now_unix, trace).await),
             };
-        }
+        };
         let arrived = Instant::now();
         let deadline = arrived + allowed;
         let who = match &caller.consumer {
@@ -90,7 +89,7 @@ impl Gateway {
             // With requests already waiting, a new one lines up behind them instead of trying the
             // buckets first (it would take what refills for them).
             if ticket.is_none() && queue.busy() {
-                match self.line_up(deployment, &who, reserve, deadline) {
+                match self.line_up(deployment, queue, &who, reserve, deadline) {
                     Ok(t) => ticket = Some(t),
                     Err(e) => {
                         end(&mut held, "refused");
@@ -137,7 +136,7 @@ impl Gateway {
                 // it holds nobody else up, and lines up again after.
                 drop(ticket.take());
             } else if ticket.is_none() {
-                match self.line_up(deployment, &who, reserve, deadline) {
+                match self.line_up(deployment, queue, &who, reserve, deadline) {
                     Ok(t) => ticket = Some(t),
                     Err(e) => {
                         end(&mut held, "refused");
@@ -167,11 +166,11 @@ impl Gateway {
     fn line_up(
         &self,
         deployment: &Deployment,
+        queue: &Arc<AdmissionQueue>,
         who: &CallerId,
         reserve: Reserve,
         deadline: Instant,
     ) -> Result<Ticket, ApiError> {
-        let queue = &deployment.queue;
         let ahead = ahead_ns(deployment, queue.depth());
         if Instant::now() + Duration::from_nanos(ahead) > deadline {
             return Err(ApiError::QueueTimeout {
@@ -199,7 +198,7 @@ impl Gateway {
         ApiError::QueueTimeout {
             deployment: deployment.name.clone(),
             waited_ms: arrived.elapsed().as_millis() as u64,
-            retry_after_ns: ahead_ns(deployment, deployment.queue.depth()).max(1_000_000),
+            retry_after_ns: ahead_ns(deployment, deployment.queue_depth()).max(1_000_000),
         }
     }
 

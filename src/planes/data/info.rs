@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use super::{Gateway, Trace, backend_error_kind};
 use crate::core::api::ApiRoute;
+use crate::core::clock::Clock;
 use crate::planes::data::error::ApiError;
 use crate::state::deployment::Deployment;
 use crate::state::deployment::{InfoCache, Kept};
@@ -43,14 +44,15 @@ impl InfoCache {
     pub async fn get_or_fetch<F>(
         &self,
         deployment: &str,
+        clock: &dyn Clock,
         body_timeout: Duration,
         fetch: F,
     ) -> Result<Response<ProxyBody>, ApiError>
     where
         F: Future<Output = Result<Response<Incoming>, ApiError>>,
     {
-        let mut slot = self.slot.lock().await;
-        let now = self.clock.now_ns();
+        let mut slot = self.slot().lock().await;
+        let now = clock.now_ns();
         if let Some(kept) = slot.as_ref().filter(|k| now.saturating_sub(k.at_ns) < INFO_TTL.as_nanos() as u64) {
             return Ok(kept.response(true));
         }
@@ -113,7 +115,10 @@ impl Gateway {
                 Err(failed) => Err(failed.error),
             }
         };
-        let answer = deployment.info.get_or_fetch(&deployment.name, self.metering.limits.total, fetch).await;
+        let answer = deployment
+            .info
+            .get_or_fetch(&deployment.name, deployment.pool.clock().as_ref(), self.metering.limits.total, fetch)
+            .await;
         trace.quota = self.quota.state(deployment).await;
         match answer {
             Ok(response) => {

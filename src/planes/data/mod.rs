@@ -181,7 +181,9 @@ impl Gateway {
     /// Shutdown: every deployment's waiting requests are answered 503, and none queue again.
     pub fn close_queues(&self) {
         for deployment in self.deployments.load().iter() {
-            deployment.queue.close();
+            if let Some(queue) = &deployment.queue {
+                queue.close();
+            }
         }
     }
 
@@ -297,7 +299,7 @@ impl Gateway {
         }
         // Read before the body, so that a bad value costs no body read; and only where waiting
         // is on (elsewhere the header means nothing, and looking it up costs ~300 instructions).
-        let asked = if deployment.queue.waits() { names::max_wait(&parts.headers)? } else { None };
+        let asked = if deployment.waiting_room().is_some() { names::max_wait(&parts.headers)? } else { None };
 
         // `/info` is metadata: not charged to the quota, answered from a short-lived copy.
         if route == ApiRoute::Info {

@@ -62,7 +62,7 @@ impl Gateway {
         asked_wait: Option<Duration>,
         trace: &mut Trace,
     ) -> Result<Response<ProxyBody>, ApiError> {
-        if let Err(Denial::Exhausted { retry_after_ns, .. }) = deployment.dry_runs.admit(0) {
+        if let Err(Denial::Exhausted { retry_after_ns, .. }) = deployment.dry_runs().admit(0) {
             return Err(ApiError::DryRunsLimited {
                 deployment: deployment.name.clone(),
                 per_minute: DRY_RUNS_PER_MINUTE,
@@ -74,8 +74,8 @@ impl Gateway {
         let state = self.quota.state(deployment).await;
         let limits = deployment.quota.limits();
         let capacity = limits.tokens_per_minute;
-        let queue = &deployment.queue;
-        let (queued_requests, queued_tokens) = queue.depth();
+        let (queued_requests, queued_tokens) = deployment.queue_depth();
+        let busy = deployment.queue.as_ref().is_some_and(|q| q.busy());
         let refusal = budget_refusal(deployment, caller, now_unix).map(|e| (e.code(), e.to_string()));
         // When one request and the reservation fit the deployment's buckets: exact in process;
         // from the shared buckets' levels with Redis (to a token's refill).
@@ -143,10 +143,10 @@ impl Gateway {
         }
         let refusal = refusal.or(consumer_refusal);
         // Behind requests already waiting, it would wait for them too.
-        let wait_ns = wait_ns
-            .map(|w| if queue.busy() { w.max(ahead_ns(deployment, (queued_requests, queued_tokens))) } else { w });
-        let allowed = queue.allowed_wait(asked_wait);
-        let admitted_now = refusal.is_none() && wait_ns == Some(0) && !queue.busy();
+        let wait_ns =
+            wait_ns.map(|w| if busy { w.max(ahead_ns(deployment, (queued_requests, queued_tokens))) } else { w });
+        let allowed = deployment.waiting_room().map_or(Duration::ZERO, |q| q.allowed_wait(asked_wait));
+        let admitted_now = refusal.is_none() && wait_ns == Some(0) && !busy;
         let would_wait = refusal.is_none()
             && !admitted_now
             && wait_ns.is_some_and(|w| !allowed.is_zero() && Duration::from_nanos(w) <= allowed);
