@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Many deployments on one gateway (issue 21). For each N: a config file of N deployments (one key
-# each, limits too high to refuse, so one deployment takes all the traffic) in front of a static nginx backend
+# Many deployments on one gateway (issue 21). For each N: a config file of N deployments
+# (`benches/scale_config.py`: one key each, limits too high to refuse) in front of a static nginx backend
 # (faster than the gateway), then:
 #   - `tollgate check`: wall time and peak RSS;
 #   - start: time until the admin listener answers, and RSS;
@@ -15,6 +15,9 @@
 #   benches/scale.sh [N ... (default: 1 1000 10000)]
 #   SECONDS_PER_RUN=10 SKIP_BUILD=1 BIN=path/to/tollgate benches/scale.sh 10000
 #   METRICS=full benches/scale.sh 10000     # [metrics] deployments = "full" (default: summary)
+#
+# CPU per request here is one run per N, which a shared VM's drift can move by ±15%: whether it
+# is flat in N is measured by benches/scale_cpu.sh (interleaved rounds).
 #
 # Needs nginx and wrk (Debian packages).
 set -euo pipefail
@@ -39,45 +42,13 @@ reload_ms() {
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR + 1) / 2)]}'; }
 
-# The config of N deployments; `python3 gen N FILE LUA [tokens_per_minute of d0]`.
-cat > "$WORK/gen.py" <<'PY'
-import hashlib, os, sys
-n, path, lua = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-tpm0 = sys.argv[4]
-backend, gateway, admin, token, work = sys.argv[5:10]
-key = lambda i: f"ScaleKey{i:010d}abcdefghijklmn"
-with open(path, "w") as f:
-    f.write(f'[server]\nlisten = "{gateway}"\n[admin]\nlisten = "{admin}"\nstate_file = "{work}/state.json"\n')
-    f.write(f'[[admin.tokens]]\nname = "ops"\nrole = "owner"\ntoken = "sha256:{hashlib.sha256(token.encode()).hexdigest()}"\n')
-    if os.environ.get("METRICS"):
-        f.write(f'[metrics]\ndeployments = "{os.environ["METRICS"]}"\n')
-    for i in range(n):
-        tpm = tpm0 if i == 0 else "1000000000"
-        f.write(f'[[deployments]]\nname = "d{i}"\nmodel = "m"\nbackend = "http://{backend}"\n'
-                f'keys = ["sha256:{hashlib.sha256(key(i).encode()).hexdigest()}"]\n'
-                f'requests_per_minute = 1000000000\ntokens_per_minute = {tpm}\n')
-with open(lua, "w") as f:
-    f.write(f'''math.randomseed(os.time())
-local body = '{{"messages":[{{"role":"user","content":"Say hello in one short sentence."}}],"max_tokens":16}}'
-request = function()
-  local i = math.random(0, {n - 1})
-  return wrk.format("POST", "/openai/deployments/d" .. i .. "/chat/completions",
-    {{["Content-Type"] = "application/json", ["api-key"] = string.format("ScaleKey%010dabcdefghijklmn", i)}}, body)
-end
-done = function(summary, latency, requests)
-  io.write(string.format("requests %d non2xx %d p99_ms %.3f\\n", summary.requests,
-    summary.errors.status, latency:percentile(99) / 1000))
-end
-''')
-PY
-
 # wrk for SECONDS_PER_RUN; prints "requests N non2xx N p99_ms X".
 drive() { wrk -t1 -c32 -d"${SECONDS_PER_RUN}s" -s "$WORK/random.lua" "http://$GATEWAY" | grep '^requests '; }
 
 echo "| deployments | check | check RSS | start | RSS idle | req/s | p99 | CPU/request | RSS served | scrape | series | reload unchanged | reload one changed | RSS after reloads | p99 during 20 reloads | non-2xx during reloads |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for n in "${COUNTS[@]}"; do
-  python3 "$WORK/gen.py" "$n" "$WORK/g.toml" "$WORK/random.lua" 1000000000 "$BACKEND" "$GATEWAY" "$ADMIN" "$TOKEN" "$WORK"
+  python3 benches/scale_config.py "$n" "$WORK/g.toml" "$WORK/random.lua" 1000000000 "$BACKEND" "$GATEWAY" "$ADMIN" "$TOKEN" "$WORK"
   rm -f "$WORK/state.json"
   /usr/bin/time -o "$WORK/check.time" -f '%e %M' "$BIN" check --config "$WORK/g.toml" >/dev/null
   read -r check_s check_kb < "$WORK/check.time"
@@ -100,7 +71,7 @@ for n in "${COUNTS[@]}"; do
   series=$(grep -vc '^#' "$WORK/scrape.txt" || true)
   unchanged=$(for _ in 1 2 3 4 5; do reload_ms; done | median)
   changed=$(for i in 1 2 3 4 5; do
-    python3 "$WORK/gen.py" "$n" "$WORK/g.toml" "$WORK/random.lua" $((1000000000 - i)) "$BACKEND" "$GATEWAY" "$ADMIN" "$TOKEN" "$WORK"
+    python3 benches/scale_config.py "$n" "$WORK/g.toml" "$WORK/random.lua" $((1000000000 - i)) "$BACKEND" "$GATEWAY" "$ADMIN" "$TOKEN" "$WORK"
     reload_ms
   done | median)
   after=$(rss $pid)

@@ -307,8 +307,9 @@ pub struct BackendConfig {
     pub key: Option<crate::core::secret::Secret>,
     /// Speak HTTP/2 to it (ALPN `h2`, or prior knowledge over plain TCP).
     pub http2: bool,
-    /// A private CA its certificate is verified against (instead of the webpki roots).
-    pub ca: Option<BackendCa>,
+    /// A private CA its certificate is verified against (instead of the webpki roots); boxed,
+    /// as few backends have one and every deployment's configuration is kept.
+    pub ca: Option<Box<BackendCa>>,
     /// Its own quota, when it has one: tollgate never sends it more.
     pub limits: Option<Limits>,
     pub weight: u32,
@@ -329,7 +330,7 @@ impl BackendConfig {
             url,
             key,
             http2,
-            ca,
+            ca: ca.map(Box::new),
             limits: None,
             weight: 1,
             priority: 0,

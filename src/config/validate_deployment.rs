@@ -173,7 +173,7 @@ pub(super) fn validate_backends(
             name: name.into(),
             key: env_key(at, entry.key_env.as_ref(), field("key_env"), env)?,
             http2: entry.http2,
-            ca: ca_file(at, entry.ca_file.as_ref(), field("ca_file"))?,
+            ca: ca_file(at, entry.ca_file.as_ref(), field("ca_file"))?.map(Box::new),
             limits,
             weight: bounded(&entry.weight, "weight", 1, MAX_WEIGHT, 1)? as u32,
             priority: bounded(&entry.priority, "priority", 0, MAX_PRIORITY, 0)? as u32,
@@ -218,7 +218,7 @@ pub(super) fn validate_deployment(
             if let [only] = inherited.as_mut_slice() {
                 only.http2 |= raw.backend_http2;
                 if let Some(ca) = ca_file(at, raw.backend_ca_file.as_ref(), field("backend_ca_file"))? {
-                    only.ca = Some(ca);
+                    only.ca = Some(Box::new(ca));
                 }
             }
             inherited

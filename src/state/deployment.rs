@@ -57,52 +57,61 @@ pub enum Health {
 }
 
 /// One serverless-style endpoint: a name, its keys and the backends behind it.
+///
+/// Laid out in declaration order (`repr(C)`), what every request reads first: at 10,000
+/// deployments a request's deployment is rarely in cache, and each line it touches is a miss
+/// (callgrind's cache simulation counts them; `benches/scale_cpu.sh` measures the cost).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Deployment {
     pub name: String,
-    pub model: String,
-    pub project: String,
-    pub origin: Origin,
     pub health: Health,
-    /// `/projects/{p}/subscriptions/{name}` the deployment depends on, if any.
-    pub subscription: Option<String>,
-    /// Its backends (one, or a pool), with their health and own buckets.
-    pub pool: BackendPool,
     pub keys: KeyPair,
-    /// The longest one attempt waits for a backend's response head.
-    pub first_byte_timeout: Duration,
-    pub max_attempts: u32,
-    /// The longest a request waits for a response head, all attempts together.
-    pub deadline: Duration,
-    /// Active health checks of its pool's backends, when set.
-    pub health_check_interval: Option<Duration>,
-    pub quota: Arc<DeploymentQuota>,
+    /// What `/metrics` keeps of it (`[metrics]`).
+    pub metric_detail: MetricDetail,
+    pub tokenizer: Tokenizer,
+    pub origin: Origin,
     /// Requests waiting for `quota`: made when `max_wait_ms` lets them wait, then kept across
     /// reloads.
     pub queue: Option<Arc<AdmissionQueue>>,
-    /// Pre-flights (`?dry-run=true`) take from this instead of `quota`: they cost no quota but
-    /// are limited ([`DRY_RUNS_PER_MINUTE`]); made on the first one, kept across reloads
-    /// ([`Deployment::dry_runs`]).
-    dry_runs: std::sync::OnceLock<Arc<DeploymentQuota>>,
-    pub default_max_tokens: u64,
-    pub tokenizer: Tokenizer,
+    pub quota: Arc<DeploymentQuota>,
     /// Running usage totals (see [`crate::state::totals`]); kept across reloads.
     pub usage: Arc<UsageCounters>,
-    /// When this gateway first served the deployment (Unix seconds; `created` in `/v1/models`).
-    pub created_unix: u64,
-    /// The backend's last `/info` answer (started afresh by a reload, which may change the backend).
-    pub info: InfoCache,
     /// Its busiest metric series, resolved once ([`crate::state::metrics::DeploymentSeries`]).
     pub series: crate::state::metrics::LazySeries,
-    /// What `/metrics` keeps of it (`[metrics]`).
-    pub metric_detail: MetricDetail,
+    pub default_max_tokens: u64,
+    /// The longest one attempt waits for a backend's response head.
+    pub first_byte_timeout: Duration,
+    /// The longest a request waits for a response head, all attempts together.
+    pub deadline: Duration,
+    pub max_attempts: u32,
+    /// Its backends (one, or a pool), with their health and own buckets.
+    pub pool: BackendPool,
+    /// The budgets watching its project or subscription (usually none).
+    pub budgets: Vec<Arc<Budget>>,
     /// What its tokens cost, as of this table (a request is billed at the prices of the table it
     /// arrived under); none: its requests cost nothing and the ledger writes no cost.
     pub prices: Option<Prices>,
     pub currency: Arc<str>,
-    /// The budgets watching its project or subscription (usually none).
-    pub budgets: Vec<Arc<Budget>>,
+    pub project: String,
+    pub model: String,
+    // Read off the request path only.
+    /// `/projects/{p}/subscriptions/{name}` the deployment depends on, if any.
+    pub subscription: Option<String>,
+    /// Active health checks of its pool's backends, when set.
+    pub health_check_interval: Option<Duration>,
+    /// When this gateway first served the deployment (Unix seconds; `created` in `/v1/models`).
+    pub created_unix: u64,
+    /// The backend's last `/info` answer (started afresh by a reload, which may change the backend).
+    pub info: InfoCache,
+    /// Pre-flights (`?dry-run=true`) take from this instead of `quota`: they cost no quota but
+    /// are limited ([`DRY_RUNS_PER_MINUTE`]); made on the first one, kept across reloads
+    /// ([`Deployment::dry_runs`]).
+    dry_runs: std::sync::OnceLock<Arc<DeploymentQuota>>,
 }
+
+// An `Arc<Deployment>` fits jemalloc's 512-byte class (with the `Arc`'s two counts).
+const _: () = assert!(std::mem::size_of::<Deployment>() <= 496);
 
 /// The backend key as the two headers the API accepts, marked sensitive so they are never logged.
 #[derive(Debug)]
@@ -273,6 +282,9 @@ pub struct DeploymentTable {
     by_key: HashMap<IndexedDigest, Arc<Deployment>>,
     /// ...and keys several deployments share, their owners sorted by name.
     shared_keys: HashMap<IndexedDigest, Vec<Arc<Deployment>>>,
+    /// The deployments whose pools are health-checked (usually few: the checker looks at these,
+    /// not at every deployment, each time).
+    health_checked: Vec<Arc<Deployment>>,
     consumers: Vec<Arc<Consumer>>,
     consumer_by_key: HashMap<IndexedDigest, Arc<Consumer>>,
     budgets: Vec<Arc<Budget>>,
@@ -331,10 +343,16 @@ impl DeploymentTable {
         for owners in owners_of.values_mut() {
             owners.sort_by(|a, b| a.name.cmp(&b.name));
         }
+        let health_checked = by_name
+            .iter()
+            .filter(|d| d.0.health_check_interval.is_some() && d.0.pool.len() > 1)
+            .map(|d| Arc::clone(&d.0))
+            .collect();
         DeploymentTable {
             by_name,
             by_key,
             shared_keys: owners_of,
+            health_checked,
             consumers: Vec::new(),
             consumer_by_key: HashMap::new(),
             budgets: Vec::new(),
@@ -395,6 +413,11 @@ impl DeploymentTable {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Deployment>> {
         self.by_name.iter().map(|d| &d.0)
+    }
+
+    /// The deployments with `health_check_interval_ms` and a pool of more than one backend.
+    pub fn health_checked(&self) -> &[Arc<Deployment>] {
+        &self.health_checked
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Deployment>> {

@@ -38,6 +38,8 @@ const RATIO_BUCKETS: &[f64] = &[0.5, 0.75, 0.9, 0.95, 0.98, 1.0, 1.02, 1.05, 1.1
 
 pub struct Metrics {
     pub registry: Registry,
+    /// The gateway-wide histograms' series, resolved once.
+    wide: Histograms,
     pub requests: IntCounterVec,
     pub ratelimit_rejections: IntCounterVec,
     pub auth_failures: IntCounterVec,
@@ -121,16 +123,27 @@ impl std::fmt::Debug for LazySeries {
 /// are looked up as before.
 #[derive(Default)]
 pub struct DeploymentSeries {
-    first_byte: OnceLock<Histogram>,
-    overhead: OnceLock<Histogram>,
-    /// By route: `requests_total{code="200"}` and the request duration.
-    ok: [OnceLock<(IntCounter, Histogram)>; ROUTES],
+    /// By route: `requests_total{code="200"}`.
+    ok: [OnceLock<IntCounter>; ROUTES],
     /// Reported prompt and completion tokens.
     reported_prompt: OnceLock<IntCounter>,
     reported_completion: OnceLock<IntCounter>,
-    estimate_ratio: OnceLock<Histogram>,
     /// `tollgate_cost_total` of its input and output meters.
     cost: OnceLock<[IntCounter; 2]>,
+    /// Its own histograms, with full detail (others observe into [`Metrics`]'s gateway-wide
+    /// ones, which every request of them shares: a hot cache line, not one of each deployment).
+    histograms: Histograms,
+}
+
+/// The histograms a request observes, resolved on first use: a deployment's own (full detail)
+/// or the gateway-wide ones (`deployment=""`).
+#[derive(Default)]
+pub struct Histograms {
+    first_byte: OnceLock<Histogram>,
+    overhead: OnceLock<Histogram>,
+    /// By route: the request duration.
+    durations: [OnceLock<Histogram>; ROUTES],
+    estimate_ratio: OnceLock<Histogram>,
 }
 
 /// A consumer's busiest series on one of its deployments (served requests and their tokens),
@@ -153,6 +166,12 @@ const ROUTES: usize = 5;
 impl std::fmt::Debug for DeploymentSeries {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeploymentSeries").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Histograms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histograms").finish_non_exhaustive()
     }
 }
 
@@ -205,6 +224,7 @@ impl Metrics {
         config_last_reload_successful.set(1);
         registry.register(Box::new(config_last_reload_successful.clone()))?;
         Ok(Metrics {
+            wide: Histograms::default(),
             config_last_reload_successful,
             config_reloads: counter(
                 "tollgate_config_reloads_total",
@@ -445,10 +465,20 @@ impl Metrics {
         self.config_last_reload_successful.set(i64::from(applied));
     }
 
+    /// The histograms `deployment`'s requests observe: its own with full detail, else the
+    /// gateway-wide ones.
+    fn histograms<'a>(&'a self, deployment: &'a Deployment) -> &'a Histograms {
+        if deployment.metric_detail.deployment == DeploymentDetail::Full {
+            &deployment.series.histograms
+        } else {
+            &self.wide
+        }
+    }
+
     /// `tollgate_backend_first_byte_seconds` and `tollgate_overhead_seconds` of a forwarded request.
     pub fn observe_forwarded(&self, deployment: &Deployment, first_byte: Duration, overhead: Duration) {
         let name = deployment.detail_label();
-        let series = &deployment.series;
+        let series = self.histograms(deployment);
         series
             .first_byte
             .get_or_init(|| self.backend_first_byte.with_label_values(&[name]))
@@ -473,16 +503,12 @@ impl Metrics {
         let detail = record.deployment.detail_label();
         let route = record.route.label();
         let duration = record.duration.as_secs_f64();
-        match series.ok.get(record.route as usize).filter(|_| record.status == 200) {
-            Some(ok) => {
-                let (requests, durations) = ok.get_or_init(|| {
-                    (
-                        self.requests.with_label_values(&[deployment, route, "200"]),
-                        self.request_duration.with_label_values(&[detail, route]),
-                    )
-                });
-                requests.inc();
-                durations.observe(duration);
+        let histograms = self.histograms(&record.deployment);
+        let at = record.route as usize;
+        match series.ok.get(at).zip(histograms.durations.get(at)).filter(|_| record.status == 200) {
+            Some((requests, durations)) => {
+                requests.get_or_init(|| self.requests.with_label_values(&[deployment, route, "200"])).inc();
+                durations.get_or_init(|| self.request_duration.with_label_values(&[detail, route])).observe(duration);
             }
             None => {
                 self.requests.with_label_values(&[deployment, route, metric_status(record.status)]).inc();
@@ -532,7 +558,7 @@ impl Metrics {
         }
         if record.source == CountSource::Reported && record.prompt_tokens > 0 && record.estimated_prompt_tokens > 0 {
             let ratio = record.estimated_prompt_tokens as f64 / record.prompt_tokens as f64;
-            series
+            histograms
                 .estimate_ratio
                 .get_or_init(|| self.prompt_estimate_ratio.with_label_values(&[detail]))
                 .observe(ratio);

@@ -9,8 +9,10 @@ use serde::Serialize;
 use crate::core::meter::CountSource;
 use crate::state::record::UsageRecord;
 
-/// Running totals of one deployment.
+/// Running totals of one deployment: one cache line (aligned so, its `Arc`'s reference counts
+/// sit in the line before), which every request of the deployment writes.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct UsageCounters {
     requests: AtomicU64,
     prompt_tokens: AtomicU64,
@@ -22,6 +24,8 @@ pub struct UsageCounters {
     /// Admitted requests not yet settled.
     pub inflight: AtomicI64,
 }
+
+const _: () = assert!(std::mem::size_of::<UsageCounters>() == 64, "one cache line");
 
 /// A reading of [`UsageCounters`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -34,11 +34,8 @@ impl Gateway {
             let now = Instant::now();
             let mut wake = now + MAX_IDLE;
             let mut seen: HashSet<&str> = HashSet::new();
-            for deployment in table.iter() {
+            for deployment in table.health_checked() {
                 let Some(interval) = deployment.health_check_interval else { continue };
-                if deployment.pool.len() < 2 {
-                    continue;
-                }
                 for (index, backend) in deployment.pool.backends.iter().enumerate() {
                     if !seen.insert(&*backend.bucket_key) {
                         continue;
