@@ -157,8 +157,8 @@ impl Deployment {
         if self.metric_detail.backends { backend } else { "" }
     }
 
-    /// The buckets of its pre-flights, made on the first one. (One a table build races with
-    /// may get fresh buckets in the new table: at most one minute's allowance more.)
+    /// The buckets of its pre-flights, made on the first one. (A first pre-flight racing a table
+    /// build may make buckets the new table does not carry over: one minute's allowance more.)
     pub fn dry_runs(&self) -> &DeploymentQuota {
         self.dry_runs.get_or_init(|| {
             let limits = Limits { requests_per_minute: DRY_RUNS_PER_MINUTE, tokens_per_minute: DRY_RUNS_PER_MINUTE };
@@ -225,7 +225,7 @@ impl Deployment {
         if let Some(kept) = previous.and_then(|p| p.dry_runs.get()) {
             let _ = dry_runs.set(Arc::clone(kept));
         }
-        // A queue only where requests may wait (most deployments never do: 300 bytes saved on
+        // A queue only where requests may wait (most deployments never do: ~650 bytes saved on
         // each); once made it is kept, so a reload that turns waiting off still closes it on
         // shutdown and its waiters finish their turns.
         let queue = match previous.and_then(|p| p.queue.as_ref()) {
