@@ -498,7 +498,7 @@ impl Metrics {
 
     /// Counts one finished, authenticated request.
     pub fn observe(&self, record: &UsageRecord) {
-        let series = &record.deployment.series;
+        let series: &DeploymentSeries = &record.deployment.series; // made once here, not at each use
         let deployment = record.deployment.counter_label();
         let detail = record.deployment.detail_label();
         let route = record.route.label();
@@ -567,7 +567,7 @@ impl Metrics {
 
     /// `tollgate_tokens_total` by kind (prompt, completion).
     fn observe_token_split(&self, record: &UsageRecord, deployment: &str, source: &'static str) {
-        let series = &record.deployment.series;
+        let series: &DeploymentSeries = &record.deployment.series; // made once here, not at each use
         let reported = record.source == CountSource::Reported;
         for (kind, tokens, cached) in [
             ("prompt", record.prompt_tokens, &series.reported_prompt),

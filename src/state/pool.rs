@@ -104,11 +104,10 @@ pub struct BackendRegistry {
 
 #[derive(Debug, Clone)]
 struct Known {
-    /// `backend:{url}`, shared by every pool backend at that URL.
-    bucket_key: Arc<str>,
-    /// The URL, shared the same way: a request clones its parts (a reference count) and hashes
-    /// its authority (the connection pool's key), and at 10,000 deployments over one backend
-    /// those are then one hot cache line, not a cold one of each deployment's own.
+    /// The URL, shared by every pool backend at it (as the map's key, `backend:{url}`, is their
+    /// `bucket_key`): a request clones its parts (a reference count) and hashes its authority
+    /// (the connection pool's key), and at 10,000 deployments over one backend those are then
+    /// one hot cache line, not a cold one of each deployment's own.
     url: BackendUrl,
     health: Arc<Mutex<Health>>,
     quota: Option<Arc<DeploymentQuota>>,
@@ -121,7 +120,6 @@ impl BackendRegistry {
         for pool in pools {
             for b in &pool.backends {
                 by_url.entry(Arc::clone(&b.bucket_key)).or_insert_with(|| Known {
-                    bucket_key: Arc::clone(&b.bucket_key),
                     url: b.url.clone(),
                     health: Arc::clone(&b.health),
                     quota: b.quota.clone(),
@@ -131,14 +129,13 @@ impl BackendRegistry {
         BackendRegistry { by_url: Mutex::new(by_url) }
     }
 
-    /// The health, buckets and shared URL of the backend at `url`, new when unknown; buckets
-    /// follow `limits` (levels kept), or go when it has none.
-    fn get(&self, url: &BackendUrl, limits: Option<Limits>, clock: &Arc<dyn Clock>) -> Known {
+    /// The bucket key (`backend:{url}`), health, buckets and shared URL of the backend at `url`,
+    /// new when unknown; buckets follow `limits` (levels kept), or go when it has none.
+    fn get(&self, url: &BackendUrl, limits: Option<Limits>, clock: &Arc<dyn Clock>) -> (Arc<str>, Known) {
         let key = format!("backend:{url}");
         let mut by_url = lock(&self.by_url);
-        let bucket_key = by_url.get(key.as_str()).map_or_else(|| Arc::from(key), |k| Arc::clone(&k.bucket_key));
+        let bucket_key = by_url.get_key_value(key.as_str()).map_or_else(|| Arc::from(key), |(k, _)| Arc::clone(k));
         let known = by_url.entry(Arc::clone(&bucket_key)).or_insert_with(|| Known {
-            bucket_key,
             url: url.clone(),
             health: Arc::default(),
             quota: None,
@@ -153,7 +150,7 @@ impl BackendRegistry {
             }
             (Some(limits), None) => Some(Arc::new(DeploymentQuota::new(limits, Arc::clone(clock)))),
         };
-        known.clone()
+        (bucket_key, known.clone())
     }
 }
 
@@ -242,11 +239,11 @@ impl BackendPool {
                         .unwrap_or_else(|| Arc::new(BackendClient::with_roots(settings, Some(ca.roots())))),
                     _ => Arc::new(BackendClient::with_roots(settings, Some(ca.roots()))),
                 });
-                let known = registry.get(&config.url, config.limits, clock);
+                let (bucket_key, known) = registry.get(&config.url, config.limits, clock);
                 PoolBackend {
                     url: known.url,
                     name: Arc::clone(&config.name),
-                    bucket_key: known.bucket_key,
+                    bucket_key,
                     auth: config.key.as_ref().and_then(|k| BackendAuth::new(k.expose())),
                     http2: config.http2,
                     ca: config.ca.as_ref().map(|ca| Arc::clone(&ca.pem)),
