@@ -77,6 +77,8 @@ impl PoolBackend {
         self.health().status(now_ns)
     }
 
+    /// Attempts in flight to it, counted for a backend of a pool of several (the only backend of
+    /// a pool has its deployment's count, `UsageCounters::inflight`).
     pub fn inflight(&self) -> i64 {
         self.local.inflight.load(Ordering::Relaxed)
     }
@@ -173,12 +175,19 @@ pub struct Attempt {
     admission: Admission,
     hold: BackendHold,
     reserved: u64,
+    /// What a backend of a pool of several keeps; `None` for the only backend of a pool, whose
+    /// health is not tracked (there is nothing to fail over to) and whose in-flight count is its
+    /// deployment's. (At 10,000 deployments each of these is a cold line, or a line two workers
+    /// pass back and forth, a request would otherwise touch.)
+    tracked: Option<Tracked>,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct Tracked {
     health: Arc<Mutex<Health>>,
     local: Arc<Local>,
     clock: Arc<dyn Clock>,
-    /// The pool's only backend: its health is not tracked (there is nothing to fail over to).
-    solo: bool,
-    done: bool,
 }
 
 /// How an attempt ended, as far as the backend's health goes.
@@ -330,19 +339,16 @@ impl BackendPool {
     }
 
     fn attempt(&self, index: usize, admission: Admission, hold: BackendHold, reserved: u64) -> Attempt {
-        let backend = &self.backends[index];
-        backend.local.inflight.fetch_add(1, Ordering::Relaxed);
-        Attempt {
-            index,
-            admission,
-            hold,
-            reserved,
-            health: Arc::clone(&backend.health),
-            local: Arc::clone(&backend.local),
-            clock: Arc::clone(&self.clock),
-            solo: self.backends.len() == 1,
-            done: false,
-        }
+        let tracked = (self.backends.len() > 1).then(|| {
+            let backend = &self.backends[index];
+            backend.local.inflight.fetch_add(1, Ordering::Relaxed);
+            Tracked {
+                health: Arc::clone(&backend.health),
+                local: Arc::clone(&backend.local),
+                clock: Arc::clone(&self.clock),
+            }
+        });
+        Attempt { index, admission, hold, reserved, tracked, done: false }
     }
 
     /// When the earliest backend not in `skip` can take the request, from its health and what
@@ -406,17 +412,15 @@ impl Attempt {
     /// and tokens back; one that answered keeps the reservation until [`Attempt::settle`]. The
     /// only backend of a pool keeps no health (it is never cooled down or ejected).
     pub fn report(&mut self, outcome: Outcome) -> Option<Change> {
-        let change = if self.solo {
-            None
-        } else {
-            let now = self.clock.now_ns();
-            let mut health = lock(&self.health);
+        let change = self.tracked.as_ref().and_then(|tracked| {
+            let now = tracked.clock.now_ns();
+            let mut health = lock(&tracked.health);
             match outcome {
                 Outcome::Answered => health.succeeded(now),
                 Outcome::Throttled { retry_ns } => health.throttled(now, retry_ns),
                 Outcome::Failed => health.failed(now),
             }
-        };
+        });
         if outcome != Outcome::Answered {
             self.give_back();
         }
@@ -428,14 +432,21 @@ impl Attempt {
     pub fn settle(mut self, actual: u64) {
         if !std::mem::replace(&mut self.done, true) {
             self.hold.settle(self.reserved, actual);
-            self.local.inflight.fetch_sub(1, Ordering::Relaxed);
+            self.leave();
         }
     }
 
     fn give_back(&mut self) {
         if !std::mem::replace(&mut self.done, true) {
             self.hold.refund(self.reserved);
-            self.local.inflight.fetch_sub(1, Ordering::Relaxed);
+            self.leave();
+        }
+    }
+
+    /// Frees its in-flight slot (a tracked backend's).
+    fn leave(&self) {
+        if let Some(tracked) = &self.tracked {
+            tracked.local.inflight.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -444,10 +455,47 @@ impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.done {
             // No outcome: the client went away while the attempt was out.
-            if !self.solo {
-                lock(&self.health).abandoned(self.admission);
+            if let Some(tracked) = &self.tracked {
+                lock(&tracked.health).abandoned(self.admission);
             }
             self.give_back();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::clock::ManualClock;
+
+    fn pool(urls: &[&str], clock: &Arc<dyn Clock>) -> BackendPool {
+        let configs: Vec<BackendConfig> = urls
+            .iter()
+            .map(|u| BackendConfig::single(BackendUrl::parse(u).unwrap_or_else(|e| panic!("{e}")), None, false, None))
+            .collect();
+        BackendPool::build(&configs, None, &BackendRegistry::default(), clock, &BackendSettings::default())
+    }
+
+    #[tokio::test]
+    async fn only_a_pool_of_several_counts_attempts_in_flight_to_each_backend() {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(0));
+        let two = pool(&["http://a.example", "http://b.example"], &clock);
+        let attempt = two.pick(0, 10, &QuotaStore::Memory, &mut Waits::default()).await.unwrap();
+        let index = attempt.index;
+        assert_eq!(two.backends[index].inflight(), 1);
+        assert_eq!(two.backends[1 - index].inflight(), 0);
+        attempt.settle(5);
+        assert_eq!(two.backends[index].inflight(), 0);
+        let gone = two.pick(0, 10, &QuotaStore::Memory, &mut Waits::default()).await.unwrap();
+        let index = gone.index;
+        drop(gone); // the client went away: the slot is freed too
+        assert_eq!(two.backends[index].inflight(), 0);
+
+        // The only backend is not tracked: its requests in flight are its deployment's.
+        let one = pool(&["http://a.example"], &clock);
+        let mut attempt = one.pick(0, 10, &QuotaStore::Memory, &mut Waits::default()).await.unwrap();
+        assert_eq!(one.backends[0].inflight(), 0);
+        assert_eq!(attempt.report(Outcome::Failed), None, "no health kept");
+        assert_eq!(one.backends[0].status(0), Status::Healthy);
     }
 }

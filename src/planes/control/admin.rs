@@ -214,6 +214,15 @@ impl Admin {
             let value = match reading.deployment {
                 Some(s) => {
                     let at = now(deployment);
+                    // The only backend of a pool is not counted apart: its requests are the deployment's.
+                    let solo = deployment.pool.len() == 1;
+                    let inflight = |b: &crate::state::pool::PoolBackend| {
+                        if solo {
+                            deployment.usage.inflight.load(std::sync::atomic::Ordering::Relaxed)
+                        } else {
+                            b.inflight()
+                        }
+                    };
                     let backends: Vec<serde_json::Value> = deployment
                         .pool
                         .backends
@@ -222,7 +231,7 @@ impl Admin {
                         .map(|(b, state)| {
                             let mut entry = json!({
                                 "name": &*b.name, "url": b.url.to_string(), "state": b.status(at).as_str(),
-                                "inflight": b.inflight(), "weight": b.weight, "priority": b.priority,
+                                "inflight": inflight(b), "weight": b.weight, "priority": b.priority,
                             });
                             if let (Some(limits), Some(entry)) = (b.limits(), entry.as_object_mut()) {
                                 entry.insert("requestsPerMinute".into(), limits.requests_per_minute.into());
