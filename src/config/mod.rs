@@ -106,8 +106,11 @@ pub enum StoreConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisStoreConfig {
-    /// `redis://` or `rediss://` URL; may hold a password, so it is never logged or printed.
+    /// The URL as written (`redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://`, ...);
+    /// may hold a password, so it is never logged or printed.
     pub url: crate::core::secret::Secret,
+    /// What kind of Redis it names.
+    pub topology: RedisTopology,
     /// PEM roots that verify a `rediss://` server (instead of the system roots).
     pub ca_file: Option<PathBuf>,
     /// Prepended to every key (`<prefix>{<deployment>}`).
@@ -117,6 +120,20 @@ pub struct RedisStoreConfig {
     pub replicas: u64,
     /// Longest wait for one Redis round trip before it counts as a store error.
     pub timeout: Duration,
+}
+
+/// The kind of Redis the shared buckets live in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One server: the URL itself.
+    Single,
+    /// A Redis Cluster, from these seed nodes (`redis[s]://[credentials@]host:port`, secret): the
+    /// client learns the rest of the cluster from them and follows `MOVED`/`ASK` and failovers.
+    Cluster { nodes: Vec<crate::core::secret::Secret> },
+    /// A primary found through Sentinel: the Sentinels' addresses, the name they know the primary
+    /// by, and how to reach it once found (`redis[s]://[credentials@]sentinel-primary/db`, secret;
+    /// the host is replaced by the address the Sentinels give).
+    Sentinel { sentinels: Vec<(String, u16)>, master: String, primary: crate::core::secret::Secret },
 }
 
 /// What admission does while the shared store cannot be reached.

@@ -6,7 +6,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::raw::RawLimits;
-use super::{ConfigError, Locator, OnStoreError, RedisStoreConfig, StoreConfig};
+use super::{ConfigError, Locator, OnStoreError, RedisStoreConfig, RedisTopology, StoreConfig};
+use crate::core::secret::Secret;
 
 pub const DEFAULT_KEY_PREFIX: &str = "tollgate:quota:";
 /// A Redis round trip on a LAN takes well under a millisecond; past this it counts as an outage.
@@ -60,21 +61,12 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
             ));
         }
         Some(v) => {
-            let url = v.get_ref();
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(at.error(v, "limits.redis_url", "must start with redis:// or rediss:// (TLS)"));
-            }
-            // The URL may hold a password: the message never repeats it.
-            if redis::Client::open(url.as_str()).is_err() {
-                return Err(at.error(
-                    v,
-                    "limits.redis_url",
-                    "is not a valid Redis URL; write redis://[user:password@]host[:port][/db]",
-                ));
-            }
-            crate::core::secret::Secret::new(url.clone())
+            // The URL may hold a password: no message repeats it.
+            let topology = parse_topology(v.get_ref()).map_err(|message| at.error(v, "limits.redis_url", message))?;
+            (Secret::new(v.get_ref().clone()), topology)
         }
     };
+    let (url, topology) = url;
     let key_prefix = match &raw.key_prefix {
         None => DEFAULT_KEY_PREFIX.to_owned(),
         Some(v)
@@ -124,10 +116,93 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
         Some(v) => Duration::from_millis(*v.get_ref()),
     };
     let ca_file = raw.redis_ca_file.as_ref().map(|v: &Spanned<String>| PathBuf::from(v.get_ref()));
-    if ca_file.is_some() && !url.expose().starts_with("rediss://") {
+    if ca_file.is_some() && !url.expose().starts_with("rediss") {
         if let Some(v) = &raw.redis_ca_file {
-            return Err(at.error(v, "limits.redis_ca_file", "only used with a rediss:// (TLS) redis_url"));
+            return Err(at.error(
+                v,
+                "limits.redis_ca_file",
+                "only used with TLS: a rediss://, rediss+cluster:// or rediss+sentinel:// redis_url",
+            ));
         }
     }
-    Ok(StoreConfig::Redis(RedisStoreConfig { url, ca_file, key_prefix, on_error, replicas, timeout }))
+    Ok(StoreConfig::Redis(RedisStoreConfig { url, topology, ca_file, key_prefix, on_error, replicas, timeout }))
+}
+
+const URL_FORMS: &str = "write redis://[user:password@]host[:port][/db] (rediss:// for TLS), \
+    redis+cluster://[user:password@]host:port,host:port,... (seed nodes of a Redis Cluster), or \
+    redis+sentinel://[user:password@]host:port,host:port,.../master-name[/db] (Sentinels and the name \
+    of the primary they watch)";
+
+/// The kind of Redis a `redis_url` names, from its scheme: one server, a cluster's seed nodes, or
+/// the Sentinels watching a primary. Errors never repeat the URL (it may hold a password).
+fn parse_topology(url: &str) -> Result<RedisTopology, String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("is not a Redis URL; {URL_FORMS}"));
+    };
+    let (tls, kind) = match scheme {
+        "redis" => (false, None),
+        "rediss" => (true, None),
+        "redis+cluster" => (false, Some(true)),
+        "rediss+cluster" => (true, Some(true)),
+        "redis+sentinel" => (false, Some(false)),
+        "rediss+sentinel" => (true, Some(false)),
+        _ => return Err(format!("unknown scheme '{scheme}://'; {URL_FORMS}")),
+    };
+    let Some(cluster) = kind else {
+        return match redis::Client::open(url) {
+            Ok(_) => Ok(RedisTopology::Single),
+            Err(_) => Err(format!("is not a valid Redis URL; {URL_FORMS}")),
+        };
+    };
+    // [user:password@]hosts[/path]; a password may hold '@', so the host list starts after the
+    // last '@'.
+    let (credentials, after) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let (hosts, path) = after.split_once('/').unwrap_or((after, ""));
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    if hosts.iter().any(|h| h.is_empty()) {
+        return Err(format!("names an empty host (two commas, or none at all); {URL_FORMS}"));
+    }
+    let plain = if tls { "rediss" } else { "redis" };
+    let node = |host: &str, path: &str| match credentials {
+        Some(c) => format!("{plain}://{c}@{host}/{path}"),
+        None => format!("{plain}://{host}/{path}"),
+    };
+    let mut addresses = Vec::with_capacity(hosts.len());
+    for host in &hosts {
+        let Some((name, port)) = host.rsplit_once(':').and_then(|(n, p)| Some((n, p.parse::<u16>().ok()?))) else {
+            return Err(format!("host '{host}' names no port (write host:port for each); {URL_FORMS}"));
+        };
+        addresses.push((name.trim_start_matches('[').trim_end_matches(']').to_owned(), port));
+    }
+    if cluster {
+        if !path.is_empty() {
+            return Err("a Redis Cluster has only database 0: remove the path after the hosts".into());
+        }
+        let mut nodes = Vec::with_capacity(hosts.len());
+        for host in &hosts {
+            let url = node(host, "");
+            if redis::Client::open(url.as_str()).is_err() {
+                return Err(format!("node '{host}' is not a valid Redis address; {URL_FORMS}"));
+            }
+            nodes.push(Secret::new(url));
+        }
+        return Ok(RedisTopology::Cluster { nodes });
+    }
+    let (master, db) = path.split_once('/').unwrap_or((path, ""));
+    if master.is_empty() {
+        return Err(format!("names no primary: add the name the Sentinels know it by after the hosts; {URL_FORMS}"));
+    }
+    let db: i64 = match db {
+        "" => 0,
+        db => db.parse().map_err(|_| format!("database '{db}' is not a number; {URL_FORMS}"))?,
+    };
+    // The primary is reached with the credentials and database given; the Sentinels without.
+    let primary = node("sentinel-primary", &db.to_string());
+    if redis::Client::open(primary.as_str()).is_err() {
+        return Err(format!("the credentials are not valid in a Redis URL; {URL_FORMS}"));
+    }
+    Ok(RedisTopology::Sentinel { sentinels: addresses, master: master.to_owned(), primary: Secret::new(primary) })
 }

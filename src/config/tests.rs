@@ -207,11 +207,52 @@ fn the_quota_store_is_memory_unless_redis_is_asked_for() {
 }
 
 #[test]
+fn a_redis_url_names_one_server_a_cluster_or_a_primary_behind_sentinel() {
+    let topology = |url: &str| {
+        let config =
+            Config::parse(&with_limits(&format!("store = \"redis\"\nredis_url = \"{url}\"")), "t.toml", &no_env)
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let StoreConfig::Redis(redis) = config.store else { panic!("redis store expected") };
+        assert!(!format!("{redis:?}").contains("pw"), "{redis:?}");
+        redis.topology
+    };
+    assert_eq!(topology("redis://127.0.0.1:6379"), RedisTopology::Single);
+    let RedisTopology::Cluster { nodes } = topology("rediss+cluster://u:pw@d@10.0.0.1:7000, 10.0.0.2:7001") else {
+        panic!("a cluster expected")
+    };
+    let nodes: Vec<&str> = nodes.iter().map(|n| n.expose()).collect();
+    assert_eq!(nodes, ["rediss://u:pw@d@10.0.0.1:7000/", "rediss://u:pw@d@10.0.0.2:7001/"], "the password may hold @");
+    let RedisTopology::Sentinel { sentinels, master, primary } =
+        topology("redis+sentinel://:pw@s1:26379,[::1]:26380/main/3")
+    else {
+        panic!("sentinel expected")
+    };
+    assert_eq!(sentinels, [("s1".to_owned(), 26379), ("::1".to_owned(), 26380)]);
+    assert_eq!(master, "main");
+    assert_eq!(primary.expose(), "redis://:pw@sentinel-primary/3");
+}
+
+#[test]
 fn bad_quota_store_settings_name_their_line_and_say_what_to_write() {
     for (limits, line, field, says) in [
         ("store = \"etcd\"", 2, "limits.store", "\"memory\" or \"redis\""),
         ("store = \"redis\"", 2, "limits.redis_url", "needs redis_url"),
-        ("store = \"redis\"\nredis_url = \"http://x\"", 3, "limits.redis_url", "redis:// or rediss://"),
+        ("store = \"redis\"\nredis_url = \"http://x\"", 3, "limits.redis_url", "unknown scheme 'http://'"),
+        ("store = \"redis\"\nredis_url = \"redis+cluster://a:1,,b:2\"", 3, "limits.redis_url", "empty host"),
+        (
+            "store = \"redis\"\nredis_url = \"redis+cluster://:secret@a:1,b\"",
+            3,
+            "limits.redis_url",
+            "host 'b' names no port",
+        ),
+        ("store = \"redis\"\nredis_url = \"redis+cluster://a:1/2\"", 3, "limits.redis_url", "only database 0"),
+        (
+            "store = \"redis\"\nredis_url = \"redis+sentinel://:secret@a:26379\"",
+            3,
+            "limits.redis_url",
+            "names no primary",
+        ),
+        ("store = \"redis\"\nredis_url = \"redis+sentinel://a:26379/main/x\"", 3, "limits.redis_url", "database 'x'"),
         ("store = \"redis\"\nredis_url = \"redis://:secret@[bad\"", 3, "limits.redis_url", "not a valid Redis URL"),
         ("redis_url = \"redis://x\"", 2, "limits.redis_url", "only used with store = \"redis\""),
         (

@@ -14,6 +14,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// TLS only (`--tls-port`), with these PEM files: cert, key, CA.
     tls: Option<[String; 3]>,
+    /// A node of a Redis Cluster (`--cluster-enabled yes`, its `nodes.conf` in `dir`).
+    cluster: bool,
 }
 
 impl RedisServer {
@@ -22,7 +24,8 @@ impl RedisServer {
         if !super::tool_installed(test, "redis-server", "redis-server") {
             return None;
         }
-        let mut server = RedisServer { child: None, port: 0, dir: tempfile::tempdir().unwrap(), tls: None };
+        let mut server =
+            RedisServer { child: None, port: 0, dir: tempfile::tempdir().unwrap(), tls: None, cluster: false };
         server.start_on_a_free_port();
         Some(server)
     }
@@ -73,6 +76,10 @@ impl RedisServer {
         let mut command = Command::new("redis-server");
         command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         command.args(["--dir", self.dir.path().to_str().unwrap()]);
+        if self.cluster {
+            command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            command.args(["--cluster-node-timeout", "1000"]);
+        }
         match &self.tls {
             None => command.args(["--port", &port]),
             Some([cert, key, ca]) => command
@@ -114,5 +121,80 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A real Redis Cluster of `primaries` nodes on free ports, made with `redis-cli --cluster create`
+/// (the slots split evenly), owned by a test.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// A fresh cluster, once every node says `cluster_state:ok`; `None` (with the reason printed)
+    /// when `redis-server` or `redis-cli` is not installed.
+    pub fn start(test: &str, primaries: usize) -> Option<RedisCluster> {
+        if !super::tool_installed(test, "redis-server", "redis-server")
+            || !super::tool_installed(test, "redis-cli", "redis-tools")
+        {
+            return None;
+        }
+        let nodes: Vec<RedisServer> = (0..primaries)
+            .map(|_| {
+                let mut node =
+                    RedisServer { child: None, port: 0, dir: tempfile::tempdir().unwrap(), tls: None, cluster: true };
+                node.start_on_a_free_port();
+                node
+            })
+            .collect();
+        let cluster = RedisCluster { nodes };
+        let made = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.addresses())
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&made.stdout));
+        for _ in 0..1000 {
+            let ok = cluster
+                .nodes
+                .iter()
+                .all(|n| n.command("CLUSTER INFO").is_some_and(|info| info.contains("cluster_state:ok")));
+            if ok {
+                return Some(cluster);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the cluster did not come up");
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        format!("redis+cluster://{}", self.addresses().join(","))
+    }
+
+    /// The node that holds `key`'s slot.
+    pub fn node_of(&self, key: &str) -> &RedisServer {
+        let slot = self.nodes[0].command(&format!("CLUSTER KEYSLOT {key}")).unwrap();
+        let slot: u16 = slot.trim_start_matches(':').trim().parse().unwrap();
+        let shards = self.nodes[0].command("CLUSTER NODES").unwrap();
+        for line in shards.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some(address) = fields.get(1) else { continue };
+            let port: u16 = address.split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let holds = fields.iter().skip(8).any(|range| match range.split_once('-') {
+                Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
+                None => range.parse::<u16>() == Ok(slot),
+            });
+            if holds {
+                return self.nodes.iter().find(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("no node holds slot {slot}");
     }
 }

@@ -168,11 +168,37 @@ end
 return reply(1)
 "#;
 
+/// A consumer's own period quotas taken alone, on Redis Cluster, where its hash (over all its
+/// deployments) is in another slot than the deployment's keys: KEYS[1] the period hash; ARGV[1..3]
+/// tokens per day, tokens per month, requests per day (-1: none), ARGV[4] the tokens reserved,
+/// ARGV[5] the day, ARGV[6] the month, ARGV[7] when the hash may expire (as in
+/// [`ADMIT_CONSUMER`]). Returns {status, dt, mt, dr, why}: status 1 taken, 3 used up (nothing
+/// taken; `why` as the twelfth field of [`ADMIT_CONSUMER`]).
+const TAKE_PERIOD: &str = r#"
+local want, day, month = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local tpd, tpmo, rpd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local saved = redis.call('HMGET', KEYS[1], 'd', 'dt', 'dr', 'm', 'mt')
+local d, dt, dr = tonumber(saved[1]) or day, tonumber(saved[2]) or 0, tonumber(saved[3]) or 0
+local m, mt = tonumber(saved[4]) or month, tonumber(saved[5]) or 0
+if day > d then d, dt, dr = day, 0, 0 end
+if month > m then m, mt = month, 0 end
+local why = 0
+if rpd >= 0 and dr + 1 > rpd then why = 1
+elseif tpd >= 0 and dt + want > tpd then why = 2
+elseif tpmo >= 0 and mt + want > tpmo then why = 3 end
+if why > 0 then return {3, dt, mt, dr, why} end
+dr, dt, mt = dr + 1, dt + want, mt + want
+redis.call('HSET', KEYS[1], 'd', string.format('%.0f', d), 'dt', string.format('%.0f', dt),
+  'dr', string.format('%.0f', dr), 'm', string.format('%.0f', m), 'mt', string.format('%.0f', mt))
+redis.call('EXPIREAT', KEYS[1], ARGV[7])
+return {1, dt, mt, dr, 0}
+"#;
+
 /// A period hash's reconciliation: ARGV[1] the UTC day and ARGV[2] the month the requests
 /// counted in, ARGV[3] and ARGV[4] the tokens to charge there (the real counts less the
 /// reservations; negative gives back, never below zero), ARGV[5] the replica's id and ARGV[6]
 /// the batch's number (a number already applied answers 0, as in [`RECONCILE`]), ARGV[7] when
-/// the hash may expire. A day or month that has ended changes nothing (its usage starts again
+/// the hash may expire, ARGV[8] requests of the day given back (a cluster admission undone). A day or month that has ended changes nothing (its usage starts again
 /// from zero); a newer one than the hash holds starts it (a budget's spend hash is written only
 /// by these charges). Returns 1 when applied.
 const RECONCILE_PERIOD: &str = r#"
@@ -189,6 +215,10 @@ if d == nil or day > d then
   redis.call('HSET', KEYS[1], 'd', ARGV[1], 'dt', n(tonumber(ARGV[3])), 'dr', '0')
 elseif day == d then
   redis.call('HSET', KEYS[1], 'dt', n((tonumber(saved[2]) or 0) + tonumber(ARGV[3])))
+  local back = tonumber(ARGV[8] or '0')
+  if back > 0 then
+    redis.call('HSET', KEYS[1], 'dr', n((tonumber(redis.call('HGET', KEYS[1], 'dr')) or 0) - back))
+  end
 end
 if m == nil or month > m then
   redis.call('HSET', KEYS[1], 'm', ARGV[2], 'mt', n(tonumber(ARGV[4])))
@@ -201,6 +231,10 @@ return 1
 
 pub fn admit_consumer() -> String {
     ADMIT_CONSUMER.to_owned()
+}
+
+pub fn take_period() -> String {
+    TAKE_PERIOD.to_owned()
 }
 
 pub fn reconcile_period() -> String {

@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::Script;
 
+use self::connection::{Connection, Connector};
 use self::reconcile::{Pending, reconciler};
 use super::scripts::{self, LEVEL_TO_SCALED};
 use crate::config::{OnStoreError, RedisStoreConfig};
@@ -90,12 +90,13 @@ pub struct StoreUnreachable {
 
 pub struct RedisStore {
     settings: RedisStoreConfig,
-    client: Client,
-    connection: ArcSwapOption<ConnectionManager>,
+    connector: Connector,
+    connection: ArcSwapOption<Connection>,
     up: AtomicBool,
     admit_script: Script,
     reconcile_script: Script,
     admit_consumer_script: Script,
+    take_period_script: Script,
     reconcile_period_script: Script,
     pending: Mutex<Pending>,
     /// Wakes the reconciler when something is pending (and when the store is dropped, so that it
@@ -131,25 +132,15 @@ impl RedisStore {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisStore>, StoreSetupError> {
-        let client = match &settings.ca_file {
-            None => Client::open(settings.url.expose()),
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|error| StoreSetupError::CaFile { path: path.display().to_string(), error })?;
-                Client::build_with_tls(
-                    settings.url.expose(),
-                    redis::TlsCertificates { client_tls: None, root_cert: Some(pem) },
-                )
-            }
-        }
-        .map_err(|e| StoreSetupError::Url(e.to_string()))?;
+        let connector = Connector::new(&settings)?;
         let store = Arc::new(RedisStore {
-            client,
+            connector,
             connection: ArcSwapOption::empty(),
             up: AtomicBool::new(false),
             admit_script: Script::new(&scripts::admit()),
             reconcile_script: Script::new(&scripts::reconcile()),
             admit_consumer_script: Script::new(&scripts::admit_consumer()),
+            take_period_script: Script::new(&scripts::take_period()),
             reconcile_period_script: Script::new(&scripts::reconcile_period()),
             pending: Mutex::new(Pending::default()),
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -206,8 +197,8 @@ impl RedisStore {
 
     /// A consumer's period quotas over all its deployments: `<prefix>{consumer:<p/c>}:period`.
     /// The one key of an admission in a slot of its own (the consumer's deployments may each be
-    /// in another): plain Redis runs the script all the same; Redis Cluster would refuse it
-    /// (`CROSSSLOT`) for a consumer with such quotas on deployments of different slots.
+    /// in another): one server runs the admission script with it; on Redis Cluster, which would
+    /// refuse that (`CROSSSLOT`), it is taken by a second call ([`Self::take_consumer_period`]).
     fn consumer_key<'a>(&self, consumer: &'a Consumer) -> &'a Arc<str> {
         consumer
             .store_key
@@ -228,12 +219,16 @@ impl RedisStore {
             self.failed(op, "not connected");
             return Err(StoreUnreachable { op });
         };
-        let mut connection = ConnectionManager::clone(&connection);
+        let mut connection = Connection::clone(&connection);
         let grant = caller.grant();
         let limits = deployment.quota.limits();
         let grant_limits = grant.quota.as_ref().map(|q| q.limits());
         let grant_periods = grant.periods.as_ref().map(|p| p.limits());
         let consumer_periods = caller.consumer.periods.as_ref().map(|p| p.limits());
+        // On a cluster the consumer's own period hash (over all its deployments) is in a slot of
+        // its own: taken by a second call once the rest admitted (see `take_consumer_period`).
+        let apart = consumer_periods.filter(|_| self.connector.is_cluster());
+        let consumer_periods = consumer_periods.filter(|_| apart.is_none());
         let [grant_key, grant_period_key] = self.grant_keys(&deployment.name, caller);
         let mut invocation = self.admit_consumer_script.key(self.key(&deployment.name));
         if grant_limits.is_some() {
@@ -289,7 +284,7 @@ impl RedisStore {
                 },
             })
         };
-        Ok(ConsumerReply {
+        let mut reply = ConsumerReply {
             status: values[0],
             exceeded: values.get(11).copied().unwrap_or(0),
             deployment: buckets(limits, values[1], values[2]),
@@ -298,7 +293,80 @@ impl RedisStore {
                 usage(grant_periods, values[5], values[6], values[7]),
                 usage(consumer_periods, values[8], values[9], values[10]),
             ],
-        })
+        };
+        if let (Some(periods), 1) = (apart, reply.status) {
+            let taken = self.take_consumer_period(&caller.consumer, periods, tokens, stamp).await;
+            if !matches!(taken, Ok((1, ..))) {
+                // Not taken (used up, or the call failed): what the first call took goes back.
+                let want = i64::try_from(tokens).unwrap_or(i64::MAX);
+                self.reconcile_key(&deployment.name, limits, want, 1);
+                if let Some(limits) = grant_limits {
+                    self.queue_sum(grant_key, reconcile::ConsumerSum::Bucket { limits, tokens: want, requests: 1 });
+                }
+                if grant_periods.is_some() {
+                    let sum = reconcile::ConsumerSum::Period {
+                        day: stamp.day,
+                        month: stamp.month,
+                        day_charge: -want,
+                        month_charge: -want,
+                        day_requests: 1,
+                        expire_at: period_expiry(stamp),
+                    };
+                    self.queue_sum(grant_period_key, sum);
+                }
+            }
+            let (status, state, why) = taken?;
+            reply.periods[1] = usage(Some(periods), state[0], state[1], state[2]);
+            if status != 1 {
+                (reply.status, reply.exceeded) = (3, why);
+            }
+        }
+        Ok(reply)
+    }
+
+    /// A consumer's own period quotas taken on their own (Redis Cluster; see
+    /// [`scripts::take_period`]): the status (1 taken, 3 used up), the day's tokens, the month's
+    /// tokens and the day's requests after it, and which quota is used up.
+    async fn take_consumer_period(
+        &self,
+        consumer: &Consumer,
+        periods: PeriodLimits,
+        tokens: u64,
+        stamp: Stamp,
+    ) -> Result<(i64, [i64; 3], i64), StoreUnreachable> {
+        let op = "admit";
+        let Some(connection) = self.connection.load_full() else {
+            self.failed(op, "not connected");
+            return Err(StoreUnreachable { op });
+        };
+        let mut connection = Connection::clone(&connection);
+        let signed = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        let mut invocation = self.take_period_script.key(&**self.consumer_key(consumer));
+        invocation
+            .arg(signed(periods.tokens_per_day))
+            .arg(signed(periods.tokens_per_month))
+            .arg(signed(periods.requests_per_day))
+            .arg(tokens)
+            .arg(stamp.day)
+            .arg(stamp.month)
+            .arg(period_expiry(stamp));
+        let reply =
+            tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<Vec<i64>>(&mut connection)).await;
+        match reply {
+            Ok(Ok(v)) if v.len() == 5 => Ok((v[0], [v[1], v[2], v[3]], v[4])),
+            Ok(Ok(v)) => {
+                self.failed(op, &format!("the period script answered {} values", v.len()));
+                Err(StoreUnreachable { op })
+            }
+            Ok(Err(error)) => {
+                self.failed(op, &error.to_string());
+                Err(StoreUnreachable { op })
+            }
+            Err(_) => {
+                self.failed(op, "timed out");
+                Err(StoreUnreachable { op })
+            }
+        }
     }
 
     /// A budget's spend hash: `<prefix>{budget:<name>}` (a period hash: day and month spend in
@@ -315,6 +383,7 @@ impl RedisStore {
             month: stamp.month,
             day_charge: charge,
             month_charge: charge,
+            day_requests: 0,
             expire_at: period_expiry(stamp),
         };
         self.queue_sum(self.budget_key(budget), sum);
@@ -331,26 +400,46 @@ impl RedisStore {
             return None;
         }
         let connection = self.connection.load_full()?;
-        let mut connection = ConnectionManager::clone(&connection);
+        let mut connection = Connection::clone(&connection);
         let mut pipe = ::redis::pipe();
         for budget in budgets {
             pipe.cmd("HMGET").arg(&**self.budget_key(budget)).arg(&["d", "dt", "dr", "m", "mt"]);
         }
-        let reply =
-            tokio::time::timeout(self.settings.timeout, pipe.query_async::<Vec<Vec<Option<u64>>>>(&mut connection));
-        match reply.await {
-            Ok(Ok(saved)) => {
-                Some(saved.iter().map(|f| period_usage(f, stamp)).map(|u| (u.day_tokens, u.month_tokens)).collect())
-            }
+        let saved = self.read_all(&mut connection, &pipe, op).await?;
+        Some(saved.iter().map(|f| period_usage(f, stamp)).map(|u| (u.day_tokens, u.month_tokens)).collect())
+    }
+
+    /// The `HMGET` replies of `pipe`, in order (`None`, counted and logged, when the store could
+    /// not answer them all).
+    async fn read_all(
+        &self,
+        connection: &mut Connection,
+        pipe: &redis::Pipeline,
+        op: &'static str,
+    ) -> Option<Vec<Vec<Option<u64>>>> {
+        let reply = tokio::time::timeout(self.settings.timeout, connection.send_all(pipe)).await;
+        let replies = match reply {
+            Ok(Ok(replies)) => replies,
             Ok(Err(error)) => {
                 self.failed(op, &error.to_string());
-                None
+                return None;
             }
             Err(_) => {
                 self.failed(op, "timed out");
-                None
+                return None;
+            }
+        };
+        let mut saved = Vec::with_capacity(replies.len());
+        for reply in replies {
+            match reply.and_then(|value| redis::from_redis_value::<Vec<Option<u64>>>(value).map_err(Into::into)) {
+                Ok(fields) => saved.push(fields),
+                Err(error) => {
+                    self.failed(op, &error.to_string());
+                    return None;
+                }
             }
         }
+        Some(saved)
     }
 
     /// Claims the sending of a budget crossing's webhook for this replica (`SET NX` until the
@@ -358,7 +447,7 @@ impl RedisStore {
     /// lets it be sent (twice at worst, never lost).
     pub async fn claim_crossing(&self, id: &str, until_unix: u64) -> bool {
         let Some(connection) = self.connection.load_full() else { return true };
-        let mut connection = ConnectionManager::clone(&connection);
+        let mut connection = Connection::clone(&connection);
         let key = format!("{}{{budget-sent}}:{id}", self.settings.key_prefix);
         let mut cmd = ::redis::cmd("SET");
         cmd.arg(&key).arg(&self.replica).arg("NX").arg("EXAT").arg(until_unix + 86_400);
@@ -382,7 +471,7 @@ impl RedisStore {
             self.failed(op, "not connected");
             return None;
         };
-        let mut connection = ConnectionManager::clone(&connection);
+        let mut connection = Connection::clone(&connection);
         let mut pipe = ::redis::pipe();
         for (index, grant) in consumer.grants.iter().enumerate() {
             if grant.periods.is_some() {
@@ -395,19 +484,7 @@ impl RedisStore {
         if consumer.periods.is_some() {
             pipe.cmd("HMGET").arg(&**self.consumer_key(consumer)).arg(&["d", "dt", "dr", "m", "mt"]);
         }
-        type Saved = Vec<Option<u64>>;
-        let reply = tokio::time::timeout(self.settings.timeout, pipe.query_async::<Vec<Saved>>(&mut connection)).await;
-        let saved = match reply {
-            Ok(Ok(saved)) => saved,
-            Ok(Err(error)) => {
-                self.failed(op, &error.to_string());
-                return None;
-            }
-            Err(_) => {
-                self.failed(op, "timed out");
-                return None;
-            }
-        };
+        let saved = self.read_all(&mut connection, &pipe, op).await?;
         Some(saved.iter().map(|fields| period_usage(fields, stamp)).collect())
     }
 
@@ -454,7 +531,7 @@ impl RedisStore {
             self.failed(op, "not connected");
             return Err(StoreUnreachable { op });
         };
-        let mut connection = ConnectionManager::clone(&connection);
+        let mut connection = Connection::clone(&connection);
         let mut invocation = self.admit_script.key(key);
         invocation.arg(limits.requests_per_minute).arg(limits.tokens_per_minute).arg(tokens).arg(if take {
             "1"
@@ -510,6 +587,10 @@ impl RedisStore {
     /// Counts a failed call and, on the first one, marks the store down (logged once per outage).
     fn failed(&self, op: &'static str, error: &str) {
         self.metrics.quota_store_errors.with_label_values(&[op]).inc();
+        if self.connector.follows_primary() {
+            // The probe asks the Sentinels where the primary is now.
+            self.connection.store(None);
+        }
         if self.up.swap(false, Ordering::Relaxed) {
             self.metrics.quota_store_up.set(0);
             tracing::warn!(
@@ -536,16 +617,8 @@ impl RedisStore {
     /// Makes the connection if there is none yet, then checks that Redis answers.
     async fn connect(&self) -> bool {
         if self.connection.load().is_none() {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.settings.timeout))
-                .set_response_timeout(Some(self.settings.timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(PROBE_INTERVAL);
-            let made = tokio::time::timeout(
-                self.settings.timeout * 2,
-                ConnectionManager::new_with_config(self.client.clone(), config),
-            )
-            .await;
+            let made =
+                tokio::time::timeout(self.settings.timeout * 2, self.connector.connect(self.settings.timeout)).await;
             match made {
                 Ok(Ok(connection)) => self.connection.store(Some(Arc::new(connection))),
                 Ok(Err(error)) => {
@@ -564,7 +637,7 @@ impl RedisStore {
 
     async fn ping(&self) -> bool {
         let Some(connection) = self.connection.load_full() else { return false };
-        let mut connection = ConnectionManager::clone(&connection);
+        let mut connection = Connection::clone(&connection);
         let pong =
             tokio::time::timeout(self.settings.timeout, redis::cmd("PING").query_async::<String>(&mut connection))
                 .await;
@@ -585,6 +658,7 @@ async fn probe(store: Weak<RedisStore>) {
     }
 }
 
+mod connection;
 mod reconcile;
 
 #[cfg(test)]

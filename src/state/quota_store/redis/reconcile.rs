@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, Weak};
 use std::time::Instant;
 
-use redis::aio::ConnectionManager;
-use redis::{ServerErrorKind, Value};
+use redis::{ErrorKind, ServerErrorKind};
+
+use super::connection::Connection;
 use tokio::sync::oneshot;
 
 use super::{PROBE_INTERVAL, RedisStore};
@@ -25,25 +26,39 @@ pub(super) type Sums = HashMap<String, (Limits, i64, i64)>;
 /// the period has moved on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum ConsumerSum {
-    Bucket { limits: Limits, tokens: i64 },
-    Period { day: u64, month: u64, day_charge: i64, month_charge: i64, expire_at: u64 },
+    /// `requests`: requests given back (an admission undone on Redis Cluster).
+    Bucket { limits: Limits, tokens: i64, requests: i64 },
+    /// `day_requests`: requests of the day given back (an admission undone on Redis Cluster).
+    Period { day: u64, month: u64, day_charge: i64, month_charge: i64, day_requests: i64, expire_at: u64 },
 }
 
 impl ConsumerSum {
     fn add(&mut self, more: ConsumerSum) {
         match (self, more) {
-            (ConsumerSum::Bucket { limits, tokens }, ConsumerSum::Bucket { limits: newer, tokens: more }) => {
+            (
+                ConsumerSum::Bucket { limits, tokens, requests },
+                ConsumerSum::Bucket { limits: newer, tokens: more, requests: more_requests },
+            ) => {
                 *limits = newer;
                 *tokens = tokens.saturating_add(more);
+                *requests = requests.saturating_add(more_requests);
             }
             (
-                ConsumerSum::Period { day, month, day_charge, month_charge, expire_at },
-                ConsumerSum::Period { day: d, month: m, day_charge: dc, month_charge: mc, expire_at: e },
+                ConsumerSum::Period { day, month, day_charge, month_charge, day_requests, expire_at },
+                ConsumerSum::Period {
+                    day: d,
+                    month: m,
+                    day_charge: dc,
+                    month_charge: mc,
+                    day_requests: dq,
+                    expire_at: e,
+                },
             ) => {
                 if d > *day {
-                    (*day, *day_charge) = (d, dc);
+                    (*day, *day_charge, *day_requests) = (d, dc, dq);
                 } else if d == *day {
                     *day_charge = day_charge.saturating_add(dc);
+                    *day_requests = day_requests.saturating_add(dq);
                 }
                 if m > *month {
                     (*month, *month_charge, *expire_at) = (m, mc, e);
@@ -57,8 +72,10 @@ impl ConsumerSum {
 
     fn is_empty(&self) -> bool {
         match self {
-            ConsumerSum::Bucket { tokens, .. } => *tokens == 0,
-            ConsumerSum::Period { day_charge, month_charge, .. } => *day_charge == 0 && *month_charge == 0,
+            ConsumerSum::Bucket { tokens, requests, .. } => *tokens == 0 && *requests == 0,
+            ConsumerSum::Period { day_charge, month_charge, day_requests, .. } => {
+                *day_charge == 0 && *month_charge == 0 && *day_requests == 0
+            }
         }
     }
 }
@@ -120,7 +137,7 @@ impl RedisStore {
         let [grant_key, period_key] = self.grant_keys(deployment, caller);
         let mut entries: [Option<(&Arc<str>, ConsumerSum)>; 3] = [None, None, None];
         if let Some(quota) = &grant.quota {
-            entries[0] = Some((grant_key, ConsumerSum::Bucket { limits: quota.limits(), tokens: back }));
+            entries[0] = Some((grant_key, ConsumerSum::Bucket { limits: quota.limits(), tokens: back, requests: 0 }));
         }
         if let Some(stamp) = stamp {
             let period = ConsumerSum::Period {
@@ -128,6 +145,7 @@ impl RedisStore {
                 month: stamp.month,
                 day_charge: -back,
                 month_charge: -back,
+                day_requests: 0,
                 expire_at: super::period_expiry(stamp),
             };
             if grant.periods.is_some() {
@@ -179,7 +197,7 @@ impl RedisStore {
     /// anyway, and then the script sees the number it recorded and does not apply it twice.
     pub(super) async fn send(&self, seq: u64, batch: &Batch) -> bool {
         let Some(connection) = self.connection.load_full() else { return false };
-        let mut connection = ConnectionManager::clone(&connection);
+        let mut connection = Connection::clone(&connection);
         let deployments = batch.sums.iter().map(|(name, sum)| (self.key(name), Sent::Deployment(sum)));
         let consumers = batch.consumers.iter().map(|(key, sum)| (key.to_string(), Sent::Consumer(sum)));
         let all: Vec<(String, Sent<'_>)> = deployments.chain(consumers).collect();
@@ -190,11 +208,18 @@ impl RedisStore {
             pipe.ignore_errors();
             for (key, sent) in &todo {
                 let call = pipe.cmd("EVALSHA");
-                // A consumer's buckets are reconciled as a deployment's, with no requests back.
+                // A consumer's buckets are reconciled as a deployment's.
                 let (limits, tokens, requests) = match sent {
                     Sent::Deployment((limits, tokens, requests)) => (limits, *tokens, *requests),
-                    Sent::Consumer(ConsumerSum::Bucket { limits, tokens }) => (limits, *tokens, 0),
-                    Sent::Consumer(ConsumerSum::Period { day, month, day_charge, month_charge, expire_at }) => {
+                    Sent::Consumer(ConsumerSum::Bucket { limits, tokens, requests }) => (limits, *tokens, *requests),
+                    Sent::Consumer(ConsumerSum::Period {
+                        day,
+                        month,
+                        day_charge,
+                        month_charge,
+                        day_requests,
+                        expire_at,
+                    }) => {
                         call.arg(self.reconcile_period_script.get_hash())
                             .arg(1)
                             .arg(key)
@@ -204,7 +229,8 @@ impl RedisStore {
                             .arg(*month_charge)
                             .arg(&self.replica)
                             .arg(seq)
-                            .arg(*expire_at);
+                            .arg(*expire_at)
+                            .arg(*day_requests);
                         continue;
                     }
                 };
@@ -218,12 +244,7 @@ impl RedisStore {
                     .arg(seq)
                     .arg(requests);
             }
-            let replies = match tokio::time::timeout(
-                self.settings.timeout,
-                pipe.query_async::<Vec<Value>>(&mut connection),
-            )
-            .await
-            {
+            let replies = match tokio::time::timeout(self.settings.timeout, connection.send_all(&pipe)).await {
                 Ok(Ok(replies)) => replies,
                 Ok(Err(error)) => {
                     self.failed("reconcile", &error.to_string());
@@ -237,15 +258,15 @@ impl RedisStore {
             let mut again = Vec::new();
             for (entry, reply) in todo.into_iter().zip(replies) {
                 match reply {
-                    Value::ServerError(error) if error.kind() == Some(ServerErrorKind::NoScript) && attempt == 0 => {
+                    Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) && attempt == 0 => {
                         again.push(entry);
                     }
-                    Value::ServerError(error) => {
+                    Err(error) => {
                         // A script error is a bug, not an outage: counted and logged, not retried.
                         self.metrics.quota_store_errors.with_label_values(&["reconcile"]).inc();
-                        tracing::error!(key = %entry.0, error = error.code(), "quota store: reconcile script failed");
+                        tracing::error!(key = %entry.0, error = error.code().unwrap_or("?"), "quota store: reconcile script failed");
                     }
-                    _ => {}
+                    Ok(_) => {}
                 }
             }
             if again.is_empty() {

@@ -1,0 +1,140 @@
+//! Quotas shared through a real Redis Cluster (`redis_url = "redis+cluster://..."`): three
+//! `redis-server --cluster-enabled yes` on free ports joined by `redis-cli --cluster create`.
+//! Every level of an admission (deployment, consumer, its period quotas, pool backends) is kept
+//! in the slot of its hash tag, so no call is ever refused with `CROSSSLOT`, and the quotas hold
+//! across gateways as on one server. Each test skips only when Redis is not installed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisCluster;
+use common::*;
+use http::StatusCode;
+
+/// How many a bucket of `per_minute` can admit over `elapsed`: the full minute plus the refill.
+fn allowance(per_minute: u64, elapsed: Duration) -> u64 {
+    per_minute + (elapsed.as_secs_f64() * per_minute as f64 / 60.0).floor() as u64
+}
+
+async fn samples(h: &Harness) -> Vec<Sample> {
+    parse_metrics(&h.admin_text("/metrics").await)
+}
+
+/// The store answered every call: no error of any operation (a `CROSSSLOT` would be one), no
+/// fallback, and it is up.
+fn assert_store_clean(m: &[Sample]) {
+    let errors: Vec<&Sample> =
+        m.iter().filter(|s| s.name == "tollgate_quota_store_errors_total" && s.value != 0.0).collect();
+    assert!(errors.is_empty(), "store errors: {errors:?}");
+    let fallbacks: f64 = m.iter().filter(|s| s.name == "tollgate_quota_store_fallbacks_total").map(|s| s.value).sum();
+    assert_eq!(fallbacks, 0.0, "admissions fell back");
+    assert_eq!(metric(m, "tollgate_quota_store_up", &[]), 1.0);
+}
+
+/// Three gateways on one cluster share a deployment's buckets, a consumer's own buckets on it,
+/// and a consumer's daily quota over two deployments whose keys live on different nodes: each
+/// level admits no more than it allows, with no store error.
+#[tokio::test]
+async fn three_gateways_on_a_cluster_share_every_level_without_crossslot() {
+    let Some(cluster) = RedisCluster::start("three_gateways_on_a_cluster_share_every_level", 3) else { return };
+    let prefix = format!("test{}:", cluster.nodes[0].port);
+    // A second deployment whose keys are on another node than the first's.
+    let first_node = cluster.node_of(&format!("{prefix}{{{DEPLOYMENT}}}")).port;
+    let other = (0..100)
+        .map(|i| format!("other-{i}"))
+        .find(|name| cluster.node_of(&format!("{prefix}{{{name}}}")).port != first_node)
+        .unwrap();
+    const BATCH: &str = "ClusterBatchConsumerKey012345678";
+    const DAILY: &str = "ClusterDailyConsumerKey012345678";
+    const OTHER_KEY: &str = "ClusterOtherDeploymentKey0123456";
+    let tables = format!(
+        "[[consumers]]\nname = \"batch\"\nkeys = [\"{}\"]\n[[consumers.grants]]\ndeployment = \"{DEPLOYMENT}\"\nrequests_per_minute = 4\n\
+         [[consumers]]\nname = \"daily\"\nkeys = [\"{}\"]\nrequests_per_day = 3\n[[consumers.grants]]\ndeployment = \"{DEPLOYMENT}\"\n[[consumers.grants]]\ndeployment = \"{other}\"\nrequests_per_minute = 10\nrequests_per_day = 50\n",
+        stored(BATCH),
+        stored(DAILY)
+    );
+    let setup = || Setup {
+        deployment: "requests_per_minute = 10".into(),
+        more_deployments: format!(
+            "[[deployments]]\nname = \"{other}\"\nmodel = \"m\"\nbackend = \"{{mock}}\"\nkeys = [\"{}\"]\nrequests_per_minute = 10\n",
+            stored(OTHER_KEY)
+        ),
+        tables: tables.clone(),
+        limits: format!(
+            "store = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\non_store_error = \"fail-closed\"",
+            cluster.url()
+        ),
+        ..Setup::default()
+    };
+    let gateways = [Harness::with(setup()).await, Harness::with(setup()).await, Harness::with(setup()).await];
+    let started = Instant::now();
+    let call = |key: &'static str, deployment: String, n: usize| {
+        let gateways = &gateways;
+        async move {
+            let (mut admitted, mut over_quota) = (0, 0);
+            for i in 0..n {
+                let h = &gateways[i % 3];
+                let url = h.url(&format!("/openai/deployments/{deployment}/chat/completions"));
+                let reply = h.client.post(&url, &[("api-key", key)], CHAT).await;
+                match reply.status {
+                    StatusCode::OK => admitted += 1,
+                    StatusCode::TOO_MANY_REQUESTS => assert_eq!(reply.error_code(), "TooManyRequests"),
+                    StatusCode::FORBIDDEN => {
+                        assert_eq!(reply.error_code(), "QuotaExceeded", "{}", reply.text());
+                        over_quota += 1;
+                    }
+                    other => panic!("unexpected {other}: {}", reply.text()),
+                }
+            }
+            (admitted, over_quota)
+        }
+    };
+    let (batch, _) = call(BATCH, DEPLOYMENT.into(), 9).await;
+    // The daily quota is the consumer's over both deployments (its hash in a slot of its own).
+    let (daily_first, refused_first) = call(DAILY, DEPLOYMENT.into(), 2).await;
+    let (daily_other, refused_other) = call(DAILY, other.clone(), 4).await;
+    let elapsed = started.elapsed();
+    assert!(batch >= 4 && batch <= allowance(4, elapsed), "batch admitted {batch} with 4 a minute");
+    assert_eq!(daily_first + daily_other, 3, "three a day over two deployments and three gateways");
+    assert_eq!(refused_first + refused_other, 3, "the rest refused for the daily quota");
+    // A request the consumer's daily quota refused gave back what the first call took from the
+    // deployment's buckets (on the cluster the two are taken by two calls).
+    let mut remaining = 0;
+    for _ in 0..200 {
+        remaining = gateways[0].admin("/quotas").await[&other]["remainingRequests"].as_u64().unwrap();
+        if remaining >= 10 - daily_other {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        remaining >= 10 - daily_other && remaining <= 10 - daily_other + allowance(10, started.elapsed()) - 10,
+        "{other}: {remaining} requests left after {daily_other} admitted and {refused_other} refused"
+    );
+    let (endpoint, _) = call(PRIMARY_KEY, DEPLOYMENT.into(), 12).await;
+    let elapsed = started.elapsed();
+    assert!(
+        batch + daily_first + endpoint <= allowance(10, elapsed),
+        "{batch} + {daily_first} + {endpoint} past the deployment's 10"
+    );
+    for h in &gateways {
+        // Each gateway reads the shared count (over keys of several slots).
+        let usage = h.admin("/projects/default/consumers/daily/usage").await;
+        let quotas = usage["quotas"].as_array().unwrap();
+        let own = quotas.iter().find(|q| q["scope"] == "*" && q["quota"] == "requests_per_day").unwrap();
+        assert_eq!((own["used"].as_u64(), own["remaining"].as_u64()), (Some(3), Some(0)), "{usage}");
+        // The grant's daily count took only what was admitted on it (the refused given back).
+        let grant = quotas.iter().find(|q| q["scope"] == other.as_str() && q["quota"] == "requests_per_day").unwrap();
+        assert_eq!(grant["used"].as_u64(), Some(daily_other), "{usage}");
+        assert_store_clean(&samples(h).await);
+    }
+    // The keys are where their hash tags put them: the deployment's buckets and its consumers'
+    // on its node.
+    let key = format!("{prefix}{{{DEPLOYMENT}}}");
+    let node = cluster.node_of(&key);
+    assert_eq!(node.command(&format!("EXISTS {key}")).unwrap().trim(), ":1", "{key} on its node");
+    let grant = format!("{key}:consumer:default/batch");
+    assert_eq!(node.command(&format!("EXISTS {grant}")).unwrap().trim(), ":1", "{grant} beside it");
+}
