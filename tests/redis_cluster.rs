@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::redis_server::RedisCluster;
@@ -137,4 +139,196 @@ async fn three_gateways_on_a_cluster_share_every_level_without_crossslot() {
     assert_eq!(node.command(&format!("EXISTS {key}")).unwrap().trim(), ":1", "{key} on its node");
     let grant = format!("{key}:consumer:default/batch");
     assert_eq!(node.command(&format!("EXISTS {grant}")).unwrap().trim(), ":1", "{grant} beside it");
+}
+
+/// A cluster of three primaries with a replica each; the primary holding the deployment's slot
+/// is killed under load. The gateway decides by `on_store_error` meanwhile, follows the
+/// promoted replica by itself (the slot map is learnt again), and the quota holds, with every
+/// request in the ledger.
+#[tokio::test]
+async fn a_cluster_primary_killed_under_load_is_followed_to_its_replica() {
+    let Some(mut cluster) = RedisCluster::start_with_replicas("a_cluster_primary_killed_under_load", 3, 1) else {
+        return;
+    };
+    let prefix = format!("test{}:", cluster.nodes[0].port);
+    let key = format!("{prefix}{{{DEPLOYMENT}}}");
+    let ledger = tempfile::tempdir().unwrap().keep().join("usage.jsonl");
+    const PER_MINUTE: u64 = 40;
+    let h = Harness::with(Setup {
+        deployment: format!("requests_per_minute = {PER_MINUTE}"),
+        limits: format!(
+            "store = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\non_store_error = \"local\"\nstore_timeout_ms = 200",
+            cluster.url()
+        ),
+        ledger: Some(ledger.clone()),
+        ..Setup::default()
+    })
+    .await;
+    let started = Instant::now();
+    let running = Arc::new(AtomicBool::new(true));
+    let made = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url, running, made) =
+                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running), Arc::clone(&made));
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while running.load(Ordering::Relaxed) {
+                    let reply = client.try_post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+                    statuses.push(reply.map(|r| r.status));
+                    made.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let load_ran = |n: usize| {
+        let made = Arc::clone(&made);
+        async move {
+            let target = made.load(Ordering::Relaxed) + n;
+            while made.load(Ordering::Relaxed) < target {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    load_ran(20).await;
+    let old = cluster.primary_of(&key).unwrap();
+    cluster.nodes[old].kill();
+    let mut promoted = None;
+    for _ in 0..1000 {
+        promoted = cluster.primary_of(&key).filter(|&p| p != old);
+        if promoted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Some(promoted) = promoted else {
+        let live = cluster.nodes.iter().find(|n| n.command("PING").is_some()).unwrap();
+        panic!("no replica took the slot over: {}", live.command("CLUSTER NODES").unwrap_or_default());
+    };
+    // The gateway admits from the cluster again by itself: a stretch of load with no fallback.
+    let fallbacks =
+        || async { metric(&samples(&h).await, "tollgate_quota_store_fallbacks_total", &[("mode", "local")]) };
+    let mut settled = false;
+    for _ in 0..100 {
+        let before = fallbacks().await;
+        load_ran(20).await;
+        if fallbacks().await == before && metric(&samples(&h).await, "tollgate_quota_store_up", &[]) == 1.0 {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "the gateway kept falling back after the failover");
+    running.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let (mut answered, mut admitted) = (0, 0);
+    for task in load {
+        for status in task.await.unwrap() {
+            let status = status.expect("a request of the load got no HTTP answer");
+            assert!([StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&status), "unexpected {status}");
+            answered += 1;
+            admitted += u64::from(status == StatusCode::OK);
+        }
+    }
+    // The shared bucket, plus at most the local fallback's own minute while the slot had no
+    // primary, plus what the dead primary had not yet sent its replica (a few requests).
+    let bound = 2 * allowance(PER_MINUTE, elapsed) + 5;
+    assert!(admitted >= PER_MINUTE && admitted <= bound, "admitted {admitted} over the failover; bound {bound}");
+    let node = &cluster.nodes[promoted];
+    assert_eq!(node.command(&format!("EXISTS {key}")).unwrap().trim(), ":1", "the buckets on the promoted node");
+    let Harness { gateway, .. } = h;
+    gateway.shutdown().await;
+    let lines = std::fs::read_to_string(&ledger).unwrap().lines().count();
+    assert_eq!(lines, answered, "ledger lines vs answered requests");
+}
+
+/// The deployment's slot is migrated to another node under load (`ASK` while it moves, `MOVED`
+/// after): the client follows both, so no admission fails (the store is `fail-closed`: one
+/// would be a 503) and the quota holds exactly as on one node.
+#[tokio::test]
+async fn a_slot_migrated_under_load_is_followed_with_no_failed_admission() {
+    let Some(cluster) = RedisCluster::start("a_slot_migrated_under_load", 3) else { return };
+    let prefix = format!("test{}:", cluster.nodes[0].port);
+    let key = format!("{prefix}{{{DEPLOYMENT}}}");
+    const PER_MINUTE: u64 = 40;
+    let h = Harness::with(Setup {
+        deployment: format!("requests_per_minute = {PER_MINUTE}"),
+        limits: format!(
+            "store = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\non_store_error = \"fail-closed\"",
+            cluster.url()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let started = Instant::now();
+    let running = Arc::new(AtomicBool::new(true));
+    let made = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url, running, made) =
+                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running), Arc::clone(&made));
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while running.load(Ordering::Relaxed) {
+                    statuses.push(client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await.status);
+                    made.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                statuses
+            })
+        })
+        .collect();
+    let load_ran = |n: usize| {
+        let made = Arc::clone(&made);
+        async move {
+            let target = made.load(Ordering::Relaxed) + n;
+            while made.load(Ordering::Relaxed) < target {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    load_ran(20).await;
+    // Move the slot as `redis-cli --cluster reshard` does, a step at a time under the load.
+    let (from, to) = {
+        let from = cluster.primary_of(&key).unwrap();
+        (from, (from + 1) % 3)
+    };
+    let (src, dst) = (&cluster.nodes[from], &cluster.nodes[to]);
+    let id =
+        |n: &common::redis_server::RedisServer| n.command("CLUSTER MYID").unwrap().lines().nth(1).unwrap().to_owned();
+    let (src_id, dst_id) = (id(src), id(dst));
+    let slot = src.command(&format!("CLUSTER KEYSLOT {key}")).unwrap().trim_start_matches(':').trim().to_owned();
+    let ok = |reply: Option<String>| assert!(reply.as_deref().is_some_and(|r| r.starts_with("+OK")), "{reply:?}");
+    ok(dst.command(&format!("CLUSTER SETSLOT {slot} IMPORTING {src_id}")));
+    ok(src.command(&format!("CLUSTER SETSLOT {slot} MIGRATING {dst_id}")));
+    load_ran(20).await; // new keys of the slot are asked for on the destination now (ASK)
+    ok(src.command(&format!("MIGRATE 127.0.0.1 {} {key} 0 5000", dst.port)));
+    load_ran(20).await; // the key is on the destination, the slot still the source's (ASK)
+    for node in &cluster.nodes {
+        ok(node.command(&format!("CLUSTER SETSLOT {slot} NODE {dst_id}")));
+    }
+    load_ran(40).await; // the slot is the destination's (MOVED)
+    running.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let mut admitted = 0;
+    for task in load {
+        for status in task.await.unwrap() {
+            assert!([StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&status), "unexpected {status}");
+            admitted += u64::from(status == StatusCode::OK);
+        }
+    }
+    assert!(
+        admitted >= PER_MINUTE && admitted <= allowance(PER_MINUTE, elapsed),
+        "admitted {admitted} while the slot moved; the quota allows {}",
+        allowance(PER_MINUTE, elapsed)
+    );
+    assert_eq!(dst.command(&format!("EXISTS {key}")).unwrap().trim(), ":1", "the buckets moved with the slot");
+    assert_eq!(cluster.primary_of(&key), Some(to));
+    let m = samples(&h).await;
+    assert_eq!(
+        metric(&m, "tollgate_quota_store_fallbacks_total", &[("mode", "fail-closed")]),
+        0.0,
+        "no admission failed"
+    );
 }

@@ -16,6 +16,8 @@ pub struct RedisServer {
     tls: Option<[String; 3]>,
     /// A node of a Redis Cluster (`--cluster-enabled yes`, its `nodes.conf` in `dir`).
     cluster: bool,
+    /// More arguments (`--replicaof host port`).
+    args: Vec<String>,
 }
 
 impl RedisServer {
@@ -24,8 +26,14 @@ impl RedisServer {
         if !super::tool_installed(test, "redis-server", "redis-server") {
             return None;
         }
-        let mut server =
-            RedisServer { child: None, port: 0, dir: tempfile::tempdir().unwrap(), tls: None, cluster: false };
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir: tempfile::tempdir().unwrap(),
+            tls: None,
+            cluster: false,
+            args: Vec::new(),
+        };
         server.start_on_a_free_port();
         Some(server)
     }
@@ -41,6 +49,20 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh server replicating `primary` (`--replicaof`), once its link to it is up.
+    pub fn start_replica(test: &str, primary: &RedisServer) -> Option<RedisServer> {
+        let mut server = RedisServer::start(test)?;
+        server.args = vec!["--replicaof".into(), "127.0.0.1".into(), primary.port.to_string()];
+        server.start_on_a_free_port();
+        for _ in 0..1000 {
+            if server.command("INFO replication").is_some_and(|r| r.contains("master_link_status:up")) {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the replica never linked to its primary");
     }
 
     /// `kill -9`: no shutdown, no save.
@@ -76,6 +98,7 @@ impl RedisServer {
         let mut command = Command::new("redis-server");
         command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         command.args(["--dir", self.dir.path().to_str().unwrap()]);
+        command.args(&self.args);
         if self.cluster {
             command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
             command.args(["--cluster-node-timeout", "1000"]);
@@ -134,15 +157,27 @@ impl RedisCluster {
     /// A fresh cluster, once every node says `cluster_state:ok`; `None` (with the reason printed)
     /// when `redis-server` or `redis-cli` is not installed.
     pub fn start(test: &str, primaries: usize) -> Option<RedisCluster> {
+        RedisCluster::start_with_replicas(test, primaries, 0)
+    }
+
+    /// A cluster of `primaries` with `replicas` replicas each (a replica takes over its primary's
+    /// slots a second after the primary stops answering).
+    pub fn start_with_replicas(test: &str, primaries: usize, replicas: usize) -> Option<RedisCluster> {
         if !super::tool_installed(test, "redis-server", "redis-server")
             || !super::tool_installed(test, "redis-cli", "redis-tools")
         {
             return None;
         }
-        let nodes: Vec<RedisServer> = (0..primaries)
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
-                let mut node =
-                    RedisServer { child: None, port: 0, dir: tempfile::tempdir().unwrap(), tls: None, cluster: true };
+                let mut node = RedisServer {
+                    child: None,
+                    port: 0,
+                    dir: tempfile::tempdir().unwrap(),
+                    tls: None,
+                    cluster: true,
+                    args: Vec::new(),
+                };
                 node.start_on_a_free_port();
                 node
             })
@@ -152,15 +187,17 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(cluster.addresses())
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap();
         assert!(made.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&made.stdout));
         for _ in 0..1000 {
-            let ok = cluster
-                .nodes
-                .iter()
-                .all(|n| n.command("CLUSTER INFO").is_some_and(|info| info.contains("cluster_state:ok")));
+            // Up, and every replica has its primary's data (else it would not take over).
+            let ok = cluster.nodes.iter().all(|n| {
+                n.command("CLUSTER INFO").is_some_and(|info| info.contains("cluster_state:ok"))
+                    && n.command("INFO replication")
+                        .is_some_and(|r| r.contains("role:master") || r.contains("master_link_status:up"))
+            });
             if ok {
                 return Some(cluster);
             }
@@ -178,23 +215,110 @@ impl RedisCluster {
         format!("redis+cluster://{}", self.addresses().join(","))
     }
 
-    /// The node that holds `key`'s slot.
-    pub fn node_of(&self, key: &str) -> &RedisServer {
-        let slot = self.nodes[0].command(&format!("CLUSTER KEYSLOT {key}")).unwrap();
-        let slot: u16 = slot.trim_start_matches(':').trim().parse().unwrap();
-        let shards = self.nodes[0].command("CLUSTER NODES").unwrap();
+    /// The primary that holds `key`'s slot, as the first node that answers sees it (`None`
+    /// while no live primary holds it).
+    pub fn primary_of(&self, key: &str) -> Option<usize> {
+        let live = self.nodes.iter().find(|n| n.command("PING").is_some())?;
+        let slot = live.command(&format!("CLUSTER KEYSLOT {key}"))?;
+        let slot: u16 = slot.trim_start_matches(':').trim().parse().ok()?;
+        let shards = live.command("CLUSTER NODES")?;
         for line in shards.lines() {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let Some(address) = fields.get(1) else { continue };
+            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else { continue };
+            if !flags.contains("master") || flags.contains("fail") {
+                continue;
+            }
             let port: u16 = address.split(['@', ':']).nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
             let holds = fields.iter().skip(8).any(|range| match range.split_once('-') {
                 Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
                 None => range.parse::<u16>() == Ok(slot),
             });
             if holds {
-                return self.nodes.iter().find(|n| n.port == port).unwrap();
+                return self.nodes.iter().position(|n| n.port == port);
             }
         }
-        panic!("no node holds slot {slot}");
+        None
+    }
+
+    /// The node that holds `key`'s slot.
+    pub fn node_of(&self, key: &str) -> &RedisServer {
+        &self.nodes[self.primary_of(key).expect("no node holds the slot")]
+    }
+}
+
+/// A real Sentinel (`redis-server sentinel.conf --sentinel`) on a free port, watching `primary`
+/// as `main` with a quorum of one: it fails over 1 s after the primary stops answering.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start(primary: &RedisServer) -> Sentinel {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..10 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor main 127.0.0.1 {primary} 1\n\
+                     sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n",
+                    dir = dir.path().display(),
+                    primary = primary.port
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut sentinel = None;
+            for _ in 0..500 {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break; // the port was taken
+                }
+                let probe = Sentinel::ask(port, "SENTINEL get-master-addr-by-name main");
+                if probe.is_some_and(|r| r.contains(&primary.port.to_string())) {
+                    sentinel = Some(port);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            match sentinel {
+                Some(port) => return Sentinel { child, port, _dir: dir },
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!("no Sentinel could be started");
+    }
+
+    /// The port of the primary this Sentinel names now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let reply = Sentinel::ask(self.port, "SENTINEL get-master-addr-by-name main")?;
+        reply.lines().filter_map(|l| l.trim().parse::<u16>().ok()).next()
+    }
+
+    fn ask(port: u16, command: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+        let mut reply = vec![0u8; 4096];
+        let n = stream.read(&mut reply).ok()?;
+        Some(String::from_utf8_lossy(&reply[..n]).into_owned())
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -65,9 +65,11 @@ impl Connector {
                 let mut builder = ClusterClientBuilder::new(nodes.iter().map(|n| n.expose().to_owned()))
                     .connection_timeout(settings.timeout)
                     .response_timeout(settings.timeout)
-                    // A call is bounded by `store_timeout_ms` anyway; a redirect or a refreshed
-                    // slot map is followed within it.
-                    .retries(2)
+                    // A call is bounded by `store_timeout_ms` anyway; redirects and refreshed
+                    // slot maps are followed within it. A call while its slot migrates can meet
+                    // `ASK` and then `MOVED` (tests/redis_cluster.rs saw two redirects exhaust a
+                    // budget of 2), so allow 5.
+                    .retries(5)
                     .min_retry_wait(10)
                     .max_retry_wait(100);
                 if let Some(pem) = roots {
