@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::load::{self, SteadyLoad};
 use common::redis_server::RedisCluster;
 use common::*;
 use http::StatusCode;
@@ -165,34 +164,8 @@ async fn a_cluster_primary_killed_under_load_is_followed_to_its_replica() {
     })
     .await;
     let started = Instant::now();
-    let running = Arc::new(AtomicBool::new(true));
-    let made = Arc::new(AtomicUsize::new(0));
-    let load: Vec<_> = (0..2)
-        .map(|_| {
-            let (client, url, running, made) =
-                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running), Arc::clone(&made));
-            tokio::spawn(async move {
-                let mut statuses = Vec::new();
-                while running.load(Ordering::Relaxed) {
-                    let reply = client.try_post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
-                    statuses.push(reply.map(|r| r.status));
-                    made.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                statuses
-            })
-        })
-        .collect();
-    let load_ran = |n: usize| {
-        let made = Arc::clone(&made);
-        async move {
-            let target = made.load(Ordering::Relaxed) + n;
-            while made.load(Ordering::Relaxed) < target {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
-    load_ran(20).await;
+    let load = SteadyLoad::start(&h.client, h.deployment_url("/chat/completions"), 2, Duration::from_millis(5));
+    load.ran(20).await;
     let old = cluster.primary_of(&key).unwrap();
     cluster.nodes[old].kill();
     let mut promoted = None;
@@ -213,24 +186,16 @@ async fn a_cluster_primary_killed_under_load_is_followed_to_its_replica() {
     let mut settled = false;
     for _ in 0..100 {
         let before = fallbacks().await;
-        load_ran(20).await;
+        load.ran(20).await;
         if fallbacks().await == before && metric(&samples(&h).await, "tollgate_quota_store_up", &[]) == 1.0 {
             settled = true;
             break;
         }
     }
     assert!(settled, "the gateway kept falling back after the failover");
-    running.store(false, Ordering::Relaxed);
+    let statuses = load.stop().await;
     let elapsed = started.elapsed();
-    let (mut answered, mut admitted) = (0, 0);
-    for task in load {
-        for status in task.await.unwrap() {
-            let status = status.expect("a request of the load got no HTTP answer");
-            assert!([StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&status), "unexpected {status}");
-            answered += 1;
-            admitted += u64::from(status == StatusCode::OK);
-        }
-    }
+    let (answered, admitted) = load::answered_and_admitted(&statuses);
     // The shared bucket, plus at most the local fallback's own minute while the slot had no
     // primary, plus what the dead primary had not yet sent its replica (a few requests).
     let bound = 2 * allowance(PER_MINUTE, elapsed) + 5;
@@ -262,33 +227,8 @@ async fn a_slot_migrated_under_load_is_followed_with_no_failed_admission() {
     })
     .await;
     let started = Instant::now();
-    let running = Arc::new(AtomicBool::new(true));
-    let made = Arc::new(AtomicUsize::new(0));
-    let load: Vec<_> = (0..2)
-        .map(|_| {
-            let (client, url, running, made) =
-                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running), Arc::clone(&made));
-            tokio::spawn(async move {
-                let mut statuses = Vec::new();
-                while running.load(Ordering::Relaxed) {
-                    statuses.push(client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await.status);
-                    made.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                statuses
-            })
-        })
-        .collect();
-    let load_ran = |n: usize| {
-        let made = Arc::clone(&made);
-        async move {
-            let target = made.load(Ordering::Relaxed) + n;
-            while made.load(Ordering::Relaxed) < target {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    };
-    load_ran(20).await;
+    let load = SteadyLoad::start(&h.client, h.deployment_url("/chat/completions"), 2, Duration::from_millis(2));
+    load.ran(20).await;
     // Move the slot as `redis-cli --cluster reshard` does, a step at a time under the load.
     let (from, to) = {
         let from = cluster.primary_of(&key).unwrap();
@@ -302,22 +242,16 @@ async fn a_slot_migrated_under_load_is_followed_with_no_failed_admission() {
     let ok = |reply: Option<String>| assert!(reply.as_deref().is_some_and(|r| r.starts_with("+OK")), "{reply:?}");
     ok(dst.command(&format!("CLUSTER SETSLOT {slot} IMPORTING {src_id}")));
     ok(src.command(&format!("CLUSTER SETSLOT {slot} MIGRATING {dst_id}")));
-    load_ran(20).await; // new keys of the slot are asked for on the destination now (ASK)
+    load.ran(20).await; // new keys of the slot are asked for on the destination now (ASK)
     ok(src.command(&format!("MIGRATE 127.0.0.1 {} {key} 0 5000", dst.port)));
-    load_ran(20).await; // the key is on the destination, the slot still the source's (ASK)
+    load.ran(20).await; // the key is on the destination, the slot still the source's (ASK)
     for node in &cluster.nodes {
         ok(node.command(&format!("CLUSTER SETSLOT {slot} NODE {dst_id}")));
     }
-    load_ran(40).await; // the slot is the destination's (MOVED)
-    running.store(false, Ordering::Relaxed);
+    load.ran(40).await; // the slot is the destination's (MOVED)
+    let statuses = load.stop().await;
     let elapsed = started.elapsed();
-    let mut admitted = 0;
-    for task in load {
-        for status in task.await.unwrap() {
-            assert!([StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&status), "unexpected {status}");
-            admitted += u64::from(status == StatusCode::OK);
-        }
-    }
+    let (_, admitted) = load::answered_and_admitted(&statuses);
     assert!(
         admitted >= PER_MINUTE && admitted <= allowance(PER_MINUTE, elapsed),
         "admitted {admitted} while the slot moved; the quota allows {}",

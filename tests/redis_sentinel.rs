@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::load::{self, SteadyLoad};
 use common::redis_server::{RedisServer, Sentinel};
 use common::*;
 use http::StatusCode;
@@ -42,31 +41,8 @@ async fn a_primary_killed_under_load_is_replaced_through_sentinel_and_the_quota_
     let started = Instant::now();
 
     // A steady load from two clients, all through the failover.
-    let running = Arc::new(AtomicBool::new(true));
-    let made = Arc::new(AtomicUsize::new(0));
-    let load: Vec<_> = (0..2)
-        .map(|_| {
-            let (client, url, running, made) =
-                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running), Arc::clone(&made));
-            tokio::spawn(async move {
-                let mut statuses = Vec::new();
-                while running.load(Ordering::Relaxed) {
-                    let reply = client.try_post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
-                    statuses.push(reply.map(|r| r.status));
-                    made.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                statuses
-            })
-        })
-        .collect();
-    let load_ran = || async {
-        let target = made.load(Ordering::Relaxed) + 20;
-        while made.load(Ordering::Relaxed) < target {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    load_ran().await;
+    let load = SteadyLoad::start(&h.client, h.deployment_url("/chat/completions"), 2, Duration::from_millis(5));
+    load.ran(20).await;
     let key = format!("sentinel:{{{DEPLOYMENT}}}");
     assert_eq!(replica.command(&format!("EXISTS {key}")).unwrap().trim(), ":1", "replicated before the kill");
     primary.kill();
@@ -93,19 +69,10 @@ async fn a_primary_killed_under_load_is_replaced_through_sentinel_and_the_quota_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(recovered, "the gateway never used the promoted primary");
-    load_ran().await;
-    running.store(false, Ordering::Relaxed);
+    load.ran(20).await;
+    let statuses = load.stop().await;
     let elapsed = started.elapsed();
-
-    let (mut answered, mut admitted) = (0, 0);
-    for task in load {
-        for status in task.await.unwrap() {
-            let status = status.expect("a request of the load got no HTTP answer");
-            assert!([StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&status), "unexpected {status}");
-            answered += 1;
-            admitted += u64::from(status == StatusCode::OK);
-        }
-    }
+    let (answered, admitted) = load::answered_and_admitted(&statuses);
     // The shared bucket (replicated to the new primary), plus at most the local fallback's own
     // minute (limit / replicas, one replica here) while the store was away, plus what the old
     // primary took and had not yet sent to its replica when it died (asynchronous replication:

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::load::SteadyLoad;
 use common::process::{self, stop};
 use common::redis_server::RedisServer;
 use common::*;
@@ -239,32 +240,8 @@ async fn outage(mut redis: RedisServer, mode: &str, extra: &str, deployment: &st
     assert_eq!(metric(&metrics().await, "tollgate_quota_store_up", &[]), 1.0);
 
     // A steady load from two clients, all through the outage.
-    let running = Arc::new(AtomicBool::new(true));
-    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let load: Vec<_> = (0..2)
-        .map(|_| {
-            let (client, url, running, made) =
-                (h.client.clone(), h.deployment_url("/chat/completions"), Arc::clone(&running), Arc::clone(&made));
-            tokio::spawn(async move {
-                let mut statuses = Vec::new();
-                while running.load(Ordering::Relaxed) {
-                    let reply = client.try_post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
-                    statuses.push(reply.map(|r| r.status));
-                    made.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                statuses
-            })
-        })
-        .collect();
-    // The load has run a while (20 more requests) before each step.
-    let load_ran = || async {
-        let target = made.load(Ordering::Relaxed) + 20;
-        while made.load(Ordering::Relaxed) < target {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    load_ran().await;
+    let load = SteadyLoad::start(&h.client, h.deployment_url("/chat/completions"), 2, Duration::from_millis(5));
+    load.ran(20).await;
     redis.kill();
     let mut down = Vec::new();
     for _ in 0..6 {
@@ -286,19 +263,16 @@ async fn outage(mut redis: RedisServer, mode: &str, extra: &str, deployment: &st
     }
     assert!(recovered, "the gateway never saw Redis come back");
     assert_eq!(metric(&metrics().await, "tollgate_quota_store_recoveries_total", &[]), 1.0);
-    load_ran().await;
-    running.store(false, Ordering::Relaxed);
+    load.ran(20).await;
     let mut answered = 0;
-    for task in load {
-        for status in task.await.unwrap() {
-            let status = status.expect("a request of the load got no HTTP answer");
-            let expected = [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS, StatusCode::SERVICE_UNAVAILABLE];
-            assert!(expected.contains(&status), "{mode}: unexpected {status}");
-            if mode != "fail-closed" {
-                assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE, "{mode} never refuses for the store");
-            }
-            answered += 1;
+    for status in load.stop().await {
+        let status = status.expect("a request of the load got no HTTP answer");
+        let expected = [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS, StatusCode::SERVICE_UNAVAILABLE];
+        assert!(expected.contains(&status), "{mode}: unexpected {status}");
+        if mode != "fail-closed" {
+            assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE, "{mode} never refuses for the store");
         }
+        answered += 1;
     }
     // After recovery the shared bucket is used again: its key exists in the restarted Redis.
     let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
