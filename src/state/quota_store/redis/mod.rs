@@ -352,12 +352,23 @@ impl RedisStore {
             .arg(period_expiry(stamp));
         let reply =
             tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<Vec<i64>>(&mut connection)).await;
-        match reply {
-            Ok(Ok(v)) if v.len() == 5 => Ok((v[0], [v[1], v[2], v[3]], v[4])),
-            Ok(Ok(v)) => {
+        match self.answered(op, reply)? {
+            v if v.len() == 5 => Ok((v[0], [v[1], v[2], v[3]], v[4])),
+            v => {
                 self.failed(op, &format!("the period script answered {} values", v.len()));
                 Err(StoreUnreachable { op })
             }
+        }
+    }
+
+    /// A call's answer; an error or no answer in time is counted, logged and marks the store down.
+    fn answered<T>(
+        &self,
+        op: &'static str,
+        reply: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreUnreachable> {
+        match reply {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => {
                 self.failed(op, &error.to_string());
                 Err(StoreUnreachable { op })
@@ -418,17 +429,7 @@ impl RedisStore {
         op: &'static str,
     ) -> Option<Vec<Vec<Option<u64>>>> {
         let reply = tokio::time::timeout(self.settings.timeout, connection.send_all(pipe)).await;
-        let replies = match reply {
-            Ok(Ok(replies)) => replies,
-            Ok(Err(error)) => {
-                self.failed(op, &error.to_string());
-                return None;
-            }
-            Err(_) => {
-                self.failed(op, "timed out");
-                return None;
-            }
-        };
+        let replies = self.answered(op, reply).ok()?;
         let mut saved = Vec::with_capacity(replies.len());
         for reply in replies {
             match reply.and_then(|value| redis::from_redis_value::<Vec<Option<u64>>>(value).map_err(Into::into)) {
@@ -542,24 +543,13 @@ impl RedisStore {
         let reply =
             tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<(i64, i64, i64)>(&mut connection))
                 .await;
-        match reply {
-            Ok(Ok((admitted, requests, tokens_level))) => {
-                self.metrics.quota_store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-                let buckets = Buckets {
-                    requests: TokenBucket::at_level(limits.requests_per_minute, requests as i128 * LEVEL_TO_SCALED),
-                    tokens: TokenBucket::at_level(limits.tokens_per_minute, tokens_level as i128 * LEVEL_TO_SCALED),
-                };
-                Ok((admitted == 1, buckets))
-            }
-            Ok(Err(error)) => {
-                self.failed(op, &error.to_string());
-                Err(StoreUnreachable { op })
-            }
-            Err(_) => {
-                self.failed(op, "timed out");
-                Err(StoreUnreachable { op })
-            }
-        }
+        let (admitted, requests, tokens_level) = self.answered(op, reply)?;
+        self.metrics.quota_store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        let buckets = Buckets {
+            requests: TokenBucket::at_level(limits.requests_per_minute, requests as i128 * LEVEL_TO_SCALED),
+            tokens: TokenBucket::at_level(limits.tokens_per_minute, tokens_level as i128 * LEVEL_TO_SCALED),
+        };
+        Ok((admitted == 1, buckets))
     }
 
     /// The `local` fallback bucket of a deployment: limit / replicas (at least 1), full when first
