@@ -7,8 +7,9 @@
 //!   adds them up per deployment and sends one pipelined script call per deployment per batch.
 //!   While Redis is away the sums wait (one entry per deployment, so bounded) and are sent when
 //!   it returns.
-//! - **One multiplexed connection** ([`ConnectionManager`]) carries every call, pipelined by the
-//!   crate; it reconnects by itself. Each call is bounded by `store_timeout_ms`.
+//! - **One multiplexed connection** carries every call, pipelined by the crate: to one server, to
+//!   the primary Sentinel names, or to a Redis Cluster (see `connection.rs`); it reconnects by
+//!   itself. Each call is bounded by `store_timeout_ms`.
 //! - **Outages**: the first failed call marks the store down (logged once, counted in
 //!   `tollgate_quota_store_errors_total`, `tollgate_quota_store_up` 0); requests then go straight
 //!   to the `on_store_error` fallback without waiting on Redis, and a probe (`PING`) every
