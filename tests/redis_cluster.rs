@@ -266,3 +266,36 @@ async fn a_slot_migrated_under_load_is_followed_with_no_failed_admission() {
         "no admission failed"
     );
 }
+
+/// A cluster that speaks only TLS (`rediss+cluster://`, its nodes' certificates from a private
+/// CA given as `redis_ca_file`): the shared bucket holds over it as over plain TCP.
+#[tokio::test]
+async fn a_tls_cluster_carries_the_shared_bucket() {
+    let pem = tempfile::tempdir().unwrap();
+    common::pki::write(pem.path(), &common::pki::pki("redis"));
+    let Some(cluster) = RedisCluster::start_tls("a_tls_cluster_carries_the_shared_bucket", 3, pem.path()) else {
+        return;
+    };
+    let h = Harness::with(Setup {
+        deployment: "requests_per_minute = 3".into(),
+        limits: format!(
+            "store = \"redis\"\nredis_url = \"rediss+cluster://{}\"\nredis_ca_file = {:?}\non_store_error = \"fail-closed\"",
+            cluster.addresses().join(","),
+            pem.path().join("ca.pem").display().to_string()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let started = Instant::now();
+    let mut admitted = 0;
+    for _ in 0..5 {
+        let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+        match reply.status {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert_eq!(reply.error_code(), "TooManyRequests"),
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    assert!(admitted >= 3 && admitted <= allowance(3, started.elapsed()), "admitted {admitted} of 5 with a quota of 3");
+    assert_store_clean(&samples(&h).await);
+}

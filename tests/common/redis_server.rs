@@ -107,7 +107,8 @@ impl RedisServer {
             None => command.args(["--port", &port]),
             Some([cert, key, ca]) => command
                 .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
-                .args(["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca]),
+                .args(["--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca])
+                .args(["--tls-cluster", if self.cluster { "yes" } else { "no" }]),
         };
         self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
         let pid = self.child.as_ref().map(Child::id).unwrap_or_default();
@@ -128,6 +129,18 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(10));
         }
         false
+    }
+
+    /// `redis-cli` against this server (over TLS, trusting its CA, when it speaks only TLS):
+    /// its output, `None` when it failed.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let mut cli = Command::new("redis-cli");
+        cli.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some([_, _, ca]) = &self.tls {
+            cli.args(["--tls", "--cacert", ca]);
+        }
+        let out = cli.args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Sends one inline command, returns the raw reply (`None` when Redis cannot be reached).
@@ -163,6 +176,16 @@ impl RedisCluster {
     /// A cluster of `primaries` with `replicas` replicas each (a replica takes over its primary's
     /// slots a second after the primary stops answering).
     pub fn start_with_replicas(test: &str, primaries: usize, replicas: usize) -> Option<RedisCluster> {
+        RedisCluster::make(test, primaries, replicas, None)
+    }
+
+    /// A cluster of `primaries` that speaks only TLS (clients and the cluster bus), with
+    /// `cert.pem`, `key.pem` and `ca.pem` from `pem_dir`.
+    pub fn start_tls(test: &str, primaries: usize, pem_dir: &std::path::Path) -> Option<RedisCluster> {
+        RedisCluster::make(test, primaries, 0, Some(pem_dir))
+    }
+
+    fn make(test: &str, primaries: usize, replicas: usize, pem_dir: Option<&std::path::Path>) -> Option<RedisCluster> {
         if !super::tool_installed(test, "redis-server", "redis-server")
             || !super::tool_installed(test, "redis-cli", "redis-tools")
         {
@@ -174,7 +197,10 @@ impl RedisCluster {
                     child: None,
                     port: 0,
                     dir: tempfile::tempdir().unwrap(),
-                    tls: None,
+                    tls: pem_dir.map(|dir| {
+                        let file = |name: &str| dir.join(name).display().to_string();
+                        [file("cert.pem"), file("key.pem"), file("ca.pem")]
+                    }),
                     cluster: true,
                     args: Vec::new(),
                 };
@@ -183,19 +209,19 @@ impl RedisCluster {
             })
             .collect();
         let cluster = RedisCluster { nodes };
-        let made = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(cluster.addresses())
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .output()
-            .unwrap();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create").args(cluster.addresses());
+        create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
+        if let Some(dir) = pem_dir {
+            create.args(["--tls", "--cacert", &dir.join("ca.pem").display().to_string()]);
+        }
+        let made = create.output().unwrap();
         assert!(made.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&made.stdout));
         for _ in 0..1000 {
             // Up, and every replica has its primary's data (else it would not take over).
             let ok = cluster.nodes.iter().all(|n| {
-                n.command("CLUSTER INFO").is_some_and(|info| info.contains("cluster_state:ok"))
-                    && n.command("INFO replication")
+                n.cli(&["CLUSTER", "INFO"]).is_some_and(|info| info.contains("cluster_state:ok"))
+                    && n.cli(&["INFO", "replication"])
                         .is_some_and(|r| r.contains("role:master") || r.contains("master_link_status:up"))
             });
             if ok {
