@@ -11,11 +11,10 @@
 # common.sh: its own buckets and two period quotas beside the deployment's) instead of the
 # deployment's.
 set -euo pipefail
-GIVEN=$(realpath "$1") REQUESTS=${2:-5000} ROUTE=${3:-/openai/deployments/bench}
+BIN=$(realpath "$1") REQUESTS=${2:-5000} ROUTE=${3:-/openai/deployments/bench}
 [ -z "${BODY:-}" ] || BODY=$(realpath "$BODY")
 cd "$(dirname "$0")/.."
 SKIP_BUILD=1 source benches/common.sh
-BIN=$GIVEN
 KEY=BenchKey0123456789abcdefghijklmn MOCK=127.0.0.1:18600
 EXTRA=""
 [ -z "${CONSUMER:-}" ] || EXTRA=$(consumer_toml bench)

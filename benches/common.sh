@@ -1,11 +1,19 @@
 # Shared by the benchmark scripts (sourced): the release binary, a work directory removed at exit,
 # and a gateway configuration in front of the mock backend with quotas too high to reject.
-# SKIP_BUILD=1: the caller brings its own binaries (A/B of two builds).
-BIN=target/release/tollgate
+# SKIP_BUILD=1: the caller brings its own binaries (A/B of two builds); BIN=path/to/tollgate
+# (from the environment, or set by the script before sourcing) measures that binary instead.
+BIN=${BIN:-target/release/tollgate}
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin tollgate
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 ulimit -n 65536 2>/dev/null || true
+
+# need_tools nginx wrk ...: exits, naming the Debian package, when one is not installed.
+need_tools() {
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$tool is not installed (apt-get install $tool)" >&2; exit 1; }
+  done
+}
 
 # The digest of a key, as a deployment's `keys` entry.
 digest() { printf 'sha256:%s' "$(printf %s "$1" | sha256sum | cut -d' ' -f1)"; }

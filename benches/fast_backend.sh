@@ -15,11 +15,10 @@
 set -euo pipefail
 SECONDS_PER_ROUND=${1:-10} ROUNDS=${2:-3}
 cd "$(dirname "$0")/.."
-if [ -n "${3:-}" ]; then GIVEN=$(realpath "$3"); SKIP_BUILD=1; fi
+if [ -n "${3:-}" ]; then BIN=$(realpath "$3"); SKIP_BUILD=1; fi
 OLD=${4:+$(realpath "$4")}
 source benches/common.sh
-BIN=${GIVEN:-$BIN}
-for tool in nginx wrk; do command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install $tool)" >&2; exit 1; }; done
+need_tools nginx wrk
 start_lineup 18700
 if [ -n "$OLD" ]; then
   gateway_config "$WORK/old.toml" 127.0.0.1:18740 127.0.0.1:18741 "$BACKEND" "$KEY" bench "[ledger]

@@ -18,10 +18,9 @@
 set -euo pipefail
 SECONDS_PER_ROUND=${1:-10} ROUNDS=${2:-3}
 cd "$(dirname "$0")/.."
-if [ -n "${3:-}" ]; then GIVEN=$(realpath "$3"); SKIP_BUILD=1; fi
+if [ -n "${3:-}" ]; then BIN=$(realpath "$3"); SKIP_BUILD=1; fi
 source benches/common.sh
-BIN=${GIVEN:-$BIN}
-for tool in nginx wrk; do command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install $tool)" >&2; exit 1; }; done
+need_tools nginx wrk
 KEY=BenchKey0123456789abcdefghijklmn
 HZ=$(getconf CLK_TCK)
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

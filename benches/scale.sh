@@ -22,10 +22,8 @@
 # Needs nginx and wrk (Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GIVEN=${BIN:-}
 source benches/common.sh
-BIN=${GIVEN:-$BIN}
-for tool in nginx wrk; do command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install $tool)" >&2; exit 1; }; done
+need_tools nginx wrk
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
 COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1 1000 10000)

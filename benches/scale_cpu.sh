@@ -15,10 +15,8 @@
 # Needs nginx and wrk (Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GIVEN=${BIN:-}
 source benches/common.sh
-BIN=${GIVEN:-$BIN}
-for tool in nginx wrk; do command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install $tool)" >&2; exit 1; }; done
+need_tools nginx wrk
 N=${1:-10000} ROUNDS=${2:-10} SECONDS_PER_ROUND=${SECONDS_PER_ROUND:-6}
 on_gateway_core=() on_load_core=()
 [ -z "${PIN:-}" ] || on_gateway_core=(taskset -c 1) on_load_core=(taskset -c 0)

@@ -10,11 +10,10 @@
 # Needs nginx, wrk and strace (Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ -n "${1:-}" ]; then GIVEN=$(realpath "$1"); SKIP_BUILD=1; fi
+if [ -n "${1:-}" ]; then BIN=$(realpath "$1"); SKIP_BUILD=1; fi
 SECONDS_PER_RUN=${2:-5}
 source benches/common.sh
-BIN=${GIVEN:-$BIN}
-for tool in nginx wrk strace; do command -v $tool >/dev/null || { echo "$tool is not installed (apt-get install $tool)" >&2; exit 1; }; done
+need_tools nginx wrk strace
 start_lineup 18800
 sleep 0.5
 targets=(
