@@ -10,14 +10,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{self, SteadyLoad};
+use common::quota::allowance;
 use common::redis_server::RedisCluster;
 use common::*;
 use http::StatusCode;
-
-/// How many a bucket of `per_minute` can admit over `elapsed`: the full minute plus the refill.
-fn allowance(per_minute: u64, elapsed: Duration) -> u64 {
-    per_minute + (elapsed.as_secs_f64() * per_minute as f64 / 60.0).floor() as u64
-}
 
 async fn samples(h: &Harness) -> Vec<Sample> {
     parse_metrics(&h.admin_text("/metrics").await)

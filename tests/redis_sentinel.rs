@@ -9,14 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{self, SteadyLoad};
+use common::quota::allowance;
 use common::redis_server::{RedisServer, Sentinel};
 use common::*;
 use http::StatusCode;
-
-/// How many a bucket of `per_minute` can admit over `elapsed`: the full minute plus the refill.
-fn allowance(per_minute: u64, elapsed: Duration) -> u64 {
-    per_minute + (elapsed.as_secs_f64() * per_minute as f64 / 60.0).floor() as u64
-}
 
 #[tokio::test]
 async fn a_primary_killed_under_load_is_replaced_through_sentinel_and_the_quota_holds() {

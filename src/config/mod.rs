@@ -96,6 +96,8 @@ pub struct GrantConfig {
 
 /// Where the quota buckets live.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+// One per configuration, read at start and reload, never on the request path: not worth a box.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreConfig {
     /// In this process: each replica has its own buckets.
     #[default]
@@ -120,6 +122,10 @@ pub struct RedisStoreConfig {
     pub replicas: u64,
     /// Longest wait for one Redis round trip before it counts as a store error.
     pub timeout: Duration,
+    /// How long a replica holds a lease before what is left goes back (`lease_ms`).
+    pub lease_ttl: Duration,
+    /// Leases for every deployment without its own `lease_*`: this percent of its limits.
+    pub lease_percent: Option<u64>,
 }
 
 /// The kind of Redis the shared buckets live in.
@@ -285,6 +291,8 @@ pub struct DeploymentConfig {
     pub prices: Option<crate::core::billing::Prices>,
     /// Waiting for the buckets instead of a 429 (off unless `max_wait_ms` is set).
     pub queue: QueueConfig,
+    /// Each replica's lease on the shared buckets (`store = "redis"` only; off when `None`).
+    pub lease: Option<crate::core::quota::lease::LeaseSize>,
 }
 
 /// How a deployment's requests may wait for its buckets (`crate::state::admission_queue`).

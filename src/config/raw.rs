@@ -133,6 +133,10 @@ pub struct RawLimits {
     pub on_store_error: Option<Spanned<String>>,
     pub replicas: Option<Spanned<u64>>,
     pub store_timeout_ms: Option<Spanned<u64>>,
+    /// How long a replica holds a lease on a deployment's shared buckets (default 1000).
+    pub lease_ms: Option<Spanned<u64>>,
+    /// Leases for every deployment: this percent of its limits (off when absent).
+    pub lease_percent: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +258,10 @@ pub struct RawDeployment {
     pub max_wait_ms: Option<Spanned<u64>>,
     pub max_queued_requests: Option<Spanned<u64>>,
     pub max_queued_tokens: Option<Spanned<u64>>,
+    /// A replica's lease on the shared buckets (with `store = "redis"`): requests and tokens
+    /// per lease; one given, the other is the same share of its limit; 0 turns leases off.
+    pub lease_requests: Option<Spanned<u64>>,
+    pub lease_tokens: Option<Spanned<u64>>,
 }
 
 /// One backend of a pool: `[[deployments.backends]]` or `[[models.backends]]`.

@@ -12,6 +12,10 @@ use crate::core::secret::Secret;
 pub const DEFAULT_KEY_PREFIX: &str = "tollgate:quota:";
 /// A Redis round trip on a LAN takes well under a millisecond; past this it counts as an outage.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a replica holds a lease: short, so that an idle replica's lease is soon back.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(1);
+/// The largest lease, as a share of the limits: past half, two replicas could not both hold one.
+pub const MAX_LEASE_PERCENT: u64 = 50;
 
 pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Result<StoreConfig, ConfigError> {
     let Some(raw) = raw else { return Ok(StoreConfig::Memory) };
@@ -39,6 +43,8 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
             raw.on_store_error.as_ref().map(|v| (v.span(), "limits.on_store_error")),
             raw.replicas.as_ref().map(|v| (v.span(), "limits.replicas")),
             raw.store_timeout_ms.as_ref().map(|v| (v.span(), "limits.store_timeout_ms")),
+            raw.lease_ms.as_ref().map(|v| (v.span(), "limits.lease_ms")),
+            raw.lease_percent.as_ref().map(|v| (v.span(), "limits.lease_percent")),
         ];
         if let Some((span, field)) = stray.into_iter().flatten().next() {
             let (line, column) = at.line_col(span.start);
@@ -115,6 +121,28 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
         }
         Some(v) => Duration::from_millis(*v.get_ref()),
     };
+    let lease_ttl = match &raw.lease_ms {
+        None => DEFAULT_LEASE_TTL,
+        Some(v) if *v.get_ref() < 10 || *v.get_ref() > 60_000 => {
+            return Err(at.error(
+                v,
+                "limits.lease_ms",
+                "must be between 10 and 60000 milliseconds (how long a replica holds a lease before giving back what is left)",
+            ));
+        }
+        Some(v) => Duration::from_millis(*v.get_ref()),
+    };
+    let lease_percent = match &raw.lease_percent {
+        None => None,
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > MAX_LEASE_PERCENT => {
+            return Err(at.error(
+                v,
+                "limits.lease_percent",
+                format!("must be between 1 and {MAX_LEASE_PERCENT} (percent of each deployment's limits a replica leases at once); leave it out for no leases"),
+            ));
+        }
+        Some(v) => Some(*v.get_ref()),
+    };
     let ca_file = raw.redis_ca_file.as_ref().map(|v: &Spanned<String>| PathBuf::from(v.get_ref()));
     if ca_file.is_some() && !url.expose().starts_with("rediss") {
         if let Some(v) = &raw.redis_ca_file {
@@ -125,7 +153,17 @@ pub(super) fn validate_store(raw: Option<&RawLimits>, at: &Locator<'_>) -> Resul
             ));
         }
     }
-    Ok(StoreConfig::Redis(RedisStoreConfig { url, topology, ca_file, key_prefix, on_error, replicas, timeout }))
+    Ok(StoreConfig::Redis(RedisStoreConfig {
+        url,
+        topology,
+        ca_file,
+        key_prefix,
+        on_error,
+        replicas,
+        timeout,
+        lease_ttl,
+        lease_percent,
+    }))
 }
 
 const URL_FORMS: &str = "write redis://[user:password@]host[:port][/db] (rediss:// for TLS), \

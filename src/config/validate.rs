@@ -108,10 +108,11 @@ pub(super) fn validate(
     // A backend is one endpoint with one quota, whichever models and deployments send to it.
     let mut quotas = BackendQuotas::default();
     let models = validate_models(&raw.models, at, env, &mut quotas)?;
+    let store = super::store::validate_store(raw.limits.as_ref(), at)?;
     let mut deployments: Vec<DeploymentConfig> = Vec::with_capacity(raw.deployments.len());
     let mut names = std::collections::HashSet::with_capacity(raw.deployments.len());
     for (index, spanned) in raw.deployments.iter().enumerate() {
-        let deployment = validate_deployment(spanned.get_ref(), index, at, env, &backend, &models)?;
+        let deployment = validate_deployment(spanned.get_ref(), index, at, env, &backend, &models, &store)?;
         if !names.insert(deployment.name.to_ascii_lowercase()) {
             return Err(at.error(
                 &spanned.get_ref().name,
@@ -128,7 +129,6 @@ pub(super) fn validate(
         None => None,
         Some(raw) => Some(validate_ledger(raw, at)?),
     };
-    let store = super::store::validate_store(raw.limits.as_ref(), at)?;
     let consumers = super::validate_consumer::validate_consumers(&raw.consumers, at, &deployments)?;
     let billing = super::billing::validate_billing(raw.billing.as_ref(), at, env)?;
     let metrics = super::metrics::validate_metrics(raw.metrics.as_ref(), at)?;

@@ -7,6 +7,7 @@ use super::raw::{RawDeployment, RawPoolBackend};
 use super::validate::{millis, per_minute};
 use super::*;
 use crate::core::keys::{KeyDigest, KeyPair};
+use crate::core::quota::lease::LeaseSize;
 use crate::core::quota::{DEFAULT_REQUESTS_PER_MINUTE, DEFAULT_TOKENS_PER_MINUTE, Limits};
 use crate::core::secret::Secret;
 
@@ -189,6 +190,7 @@ pub(super) fn validate_deployment(
     env: &dyn Fn(&str) -> Option<String>,
     backend: &BackendSettings,
     models: &[CatalogModel],
+    store: &StoreConfig,
 ) -> Result<DeploymentConfig, ConfigError> {
     let field = |name: &str| format!("deployments[{index}].{name}");
     let name = raw.name.get_ref();
@@ -292,6 +294,7 @@ pub(super) fn validate_deployment(
         Some(v) => *v.get_ref(),
     };
     let queue = queue_config(at, raw, &field, limits)?;
+    let lease = lease_config(at, raw, &field, limits, store)?;
     Ok(DeploymentConfig {
         name: name.clone(),
         model: raw.model.get_ref().clone(),
@@ -310,7 +313,62 @@ pub(super) fn validate_deployment(
             None => models.iter().find(|m| m.id == *raw.model.get_ref()).and_then(|m| m.prices),
         },
         queue,
+        lease,
     })
+}
+
+/// `lease_requests` / `lease_tokens` (only with `store = "redis"`): each at most the limit;
+/// one given, the other is the same share of its own limit; 0 turns leases off. Neither given:
+/// `[limits] lease_percent` of the limits, if set.
+fn lease_config(
+    at: &Locator<'_>,
+    raw: &RawDeployment,
+    field: &dyn Fn(&str) -> String,
+    limits: Limits,
+    store: &StoreConfig,
+) -> Result<Option<LeaseSize>, ConfigError> {
+    let given = [
+        (&raw.lease_requests, "lease_requests", limits.requests_per_minute),
+        (&raw.lease_tokens, "lease_tokens", limits.tokens_per_minute),
+    ];
+    let StoreConfig::Redis(redis) = store else {
+        if let Some((v, name, _)) = given.iter().find_map(|(v, n, l)| v.as_ref().map(|v| (v, *n, *l))) {
+            return Err(at.error(v, field(name), "leases are on the shared buckets: only used with [limits] store = \"redis\"; set it, or remove this line"));
+        }
+        return Ok(None);
+    };
+    for (v, name, limit) in given {
+        if let Some(v) = v {
+            if *v.get_ref() > limit {
+                return Err(at.error(
+                    v,
+                    field(name),
+                    format!("must be at most the deployment's limit ({limit} a minute); 0 turns leases off"),
+                ));
+            }
+            if name == "lease_requests" && *v.get_ref() == 1 {
+                return Err(at.error(v, field(name), "a lease of one request costs a round trip per request, as no lease does: use at least 2, or 0 for no leases"));
+            }
+        }
+    }
+    let share = |given: u64, of: u64, other: u64| {
+        (u128::from(given) * u128::from(other)).div_ceil(u128::from(of.max(1))).max(1) as u64
+    };
+    let requests = raw.lease_requests.as_ref().map(|v| *v.get_ref());
+    let tokens = raw.lease_tokens.as_ref().map(|v| *v.get_ref());
+    Ok(match (requests, tokens) {
+        (Some(0), _) | (_, Some(0)) => None,
+        (Some(r), Some(t)) => Some(LeaseSize { requests: r, tokens: t }),
+        (Some(r), None) => {
+            Some(LeaseSize { requests: r, tokens: share(r, limits.requests_per_minute, limits.tokens_per_minute) })
+        }
+        (None, Some(t)) => {
+            Some(LeaseSize { requests: share(t, limits.tokens_per_minute, limits.requests_per_minute), tokens: t })
+        }
+        (None, None) => redis.lease_percent.map(|percent| LeaseSize::share(limits, percent)),
+    }
+    // A share of small limits may come to one request a lease, which saves nothing.
+    .filter(|size| size.requests >= 2))
 }
 
 /// `max_wait_ms` (at most ten minutes), `max_queued_requests` (1 to 100,000, default 1,000) and

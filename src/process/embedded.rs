@@ -85,6 +85,7 @@ pub fn demo_config(
             tokenizer: Tokenizer::default(),
             prices: Some(DEMO_PRICES),
             queue: crate::config::QueueConfig::off(Limits::default()),
+            lease: None,
         }],
         ledger: Some(LedgerConfig::at(DEMO_LEDGER.into())),
         store: crate::config::StoreConfig::Memory,

@@ -14,6 +14,7 @@ use crate::core::billing::Prices;
 use crate::core::clock::Clock;
 use crate::core::estimate::Tokenizer;
 use crate::core::keys::{IndexedDigest, KeyDigest, KeyPair};
+use crate::core::quota::lease::Lease;
 use crate::core::quota::{DeploymentQuota, Limits};
 use crate::state::admission_queue::AdmissionQueue;
 use crate::state::budget::Budget;
@@ -75,6 +76,9 @@ pub struct Deployment {
     /// reloads.
     pub queue: Option<Arc<AdmissionQueue>>,
     pub quota: Arc<DeploymentQuota>,
+    /// This replica's lease on the shared buckets (`lease_requests` / `lease_tokens`); kept
+    /// across reloads.
+    pub lease: Option<Arc<Lease>>,
     /// Running usage totals (see [`crate::state::totals`]); kept across reloads.
     pub usage: Arc<UsageCounters>,
     /// Its busiest metric series, resolved once ([`crate::state::metrics::DeploymentSeries`]).
@@ -99,7 +103,9 @@ pub struct Deployment {
     /// `/projects/{p}/subscriptions/{name}` the deployment depends on, if any.
     pub subscription: Option<String>,
     /// Active health checks of its pool's backends, when set.
-    pub health_check_interval: Option<Duration>,
+    /// (Milliseconds, at most an hour: a `u32`, which keeps the struct in its allocation class;
+    /// see [`Deployment::health_check_interval`].)
+    health_check_ms: Option<u32>,
     /// When this gateway first served the deployment (Unix seconds; `created` in `/v1/models`).
     pub created_unix: u64,
     /// The backend's last `/info` answer (started afresh by a reload, which may change the backend).
@@ -155,6 +161,11 @@ impl Deployment {
     /// The `backend` label of a pool backend's counters: its name, or "" with `backends = "off"`.
     pub fn backend_label<'a>(&self, backend: &'a str) -> &'a str {
         if self.metric_detail.backends { backend } else { "" }
+    }
+
+    /// How often its pool's backends are checked (`health_check_interval_ms`), if they are.
+    pub fn health_check_interval(&self) -> Option<Duration> {
+        self.health_check_ms.map(|ms| Duration::from_millis(u64::from(ms)))
     }
 
     /// The buckets of its pre-flights, made on the first one. (A first pre-flight racing a table
@@ -236,7 +247,18 @@ impl Deployment {
             None if !config.queue.max_wait.is_zero() => Some(Arc::new(AdmissionQueue::new(config.queue))),
             None => None,
         };
+        // A lease carries on with a new size; one dropped by a reload is still given back by the
+        // store's sweeper once it expires.
+        let lease = match (config.lease, previous.and_then(|p| p.lease.as_ref())) {
+            (Some(size), Some(kept)) => {
+                kept.set_size(size);
+                Some(Arc::clone(kept))
+            }
+            (Some(size), None) => Some(Arc::new(Lease::new(size))),
+            (None, _) => None,
+        };
         Deployment {
+            lease,
             name: config.name.clone(),
             model: config.model.clone(),
             project: config.project.clone(),
@@ -248,7 +270,7 @@ impl Deployment {
             first_byte_timeout: config.first_byte_timeout,
             max_attempts: config.max_attempts,
             deadline: config.deadline,
-            health_check_interval: config.health_check_interval,
+            health_check_ms: config.health_check_interval.map(|i| u32::try_from(i.as_millis()).unwrap_or(u32::MAX)),
             quota,
             queue,
             dry_runs,
@@ -345,7 +367,7 @@ impl DeploymentTable {
         }
         let health_checked = by_name
             .iter()
-            .filter(|d| d.0.health_check_interval.is_some() && d.0.pool.len() > 1)
+            .filter(|d| d.0.health_check_ms.is_some() && d.0.pool.len() > 1)
             .map(|d| Arc::clone(&d.0))
             .collect();
         DeploymentTable {

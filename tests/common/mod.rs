@@ -6,6 +6,7 @@ pub mod admin;
 pub mod load;
 pub mod pki;
 pub mod process;
+pub mod quota;
 pub mod redis_server;
 pub mod webhooks;
 

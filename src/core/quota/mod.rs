@@ -8,6 +8,7 @@
 
 pub mod bucket;
 pub mod fair;
+pub mod lease;
 pub mod period;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -50,7 +51,7 @@ impl LimitKind {
 }
 
 /// The buckets as a response reports them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuotaState {
     pub limit_requests: u64,
     pub remaining_requests: u64,

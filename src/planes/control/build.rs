@@ -9,6 +9,7 @@ use crate::config::{Config, ConsumerConfig, DEFAULT_MAX_TOKENS, DeploymentConfig
 use crate::core::clock::Clock;
 use crate::core::keys::{KeyDigest, KeyPair};
 use crate::core::quota::Limits;
+use crate::core::quota::lease::LeaseSize;
 use crate::state::consumer::Consumer;
 use crate::state::deployment::{BuildContext, Deployment, DeploymentTable, Health, Origin};
 use crate::state::pool::BackendRegistry;
@@ -156,6 +157,14 @@ pub fn build_table(
             queue: crate::config::QueueConfig {
                 max_wait: std::time::Duration::from_millis(api.max_wait_ms.unwrap_or(0)),
                 ..crate::config::QueueConfig::off(api.limits.map(Limits::from).unwrap_or_default())
+            },
+            // The admin API sets no lease of its own: `[limits] lease_percent` applies.
+            lease: match &config.store {
+                crate::config::StoreConfig::Redis(redis) => redis
+                    .lease_percent
+                    .map(|p| LeaseSize::share(api.limits.map(Limits::from).unwrap_or_default(), p))
+                    .filter(|size| size.requests >= 2),
+                crate::config::StoreConfig::Memory => None,
             },
         };
         let before = previous.get(&api.name).map(|d| &**d);

@@ -35,7 +35,7 @@ impl Gateway {
             let mut wake = now + MAX_IDLE;
             let mut seen: HashSet<&str> = HashSet::new();
             for deployment in table.health_checked() {
-                let Some(interval) = deployment.health_check_interval else { continue };
+                let Some(interval) = deployment.health_check_interval() else { continue };
                 for (index, backend) in deployment.pool.backends.iter().enumerate() {
                     if !seen.insert(&*backend.bucket_key) {
                         continue;

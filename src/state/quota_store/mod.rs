@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use self::redis::RedisStore;
 use crate::config::OnStoreError;
+use crate::core::quota::lease::Lease;
 use crate::core::quota::period::{PeriodDenial, PeriodKind, PeriodState, PeriodUsage, Stamp};
 use crate::core::quota::{
     Admitted, Buckets, Denial, DeploymentQuota, LevelDenial, Levels, LimitKind, Limits, QuotaState, admit_levels,
@@ -42,6 +43,8 @@ pub enum Hold {
     InProcess,
     /// The shared buckets in Redis.
     Shared(Arc<RedisStore>),
+    /// This replica's lease on the shared buckets (the deployment's `lease`).
+    Leased(Arc<RedisStore>),
     /// A `local` fallback bucket, while Redis was unreachable.
     Fallback(Arc<DeploymentQuota>),
     /// Admitted `fail-open` while Redis was unreachable: nothing to settle.
@@ -123,7 +126,8 @@ impl QuotaStore {
                 Ok(BackendHold::Shared { store, key: Arc::clone(&backend.bucket_key), limits: quota.limits() })
             }
             Ok((_, Hold::Fallback(local))) => Ok(BackendHold::Fallback(local)),
-            Ok((_, Hold::Unenforced)) => Ok(BackendHold::None),
+            // (`admit_at` takes no lease: a pool backend's buckets are not leased.)
+            Ok((_, Hold::Unenforced | Hold::Leased(_))) => Ok(BackendHold::None),
             Err(Refusal::Denied(Denial::Exhausted { retry_after_ns, .. })) => {
                 Err(BackendRefusal::Wait { retry_after_ns })
             }
@@ -149,8 +153,15 @@ impl QuotaStore {
         }
     }
 
-    /// Takes one request and `tokens` from the deployment's buckets, or refuses.
+    /// Takes one request and `tokens` from the deployment's buckets, or refuses. With a lease
+    /// (`lease_requests` / `lease_tokens` and Redis), from what this replica holds of them when
+    /// it can, and else with a renewal of the lease.
     pub async fn admit(&self, deployment: &Deployment, tokens: u64) -> Result<(Option<QuotaState>, Hold), Refusal> {
+        if let (QuotaStore::Redis(store), Some(lease)) = (self, &deployment.lease) {
+            if let Some(decided) = leased(store, deployment, lease, tokens).await {
+                return decided;
+            }
+        }
         self.admit_at(&deployment.name, &deployment.quota, tokens).await
     }
 
@@ -388,6 +399,40 @@ impl ConsumerHold {
     }
 }
 
+/// Admission from the deployment's lease: locally from what it holds, or in the one round trip
+/// that gives that back and takes a new lease. `None` leaves the decision to the store without
+/// the lease: a renewal is already in flight (a request waits for no other), the request is
+/// larger than the whole bucket, or the store cannot be reached (what the lease held still
+/// admitted first: it was taken from the shared buckets already).
+async fn leased(
+    store: &Arc<RedisStore>,
+    deployment: &Deployment,
+    lease: &Arc<Lease>,
+    tokens: u64,
+) -> Option<Result<(Option<QuotaState>, Hold), Refusal>> {
+    let limits = deployment.quota.limits();
+    if let Some(taken) = lease.take(tokens, store.now_ns()) {
+        if taken.low && store.is_up() {
+            if let Some(top_up) = lease.top_up() {
+                store.top_up(lease, top_up, &deployment.name, limits);
+            }
+        }
+        return Some(Ok((Some(taken.state), Hold::Leased(Arc::clone(store)))));
+    }
+    if tokens > limits.tokens_per_minute || !store.is_up() {
+        return None;
+    }
+    let renewal = lease.renew()?;
+    // Not answered: what went back and what was granted are both forgotten (units lost until the
+    // refill, never admitted twice), and the store, now marked down, decides below.
+    let renewed = store.renew_lease(&deployment.name, limits, tokens, &renewal).await.ok()?;
+    if !renewed.admitted {
+        return Some(Err(Refusal::Denied(renewed.buckets.denial(tokens))));
+    }
+    let state = store.hold_grant(lease, renewal, &renewed, &deployment.name, limits);
+    Some(Ok((Some(state), Hold::Leased(Arc::clone(store)))))
+}
+
 /// A refusal of a consumer's request by level.
 fn refusal(denial: LevelDenial, levels: Box<ConsumerAdmission>) -> Refusal {
     match denial {
@@ -458,6 +503,11 @@ impl Hold {
             Hold::InProcess => deployment.quota.reconcile(reserved, actual),
             Hold::Fallback(local) => local.reconcile(reserved, actual),
             Hold::Shared(store) => store.reconcile(deployment, reserved, actual),
+            Hold::Leased(store) => {
+                let difference = delta(reserved, actual);
+                let rest = deployment.lease.as_ref().map_or(difference, |lease| lease.settle(difference));
+                store.reconcile_key(&deployment.name, deployment.quota.limits(), rest, 0);
+            }
             Hold::Unenforced => {}
         }
     }

@@ -76,6 +76,33 @@ save()
 return 1
 "#;
 
+/// A lease renewal or top-up (see [`crate::core::quota::lease`]): ARGV[3] = the renewing
+/// request's tokens, ARGV[4] and ARGV[5] = the requests and tokens asked for (a renewal's
+/// include the request's own), ARGV[6] and ARGV[7] = requests and tokens the replica's lease
+/// held, given back first (never past capacity), ARGV[8] = "1" for a renewal, which must admit
+/// the request, "0" for a top-up. A renewal takes what was asked, or as much as the buckets
+/// hold, if they hold one request and ARGV[3] tokens (at least those are taken); else nothing.
+/// A top-up takes what was asked or what the buckets hold. Returns {admitted (0/1; a top-up: 1
+/// unless the tokens bucket is in debt), requests level, tokens level, requests granted,
+/// tokens granted}.
+const LEASE: &str = r#"
+local back_r, back_t = tonumber(ARGV[6]) * U, tonumber(ARGV[7]) * U
+if back_r > 0 then r = math.min(rcap, r + back_r) end
+if back_t > 0 then tk = math.min(tcap, tk + back_t) end
+local renewal = ARGV[8] == '1'
+local want = renewal and tonumber(ARGV[3]) or 0
+local admitted, gr, gt = 0, 0, 0
+if (r >= U or not renewal) and tk >= want * U then
+  gr = math.min(tonumber(ARGV[4]), math.floor(r / U))
+  gt = math.min(math.max(tonumber(ARGV[5]), want), math.floor(tk / U))
+  r = r - gr * U
+  tk = tk - gt * U
+  admitted = 1
+end
+if gr > 0 or gt > 0 or back_r > 0 or back_t > 0 then save() end
+return {admitted, r, tk, gr, gt}
+"#;
+
 /// A consumer's admission, every level in one script, all or none.
 ///
 /// KEYS: the deployment's buckets, then (as ARGV says) the grant's buckets, the grant's period
@@ -247,6 +274,10 @@ pub fn admit() -> String {
 
 pub fn reconcile() -> String {
     [PRELUDE, RECONCILE].concat()
+}
+
+pub fn lease() -> String {
+    [PRELUDE, LEASE].concat()
 }
 
 /// The scripts' units per request or token (`local U` in `PRELUDE`): milliseconds in a minute.

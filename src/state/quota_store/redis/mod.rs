@@ -99,6 +99,10 @@ pub struct RedisStore {
     admit_consumer_script: Script,
     take_period_script: Script,
     reconcile_period_script: Script,
+    lease_script: Script,
+    /// Leases this replica holds (or held, until the sweeper sees them gone back), with the
+    /// deployment (its name, and limits as of the grant) they go back to.
+    leases: Mutex<Vec<ListedLease>>,
     pending: Mutex<Pending>,
     /// Wakes the reconciler when something is pending (and when the store is dropped, so that it
     /// ends).
@@ -143,6 +147,8 @@ impl RedisStore {
             admit_consumer_script: Script::new(&scripts::admit_consumer()),
             take_period_script: Script::new(&scripts::take_period()),
             reconcile_period_script: Script::new(&scripts::reconcile_period()),
+            lease_script: Script::new(&scripts::lease()),
+            leases: Mutex::new(Vec::new()),
             pending: Mutex::new(Pending::default()),
             wake: Arc::new(tokio::sync::Notify::new()),
             replica: format!("{:016x}", rand::random::<u64>()),
@@ -162,6 +168,7 @@ impl RedisStore {
         }
         tokio::spawn(probe(Arc::downgrade(&store)));
         tokio::spawn(reconciler(Arc::downgrade(&store), Arc::clone(&store.wake)));
+        tokio::spawn(lease::sweeper(Arc::downgrade(&store)));
         Ok(store)
     }
 
@@ -650,7 +657,10 @@ async fn probe(store: Weak<RedisStore>) {
 }
 
 mod connection;
+mod lease;
 mod reconcile;
+
+use self::lease::ListedLease;
 
 #[cfg(test)]
 mod tests {

@@ -175,6 +175,7 @@ impl RedisStore {
 
     /// Sends what is pending now, waiting (bounded) for it.
     pub async fn flush(&self) {
+        self.sweep(true); // what leases hold goes back with this last batch
         let (done, wait) = oneshot::channel();
         self.pending.lock().unwrap_or_else(PoisonError::into_inner).waiting.push(done);
         self.wake.notify_one();

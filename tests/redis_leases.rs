@@ -1,0 +1,236 @@
+//! Leases on the shared buckets (`lease_requests` / `lease_tokens`): replicas admit from what
+//! they lease, so Redis sees a call per lease rather than per request, and together they still
+//! admit no more than the one quota; what an idle replica holds goes back when the lease expires
+//! and at shutdown, and what a lease holds still admits while Redis is down. Real processes or
+//! in-process gateways, a real `redis-server` on a free port.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::process::{self, stop};
+use common::quota::{allowance, assert_rate_limited};
+use common::redis_server::RedisServer;
+use common::*;
+use http::StatusCode;
+use tollgate::core::clock::ManualClock;
+use tollgate::process::mock_backend::{MockBackend, MockOptions};
+
+fn limits(redis: &RedisServer, extra: &str) -> String {
+    format!("store = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"test{}:\"\n{extra}", redis.url(), redis.port)
+}
+
+/// Script calls Redis has run (`EVALSHA`, and `EVAL` for a script it had to load).
+fn script_calls(redis: &RedisServer) -> u64 {
+    let stats = redis.command("INFO commandstats").expect("redis answers");
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| l.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The shared requests bucket's level (requests, fractional: the script keeps 1/60,000ths), as
+/// last written; a missing hash is a full bucket.
+fn requests_level(redis: &RedisServer, deployment: &str, full: u64) -> f64 {
+    let reply = redis.command(&format!("HGET test{}:{{{deployment}}} r", redis.port)).expect("redis answers");
+    // `$<len>\r\n<value>\r\n`, or `$-1` when there is no hash.
+    match reply.lines().nth(1) {
+        Some(value) => value.trim().parse::<f64>().unwrap() / 60_000.0,
+        None => full as f64,
+    }
+}
+
+fn write_config(dir: &Path, mock: &MockBackend, redis: &RedisServer, name: &str) -> std::path::PathBuf {
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[limits]
+{limits}
+[[deployments]]
+name = "leased"
+model = "m"
+backend = "{mock}"
+keys = ["{key}"]
+requests_per_minute = 600
+tokens_per_minute = 10000000
+lease_requests = 20
+[ledger]
+path = "{ledger}"
+flush_interval_ms = 50
+"#,
+        limits = limits(redis, ""),
+        mock = mock.url(),
+        key = stored(PRIMARY_KEY),
+        ledger = dir.join(format!("{name}.jsonl")).display(),
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("{config}\n{}", reader_token_table())).unwrap();
+    path
+}
+
+/// `per_gateway` requests to each gateway from four clients each, all at once.
+async fn hammer(client: &Client, gateways: &[process::Gateway], per_client: usize) -> Vec<Reply> {
+    let mut tasks = Vec::new();
+    for gw in gateways {
+        for _ in 0..4 {
+            let (client, url) =
+                (client.clone(), format!("http://{}/openai/deployments/leased/chat/completions", gw.addr));
+            tasks.push(tokio::spawn(async move {
+                let mut replies = Vec::with_capacity(per_client);
+                for _ in 0..per_client {
+                    replies.push(client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await);
+                }
+                replies
+            }));
+        }
+    }
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.extend(task.await.unwrap());
+    }
+    replies
+}
+
+#[tokio::test]
+async fn three_replicas_hammering_one_leased_deployment_admit_no_more_than_the_quota() {
+    let Some(redis) = RedisServer::start("three_replicas_with_leases") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
+    let mut gateways = Vec::new();
+    for name in ["a", "b", "c"] {
+        let config = write_config(dir.path(), &mock, &redis, name);
+        gateways.push(process::start(dir.path(), &config, &[], &[]).await);
+    }
+    let _reaper = process::Reaper(gateways.iter().map(|g| g.child.id()).collect());
+    let client = Client::new();
+    let started = Instant::now();
+
+    // Within the quota (300 of 600 a minute): every request admitted, and Redis asked about one
+    // lease of 20 rather than each request (a renewal in flight sends the replica's other
+    // callers to Redis one by one meanwhile, so somewhat more than 300 / 20).
+    let before = script_calls(&redis);
+    let within = hammer(&client, &gateways, 25).await;
+    let calls = script_calls(&redis) - before;
+    assert!(within.iter().all(|r| r.status == StatusCode::OK), "a request within the quota was refused");
+    assert!(calls <= 300 / 3, "Redis ran {calls} script calls for 300 requests with leases of 20");
+
+    // Then far past it: 720 more.
+    let past = hammer(&client, &gateways, 60).await;
+    let elapsed = started.elapsed();
+    let mut admitted = 0;
+    for reply in within.iter().chain(&past) {
+        match reply.status {
+            StatusCode::OK => admitted += 1,
+            _ => assert_rate_limited(reply, "x-ratelimit-limit-requests", 600, "x-ratelimit-remaining-requests", 1),
+        }
+    }
+    // No lease was held at the start, so the bound of `core::quota::lease` is the quota and its
+    // refill alone (the README's bound adds replicas × lease for a window that starts with
+    // leases held).
+    let bound = allowance(600, elapsed);
+    eprintln!("calls {calls} admitted {admitted} bound {bound}");
+    assert!(admitted <= bound, "3 replicas with leases admitted {admitted}; the quota allows {bound}");
+    // The shared bucket ran dry (there were 429s), and at most 19 requests of a lease of 20 sit
+    // unused in each replica: every other unit taken from it was admitted.
+    assert!((admitted as usize) < within.len() + past.len(), "nothing was refused");
+    assert!(admitted >= 600 - 3 * 19, "only {admitted} admitted: leases kept more than they hold");
+
+    // Every request is in a ledger.
+    let mut lines = 0;
+    for (gw, name) in gateways.into_iter().zip(["a", "b", "c"]) {
+        stop(gw);
+        lines += std::fs::read_to_string(dir.path().join(format!("{name}.jsonl"))).unwrap().lines().count();
+    }
+    assert_eq!(lines, within.len() + past.len());
+}
+
+/// Polls the shared requests bucket until it is at least `level` (a lease given back), for at
+/// most ten seconds; the level then.
+async fn level_reaches(redis: &RedisServer, level: f64) -> f64 {
+    let mut now = requests_level(redis, DEPLOYMENT, 60);
+    for _ in 0..500 {
+        if now >= level {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = requests_level(redis, DEPLOYMENT, 60);
+    }
+    now
+}
+
+#[tokio::test]
+async fn an_idle_replicas_lease_goes_back_when_it_expires_and_at_shutdown() {
+    let Some(redis) = RedisServer::start("lease_expiry") else { return };
+    let clock = Arc::new(ManualClock::new(0));
+    let h = Harness::with(Setup {
+        deployment: "requests_per_minute = 60\nlease_requests = 30".into(),
+        limits: limits(&redis, "lease_ms = 1000"),
+        clock: Some(Arc::clone(&clock)),
+        ..Setup::default()
+    })
+    .await;
+    let url = h.deployment_url("/chat/completions");
+    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // The lease took 30 of the 60 (the request among them): the shared bucket has 30 (and what
+    // Redis's clock refilled since, a request a second), the headers count the 29 held too.
+    let shared = requests_level(&redis, DEPLOYMENT, 60);
+    assert!((30.0..31.0).contains(&shared), "shared bucket at {shared} after a lease of 30");
+    assert_eq!(reply.number("x-ratelimit-remaining-requests"), 59);
+    // The next requests come out of the lease: the shared bucket is not touched.
+    for _ in 0..4 {
+        let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert!(requests_level(&redis, DEPLOYMENT, 60) < 31.0, "a request inside the lease went to Redis");
+
+    // Not expired yet by the gateway's clock: nothing goes back (the sweeper ticks every 250 ms
+    // of real time; three ticks pass).
+    clock.advance_ms(999);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(requests_level(&redis, DEPLOYMENT, 60) < 32.0, "a live lease was given back");
+    // Expired: the 25 still held go back by the next tick.
+    clock.advance_ms(1);
+    let back = level_reaches(&redis, 55.0).await;
+    assert!(back >= 55.0, "the expired lease's 25 requests never came back (bucket at {back})");
+
+    // A new lease, then a graceful stop: what it holds goes back before the gateway exits.
+    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let leased = requests_level(&redis, DEPLOYMENT, 60);
+    assert!(leased < back - 25.0, "no new lease was taken (bucket at {leased})");
+    let Harness { gateway, .. } = h;
+    gateway.shutdown().await;
+    let after = requests_level(&redis, DEPLOYMENT, 60);
+    assert!(after >= leased + 29.0, "the lease held at shutdown was not given back ({leased} → {after})");
+}
+
+#[tokio::test]
+async fn what_a_lease_holds_still_admits_while_redis_is_down() {
+    let Some(mut redis) = RedisServer::start("lease_outage") else { return };
+    let h = Harness::with(Setup {
+        deployment: "requests_per_minute = 60\nlease_requests = 10".into(),
+        limits: limits(&redis, "on_store_error = \"fail-closed\"\nlease_ms = 60000\nstore_timeout_ms = 200"),
+        clock: Some(Arc::new(ManualClock::new(0))),
+        ..Setup::default()
+    })
+    .await;
+    let url = h.deployment_url("/chat/completions");
+    assert_eq!(h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await.status, StatusCode::OK);
+    redis.kill();
+    // The 9 requests the lease holds were taken from the shared bucket already: admitted.
+    for n in 1..=9 {
+        let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {n} of the lease: {}", reply.text());
+    }
+    // Then the lease is used up and Redis cannot renew it: `fail-closed`.
+    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
+    assert_eq!(reply.error_code(), "ServiceUnavailable");
+}
