@@ -574,3 +574,50 @@ fn metrics_detail_defaults_to_summary_and_names_its_errors() {
         assert!(error.message.contains(says), "{error}");
     }
 }
+
+#[test]
+fn leases_are_sized_per_deployment_or_as_a_share_of_the_limits_and_only_on_redis() {
+    use crate::core::quota::lease::LeaseSize;
+    let parse = |limits: &str, extra: &str| {
+        Config::parse(&format!("[limits]\n{limits}\n{}", example(extra)), "t.toml", &no_env)
+    };
+    let redis = "store = \"redis\"\nredis_url = \"redis://x\"";
+    let lease = |limits: &str, extra: &str| parse(limits, extra).unwrap().deployments[0].lease;
+    let size = |requests, tokens| Some(LeaseSize { requests, tokens });
+    assert_eq!(lease(redis, ""), None, "no leases unless asked for");
+    assert_eq!(lease(redis, "lease_requests = 20\nlease_tokens = 5000"), size(20, 5_000));
+    // One given: the other is the same share (2% of 1,000 requests; of 200,000 tokens).
+    assert_eq!(lease(redis, "lease_requests = 20"), size(20, 4_000));
+    assert_eq!(lease(redis, "lease_tokens = 4000"), size(20, 4_000));
+    let share = format!("{redis}\nlease_percent = 1");
+    assert_eq!(lease(&share, ""), size(10, 2_000));
+    assert_eq!(lease(&share, "lease_requests = 50"), size(50, 10_000), "a deployment's own comes first");
+    assert_eq!(lease(&share, "lease_requests = 0"), None, "0 turns leases off for one deployment");
+    assert_eq!(lease(&share, "requests_per_minute = 100"), None, "1% of 100 is one request: no lease");
+    let ttl = |limits: &str| match parse(limits, "").unwrap().store {
+        StoreConfig::Redis(redis) => redis.lease_ttl,
+        StoreConfig::Memory => panic!("redis store expected"),
+    };
+    assert_eq!(ttl(redis), Duration::from_secs(1));
+    assert_eq!(ttl(&format!("{redis}\nlease_ms = 200")), Duration::from_millis(200));
+    let with = |more: &str| format!("{redis}\n{more}");
+    for (limits, extra, field, says) in [
+        (String::new(), "lease_requests = 20", "deployments[0].lease_requests", "store = \"redis\""),
+        (
+            redis.to_owned(),
+            "lease_requests = 1001",
+            "deployments[0].lease_requests",
+            "at most the deployment's limit (1000",
+        ),
+        (redis.to_owned(), "lease_requests = 1", "deployments[0].lease_requests", "at least 2"),
+        (redis.to_owned(), "lease_tokens = 200001", "deployments[0].lease_tokens", "limit (200000"),
+        ("lease_ms = 100".to_owned(), "", "limits.lease_ms", "only used with store = \"redis\""),
+        (with("lease_ms = 5"), "", "limits.lease_ms", "between 10 and 60000"),
+        (with("lease_percent = 51"), "", "limits.lease_percent", "between 1 and 50"),
+        (with("lease_percent = 0"), "", "limits.lease_percent", "between 1 and 50"),
+    ] {
+        let err = parse(&limits, extra).unwrap_err();
+        assert_eq!(err.field, field, "{limits} / {extra}: {err}");
+        assert!(err.message.contains(says), "{limits} / {extra}: {err}");
+    }
+}

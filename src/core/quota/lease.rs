@@ -227,10 +227,8 @@ impl Lease {
         }
         let held = self.lock();
         let lacks = |held: u64, size: u64| if held * 2 < size { size - held } else { 0 };
-        let ask = Unused {
-            requests: lacks(held.requests, held.size.requests),
-            tokens: lacks(held.tokens, held.size.tokens),
-        };
+        let ask =
+            Unused { requests: lacks(held.requests, held.size.requests), tokens: lacks(held.tokens, held.size.tokens) };
         let live = held.live;
         drop(held);
         let renewal = Renewal { lease: Arc::clone(self), unused: Unused::default(), ask, admits: false };
