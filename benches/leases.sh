@@ -6,9 +6,8 @@
 #   memory  store = "memory" (each replica its own buckets: the floor, no Redis at all)
 #   redis   store = "redis", no leases: one script call per admission
 #   leased  store = "redis", lease_requests = LEASE (and lease_tokens = LEASE x 10,000)
-# Prints, per line-up: Redis commands per second and Redis CPU per request (INFO commandstats,
-# /proc), the three gateways' CPU per request (/proc), latency p50 / p99 (mean over the three
-# replicas and the rounds), and requests that were not 2xx.
+# Prints, per line-up: Redis script calls per second (INFO commandstats), Redis CPU and the three gateways' CPU per request (/proc), latency p50 / p99 (mean over
+# the three replicas and the rounds), and requests that were not 2xx.
 #
 #   benches/leases.sh [seconds each, default 10] [total rate, default 3000] [rounds, default 2] [LEASE, default 100]
 set -euo pipefail
@@ -33,9 +32,9 @@ for lineup in $LINEUPS; do
   for replica in 1 2 3; do
     name=$lineup-$replica
     limits='store = "memory"'
-    [ "$lineup" != memory ] && limits=$(printf 'store = "redis"\nredis_url = "redis://127.0.0.1:%s"' "$REDIS_PORT")
+    [ "$lineup" != memory ] && limits=$(printf 'store = "redis"\nredis_url = "redis://127.0.0.1:%s"\nreplicas = 3' "$REDIS_PORT")
     gateway_config "$WORK/$name.toml" "127.0.0.1:$port" "127.0.0.1:$((port + 1))" "$BACKEND" "$KEY" "$lineup" \
-      "$(printf '[limits]\n%s\nreplicas = 3' "$limits")"
+      "$(printf '[limits]\n%s' "$limits")"
     [ "$lineup" = leased ] && printf 'lease_requests = %s\nlease_tokens = %s\n' "$LEASE" $((LEASE * 10000)) >> "$WORK/$name.toml"
     TOLLGATE_LOG=warn "$BIN" serve --config "$WORK/$name.toml" >/dev/null 2>"$WORK/$name.log" &
     PIDS[$lineup]+="$! "
@@ -47,9 +46,14 @@ for addr in $(cat "$WORK"/*.addrs); do
   admin=${addr%:*}:$((${addr##*:} + 1))
   for _ in $(seq 100); do curl -s -o /dev/null "http://$admin/healthz" && break; sleep 0.1; done
 done
+for pid in ${PIDS[*]}; do
+  kill -0 "$pid" 2>/dev/null || { echo "a gateway did not start:" >&2; cat "$WORK"/*.log >&2; exit 1; }
+done
 
 cpu() { local sum=0; for pid in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo $sum; }
-calls() { redis-cli -p "$REDIS_PORT" INFO commandstats | awk -F'[=,:]' '/^cmdstat_/ {s += $3} END {print s + 0}'; }
+# Script calls Redis ran (EVALSHA, and EVAL): one per admission, lease or reconciliation batch
+# key. (INFO stats' total_commands_processed would count each script's own calls inside it too.)
+calls() { redis-cli -p "$REDIS_PORT" INFO commandstats | awk -F'[=,:]' '/^cmdstat_eval(sha)?:/ {s += $3} END {print s + 0}'; }
 declare -A GW_US REDIS_US CMDS P50 P99 BAD
 for round in $(seq "$ROUNDS"); do
   for lineup in $LINEUPS; do
@@ -90,7 +94,7 @@ PY
 done
 mean() { python3 -c "import sys; v=[float(x) for x in sys.argv[2:]]; print(f'{sum(v)/len(v):.{sys.argv[1]}f}')" "$1" ${2}; }
 printf '%-8s %14s %16s %18s %9s %9s %8s   (%s requests/s over 3 replicas, %s s x %s rounds, lease %s)\n' \
-  lineup redis_cmds/s redis_us/request gateway_us/request p50_ms p99_ms non_2xx "$RATE" "$SECONDS_EACH" "$ROUNDS" "$LEASE"
+  lineup redis_calls/s redis_us/request gateway_us/request p50_ms p99_ms non_2xx "$RATE" "$SECONDS_EACH" "$ROUNDS" "$LEASE"
 for lineup in $LINEUPS; do
   printf '%-8s %14s %16s %18s %9s %9s %8s\n' "$lineup" "$(mean 0 "${CMDS[$lineup]}")" "$(mean 2 "${REDIS_US[$lineup]}")" \
     "$(mean 2 "${GW_US[$lineup]}")" "$(mean 3 "${P50[$lineup]}")" "$(mean 3 "${P99[$lineup]}")" "$(mean 0 "${BAD[$lineup]}")"

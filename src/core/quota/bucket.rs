@@ -30,6 +30,11 @@ impl TokenBucket {
         TokenBucket { per_minute, level: level.min(capacity_scaled(per_minute)), updated_ns: 0 }
     }
 
+    /// The same level, as of `now_ns` (it refills from then).
+    pub fn as_of(self, now_ns: u64) -> TokenBucket {
+        TokenBucket { updated_ns: now_ns, ..self }
+    }
+
     pub fn per_minute(&self) -> u64 {
         self.per_minute
     }

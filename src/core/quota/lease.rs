@@ -15,6 +15,9 @@
 //!   Redis.
 //! - Only one renewal or top-up is in flight at a time; a request the lease cannot hold while
 //!   one is goes to the store by itself, as without leases.
+//! - **Refusal** ([`Lease::refused`]): a renewal the store refused leaves the buckets it saw
+//!   with the lease, and requests are refused locally until their refill alone would hold one,
+//!   so traffic past the quota does not cost the store a call per request either.
 //! - **Settlement** ([`Lease::settle`]): a refund (reserved more than used) is held, up to the
 //!   lease's size; a charge is taken from what is held as far as it goes. The rest goes to the
 //!   shared buckets.
@@ -60,7 +63,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{Limits, QuotaState};
+use super::{Buckets, Denial, Limits, QuotaState};
 
 /// How much one lease takes from the shared buckets: `requests` requests and `tokens` tokens,
 /// the renewing request's included.
@@ -99,6 +102,8 @@ struct Held {
     shared: QuotaState,
     /// Listed with the store's sweeper (which unlists it once it has gone back).
     listed: bool,
+    /// The shared buckets as a refused renewal left them, as of then (see [`Lease::refused`]).
+    refused: Option<Buckets>,
 }
 
 /// Requests and tokens: what a lease held (to be given back), or asks for.
@@ -170,6 +175,7 @@ impl Lease {
                 expires_ns: 0,
                 shared: QuotaState::default(),
                 listed: false,
+                refused: None,
             }),
             renewing: AtomicBool::new(false),
         }
@@ -202,6 +208,31 @@ impl Lease {
 
     fn begin(self: &Arc<Self>) -> bool {
         !self.renewing.swap(true, Ordering::Acquire)
+    }
+
+    /// The store refused a renewal: its buckets (`shared`, refilling from `now_ns`) are kept, so
+    /// that until their refill alone would hold a request the lease refuses locally
+    /// ([`Lease::still_refused`]) instead of asking again. Other replicas' give-backs and
+    /// refunds are not seen meanwhile: at worst a request is refused that the store would have
+    /// admitted, within the wait its refusal told the client anyway.
+    pub fn refused(&self, shared: Buckets, now_ns: u64) {
+        let snapshot = Buckets { requests: shared.requests.as_of(now_ns), tokens: shared.tokens.as_of(now_ns) };
+        self.lock().refused = Some(snapshot);
+    }
+
+    /// The refusal to answer now, while the shared buckets as last refused (with their refill
+    /// since) would not hold one request and `tokens`; `None` (and the refusal forgotten) once
+    /// they would: then it is the store's to decide.
+    pub fn still_refused(&self, tokens: u64, now_ns: u64) -> Option<Denial> {
+        let mut held = self.lock();
+        let mut buckets = held.refused?;
+        buckets.requests.refill(now_ns);
+        buckets.tokens.refill(now_ns);
+        if buckets.requests.has(1) && buckets.tokens.has(tokens) {
+            held.refused = None;
+            return None;
+        }
+        Some(buckets.denial(tokens))
     }
 
     /// Starts a renewal, unless a call for more is in flight: what is held comes out (to go
@@ -295,6 +326,7 @@ impl Renewal {
         held.tokens = all_tokens.min(size.tokens);
         held.expires_ns = expires_ns;
         held.shared = shared;
+        held.refused = None;
         let excess = Unused { requests: all_requests - held.requests, tokens: all_tokens - held.tokens };
         let unlisted = !std::mem::replace(&mut held.listed, true);
         Granted { unlisted, state: view(&held), excess }
@@ -397,6 +429,30 @@ mod tests {
         granted(&lease, 9, 400, 3_000);
         let top_up = lease.top_up().expect("none in flight");
         assert_eq!(top_up.ask, Unused { requests: 0, tokens: 600 }, "tokens low, requests not");
+    }
+
+    #[test]
+    fn a_refusal_is_answered_locally_until_the_refill_alone_would_hold_the_request() {
+        use crate::core::quota::bucket::{SCALE, TokenBucket};
+        let lease = lease();
+        assert!(lease.still_refused(1, 0).is_none(), "nothing refused yet");
+        // 60 requests a minute (one a second): half a request left; 1,000 tokens a minute: 100.
+        let shared = Buckets {
+            requests: TokenBucket::at_level(60, SCALE / 2),
+            tokens: TokenBucket::at_level(1_000, 100 * SCALE),
+        };
+        lease.refused(shared, 1_000_000_000);
+        let Some(Denial::Exhausted { retry_after_ns, .. }) = lease.still_refused(1, 1_200_000_000) else {
+            panic!("half a request and 0.2 s of refill: still refused");
+        };
+        assert_eq!(retry_after_ns, 300_000_000, "the rest of the half request's refill");
+        // 0.5 s later a request has refilled, but the tokens only to 108.
+        assert!(lease.still_refused(500, 1_500_000_000).is_some(), "500 tokens are not there yet");
+        assert!(lease.still_refused(100, 1_500_000_000).is_none(), "100 are: the store's to decide");
+        assert!(lease.still_refused(500, 1_500_000_000).is_none(), "and the refusal is forgotten");
+        lease.refused(shared, 0);
+        granted(&lease, 1, 1, 10);
+        assert!(lease.still_refused(1, 10).is_none(), "a grant forgets the refusal");
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub enum Denial {
 }
 
 /// A deployment's two buckets, read together.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Buckets {
     pub requests: TokenBucket,
     pub tokens: TokenBucket,

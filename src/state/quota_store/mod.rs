@@ -422,11 +422,15 @@ async fn leased(
     if tokens > limits.tokens_per_minute || !store.is_up() {
         return None;
     }
+    if let Some(denial) = lease.still_refused(tokens, store.now_ns()) {
+        return Some(Err(Refusal::Denied(denial)));
+    }
     let renewal = lease.renew()?;
     // Not answered: what went back and what was granted are both forgotten (units lost until the
     // refill, never admitted twice), and the store, now marked down, decides below.
     let renewed = store.renew_lease(&deployment.name, limits, tokens, &renewal).await.ok()?;
     if !renewed.admitted {
+        lease.refused(renewed.buckets, store.now_ns());
         return Some(Err(Refusal::Denied(renewed.buckets.denial(tokens))));
     }
     let state = store.hold_grant(lease, renewal, &renewed, &deployment.name, limits);
