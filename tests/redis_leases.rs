@@ -139,10 +139,10 @@ async fn three_replicas_hammering_one_leased_deployment_admit_no_more_than_the_q
     // leases held).
     let bound = allowance(600, elapsed);
     assert!(admitted <= bound, "3 replicas with leases admitted {admitted}; the quota allows {bound}");
-    // The shared bucket ran dry (there were 429s), and at most 19 requests of a lease of 20 sit
+    // The shared bucket ran dry (there were 429s), and at most a lease of 20 requests sits
     // unused in each replica: every other unit taken from it was admitted.
     assert!((admitted as usize) < within.len() + past.len(), "nothing was refused");
-    assert!(admitted >= 600 - 3 * 19, "only {admitted} admitted: leases kept more than they hold");
+    assert!(admitted >= 600 - 3 * 20, "only {admitted} admitted: leases kept more than they hold");
     assert!(calls_past <= refused / 2, "Redis ran {calls_past} script calls for {refused} refusals");
 
     // Every request is in a ledger.
@@ -154,18 +154,38 @@ async fn three_replicas_hammering_one_leased_deployment_admit_no_more_than_the_q
     assert_eq!(lines, within.len() + past.len());
 }
 
-/// Polls the shared requests bucket until it is at least `level` (a lease given back), for at
-/// most ten seconds; the level then.
-async fn level_reaches(redis: &RedisServer, level: f64) -> f64 {
+/// The shared requests bucket once no call has changed it for 200 ms (background top-ups done).
+async fn settled_level(redis: &RedisServer) -> f64 {
+    let mut last = requests_level(redis, DEPLOYMENT, 60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = requests_level(redis, DEPLOYMENT, 60);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Polls the shared requests bucket until it is above `level` (a lease given back), for at most
+/// ten seconds; the level then.
+async fn level_above(redis: &RedisServer, level: f64) -> f64 {
     let mut now = requests_level(redis, DEPLOYMENT, 60);
     for _ in 0..500 {
-        if now >= level {
+        if now > level {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         now = requests_level(redis, DEPLOYMENT, 60);
     }
     now
+}
+
+async fn admit_all(h: &Harness, n: usize) {
+    for i in 0..n {
+        let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}: {}", reply.text());
+    }
 }
 
 #[tokio::test]
@@ -179,62 +199,65 @@ async fn an_idle_replicas_lease_goes_back_when_it_expires_and_at_shutdown() {
         ..Setup::default()
     })
     .await;
-    let url = h.deployment_url("/chat/completions");
-    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
+    let started = Instant::now();
+    // A first lease is the request alone: the shared bucket has 59 (and what Redis's clock
+    // refilled since, a request a second), and so do the headers.
+    let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    // The lease took 30 of the 60 (the request among them): the shared bucket has 30 (and what
-    // Redis's clock refilled since, a request a second), the headers count the 29 held too.
-    let shared = requests_level(&redis, DEPLOYMENT, 60);
-    assert!((30.0..31.0).contains(&shared), "shared bucket at {shared} after a lease of 30");
     assert_eq!(reply.number("x-ratelimit-remaining-requests"), 59);
-    // The next requests come out of the lease: the shared bucket is not touched.
-    for _ in 0..4 {
-        let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
-        assert_eq!(reply.status, StatusCode::OK);
-    }
-    assert!(requests_level(&redis, DEPLOYMENT, 60) < 31.0, "a request inside the lease went to Redis");
+    // Used faster than it expires, the lease grows (doubled at each top-up, up to 30).
+    admit_all(&h, 20).await;
+    let leased = settled_level(&redis).await;
+    let refilled = started.elapsed().as_secs_f64() + 0.01; // at most a request a second
+    let held = 60.0 - 21.0 - leased + refilled;
+    assert!(held >= 4.0, "the replica holds {held:.2} requests after 21 in a row (bucket at {leased})");
 
     // Not expired yet by the gateway's clock: nothing goes back (the sweeper ticks every 250 ms
-    // of real time; three ticks pass).
+    // of real time; two ticks pass).
     clock.advance_ms(999);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(requests_level(&redis, DEPLOYMENT, 60) < 32.0, "a live lease was given back");
-    // Expired: the 25 still held go back by the next tick.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(requests_level(&redis, DEPLOYMENT, 60), leased, "a live lease was given back");
+    // Expired: what is held goes back by the next tick, all of it.
     clock.advance_ms(1);
-    let back = level_reaches(&redis, 55.0).await;
-    assert!(back >= 55.0, "the expired lease's 25 requests never came back (bucket at {back})");
+    let back = level_above(&redis, leased).await;
+    assert!(back >= 60.0 - 21.0, "after the lease expired the bucket is at {back}: not all of it came back");
 
-    // A new lease, then a graceful stop: what it holds goes back before the gateway exits.
-    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    let leased = requests_level(&redis, DEPLOYMENT, 60);
-    assert!(leased < back - 25.0, "no new lease was taken (bucket at {leased})");
+    // Five more take a new lease (twice what the last one admitted), then a graceful stop:
+    // what it holds goes back before the gateway exits.
+    admit_all(&h, 5).await;
+    let before_stop = settled_level(&redis).await;
+    assert!(before_stop <= 60.0 - 26.0 - 3.0, "no lease held before the stop (bucket at {before_stop})");
     let Harness { gateway, .. } = h;
     gateway.shutdown().await;
     let after = requests_level(&redis, DEPLOYMENT, 60);
-    assert!(after >= leased + 29.0, "the lease held at shutdown was not given back ({leased} → {after})");
+    assert!(after >= 60.0 - 26.0, "the lease held at shutdown was not given back ({before_stop} → {after})");
 }
 
 #[tokio::test]
 async fn what_a_lease_holds_still_admits_while_redis_is_down() {
     let Some(mut redis) = RedisServer::start("lease_outage") else { return };
     let h = Harness::with(Setup {
-        deployment: "requests_per_minute = 60\nlease_requests = 10".into(),
+        deployment: "requests_per_minute = 60\nlease_requests = 30".into(),
         limits: limits(&redis, "on_store_error = \"fail-closed\"\nlease_ms = 60000\nstore_timeout_ms = 200"),
         clock: Some(Arc::new(ManualClock::new(0))),
         ..Setup::default()
     })
     .await;
-    let url = h.deployment_url("/chat/completions");
-    assert_eq!(h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await.status, StatusCode::OK);
+    admit_all(&h, 20).await;
+    settled_level(&redis).await;
     redis.kill();
-    // The 9 requests the lease holds were taken from the shared bucket already: admitted.
-    for n in 1..=9 {
+    // What the lease holds was taken from the shared bucket already: admitted (with
+    // `fail-closed` nothing else could be); once it is used up, 503.
+    let url = h.deployment_url("/chat/completions");
+    let mut from_the_lease = 0;
+    let last = loop {
         let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
-        assert_eq!(reply.status, StatusCode::OK, "request {n} of the lease: {}", reply.text());
-    }
-    // Then the lease is used up and Redis cannot renew it: `fail-closed`.
-    let reply = h.client.post(&url, &[("api-key", PRIMARY_KEY)], CHAT).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.text());
-    assert_eq!(reply.error_code(), "ServiceUnavailable");
+        if reply.status != StatusCode::OK || from_the_lease > 30 {
+            break reply;
+        }
+        from_the_lease += 1;
+    };
+    assert!((1..=30).contains(&from_the_lease), "{from_the_lease} admitted from a lease of at most 30");
+    assert_eq!(last.status, StatusCode::SERVICE_UNAVAILABLE, "{}", last.text());
+    assert_eq!(last.error_code(), "ServiceUnavailable");
 }

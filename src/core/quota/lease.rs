@@ -104,6 +104,10 @@ struct Held {
     listed: bool,
     /// The shared buckets as a refused renewal left them, as of then (see [`Lease::refused`]).
     refused: Option<Buckets>,
+    /// The requests a lease is asked for now, at most `size.requests` (see [`Lease::renew`]).
+    want: u64,
+    /// Requests admitted from what the last grant held.
+    used: u64,
 }
 
 /// Requests and tokens: what a lease held (to be given back), or asks for.
@@ -176,6 +180,8 @@ impl Lease {
                 shared: QuotaState::default(),
                 listed: false,
                 refused: None,
+                want: 1,
+                used: 0,
             }),
             renewing: AtomicBool::new(false),
         }
@@ -202,7 +208,8 @@ impl Lease {
         }
         held.requests -= 1;
         held.tokens -= tokens;
-        let low = held.requests * 2 < held.size.requests || held.tokens * 2 < held.size.tokens;
+        held.used += 1;
+        let low = held.requests * 2 < held.want || held.tokens * 2 < tokens_for(held.size, held.want);
         Some(Taken { state: view(&held), low })
     }
 
@@ -236,35 +243,55 @@ impl Lease {
     }
 
     /// Starts a renewal, unless a call for more is in flight: what is held comes out (to go
-    /// back with it).
-    pub fn renew(self: &Arc<Self>) -> Option<Renewal> {
+    /// back with it). The lease asked for follows this replica's use, up to the lease's size:
+    /// one that ran out before it expired is doubled; else it is twice what the last one
+    /// admitted (at least the renewing request alone). So a replica that sees a deployment
+    /// rarely holds nothing of it (nothing to give back, no unused units), and a busy one
+    /// reaches the full size within a few renewals.
+    pub fn renew(self: &Arc<Self>, now_ns: u64) -> Option<Renewal> {
         if !self.begin() {
             return None;
         }
         let mut held = self.lock();
+        let ran_out = held.live && now_ns < held.expires_ns;
+        let size = held.size.requests.max(1);
+        held.want = if ran_out { held.want.saturating_mul(2) } else { held.used.saturating_mul(2) }.clamp(1, size);
         let unused = take_unused(&mut held);
-        let ask = Unused { requests: held.size.requests, tokens: held.size.tokens };
+        let ask = Unused { requests: held.want, tokens: tokens_for(held.size, held.want) };
         drop(held);
         Some(Renewal { lease: Arc::clone(self), unused, ask, admits: true })
     }
 
-    /// Starts a top-up, unless a call for more is in flight or the lease is not low: of the
-    /// requests, of the tokens, or both, whichever is under half its size. (Tokens only when
+    /// Starts a top-up, unless a call for more is in flight or nothing is held. A lease half
+    /// used before it expired is used faster than it is asked for: what is wanted is doubled
+    /// (up to the size, see [`Lease::renew`]), and the top-up asks for what the lease lacks of
+    /// it, of the requests, of the tokens, or both, whichever is under half. (Tokens only when
     /// they are low: most of a reservation usually comes back with its settlement, and a lease
-    /// topped up to its size meanwhile would have to send those refunds on to the store.)
+    /// topped up meanwhile would have to send those refunds on to the store.)
     pub fn top_up(self: &Arc<Self>) -> Option<Renewal> {
         if !self.begin() {
             return None;
         }
-        let held = self.lock();
-        let lacks = |held: u64, size: u64| if held * 2 < size { size - held } else { 0 };
-        let ask =
-            Unused { requests: lacks(held.requests, held.size.requests), tokens: lacks(held.tokens, held.size.tokens) };
+        let mut held = self.lock();
+        if held.live {
+            held.want = held.want.saturating_mul(2).min(held.size.requests.max(1));
+        }
+        let lacks = |held: u64, want: u64| if held * 2 < want { want - held } else { 0 };
+        let ask = Unused {
+            requests: lacks(held.requests, held.want),
+            tokens: lacks(held.tokens, tokens_for(held.size, held.want)),
+        };
         let live = held.live;
         drop(held);
         let renewal = Renewal { lease: Arc::clone(self), unused: Unused::default(), ask, admits: false };
         // (Dropped here when there is nothing to ask for: the flag is cleared.)
         (live && !ask.is_empty()).then_some(renewal)
+    }
+
+    /// What it holds now (expired or not: until it has gone back, it is not the store's).
+    pub fn held(&self) -> Unused {
+        let held = self.lock();
+        if held.live { Unused { requests: held.requests, tokens: held.tokens } } else { Unused::default() }
     }
 
     /// A settled request's `reserved - actual` (`delta`; negative: a charge), as far as the lease
@@ -306,6 +333,14 @@ impl Lease {
     }
 }
 
+/// The tokens of a lease of `want` requests: the same share of the lease's tokens (rounded up).
+fn tokens_for(size: LeaseSize, want: u64) -> u64 {
+    if want >= size.requests {
+        return size.tokens;
+    }
+    (u128::from(size.tokens) * u128::from(want)).div_ceil(u128::from(size.requests.max(1))) as u64
+}
+
 fn take_unused(held: &mut Held) -> Unused {
     let unused = if held.live { Unused { requests: held.requests, tokens: held.tokens } } else { Unused::default() };
     held.live = false;
@@ -327,6 +362,7 @@ impl Renewal {
         held.expires_ns = expires_ns;
         held.shared = shared;
         held.refused = None;
+        held.used = 0;
         let excess = Unused { requests: all_requests - held.requests, tokens: all_tokens - held.tokens };
         let unlisted = !std::mem::replace(&mut held.listed, true);
         Granted { unlisted, state: view(&held), excess }
@@ -367,8 +403,42 @@ mod tests {
         Arc::new(Lease::new(SIZE))
     }
 
+    /// A renewal at time 0 and its grant.
     fn granted(lease: &Arc<Lease>, requests: u64, tokens: u64, expires_ns: u64) -> Granted {
-        lease.renew().expect("no call in flight").granted(requests, tokens, shared(), expires_ns)
+        lease.renew(0).expect("no call in flight").granted(requests, tokens, shared(), expires_ns)
+    }
+
+    /// Renewals that ran out until the lease asked for is its whole size, then a grant.
+    fn grown(lease: &Arc<Lease>, requests: u64, tokens: u64, expires_ns: u64) -> Granted {
+        for _ in 0..5 {
+            granted(lease, 0, 0, expires_ns);
+        }
+        let renewal = lease.renew(0).expect("no call in flight");
+        assert_eq!(renewal.ask, Unused { requests: 10, tokens: 1_000 });
+        renewal.granted(requests, tokens, shared(), expires_ns)
+    }
+
+    #[test]
+    fn the_lease_asked_for_doubles_when_it_ran_out_and_follows_use_after_it_expired() {
+        let lease = lease();
+        let ask = |lease: &Arc<Lease>, now_ns: u64| {
+            let renewal = lease.renew(now_ns).expect("no call in flight");
+            let ask = renewal.ask;
+            renewal.granted(ask.requests - 1, ask.tokens, shared(), now_ns + 1_000);
+            ask
+        };
+        assert_eq!(ask(&lease, 0), Unused { requests: 1, tokens: 100 }, "a first lease: the request alone");
+        assert_eq!(ask(&lease, 10), Unused { requests: 2, tokens: 200 }, "ran out before it expired: doubled");
+        assert_eq!(ask(&lease, 20).requests, 4);
+        assert_eq!(ask(&lease, 30).requests, 8);
+        assert_eq!(ask(&lease, 40), Unused { requests: 10, tokens: 1_000 }, "at most the size");
+        assert!(lease.take(1, 50).is_some() && lease.take(1, 50).is_some());
+        assert_eq!(ask(&lease, 5_000).requests, 4, "expired having admitted 2: twice that");
+        assert_eq!(ask(&lease, 10_000).requests, 1, "expired unused: the request alone");
+        let renewal = lease.renew(20_000).expect("no call in flight");
+        assert_eq!(renewal.ask.requests, 1);
+        renewal.granted(0, 0, shared(), 21_000);
+        assert_eq!(lease.held(), Unused::default(), "a rarely used lease holds nothing");
     }
 
     #[test]
@@ -399,20 +469,19 @@ mod tests {
     fn one_call_for_more_at_a_time_and_a_renewal_sends_back_what_was_held() {
         let lease = lease();
         granted(&lease, 4, 400, 1_000);
-        let renewal = lease.renew().expect("none in flight");
+        let renewal = lease.renew(10).expect("none in flight");
         assert_eq!(renewal.unused, Unused { requests: 4, tokens: 400 });
-        assert_eq!(renewal.ask, Unused { requests: 10, tokens: 1_000 });
-        assert!(lease.renew().is_none() && lease.top_up().is_none(), "one in flight");
+        assert!(lease.renew(10).is_none() && lease.top_up().is_none(), "one in flight");
         assert!(lease.take(1, 10).is_none(), "what was held is on its way back");
         drop(renewal); // no reply: nothing held, and the next may renew
-        let again = lease.renew().expect("the failed one is over");
+        let again = lease.renew(10).expect("the failed one is over");
         assert_eq!(again.unused, Unused::default(), "what went with the lost call is not sent twice");
     }
 
     #[test]
     fn a_low_lease_is_topped_up_to_its_size_while_it_goes_on_admitting() {
         let lease = lease();
-        granted(&lease, 6, 1_000, 1_000);
+        grown(&lease, 6, 1_000, 1_000);
         assert!(!lease.take(10, 0).expect("held").low, "5 of 10 requests left");
         let taken = lease.take(10, 0).expect("held");
         assert!(taken.low, "4 of 10 requests left");
@@ -425,8 +494,8 @@ mod tests {
         assert_eq!(grant.excess, Unused { requests: 2, tokens: 10 }, "beyond the size: given back");
         assert_eq!(lease.give_back(), Unused { requests: 10, tokens: 1_000 });
         assert!(lease.top_up().is_none(), "nothing held: a renewal's to do, not a top-up's");
-        assert!(lease.renew().is_some(), "and the declined top-up left no call in flight");
-        granted(&lease, 9, 400, 3_000);
+        assert!(lease.renew(0).is_some(), "and the declined top-up left no call in flight");
+        grown(&lease, 9, 400, 3_000);
         let top_up = lease.top_up().expect("none in flight");
         assert_eq!(top_up.ask, Unused { requests: 0, tokens: 600 }, "tokens low, requests not");
     }
@@ -453,6 +522,17 @@ mod tests {
         lease.refused(shared, 0);
         granted(&lease, 1, 1, 10);
         assert!(lease.still_refused(1, 10).is_none(), "a grant forgets the refusal");
+    }
+
+    #[test]
+    fn a_top_up_doubles_what_is_wanted() {
+        let lease = lease();
+        granted(&lease, 0, 0, 1_000); // a first lease: the request alone
+        lease.renew(10).expect("none in flight").granted(1, 100, shared(), 1_000); // ran out: 2
+        let taken = lease.take(50, 20).expect("held");
+        assert!(taken.low, "nothing left of 2");
+        let top_up = lease.top_up().expect("none in flight");
+        assert_eq!(top_up.ask, Unused { requests: 4, tokens: 350 }, "4 wanted now, of 400 tokens");
     }
 
     #[test]

@@ -425,7 +425,7 @@ async fn leased(
     if let Some(denial) = lease.still_refused(tokens, store.now_ns()) {
         return Some(Err(Refusal::Denied(denial)));
     }
-    let renewal = lease.renew()?;
+    let renewal = lease.renew(store.now_ns())?;
     // Not answered: what went back and what was granted are both forgotten (units lost until the
     // refill, never admitted twice), and the store, now marked down, decides below.
     let renewed = store.renew_lease(&deployment.name, limits, tokens, &renewal).await.ok()?;
