@@ -10,9 +10,9 @@
 //! Traffic: Poisson arrivals at `--rate` a second in all, over deployments by a Zipf law
 //! (exponent 1: at 200,000 a second over 10,000 deployments the busiest is called ~20,000 times
 //! a second, the quietest twice), each to a replica picked at random (a load balancer). Each
-//! deployment's quota is its demand times a factor drawn between 0.5 and 2 (at least 60 requests
-//! a minute; tokens 200 a request, the default ratio), so about a third of them are asked for
-//! more than they allow. Leases are `--lease-percent` of each quota (none below 2 requests, as
+//! deployment's quota is its demand times a factor drawn between 0.25 and 1.5 (at least 60
+//! requests a minute; tokens 200 a request, the default ratio): over three minutes, which a full
+//! bucket starts with one of, about 40% of them are asked for more than they allow. Leases are `--lease-percent` of each quota (none below 2 requests, as
 //! the configuration does). A request reserves its prompt (20-200 tokens) + `max_tokens` 64,
 //! uses its prompt + 0-64, and settles 0.2-2 s later.
 //!
@@ -22,7 +22,7 @@
 //! is pending 1 ms after it was queued (one call per key, as its batches do).
 //!
 //!   cargo bench --bench lease_sim -- [--replicas 100] [--deployments 10000] [--seconds 60]
-//!       [--rate 200000] [--lease-percent 1] [--seed 1]
+//!       [--rate 200000] [--lease-percent 1] [--lease-ms 1000] [--factor F] [--seed 1]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
 use std::cmp::Reverse;
@@ -40,7 +40,6 @@ use tollgate::state::quota_store::scripts::LEVEL_TO_SCALED;
 
 /// The scripts' units per request or token.
 const U: i64 = 60_000;
-const LEASE_TTL_NS: u64 = 1_000_000_000;
 const SWEEP_NS: u64 = 250_000_000;
 const FLUSH_NS: u64 = 1_000_000;
 const CHECK_NS: u64 = 1_000_000_000;
@@ -51,6 +50,9 @@ struct Args {
     seconds: u64,
     rate: f64,
     lease_percent: u64,
+    lease_ms: u64,
+    /// Every quota this times its demand (instead of a factor drawn between 0.25 and 1.5).
+    factor: Option<f64>,
     seed: u64,
 }
 
@@ -61,6 +63,8 @@ fn args() -> Args {
         seconds: 60,
         rate: 200_000.0,
         lease_percent: 1,
+        lease_ms: 1_000,
+        factor: None,
         seed: 1,
     };
     let argv: Vec<String> = std::env::args().collect();
@@ -73,6 +77,8 @@ fn args() -> Args {
             "--seconds" => a.seconds = value().parse().unwrap(),
             "--rate" => a.rate = value().parse().unwrap(),
             "--lease-percent" => a.lease_percent = value().parse().unwrap(),
+            "--lease-ms" => a.lease_ms = value().parse().unwrap(),
+            "--factor" => a.factor = Some(value().parse().unwrap()),
             "--seed" => a.seed = value().parse().unwrap(),
             _ => {
                 i += 1; // `--bench`, and anything else cargo passes
@@ -187,7 +193,14 @@ struct Outcome {
     /// Admitted / what a lone exact bucket per deployment would admit at most (the smaller of
     /// what was asked and the quota plus refill), over all deployments.
     efficiency: f64,
+    /// Requests asked and store calls, by how often a replica sees the deployment in a lease's
+    /// life ([`CLASSES`]).
+    by_class: [(u64, [u64; 3]); 4],
 }
+
+/// Classes of deployments by the requests one replica gets in `lease_ms`: below 1, 1-10,
+/// 10-100, 100 or more.
+const CLASSES: [&str; 4] = ["<1", "1-10", "10-100", ">=100"];
 
 struct Sim<'a> {
     args: &'a Args,
@@ -210,6 +223,8 @@ struct Sim<'a> {
     admitted_requests: Vec<i64>,
     admitted_tokens: Vec<i64>,
     asked: Vec<u64>,
+    /// Per deployment: store calls made for it.
+    calls_of: Vec<[u64; 3]>,
     /// Per checkpoint, per deployment: (admitted requests, tokens, held requests, tokens).
     checkpoints: Vec<Vec<(i64, i64, i64, i64)>>,
     out: Outcome,
@@ -233,6 +248,7 @@ impl<'a> Sim<'a> {
             admitted_requests: vec![0; args.deployments],
             admitted_tokens: vec![0; args.deployments],
             asked: vec![0; args.deployments],
+            calls_of: vec![[0; 3]; args.deployments],
             checkpoints: Vec::new(),
             out: Outcome::default(),
         }
@@ -263,7 +279,7 @@ impl<'a> Sim<'a> {
     /// `hold_grant`: held up to the lease's size, listed with the sweeper, excess given back.
     fn hold(&mut self, replica: usize, deployment: u32, renewal: Renewal, requests: u64, tokens: u64) {
         let shared = self.shared[deployment as usize].buckets().state();
-        let granted = renewal.granted(requests, tokens, shared, self.now + LEASE_TTL_NS);
+        let granted = renewal.granted(requests, tokens, shared, self.now + self.args.lease_ms * 1_000_000);
         if granted.unlisted {
             self.listed[replica].push(deployment);
         }
@@ -279,6 +295,7 @@ impl<'a> Sim<'a> {
             (true, Some(size)) => size,
             _ => {
                 self.out.calls.admit += 1;
+                self.calls_of[d][0] += 1;
                 return self.shared[d].admit(now_ms, reserved);
             }
         };
@@ -287,6 +304,7 @@ impl<'a> Sim<'a> {
             if taken.low {
                 if let Some(top_up) = lease.top_up() {
                     self.out.calls.lease += 1;
+                    self.calls_of[d][1] += 1;
                     let (ok, requests, tokens) = self.shared[d].lease(now_ms, 0, top_up.ask, top_up.unused, false);
                     if ok {
                         self.hold(replica, deployment, top_up, requests, tokens);
@@ -301,12 +319,14 @@ impl<'a> Sim<'a> {
         }
         let Some(renewal) = lease.renew(self.now) else {
             self.out.calls.admit += 1;
+            self.calls_of[d][0] += 1;
             return self.shared[d].admit(now_ms, reserved);
         };
         self.out.calls.lease += 1;
+        self.calls_of[d][1] += 1;
         let (ok, requests, tokens) = self.shared[d].lease(now_ms, reserved, renewal.ask, renewal.unused, true);
         if !ok {
-            lease.refused(self.shared[d].buckets(), self.now);
+            lease.refused(self.shared[d].buckets(), self.now, self.args.replicas as u64);
             return false;
         }
         self.hold(replica, deployment, renewal, requests - 1, tokens - reserved);
@@ -370,6 +390,7 @@ impl<'a> Sim<'a> {
                     let now_ms = self.now_ms();
                     for (deployment, (tokens, requests)) in std::mem::take(&mut self.pending[r]) {
                         self.out.calls.reconcile += 1;
+                        self.calls_of[deployment as usize][2] += 1;
                         self.shared[deployment as usize].reconcile(now_ms, tokens, requests);
                     }
                 }
@@ -418,7 +439,8 @@ impl<'a> Sim<'a> {
             for (gap, stop) in self.checkpoints[i + 1..].iter().take(60).enumerate() {
                 let seconds = gap as i64 + 1;
                 for (d, (a, b)) in start.iter().zip(stop).enumerate() {
-                    let (rpm, tpm) = (self.limits[d].requests_per_minute as i64, self.limits[d].tokens_per_minute as i64);
+                    let (rpm, tpm) =
+                        (self.limits[d].requests_per_minute as i64, self.limits[d].tokens_per_minute as i64);
                     let (allow_r, allow_t) = (rpm + (rpm * seconds + 59) / 60, tpm + (tpm * seconds + 59) / 60);
                     let (over_r, over_t) = (b.0 - a.0 - allow_r, b.1 - a.1 - allow_t);
                     if over_r > worst_r.0 {
@@ -449,6 +471,23 @@ impl<'a> Sim<'a> {
             admissible += (self.asked[d] as f64).min(allowance);
         }
         self.out.efficiency = admitted / admissible;
+        let seen = |d: usize| {
+            self.asked[d] as f64 / self.args.seconds as f64 * self.args.lease_ms as f64
+                / 1000.0
+                / self.args.replicas as f64
+        };
+        for d in 0..self.args.deployments {
+            let class = match seen(d) {
+                x if x < 1.0 => 0,
+                x if x < 10.0 => 1,
+                x if x < 100.0 => 2,
+                _ => 3,
+            };
+            self.out.by_class[class].0 += self.asked[d];
+            for kind in 0..3 {
+                self.out.by_class[class].1[kind] += self.calls_of[d][kind];
+            }
+        }
     }
 }
 
@@ -469,14 +508,13 @@ fn main() {
         .iter()
         .map(|w| {
             let demand_per_minute = args.rate * w / total * 60.0;
-            let rpm = ((demand_per_minute * rng.random_range(0.5..2.0)) as u64).clamp(60, 1_000_000_000);
+            let rpm = ((demand_per_minute * args.factor.unwrap_or_else(|| rng.random_range(0.25..1.5))) as u64)
+                .clamp(60, 1_000_000_000);
             Limits { requests_per_minute: rpm, tokens_per_minute: (rpm * 200).min(1_000_000_000) }
         })
         .collect();
-    let sizes: Vec<Option<LeaseSize>> = limits
-        .iter()
-        .map(|&l| Some(LeaseSize::share(l, args.lease_percent)).filter(|s| s.requests >= 2))
-        .collect();
+    let sizes: Vec<Option<LeaseSize>> =
+        limits.iter().map(|&l| Some(LeaseSize::share(l, args.lease_percent)).filter(|s| s.requests >= 2)).collect();
     let leased = sizes.iter().filter(|s| s.is_some()).count();
     let mut rpms: Vec<u64> = limits.iter().map(|l| l.requests_per_minute).collect();
     rpms.sort_unstable();
@@ -491,7 +529,7 @@ fn main() {
         rpms[rpms.len() / 2],
         args.lease_percent,
         leased,
-        LEASE_TTL_NS / 1_000_000
+        args.lease_ms
     );
     println!(
         "{:<10} {:>11} {:>10} {:>9} {:>9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11} {:>10} {:>6}",
@@ -509,9 +547,11 @@ fn main() {
         "efficiency",
         "broken"
     );
+    let mut classes = Vec::new();
     for leases in [false, true] {
         let started = Instant::now();
         let out = Sim::new(&args, leases, &limits, &sizes).run(&weights);
+        classes.push(out.by_class);
         let s = args.seconds as f64;
         let calls = out.calls.admit + out.calls.lease + out.calls.reconcile;
         println!(
@@ -531,6 +571,24 @@ fn main() {
             out.violations,
             started.elapsed().as_secs_f64(),
             out.refused_locally,
+        );
+    }
+    println!("calls per request by the requests one replica gets of a deployment in lease_ms:");
+    for (i, class) in CLASSES.iter().enumerate() {
+        let (asked, without) = classes[0][i];
+        let with = classes[1][i].1;
+        let per = |calls: u64| calls as f64 / asked.max(1) as f64;
+        let (without, all) = (without.iter().sum::<u64>(), with.iter().sum::<u64>());
+        println!(
+            "  {:<7} {:>5.1}% of requests: {:.3} without leases, {:.3} with ({:.1}x fewer; admit {:.3}, lease {:.3}, reconcile {:.3})",
+            class,
+            100.0 * asked as f64 / classes[0].iter().map(|c| c.0).sum::<u64>().max(1) as f64,
+            per(without),
+            per(all),
+            per(without) / per(all).max(1e-9),
+            per(with[0]),
+            per(with[1]),
+            per(with[2])
         );
     }
     println!(

@@ -63,7 +63,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{Buckets, Denial, Limits, QuotaState};
+use super::{Buckets, Denial, LimitKind, Limits, QuotaState};
 
 /// How much one lease takes from the shared buckets: `requests` requests and `tokens` tokens,
 /// the renewing request's included.
@@ -102,8 +102,9 @@ struct Held {
     shared: QuotaState,
     /// Listed with the store's sweeper (which unlists it once it has gone back).
     listed: bool,
-    /// The shared buckets as a refused renewal left them, as of then (see [`Lease::refused`]).
-    refused: Option<Buckets>,
+    /// The shared buckets as a refused renewal left them, as of then, and the requests they
+    /// must hold again before the store is asked (see [`Lease::refused`]).
+    refused: Option<(Buckets, u64)>,
     /// The requests a lease is asked for now, at most `size.requests` (see [`Lease::renew`]).
     want: u64,
     /// Requests admitted from what the last grant held.
@@ -218,28 +219,46 @@ impl Lease {
     }
 
     /// The store refused a renewal: its buckets (`shared`, refilling from `now_ns`) are kept, so
-    /// that until their refill alone would hold a request the lease refuses locally
-    /// ([`Lease::still_refused`]) instead of asking again. Other replicas' give-backs and
-    /// refunds are not seen meanwhile: at worst a request is refused that the store would have
-    /// admitted, within the wait its refusal told the client anyway.
-    pub fn refused(&self, shared: Buckets, now_ns: u64) {
+    /// that the lease refuses locally ([`Lease::still_refused`]) until their refill alone would
+    /// hold `replicas` requests (at most the lease's size), instead of asking again. Waiting for
+    /// one request each, replicas that all see traffic past the quota would each ask every time
+    /// one refills, one winning and the others refused; waiting for `replicas`, about one asks
+    /// per request the bucket refills, and it takes what refilled (a replica alone loses
+    /// nothing: it takes them all). Other replicas' give-backs and refunds are not seen
+    /// meanwhile: at worst a request is refused that the store would have admitted, within the
+    /// wait the refusal tells the client.
+    pub fn refused(&self, shared: Buckets, now_ns: u64, replicas: u64) {
         let snapshot = Buckets { requests: shared.requests.as_of(now_ns), tokens: shared.tokens.as_of(now_ns) };
-        self.lock().refused = Some(snapshot);
+        let mut held = self.lock();
+        let wait_for = replicas.clamp(1, held.size.requests.max(1));
+        held.refused = Some((snapshot, wait_for));
     }
 
     /// The refusal to answer now, while the shared buckets as last refused (with their refill
-    /// since) would not hold one request and `tokens`; `None` (and the refusal forgotten) once
-    /// they would: then it is the store's to decide.
+    /// since) would not hold what [`Lease::refused`] waits for and `tokens`; `None` (and the
+    /// refusal forgotten) once they would: then it is the store's to decide.
     pub fn still_refused(&self, tokens: u64, now_ns: u64) -> Option<Denial> {
         let mut held = self.lock();
-        let mut buckets = held.refused?;
+        let (mut buckets, wait_for) = held.refused?;
         buckets.requests.refill(now_ns);
         buckets.tokens.refill(now_ns);
-        if buckets.requests.has(1) && buckets.tokens.has(tokens) {
+        if buckets.requests.has(wait_for) && buckets.tokens.has(tokens) {
             held.refused = None;
             return None;
         }
-        Some(buckets.denial(tokens))
+        drop(held);
+        let mut denial = buckets.denial(tokens);
+        if let Denial::Exhausted { limit, retry_after_ns, state } = &mut denial {
+            let requests_in = buckets.requests.wait_ns_for(wait_for).unwrap_or(u64::MAX);
+            if requests_in > 0 {
+                // (The reset of the requests bucket is when it holds what is waited for.)
+                state.requests_full_in_ns = requests_in;
+                if requests_in > *retry_after_ns {
+                    (*limit, *retry_after_ns) = (LimitKind::Requests, requests_in);
+                }
+            }
+        }
+        Some(denial)
     }
 
     /// Starts a renewal, unless a call for more is in flight: what is held comes out (to go
@@ -510,7 +529,7 @@ mod tests {
             requests: TokenBucket::at_level(60, SCALE / 2),
             tokens: TokenBucket::at_level(1_000, 100 * SCALE),
         };
-        lease.refused(shared, 1_000_000_000);
+        lease.refused(shared, 1_000_000_000, 1);
         let Some(Denial::Exhausted { retry_after_ns, .. }) = lease.still_refused(1, 1_200_000_000) else {
             panic!("half a request and 0.2 s of refill: still refused");
         };
@@ -519,7 +538,7 @@ mod tests {
         assert!(lease.still_refused(500, 1_500_000_000).is_some(), "500 tokens are not there yet");
         assert!(lease.still_refused(100, 1_500_000_000).is_none(), "100 are: the store's to decide");
         assert!(lease.still_refused(500, 1_500_000_000).is_none(), "and the refusal is forgotten");
-        lease.refused(shared, 0);
+        lease.refused(shared, 0, 1);
         granted(&lease, 1, 1, 10);
         assert!(lease.still_refused(1, 10).is_none(), "a grant forgets the refusal");
     }
@@ -533,6 +552,27 @@ mod tests {
         assert!(taken.low, "nothing left of 2");
         let top_up = lease.top_up().expect("none in flight");
         assert_eq!(top_up.ask, Unused { requests: 4, tokens: 350 }, "4 wanted now, of 400 tokens");
+    }
+
+    #[test]
+    fn a_refusal_among_replicas_waits_for_as_many_requests_as_there_are_replicas() {
+        use crate::core::quota::bucket::TokenBucket;
+        let lease = lease(); // 10 requests a lease
+        // 60 requests a minute, none left.
+        let shared = Buckets {
+            requests: TokenBucket::at_level(60, 0),
+            tokens: TokenBucket::at_level(1_000, 1_000 * crate::core::quota::bucket::SCALE),
+        };
+        lease.refused(shared, 0, 3);
+        let Some(Denial::Exhausted { limit, retry_after_ns, state }) = lease.still_refused(1, 1_500_000_000) else {
+            panic!("1.5 requests refilled of the 3 waited for: still refused");
+        };
+        assert_eq!((limit, retry_after_ns), (LimitKind::Requests, 1_500_000_000), "until 3 have refilled");
+        assert_eq!(state.requests_full_in_ns, 1_500_000_000, "RateLimit's reset agrees with retry-after");
+        assert!(lease.still_refused(1, 3_000_000_000).is_none(), "3 refilled: the store's to decide");
+        lease.refused(shared, 0, 50);
+        assert!(lease.still_refused(1, 9_999_999_999).is_some(), "at most the lease's size: 10");
+        assert!(lease.still_refused(1, 10_000_000_000).is_none());
     }
 
     #[test]

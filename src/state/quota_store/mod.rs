@@ -430,7 +430,7 @@ async fn leased(
     // refill, never admitted twice), and the store, now marked down, decides below.
     let renewed = store.renew_lease(&deployment.name, limits, tokens, &renewal).await.ok()?;
     if !renewed.admitted {
-        lease.refused(renewed.buckets, store.now_ns());
+        lease.refused(renewed.buckets, store.now_ns(), store.replicas());
         return Some(Err(Refusal::Denied(renewed.buckets.denial(tokens))));
     }
     let state = store.hold_grant(lease, renewal, &renewed, &deployment.name, limits);

@@ -39,6 +39,11 @@ impl RedisStore {
         self.settings.lease_ttl
     }
 
+    /// How many replicas share the quota (`[limits] replicas`).
+    pub fn replicas(&self) -> u64 {
+        self.settings.replicas
+    }
+
     pub fn now_ns(&self) -> u64 {
         self.clock.now_ns()
     }
