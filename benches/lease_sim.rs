@@ -9,12 +9,14 @@
 //!
 //! Traffic: Poisson arrivals at `--rate` a second in all, over deployments by a Zipf law
 //! (exponent 1: at 200,000 a second over 10,000 deployments the busiest is called ~20,000 times
-//! a second, the quietest twice), each to a replica picked at random (a load balancer). Each
-//! deployment's quota is its demand times a factor drawn between 0.25 and 1.5 (at least 60
-//! requests a minute; tokens 200 a request, the default ratio): over three minutes, which a full
-//! bucket starts with one of, about 40% of them are asked for more than they allow. Leases are `--lease-percent` of each quota (none below 2 requests, as
-//! the configuration does). A request reserves its prompt (20-200 tokens) + `max_tokens` 64,
-//! uses its prompt + 0-64, and settles 0.2-2 s later.
+//! a second, the quietest twice), each to a replica picked at random (a load balancer; with
+//! `--spread K`, to one of K replicas the deployment picks, as a balancer hashing on it would).
+//! Each deployment's quota is its demand times a factor drawn between 0.25 and 1.5 (`--factor`
+//! for one factor; at least 60 requests a minute; tokens 200 a request, the default ratio):
+//! over three minutes, which a full bucket starts with one of, about 40% of the deployments are
+//! asked for more than they allow. Leases are `--lease-percent` of each quota (none below 2
+//! requests, as the configuration does). A request reserves its prompt (20-200 tokens) +
+//! `max_tokens` 64, uses its prompt + 0-64, and settles 0.2-2 s later.
 //!
 //! Simplifications, each named: a store call takes no time (with a round trip, requests arriving
 //! at a replica while its renewal is in flight would go to the store one by one, so the counts
@@ -22,7 +24,7 @@
 //! is pending 1 ms after it was queued (one call per key, as its batches do).
 //!
 //!   cargo bench --bench lease_sim -- [--replicas 100] [--deployments 10000] [--seconds 60]
-//!       [--rate 200000] [--lease-percent 1] [--lease-ms 1000] [--factor F] [--seed 1]
+//!       [--rate 200000] [--lease-percent 1] [--lease-ms 1000] [--factor F] [--spread K] [--seed 1]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
 
 use std::cmp::Reverse;
@@ -53,6 +55,9 @@ struct Args {
     lease_ms: u64,
     /// Every quota this times its demand (instead of a factor drawn between 0.25 and 1.5).
     factor: Option<f64>,
+    /// Each deployment's requests go to this many of the replicas (a load balancer that hashes
+    /// on the deployment), instead of to any.
+    spread: Option<usize>,
     seed: u64,
 }
 
@@ -65,6 +70,7 @@ fn args() -> Args {
         lease_percent: 1,
         lease_ms: 1_000,
         factor: None,
+        spread: None,
         seed: 1,
     };
     let argv: Vec<String> = std::env::args().collect();
@@ -79,6 +85,7 @@ fn args() -> Args {
             "--lease-percent" => a.lease_percent = value().parse().unwrap(),
             "--lease-ms" => a.lease_ms = value().parse().unwrap(),
             "--factor" => a.factor = Some(value().parse().unwrap()),
+            "--spread" => a.spread = Some(value().parse().unwrap()),
             "--seed" => a.seed = value().parse().unwrap(),
             _ => {
                 i += 1; // `--bench`, and anything else cargo passes
@@ -355,7 +362,14 @@ impl<'a> Sim<'a> {
                     self.at(t + gap.max(1), Event::Arrive);
                     let pick: f64 = rng.random();
                     let deployment = weights.partition_point(|&w| w < pick).min(self.args.deployments - 1) as u32;
-                    let replica = rng.random_range(0..self.args.replicas);
+                    let replica = match self.args.spread {
+                        // The deployment's own `spread` replicas, from a place its number picks.
+                        Some(spread) => {
+                            let first = (deployment as usize).wrapping_mul(7_919) % self.args.replicas;
+                            (first + rng.random_range(0..spread.clamp(1, self.args.replicas))) % self.args.replicas
+                        }
+                        None => rng.random_range(0..self.args.replicas),
+                    };
                     let prompt: u64 = rng.random_range(20..=200);
                     let (reserved, actual) = (prompt + 64, prompt + rng.random_range(0..=64));
                     let latency = rng.random_range(200_000_000..2_000_000_000u64);
@@ -472,9 +486,8 @@ impl<'a> Sim<'a> {
         }
         self.out.efficiency = admitted / admissible;
         let seen = |d: usize| {
-            self.asked[d] as f64 / self.args.seconds as f64 * self.args.lease_ms as f64
-                / 1000.0
-                / self.args.replicas as f64
+            let replicas = self.args.spread.unwrap_or(self.args.replicas).clamp(1, self.args.replicas);
+            self.asked[d] as f64 / self.args.seconds as f64 * self.args.lease_ms as f64 / 1000.0 / replicas as f64
         };
         for d in 0..self.args.deployments {
             let class = match seen(d) {
@@ -519,7 +532,7 @@ fn main() {
     let mut rpms: Vec<u64> = limits.iter().map(|l| l.requests_per_minute).collect();
     rpms.sort_unstable();
     println!(
-        "{} replicas x {} deployments, {} requests/s for {} s (Zipf 1); quotas {}..{} requests a minute (median {}); leases {}% of the quota on the {} deployments where that is 2 requests or more; lease_ms {}",
+        "{} replicas x {} deployments, {} requests/s for {} s (Zipf 1); quotas {}..{} requests a minute (median {}); leases {}% of the quota on the {} deployments where that is 2 requests or more; lease_ms {}; each deployment to {} replicas",
         args.replicas,
         args.deployments,
         args.rate,
@@ -529,7 +542,8 @@ fn main() {
         rpms[rpms.len() / 2],
         args.lease_percent,
         leased,
-        args.lease_ms
+        args.lease_ms,
+        args.spread.unwrap_or(args.replicas).clamp(1, args.replicas)
     );
     println!(
         "{:<10} {:>11} {:>10} {:>9} {:>9} {:>11} {:>9} {:>13} {:>13} {:>10} {:>11} {:>10} {:>6}",

@@ -301,4 +301,51 @@ mod tests {
         let fresh = build_table(&first_config, &state, &secret, &first, &clock, None).unwrap();
         assert!(!Arc::ptr_eq(first.get("a").unwrap(), fresh.get("a").unwrap()));
     }
+
+    #[test]
+    fn leases_carry_over_rebuilds_and_admin_api_deployments_take_lease_percent() {
+        use crate::core::quota::lease::LeaseSize;
+        let clock: Arc<dyn Clock> = Arc::new(crate::core::clock::ManualClock::new(0));
+        let secret = KeySecret::random();
+        let mut state = ControlState::default();
+        state.deployments.push(super::super::state::ApiDeployment {
+            project: "default".into(),
+            name: "c".into(),
+            model_id: "cat".into(),
+            limits: None,
+            max_wait_ms: None,
+            nonce: 1,
+            key_generations: [0, 0],
+        });
+        let with = |b: &str, limits: &str| {
+            config_with(&format!(
+                "{b}\n[limits]\nstore = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n{limits}\n\
+                 [[models]]\nid = \"cat\"\nversion = \"1\"\nbackend = \"http://127.0.0.1:1\"\n"
+            ))
+        };
+        let size = |table: &DeploymentTable, name: &str| table.get(name).unwrap().lease.as_ref().map(|l| l.size());
+        let first = build_table(
+            &with("lease_requests = 50", "lease_percent = 2"),
+            &state,
+            &secret,
+            &DeploymentTable::default(),
+            &clock,
+            None,
+        )
+        .unwrap();
+        // 2% of the default 1,000 requests and 200,000 tokens; b's own 50 (and 5% of its tokens).
+        assert_eq!(size(&first, "a"), Some(LeaseSize { requests: 20, tokens: 4_000 }));
+        assert_eq!(size(&first, "b"), Some(LeaseSize { requests: 50, tokens: 10_000 }));
+        assert_eq!(size(&first, "c"), Some(LeaseSize { requests: 20, tokens: 4_000 }), "an admin API deployment");
+        // A reload with a new size: the same lease (what it holds carries on), resized.
+        let resized =
+            build_table(&with("lease_requests = 10", "lease_percent = 2"), &state, &secret, &first, &clock, None)
+                .unwrap();
+        let (before, after) = (first.get("b").unwrap(), resized.get("b").unwrap());
+        assert!(Arc::ptr_eq(before.lease.as_ref().unwrap(), after.lease.as_ref().unwrap()));
+        assert_eq!(size(&resized, "b"), Some(LeaseSize { requests: 10, tokens: 2_000 }));
+        // Leases off: none (what a dropped lease holds is given back by the store's sweeper).
+        let off = build_table(&with("", ""), &state, &secret, &resized, &clock, None).unwrap();
+        assert!(["a", "b", "c"].iter().all(|name| off.get(name).unwrap().lease.is_none()));
+    }
 }
