@@ -295,3 +295,45 @@ async fn a_tls_cluster_carries_the_shared_bucket() {
     assert!(admitted >= 3 && admitted <= allowance(3, started.elapsed()), "admitted {admitted} of 5 with a quota of 3");
     assert_store_clean(&samples(&h).await);
 }
+
+/// Leases on a cluster: the lease script and the give-backs touch only the deployment's key, so
+/// three gateways lease from one slot with no store error, and give back what they hold when
+/// they stop.
+#[tokio::test]
+async fn leases_on_a_cluster_take_and_give_back_in_the_deployments_slot() {
+    let Some(cluster) = RedisCluster::start("leases_on_a_cluster", 3) else { return };
+    let prefix = format!("test{}:", cluster.nodes[0].port);
+    let key = format!("{prefix}{{{DEPLOYMENT}}}");
+    let level = || {
+        let reply = cluster.node_of(&key).command(&format!("HGET {key} r")).unwrap();
+        reply.lines().nth(1).unwrap().trim().parse::<f64>().unwrap() / 60_000.0
+    };
+    let setup = || Setup {
+        deployment: "requests_per_minute = 60\nlease_requests = 20".into(),
+        limits: format!(
+            "store = \"redis\"\nredis_url = \"{}\"\nkey_prefix = \"{prefix}\"\non_store_error = \"fail-closed\"\nlease_ms = 60000",
+            cluster.url()
+        ),
+        ..Setup::default()
+    };
+    let gateways = [Harness::with(setup()).await, Harness::with(setup()).await, Harness::with(setup()).await];
+    for i in 0..30 {
+        let h = &gateways[i % 3];
+        let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+        assert_eq!(reply.status, StatusCode::OK, "request {i}: {}", reply.text());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the last top-ups
+    for h in &gateways {
+        assert_store_clean(&samples(h).await);
+    }
+    // The leases grew with use (10 requests each): some of the bucket is held. (What Redis's
+    // clock refilled meanwhile only makes the level higher: `held` is at least this.)
+    let held = 60.0 - 30.0 - level();
+    assert!(held >= 3.0, "the gateways hold {held:.2} requests after 30");
+    for h in gateways {
+        h.gateway.shutdown().await;
+    }
+    // Leases of a minute: only the stops gave back what they held, and all of it is back.
+    let after = level();
+    assert!(after >= 30.0, "bucket at {after} after 30 requests: leases not given back at shutdown");
+}
