@@ -7,11 +7,10 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::{self, stop};
+use common::process::{self, Replicas};
 use common::quota::{allowance, assert_rate_limited};
 use common::redis_server::RedisServer;
 use common::*;
@@ -44,36 +43,6 @@ fn requests_level(redis: &RedisServer, deployment: &str, full: u64) -> f64 {
     }
 }
 
-fn write_config(dir: &Path, mock: &MockBackend, redis: &RedisServer, name: &str) -> std::path::PathBuf {
-    let config = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[limits]
-{limits}
-[[deployments]]
-name = "leased"
-model = "m"
-backend = "{mock}"
-keys = ["{key}"]
-requests_per_minute = 600
-tokens_per_minute = 10000000
-lease_requests = 20
-[ledger]
-path = "{ledger}"
-flush_interval_ms = 50
-"#,
-        limits = limits(redis, ""),
-        mock = mock.url(),
-        key = stored(PRIMARY_KEY),
-        ledger = dir.join(format!("{name}.jsonl")).display(),
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, format!("{config}\n{}", reader_token_table())).unwrap();
-    path
-}
-
 /// `per_gateway` requests to each gateway from four clients each, all at once.
 async fn hammer(client: &Client, gateways: &[process::Gateway], per_client: usize) -> Vec<Reply> {
     let mut tasks = Vec::new();
@@ -102,12 +71,15 @@ async fn three_replicas_hammering_one_leased_deployment_admit_no_more_than_the_q
     let Some(redis) = RedisServer::start("three_replicas_with_leases") else { return };
     let dir = tempfile::tempdir().unwrap();
     let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
-    let mut gateways = Vec::new();
-    for name in ["a", "b", "c"] {
-        let config = write_config(dir.path(), &mock, &redis, name);
-        gateways.push(process::start(dir.path(), &config, &[], &[]).await);
-    }
-    let _reaper = process::Reaper(gateways.iter().map(|g| g.child.id()).collect());
+    let tables = format!(
+        "[limits]\n{}\n[[deployments]]\nname = \"leased\"\nmodel = \"m\"\nbackend = \"{}\"\nkeys = [\"{}\"]\n\
+         requests_per_minute = 600\ntokens_per_minute = 10000000\nlease_requests = 20\n",
+        limits(&redis, ""),
+        mock.url(),
+        stored(PRIMARY_KEY)
+    );
+    let replicas = Replicas::start(dir.path(), &tables).await;
+    let gateways = &replicas.gateways;
     let client = Client::new();
     let started = Instant::now();
 
@@ -115,7 +87,7 @@ async fn three_replicas_hammering_one_leased_deployment_admit_no_more_than_the_q
     // lease of 20 rather than each request (a renewal in flight sends the replica's other
     // callers to Redis one by one meanwhile, so somewhat more than 300 / 20).
     let before = script_calls(&redis);
-    let within = hammer(&client, &gateways, 25).await;
+    let within = hammer(&client, gateways, 25).await;
     let calls = script_calls(&redis) - before;
     assert!(within.iter().all(|r| r.status == StatusCode::OK), "a request within the quota was refused");
     assert!(calls <= 300 / 3, "Redis ran {calls} script calls for 300 requests with leases of 20");
@@ -123,7 +95,7 @@ async fn three_replicas_hammering_one_leased_deployment_admit_no_more_than_the_q
     // Then far past it: 720 more. A refused renewal is remembered until the refill alone would
     // hold a request, so the 429s do not each cost a call either.
     let before = script_calls(&redis);
-    let past = hammer(&client, &gateways, 60).await;
+    let past = hammer(&client, gateways, 60).await;
     let calls_past = script_calls(&redis) - before;
     let refused = past.iter().filter(|r| r.status != StatusCode::OK).count() as u64;
     let elapsed = started.elapsed();
@@ -146,12 +118,7 @@ async fn three_replicas_hammering_one_leased_deployment_admit_no_more_than_the_q
     assert!(calls_past <= refused / 2, "Redis ran {calls_past} script calls for {refused} refusals");
 
     // Every request is in a ledger.
-    let mut lines = 0;
-    for (gw, name) in gateways.into_iter().zip(["a", "b", "c"]) {
-        stop(gw);
-        lines += std::fs::read_to_string(dir.path().join(format!("{name}.jsonl"))).unwrap().lines().count();
-    }
-    assert_eq!(lines, within.len() + past.len());
+    assert_eq!(replicas.stop_and_count_ledger_lines(), within.len() + past.len());
 }
 
 /// The shared requests bucket once no call has changed it for 200 ms (background top-ups done).

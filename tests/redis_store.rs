@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::load::SteadyLoad;
-use common::process::{self, stop};
+use common::process::Replicas;
 use common::quota::{allowance, assert_rate_limited};
 use common::redis_server::RedisServer;
 use common::*;
@@ -90,60 +89,33 @@ async fn rediss_with_a_private_ca_carries_the_shared_bucket_over_tls() {
     assert_eq!(metric(&samples, "tollgate_quota_store_fallbacks_total", &[("mode", "fail-closed")]), 0.0);
 }
 
-fn write_config(dir: &Path, mock: &MockBackend, redis: &RedisServer, name: &str) -> std::path::PathBuf {
-    let config = format!(
-        r#"[server]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[limits]
-{limits}
-[[deployments]]
-name = "{DEPLOYMENT}"
-model = "m"
-backend = "{mock}"
-keys = ["{key}"]
-requests_per_minute = 30
-tokens_per_minute = 1000000
-[[deployments]]
-name = "tokens"
-model = "m"
-backend = "{mock}"
-keys = ["{key}"]
-requests_per_minute = 1000000
-tokens_per_minute = 900
-[ledger]
-path = "{ledger}"
-flush_interval_ms = 50
-"#,
-        limits = limits(redis, ""),
-        mock = mock.url(),
-        key = stored(PRIMARY_KEY),
-        ledger = dir.join(format!("{name}.jsonl")).display(),
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, format!("{config}\n{}", reader_token_table())).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn three_processes_hammered_together_admit_no_more_than_the_one_quota() {
     let Some(redis) = RedisServer::start("three_processes_hammered_together") else { return };
     let dir = tempfile::tempdir().unwrap();
     let mock = MockBackend::start(([127, 0, 0, 1], 0).into(), MockOptions::default()).await.unwrap();
-    let mut gateways = Vec::new();
-    for name in ["a", "b", "c"] {
-        let config = write_config(dir.path(), &mock, &redis, name);
-        gateways.push(process::start(dir.path(), &config, &[], &[]).await);
-    }
-    let _reaper = process::Reaper(gateways.iter().map(|g| g.child.id()).collect());
+    let deployment = |name: &str, rpm: u64, tpm: u64| {
+        format!(
+            "[[deployments]]\nname = \"{name}\"\nmodel = \"m\"\nbackend = \"{}\"\nkeys = [\"{}\"]\nrequests_per_minute = {rpm}\ntokens_per_minute = {tpm}\n",
+            mock.url(),
+            stored(PRIMARY_KEY)
+        )
+    };
+    let tables = format!(
+        "[limits]\n{}\n{}{}",
+        limits(&redis, ""),
+        deployment(DEPLOYMENT, 30, 1_000_000),
+        deployment("tokens", 1_000_000, 900)
+    );
+    let replicas = Replicas::start(dir.path(), &tables).await;
+    let gateways = &replicas.gateways;
     let client = Client::new();
     // 30 requests a minute for DEPLOYMENT; 900 tokens a minute for "tokens", where a request
     // reserves its prompt + max_tokens 60 and the mock answers 5 completion tokens.
     let token_body = r#"{"messages":[{"role":"user","content":"How many tokens?"}],"max_tokens":60}"#;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for gw in &gateways {
+    for gw in gateways {
         for _ in 0..3 {
             let (client, addr) = (client.clone(), gw.addr);
             tasks.push(tokio::spawn(async move {
@@ -183,7 +155,7 @@ async fn three_processes_hammered_together_admit_no_more_than_the_one_quota() {
     // Tokens: what was billed (reported usage, summed over the replicas) fits the one quota.
     let mut billed = 0;
     let mut token_admitted = 0;
-    for gw in &gateways {
+    for gw in gateways {
         let (name, value) = reader_auth();
         let usage = client.call(Method::GET, &format!("http://{}/usage", gw.admin), &[(name, &value)], "").await.json();
         billed += usage["tokens"]["total_tokens"].as_u64().unwrap();
@@ -194,12 +166,7 @@ async fn three_processes_hammered_together_admit_no_more_than_the_one_quota() {
     assert!(token_admitted > 0 && billed <= token_bound, "billed {billed} tokens; the one quota allows {token_bound}");
     assert!(token_admitted < 108, "the tokens quota never refused anything");
     // Every request is in a ledger.
-    let mut lines = 0;
-    for (gw, name) in gateways.into_iter().zip(["a", "b", "c"]) {
-        stop(gw);
-        lines += std::fs::read_to_string(dir.path().join(format!("{name}.jsonl"))).unwrap().lines().count();
-    }
-    assert_eq!(lines, replies.len());
+    assert_eq!(replicas.stop_and_count_ledger_lines(), replies.len());
 }
 
 /// Kills Redis under a steady load and restarts it, for one `on_store_error` mode; returns what

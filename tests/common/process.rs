@@ -71,3 +71,42 @@ impl Drop for Reaper {
         }
     }
 }
+
+/// Replicas "a", "b" and "c": gateway processes on one configuration, `tables` (its `[limits]`
+/// and `[[deployments]]`), each with its own ledger, `<dir>/<name>.jsonl`, and the reader token.
+pub struct Replicas {
+    pub gateways: Vec<Gateway>,
+    dir: PathBuf,
+    _reaper: Reaper,
+}
+
+pub const REPLICAS: [&str; 3] = ["a", "b", "c"];
+
+impl Replicas {
+    pub async fn start(dir: &Path, tables: &str) -> Replicas {
+        let mut gateways = Vec::new();
+        for name in REPLICAS {
+            let ledger = dir.join(format!("{name}.jsonl"));
+            let config = format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{tables}\n[ledger]\npath = {:?}\nflush_interval_ms = 50\n{}",
+                ledger.display().to_string(),
+                super::reader_token_table()
+            );
+            let path = dir.join(format!("{name}.toml"));
+            std::fs::write(&path, config).unwrap();
+            gateways.push(start(dir, &path, &[], &[]).await);
+        }
+        let _reaper = Reaper(gateways.iter().map(|g| g.child.id()).collect());
+        Replicas { gateways, dir: dir.to_owned(), _reaper }
+    }
+
+    /// Stops each (a clean exit after SIGTERM) and counts the lines their ledgers hold.
+    pub fn stop_and_count_ledger_lines(self) -> usize {
+        let mut lines = 0;
+        for (gw, name) in self.gateways.into_iter().zip(REPLICAS) {
+            stop(gw);
+            lines += std::fs::read_to_string(self.dir.join(format!("{name}.jsonl"))).unwrap().lines().count();
+        }
+        lines
+    }
+}

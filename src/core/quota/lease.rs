@@ -107,7 +107,7 @@ struct Held {
     refused: Option<(Buckets, u64)>,
     /// The requests a lease is asked for now, at most `size.requests` (see [`Lease::renew`]).
     want: u64,
-    /// Requests admitted from what the last grant held.
+    /// Requests admitted locally since the last renewal (top-ups included).
     used: u64,
 }
 
@@ -264,7 +264,7 @@ impl Lease {
     /// Starts a renewal, unless a call for more is in flight: what is held comes out (to go
     /// back with it). The lease asked for follows this replica's use, up to the lease's size:
     /// one that ran out before it expired is doubled; else it is twice what the last one
-    /// admitted (at least the renewing request alone). So a replica that sees a deployment
+    /// admitted, its top-ups included (at least the renewing request alone). So a replica that sees a deployment
     /// rarely holds nothing of it (nothing to give back, no unused units), and a busy one
     /// reaches the full size within a few renewals.
     pub fn renew(self: &Arc<Self>, now_ns: u64) -> Option<Renewal> {
@@ -275,6 +275,7 @@ impl Lease {
         let ran_out = held.live && now_ns < held.expires_ns;
         let size = held.size.requests.max(1);
         held.want = if ran_out { held.want.saturating_mul(2) } else { held.used.saturating_mul(2) }.clamp(1, size);
+        held.used = 0;
         let unused = take_unused(&mut held);
         let ask = Unused { requests: held.want, tokens: tokens_for(held.size, held.want) };
         drop(held);
@@ -381,7 +382,6 @@ impl Renewal {
         held.expires_ns = expires_ns;
         held.shared = shared;
         held.refused = None;
-        held.used = 0;
         let excess = Unused { requests: all_requests - held.requests, tokens: all_tokens - held.tokens };
         let unlisted = !std::mem::replace(&mut held.listed, true);
         Granted { unlisted, state: view(&held), excess }
