@@ -234,7 +234,7 @@ impl Metrics {
             quota_store_up,
             quota_store_errors: counter(
                 "tollgate_quota_store_errors_total",
-                "Failed or timed-out round trips to the shared quota store, by operation (admit, reconcile, read, connect).",
+                "Failed or timed-out round trips to the shared quota store, by operation (admit, lease, reconcile, read, connect).",
                 &["op"],
             )?,
             quota_store_fallbacks: counter(
@@ -248,7 +248,7 @@ impl Metrics {
             )?,
             quota_store_duration: histogram(
                 "tollgate_quota_store_duration_seconds",
-                "Round trips to the shared quota store, by operation (admit, read, reconcile).",
+                "Round trips to the shared quota store, by operation (admit, lease, read, reconcile).",
                 &["op"],
                 LATENCY_BUCKETS,
             )?,

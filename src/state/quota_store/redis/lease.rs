@@ -27,8 +27,8 @@ pub struct Renewed {
     pub tokens: u64,
 }
 
-/// The sweeper's tick: a quarter of the lease's life (so what an idle replica holds is back
-/// within 1.25 × `lease_ms`), at least every 10 ms, at most every 250 ms.
+/// The sweeper's tick: a quarter of the lease's life, between 10 and 250 ms. What an idle
+/// replica holds is back at most a tick after its lease expires.
 fn tick(lease_ttl: Duration) -> Duration {
     (lease_ttl / 4).clamp(Duration::from_millis(10), Duration::from_millis(250))
 }
