@@ -1,7 +1,8 @@
 //! Quotas shared through a primary found by Sentinel (`redis_url = "redis+sentinel://..."`): a
 //! real primary, its replica and a Sentinel. The primary is killed under load: the gateway
 //! decides by `on_store_error` meanwhile, finds the promoted replica through the Sentinel by
-//! itself, and the quota holds, with every request in the ledger.
+//! itself, and the quota holds, with every request in the ledger. And a primary and a Sentinel
+//! that speak only TLS.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -86,4 +87,41 @@ async fn a_primary_killed_under_load_is_replaced_through_sentinel_and_the_quota_
     gateway.shutdown().await;
     let lines = std::fs::read_to_string(&ledger).unwrap().lines().count();
     assert_eq!(lines, answered + 1, "ledger lines vs answered requests");
+}
+
+/// A primary and a Sentinel that speak only TLS (`rediss+sentinel://`, a private CA as
+/// `redis_ca_file`): the gateway asks the Sentinel over TLS, reaches the primary it names over
+/// TLS, and the shared bucket holds.
+#[tokio::test]
+async fn a_primary_and_a_sentinel_that_speak_only_tls_carry_the_shared_bucket() {
+    let pem = tempfile::tempdir().unwrap();
+    common::pki::write(pem.path(), &common::pki::pki("redis"));
+    let Some(primary) = RedisServer::start_tls("a_sentinel_that_speaks_only_tls", pem.path()) else { return };
+    let sentinel = Sentinel::start(&primary);
+    let h = Harness::with(Setup {
+        deployment: "requests_per_minute = 5".into(),
+        limits: format!(
+            "store = \"redis\"\nredis_url = \"rediss+sentinel://127.0.0.1:{}/main\"\nredis_ca_file = {:?}\n\
+             key_prefix = \"sentinel-tls:\"\non_store_error = \"fail-closed\"",
+            sentinel.port,
+            pem.path().join("ca.pem").display().to_string()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let started = Instant::now();
+    let mut admitted = 0;
+    for _ in 0..8 {
+        let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
+        match reply.status {
+            StatusCode::OK => admitted += 1,
+            status => assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.text()),
+        }
+    }
+    assert!(admitted >= 5 && admitted <= allowance(5, started.elapsed()), "admitted {admitted} of 8 with a quota of 5");
+    let samples = parse_metrics(&h.admin_text("/metrics").await);
+    assert_eq!(metric(&samples, "tollgate_quota_store_up", &[]), 1.0);
+    assert_eq!(metric(&samples, "tollgate_quota_store_errors_total", &[]), 0.0, "a call failed");
+    let key = format!("sentinel-tls:{{{DEPLOYMENT}}}");
+    assert_eq!(primary.cli(&["EXISTS", &key]).unwrap().trim(), "1", "the bucket is on the primary");
 }

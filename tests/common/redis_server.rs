@@ -273,67 +273,76 @@ impl RedisCluster {
 }
 
 /// A real Sentinel (`redis-server sentinel.conf --sentinel`) on a free port, watching `primary`
-/// as `main` with a quorum of one: it fails over 1 s after the primary stops answering.
+/// as `main` with a quorum of one: it fails over 1 s after the primary stops answering. Over
+/// TLS only, with the primary's certificates, when the primary speaks only TLS.
 pub struct Sentinel {
     child: Child,
     pub port: u16,
+    tls: Option<[String; 3]>,
     _dir: tempfile::TempDir,
 }
 
 impl Sentinel {
     pub fn start(primary: &RedisServer) -> Sentinel {
-        let dir = tempfile::tempdir().unwrap();
         for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             let conf = dir.path().join("sentinel.conf");
+            let listen = match &primary.tls {
+                None => format!("port {port}\n"),
+                Some([cert, key, ca]) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+                     tls-auth-clients no\ntls-replication yes\n"
+                ),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\nsentinel monitor main 127.0.0.1 {primary} 1\n\
+                    "{listen}bind 127.0.0.1\ndir {dir}\nsentinel monitor main 127.0.0.1 {primary} 1\n\
                      sentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 5000\n",
                     dir = dir.path().display(),
                     primary = primary.port
                 ),
             )
             .unwrap();
-            let mut child = Command::new("redis-server")
+            let child = Command::new("redis-server")
                 .arg(&conf)
                 .arg("--sentinel")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let mut sentinel = None;
+            let mut sentinel = Sentinel { child, port, tls: primary.tls.clone(), _dir: dir };
             for _ in 0..500 {
-                if !matches!(child.try_wait(), Ok(None)) {
+                if !matches!(sentinel.child.try_wait(), Ok(None)) {
                     break; // the port was taken
                 }
-                let probe = Sentinel::ask(port, "SENTINEL get-master-addr-by-name main");
-                if probe.is_some_and(|r| r.contains(&primary.port.to_string())) {
-                    sentinel = Some(port);
-                    break;
+                if sentinel.primary_port() == Some(primary.port) {
+                    return sentinel;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            match sentinel {
-                Some(port) => return Sentinel { child, port, _dir: dir },
-                None => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
+            // (Dropped: killed, and another port is tried.)
         }
         panic!("no Sentinel could be started");
     }
 
     /// The port of the primary this Sentinel names now.
     pub fn primary_port(&self) -> Option<u16> {
-        let reply = Sentinel::ask(self.port, "SENTINEL get-master-addr-by-name main")?;
+        let reply = self.ask("SENTINEL get-master-addr-by-name main")?;
         reply.lines().filter_map(|l| l.trim().parse::<u16>().ok()).next()
     }
 
-    fn ask(port: u16, command: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    fn ask(&self, command: &str) -> Option<String> {
+        if let Some([_, _, ca]) = &self.tls {
+            let out = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--tls", "--cacert", ca])
+                .args(command.split(' '))
+                .output()
+                .ok()?;
+            return out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
         let mut reply = vec![0u8; 4096];
