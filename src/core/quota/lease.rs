@@ -9,15 +9,19 @@
 //! - **Renewal** ([`Lease::renew`]): a request the lease cannot hold (nothing held, too few
 //!   tokens, or expired) takes what is left out of it and sends that back in the same call that
 //!   asks for a new lease and admits the request.
-//! - **Top-up** ([`Lease::top_up`]): a local admission that leaves less than half the lease
-//!   starts a call, in the background, for what the lease lacks of its size; requests go on
+//! - **Top-up** ([`Lease::top_up`]): a local admission that leaves less than half of what is
+//!   wanted starts a call, in the background, for what the lease lacks of it; requests go on
 //!   being admitted from what is held meanwhile, so a busy replica's requests never wait on
 //!   Redis.
+//! - **Size**: what is wanted follows use, up to `lease_requests` / `lease_tokens`: the request
+//!   alone at first, doubled by a top-up or a lease that ran out before it expired, twice what
+//!   was admitted after an expiry. A replica that rarely sees a deployment holds nothing of it.
 //! - Only one renewal or top-up is in flight at a time; a request the lease cannot hold while
 //!   one is goes to the store by itself, as without leases.
 //! - **Refusal** ([`Lease::refused`]): a renewal the store refused leaves the buckets it saw
-//!   with the lease, and requests are refused locally until their refill alone would hold one,
-//!   so traffic past the quota does not cost the store a call per request either.
+//!   with the lease, and requests are refused locally until their refill alone would hold
+//!   `replicas` requests (at most the lease's size), so traffic past the quota does not cost the
+//!   store a call per request either.
 //! - **Settlement** ([`Lease::settle`]): a refund (reserved more than used) is held, up to the
 //!   lease's size; a charge is taken from what is held as far as it goes. The rest goes to the
 //!   shared buckets.
@@ -30,7 +34,8 @@
 //! replicas together are at most the shared bucket's capacity, plus its refill over the
 //! interval, plus what the replicas held in leases at `t0`, which is at most `replicas × lease`.
 //! From a start where no lease is held, as in a fresh deployment, the last term is zero: leases
-//! then admit no more than one shared bucket alone would.
+//! then admit no more than one shared bucket alone would. (For tokens, real counts above their
+//! reservations add debt on top, exactly as without leases.)
 //!
 //! Proof. Count units (requests, or tokens) in three places: the shared bucket's level `S`, the
 //! replicas' leases `H` (the sum of what each holds), and the units admitted since `t0`, `A`.
@@ -50,7 +55,8 @@
 //!   that `H` cannot cover is debt in `S`, which later requests wait out);
 //! - refill: `S` up, at most by the refill of the interval (capped at capacity).
 //!
-//! So `A(t1) ≤ S(t0) + H(t0) + refill ≤ capacity + refill + H(t0)`. A replica holds one lease
+//! So `A(t1) ≤ S(t0) + H(t0) + refill - S(t1) - H(t1) ≤ capacity + refill + H(t0)`, as `H`
+//! and `S` are never below zero (but for the tokens' debt, above). A replica holds one lease
 //! per deployment, and never more than its size: a grant (a renewal's, after what was held went
 //! back; or a top-up's, of what the lease lacked when it was asked) is held up to
 //! `lease_requests` requests and `lease_tokens` tokens, any excess going back to `S`; a refund

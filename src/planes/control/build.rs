@@ -308,7 +308,7 @@ mod tests {
         let clock: Arc<dyn Clock> = Arc::new(crate::core::clock::ManualClock::new(0));
         let secret = KeySecret::random();
         let mut state = ControlState::default();
-        state.deployments.push(super::super::state::ApiDeployment {
+        state.deployments.push(ApiDeployment {
             project: "default".into(),
             name: "c".into(),
             model_id: "cat".into(),
