@@ -23,6 +23,9 @@
 //! here are a floor for leases; the bound does not depend on timing); the reconciler sends what
 //! is pending 1 ms after it was queued (one call per key, as its batches do).
 //!
+//! Under `cargo test` (no `--bench`), a small world instead (3 replicas × 20 deployments):
+//! no window may break the bound, and leases must halve the calls at least.
+//!
 //!   cargo bench --bench lease_sim -- [--replicas 100] [--deployments 10000] [--seconds 60]
 //!       [--rate 200000] [--lease-percent 1] [--lease-ms 1000] [--factor F] [--spread K] [--seed 1]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
@@ -46,6 +49,7 @@ const SWEEP_NS: u64 = 250_000_000;
 const FLUSH_NS: u64 = 1_000_000;
 const CHECK_NS: u64 = 1_000_000_000;
 
+#[derive(Clone, Copy)]
 struct Args {
     replicas: usize,
     deployments: usize,
@@ -504,9 +508,9 @@ impl<'a> Sim<'a> {
     }
 }
 
-fn main() {
-    let args = args();
-    // Zipf weights (exponent 1) as a cumulative distribution.
+/// The deployments: Zipf weights (exponent 1) as a cumulative distribution, each one's quota
+/// (its demand times the factor, at least 60 a minute, 200 tokens a request), and its lease.
+fn world(args: &Args) -> (Vec<f64>, Vec<Limits>, Vec<Option<LeaseSize>>) {
     let raw: Vec<f64> = (1..=args.deployments).map(|k| 1.0 / k as f64).collect();
     let total: f64 = raw.iter().sum();
     let mut weights = Vec::with_capacity(raw.len());
@@ -515,19 +519,42 @@ fn main() {
         sum += w / total;
         weights.push(sum);
     }
-    // Each quota: the demand times 0.5-2 (at least 60 a minute), 200 tokens a request.
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0x5eed);
     let limits: Vec<Limits> = raw
         .iter()
         .map(|w| {
             let demand_per_minute = args.rate * w / total * 60.0;
-            let rpm = ((demand_per_minute * args.factor.unwrap_or_else(|| rng.random_range(0.25..1.5))) as u64)
-                .clamp(60, 1_000_000_000);
+            let factor = args.factor.unwrap_or_else(|| rng.random_range(0.25..1.5));
+            let rpm = ((demand_per_minute * factor) as u64).clamp(60, 1_000_000_000);
             Limits { requests_per_minute: rpm, tokens_per_minute: (rpm * 200).min(1_000_000_000) }
         })
         .collect();
-    let sizes: Vec<Option<LeaseSize>> =
+    let sizes =
         limits.iter().map(|&l| Some(LeaseSize::share(l, args.lease_percent)).filter(|s| s.requests >= 2)).collect();
+    (weights, limits, sizes)
+}
+
+fn main() {
+    let args = args();
+    let (weights, limits, sizes) = world(&args);
+    if !std::env::args().any(|a| a == "--bench") {
+        // `cargo test` runs this unoptimised and without `--bench`: a small world instead,
+        // checking that no window broke the bound and that leases saved calls.
+        let small = Args { replicas: 3, deployments: 20, seconds: 30, rate: 3_000.0, lease_percent: 5, ..args };
+        let (weights, limits, sizes) = world(&small);
+        let calls = |out: &Outcome| out.calls.admit + out.calls.lease + out.calls.reconcile;
+        let without = Sim::new(&small, false, &limits, &sizes).run(&weights);
+        let with = Sim::new(&small, true, &limits, &sizes).run(&weights);
+        assert_eq!((without.violations, with.violations), (0, 0), "a window admitted more than the bound");
+        assert!(with.worst_requests.0 <= with.worst_requests.1, "over the quota by more than was held");
+        assert!(
+            calls(&with) * 2 < calls(&without),
+            "leases saved no calls: {} against {}",
+            calls(&with),
+            calls(&without)
+        );
+        return;
+    }
     let leased = sizes.iter().filter(|s| s.is_some()).count();
     let mut rpms: Vec<u64> = limits.iter().map(|l| l.requests_per_minute).collect();
     rpms.sort_unstable();
