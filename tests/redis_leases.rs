@@ -43,7 +43,7 @@ fn requests_level(redis: &RedisServer, deployment: &str, full: u64) -> f64 {
     }
 }
 
-/// `per_gateway` requests to each gateway from four clients each, all at once.
+/// `per_client` requests from each of four clients at each gateway, all at once.
 async fn hammer(client: &Client, gateways: &[process::Gateway], per_client: usize) -> Vec<Reply> {
     let mut tasks = Vec::new();
     for gw in gateways {
