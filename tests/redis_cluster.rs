@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{self, SteadyLoad};
-use common::quota::allowance;
+use common::quota::{allowance, assert_shared_quota_holds};
 use common::redis_server::RedisCluster;
 use common::*;
 use http::StatusCode;
@@ -282,17 +282,7 @@ async fn a_tls_cluster_carries_the_shared_bucket() {
         ..Setup::default()
     })
     .await;
-    let started = Instant::now();
-    let mut admitted = 0;
-    for _ in 0..5 {
-        let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
-        match reply.status {
-            StatusCode::OK => admitted += 1,
-            StatusCode::TOO_MANY_REQUESTS => assert_eq!(reply.error_code(), "TooManyRequests"),
-            other => panic!("unexpected {other}: {}", reply.text()),
-        }
-    }
-    assert!(admitted >= 3 && admitted <= allowance(3, started.elapsed()), "admitted {admitted} of 5 with a quota of 3");
+    assert_shared_quota_holds(&h, 3, 5).await;
     assert_store_clean(&samples(&h).await);
 }
 

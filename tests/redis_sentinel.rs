@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::load::{self, SteadyLoad};
-use common::quota::allowance;
+use common::quota::{allowance, assert_shared_quota_holds};
 use common::redis_server::{RedisServer, Sentinel};
 use common::*;
 use http::StatusCode;
@@ -109,16 +109,7 @@ async fn a_primary_and_a_sentinel_that_speak_only_tls_carry_the_shared_bucket() 
         ..Setup::default()
     })
     .await;
-    let started = Instant::now();
-    let mut admitted = 0;
-    for _ in 0..8 {
-        let reply = h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await;
-        match reply.status {
-            StatusCode::OK => admitted += 1,
-            status => assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{}", reply.text()),
-        }
-    }
-    assert!(admitted >= 5 && admitted <= allowance(5, started.elapsed()), "admitted {admitted} of 8 with a quota of 5");
+    assert_shared_quota_holds(&h, 5, 8).await;
     let samples = parse_metrics(&h.admin_text("/metrics").await);
     assert_eq!(metric(&samples, "tollgate_quota_store_up", &[]), 1.0);
     assert_eq!(metric(&samples, "tollgate_quota_store_errors_total", &[]), 0.0, "a call failed");

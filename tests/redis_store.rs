@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::load::SteadyLoad;
 use common::process::Replicas;
-use common::quota::{allowance, assert_rate_limited};
+use common::quota::{allowance, assert_rate_limited, assert_shared_quota_holds};
 use common::redis_server::RedisServer;
 use common::*;
 use http::{Method, StatusCode};
@@ -73,16 +73,7 @@ async fn rediss_with_a_private_ca_carries_the_shared_bucket_over_tls() {
         ..Setup::default()
     })
     .await;
-    let started = Instant::now();
-    let mut statuses = Vec::new();
-    for _ in 0..5 {
-        statuses.push(h.client.post(&h.deployment_url("/chat/completions"), &[("api-key", PRIMARY_KEY)], CHAT).await);
-    }
-    let admitted = statuses.iter().filter(|r| r.status == StatusCode::OK).count() as u64;
-    assert!(admitted >= 3 && admitted <= allowance(3, started.elapsed()), "admitted {admitted} of 5 with a quota of 3");
-    for reply in statuses.iter().filter(|r| r.status != StatusCode::OK) {
-        assert_rate_limited(reply, "x-ratelimit-limit-requests", 3, "x-ratelimit-remaining-requests", 1);
-    }
+    assert_shared_quota_holds(&h, 3, 5).await;
     let metrics = h.client.call(Method::GET, &format!("http://{}/metrics", h.gateway.admin_addr), &[], "").await;
     let samples = parse_metrics(&metrics.text());
     assert_eq!(metric(&samples, "tollgate_quota_store_up", &[]), 1.0);

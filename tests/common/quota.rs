@@ -25,3 +25,24 @@ pub fn assert_rate_limited(reply: &Reply, limit_header: &str, limit: u64, remain
     assert_eq!(reply.number("retry-after"), retry_ms.div_ceil(1000));
     assert!(reply.header("ratelimit").contains("\"requests\";r="), "{}", reply.header("ratelimit"));
 }
+
+/// `n` chats to the harness's deployment, whose requests quota of `per_minute` lives in the
+/// shared store: at least the quota and at most its allowance admitted, every other one a 429
+/// from the shared buckets.
+pub async fn assert_shared_quota_holds(h: &super::Harness, per_minute: u64, n: usize) {
+    let started = std::time::Instant::now();
+    let mut replies = Vec::with_capacity(n);
+    for _ in 0..n {
+        replies.push(
+            h.client
+                .post(&h.deployment_url("/chat/completions"), &[("api-key", super::PRIMARY_KEY)], super::CHAT)
+                .await,
+        );
+    }
+    let admitted = replies.iter().filter(|r| r.status == StatusCode::OK).count() as u64;
+    let bound = allowance(per_minute, started.elapsed());
+    assert!(admitted >= per_minute && admitted <= bound, "admitted {admitted} of {n} with a quota of {per_minute}");
+    for reply in replies.iter().filter(|r| r.status != StatusCode::OK) {
+        assert_rate_limited(reply, "x-ratelimit-limit-requests", per_minute, "x-ratelimit-remaining-requests", 1);
+    }
+}

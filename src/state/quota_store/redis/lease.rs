@@ -2,11 +2,9 @@
 //! the renewal script call, and the sweeper that gives back what expired leases hold.
 
 use std::sync::{Arc, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::connection::Connection;
-use super::{LEVEL_TO_SCALED, RedisStore, StoreUnreachable};
-use crate::core::quota::bucket::TokenBucket;
+use super::{RedisStore, StoreUnreachable, shared_buckets};
 use crate::core::quota::lease::{Lease, Renewal, Sweep, Unused};
 use crate::core::quota::{Buckets, Limits, QuotaState};
 
@@ -57,12 +55,6 @@ impl RedisStore {
         tokens: u64,
         renewal: &Renewal,
     ) -> Result<Renewed, StoreUnreachable> {
-        let op = "lease";
-        let Some(connection) = self.connection.load_full() else {
-            self.failed(op, "not connected");
-            return Err(StoreUnreachable { op });
-        };
-        let mut connection = Connection::clone(&connection);
         let mut invocation = self.lease_script.key(self.key(deployment));
         invocation
             .arg(limits.requests_per_minute)
@@ -73,18 +65,9 @@ impl RedisStore {
             .arg(renewal.unused.requests)
             .arg(renewal.unused.tokens)
             .arg(if renewal.admits { "1" } else { "0" });
-        let started = Instant::now();
-        let reply = tokio::time::timeout(
-            self.settings.timeout,
-            invocation.invoke_async::<(i64, i64, i64, i64, i64)>(&mut connection),
-        )
-        .await;
-        let (admitted, r, t, granted_requests, granted_tokens) = self.answered(op, reply)?;
-        self.metrics.quota_store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-        let buckets = Buckets {
-            requests: TokenBucket::at_level(limits.requests_per_minute, i128::from(r) * LEVEL_TO_SCALED),
-            tokens: TokenBucket::at_level(limits.tokens_per_minute, i128::from(t) * LEVEL_TO_SCALED),
-        };
+        let (admitted, r, t, granted_requests, granted_tokens): (i64, i64, i64, i64, i64) =
+            self.invoke("lease", &invocation).await?;
+        let buckets = shared_buckets(limits, r, t);
         let (granted_requests, granted_tokens) = (granted_requests.max(0) as u64, granted_tokens.max(0) as u64);
         // A renewal's grant includes its request's own request and tokens.
         let (own_requests, own_tokens) = if renewal.admits { (1, tokens) } else { (0, 0) };

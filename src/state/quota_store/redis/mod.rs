@@ -65,6 +65,14 @@ fn period_usage(fields: &[Option<u64>], stamp: Stamp) -> PeriodUsage {
     }
 }
 
+/// Buckets of `limits` at the levels a script answered (its 1/60,000 units).
+fn shared_buckets(limits: Limits, requests: i64, tokens: i64) -> Buckets {
+    Buckets {
+        requests: TokenBucket::at_level(limits.requests_per_minute, i128::from(requests) * LEVEL_TO_SCALED),
+        tokens: TokenBucket::at_level(limits.tokens_per_minute, i128::from(tokens) * LEVEL_TO_SCALED),
+    }
+}
+
 pub fn period_expiry(stamp: Stamp) -> u64 {
     stamp.month_end() + 86_400
 }
@@ -223,11 +231,6 @@ impl RedisStore {
         stamp: Stamp,
     ) -> Result<ConsumerReply, StoreUnreachable> {
         let op = "admit";
-        let Some(connection) = self.connection.load_full() else {
-            self.failed(op, "not connected");
-            return Err(StoreUnreachable { op });
-        };
-        let mut connection = Connection::clone(&connection);
         let grant = caller.grant();
         let limits = deployment.quota.limits();
         let grant_limits = grant.quota.as_ref().map(|q| q.limits());
@@ -258,29 +261,12 @@ impl RedisStore {
             invocation.arg(signed(p.tokens_per_day)).arg(signed(p.tokens_per_month)).arg(signed(p.requests_per_day));
         }
         invocation.arg(stamp.day).arg(stamp.month).arg(period_expiry(stamp));
-        let started = Instant::now();
-        let reply =
-            tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<Vec<i64>>(&mut connection)).await;
-        let values = match reply {
-            Ok(Ok(values)) if values.len() >= 11 => values,
-            Ok(Ok(values)) => {
-                self.failed(op, &format!("the consumer admission script answered {} values", values.len()));
-                return Err(StoreUnreachable { op });
-            }
-            Ok(Err(error)) => {
-                self.failed(op, &error.to_string());
-                return Err(StoreUnreachable { op });
-            }
-            Err(_) => {
-                self.failed(op, "timed out");
-                return Err(StoreUnreachable { op });
-            }
-        };
-        self.metrics.quota_store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-        let buckets = |limits: Limits, r: i64, t: i64| Buckets {
-            requests: TokenBucket::at_level(limits.requests_per_minute, i128::from(r) * LEVEL_TO_SCALED),
-            tokens: TokenBucket::at_level(limits.tokens_per_minute, i128::from(t) * LEVEL_TO_SCALED),
-        };
+        let values: Vec<i64> = self.invoke(op, &invocation).await?;
+        if values.len() < 11 {
+            self.failed(op, &format!("the consumer admission script answered {} values", values.len()));
+            return Err(StoreUnreachable { op });
+        }
+        let buckets = shared_buckets;
         let usage = |limits: Option<PeriodLimits>, dt: i64, mt: i64, dr: i64| {
             limits.map(|limits| PeriodState {
                 limits,
@@ -343,11 +329,6 @@ impl RedisStore {
         stamp: Stamp,
     ) -> Result<(i64, [i64; 3], i64), StoreUnreachable> {
         let op = "admit";
-        let Some(connection) = self.connection.load_full() else {
-            self.failed(op, "not connected");
-            return Err(StoreUnreachable { op });
-        };
-        let mut connection = Connection::clone(&connection);
         let signed = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
         let mut invocation = self.take_period_script.key(&**self.consumer_key(consumer));
         invocation
@@ -358,15 +339,33 @@ impl RedisStore {
             .arg(stamp.day)
             .arg(stamp.month)
             .arg(period_expiry(stamp));
-        let reply =
-            tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<Vec<i64>>(&mut connection)).await;
-        match self.answered(op, reply)? {
+        match self.invoke::<Vec<i64>>(op, &invocation).await? {
             v if v.len() == 5 => Ok((v[0], [v[1], v[2], v[3]], v[4])),
             v => {
                 self.failed(op, &format!("the period script answered {} values", v.len()));
                 Err(StoreUnreachable { op })
             }
         }
+    }
+
+    /// One script call, bounded by `store_timeout_ms` and timed in
+    /// `tollgate_quota_store_duration_seconds{op}`; failed or unanswered, it is counted, logged
+    /// and marks the store down.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreUnreachable> {
+        let Some(connection) = self.connection.load_full() else {
+            self.failed(op, "not connected");
+            return Err(StoreUnreachable { op });
+        };
+        let mut connection = Connection::clone(&connection);
+        let started = Instant::now();
+        let reply = tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<T>(&mut connection)).await;
+        let value = self.answered(op, reply)?;
+        self.metrics.quota_store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        Ok(value)
     }
 
     /// A call's answer; an error or no answer in time is counted, logged and marks the store down.
@@ -536,28 +535,14 @@ impl RedisStore {
         take: bool,
         op: &'static str,
     ) -> Result<(bool, Buckets), StoreUnreachable> {
-        let Some(connection) = self.connection.load_full() else {
-            self.failed(op, "not connected");
-            return Err(StoreUnreachable { op });
-        };
-        let mut connection = Connection::clone(&connection);
         let mut invocation = self.admit_script.key(key);
         invocation.arg(limits.requests_per_minute).arg(limits.tokens_per_minute).arg(tokens).arg(if take {
             "1"
         } else {
             "0"
         });
-        let started = Instant::now();
-        let reply =
-            tokio::time::timeout(self.settings.timeout, invocation.invoke_async::<(i64, i64, i64)>(&mut connection))
-                .await;
-        let (admitted, requests, tokens_level) = self.answered(op, reply)?;
-        self.metrics.quota_store_duration.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
-        let buckets = Buckets {
-            requests: TokenBucket::at_level(limits.requests_per_minute, requests as i128 * LEVEL_TO_SCALED),
-            tokens: TokenBucket::at_level(limits.tokens_per_minute, tokens_level as i128 * LEVEL_TO_SCALED),
-        };
-        Ok((admitted == 1, buckets))
+        let (admitted, requests, tokens_level): (i64, i64, i64) = self.invoke(op, &invocation).await?;
+        Ok((admitted == 1, shared_buckets(limits, requests, tokens_level)))
     }
 
     /// The `local` fallback bucket of a deployment: limit / replicas (at least 1), full when first
